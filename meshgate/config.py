@@ -1,0 +1,206 @@
+"""The config schema: one YAML file, defined once here, with MESHGATE_* overrides.
+
+Every process loads the same file. `load_config` is the only entry point; a bad
+file raises `ConfigError` naming the offending key path (`models[1].engines[0].weight`).
+
+Environment overrides use `__` to descend: `MESHGATE_EDGE__PORT=9000`,
+`MESHGATE_SERVICES__QUOTA__PORT=6000`, `MESHGATE_REDIS__URL=redis://...`.
+`REDIS_URL` is honoured as a shorthand for `MESHGATE_REDIS__URL`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SAMPLE_CONFIG = Path(__file__).with_name("sample.yaml")
+CONFIG_ENV = "MESHGATE_CONFIG"
+
+ServiceName = Literal["auth", "quota", "validation", "router", "engine"]
+SERVICE_NAMES: tuple[ServiceName, ...] = ("auth", "quota", "validation", "router", "engine")
+Category = Literal["text", "code", "reasoning", "multimodal", "embeddings", "image", "audio", "video"]
+Capability = Literal["tool_use", "vision", "json_schema", "prompt_caching"]
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message names the key path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServiceConfig(_Strict):
+    """Where one gRPC service listens, and the target its clients dial."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    # gRPC target for clients; empty means host:port. In compose: dns:///quota:50052.
+    target: str = ""
+
+    def dial_target(self) -> str:
+        return self.target or f"{self.host}:{self.port}"
+
+
+class EngineServiceConfig(ServiceConfig):
+    """The built-in reference engine's process."""
+
+    # Delay between streamed tokens, to imitate a real engine's decode speed.
+    token_delay_ms: float = Field(default=0.0, ge=0)
+
+
+class ServicesConfig(_Strict):
+    auth: ServiceConfig = ServiceConfig(port=50051)
+    quota: ServiceConfig = ServiceConfig(port=50052)
+    validation: ServiceConfig = ServiceConfig(port=50053)
+    router: ServiceConfig = ServiceConfig(port=50054)
+    engine: EngineServiceConfig = EngineServiceConfig(port=50055)
+
+    def get(self, name: ServiceName) -> ServiceConfig:
+        config: ServiceConfig = getattr(self, name)
+        return config
+
+
+class EdgeConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # One timeout per request; every gRPC hop's deadline derives from it.
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    # Origins allowed by CORS; empty means no Access-Control-Allow-Origin at all.
+    cors_allow_origins: tuple[str, ...] = ()
+    # Largest request body accepted, in bytes.
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+
+
+class RedisConfig(_Strict):
+    # redis:// URL; empty means `meshgate up` starts an embedded redis-server.
+    url: str = ""
+    # Per-call timeout, so that a slow Redis never hangs a request.
+    timeout_ms: int = Field(default=250, gt=0)
+
+
+class KeyConfig(_Strict):
+    """A development key declared in the config file."""
+
+    name: str = Field(min_length=1)
+    secret: str = Field(min_length=8)
+    tenant: str = "default"
+    rpm: int = Field(default=0, ge=0)
+    tpm: int = Field(default=0, ge=0)
+    max_concurrency: int = Field(default=0, ge=0)
+    budget_tokens: int = Field(default=0, ge=0)
+    models: tuple[str, ...] = ()
+    redis_failure_policy: Literal["fail_closed", "fail_open"] = "fail_closed"
+
+
+class Pricing(_Strict):
+    """USD per million tokens."""
+
+    input_per_mtok: float = Field(default=0.0, ge=0)
+    output_per_mtok: float = Field(default=0.0, ge=0)
+
+
+class EngineReplica(_Strict):
+    """One engine replica serving a model."""
+
+    # "reference" speaks meshgate.v1.EngineService over gRPC.
+    kind: Literal["reference"] = "reference"
+    # gRPC target; empty means the built-in engine service's target.
+    target: str = ""
+    weight: int = Field(default=1, ge=1)
+
+
+class ModelConfig(_Strict):
+    id: str = Field(min_length=1)
+    category: Category = "text"
+    capabilities: tuple[Capability, ...] = ()
+    context_length: int = Field(default=8192, gt=0)
+    # Native vector size, for embeddings models.
+    dimensions: int = Field(default=0, ge=0)
+    owned_by: str = "meshgate"
+    created: int = 1_700_000_000
+    pricing: Pricing = Pricing()
+    engines: tuple[EngineReplica, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _embeddings_have_dimensions(self) -> ModelConfig:
+        if self.category == "embeddings" and self.dimensions <= 0:
+            raise ValueError("embeddings models need dimensions > 0")
+        return self
+
+
+class QuotaConfig(_Strict):
+    # Tokens reserved for the completion when a request sets no max_tokens.
+    default_max_tokens: int = Field(default=1024, gt=0)
+
+
+class LoggingConfig(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Strict):
+    edge: EdgeConfig = EdgeConfig()
+    services: ServicesConfig = ServicesConfig()
+    redis: RedisConfig = RedisConfig()
+    quota: QuotaConfig = QuotaConfig()
+    logging: LoggingConfig = LoggingConfig()
+    keys: tuple[KeyConfig, ...] = ()
+    models: tuple[ModelConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Config:
+        seen: set[str] = set()
+        for model in self.models:
+            if model.id in seen:
+                raise ValueError(f"duplicate model id {model.id!r}")
+            seen.add(model.id)
+        return self
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "<root>"
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    overrides = {k[len("MESHGATE_") :]: v for k, v in environ.items() if k.startswith("MESHGATE_")}
+    overrides.pop("CONFIG", None)
+    if environ.get("REDIS_URL") and "REDIS__URL" not in overrides:
+        overrides["REDIS__URL"] = environ["REDIS_URL"]
+    for name, value in sorted(overrides.items()):
+        parts = [p.lower() for p in name.split("__")]
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = yaml.safe_load(value) if value else value
+    return raw
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the YAML file (default: $MESHGATE_CONFIG, else the sample) with env overrides."""
+    env = os.environ if environ is None else environ
+    file = Path(path or env.get(CONFIG_ENV) or SAMPLE_CONFIG)
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {file}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {file} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {file}: the top level must be a mapping")
+    try:
+        return Config.model_validate(_apply_env(raw, env))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"config {file}: {_key_path(first['loc'])}: {first['msg']}") from None

@@ -1,0 +1,175 @@
+"""The OpenAI error, defined once.
+
+Services raise `ApiError`; `abort` carries it across gRPC as the standard rich
+error model (a `google.rpc.Status` in `grpc-status-details-bin` whose details
+hold a packed `meshgate.v1.Error`). The edge recovers it with `from_rpc_error`
+and renders it once (edge/errors.py). Constructors below are the catalogue of
+errors that meshgate returns; docs/errors.md lists them.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import status_pb2
+
+from meshgate.v1 import common_pb2
+
+DETAILS_KEY = "grpc-status-details-bin"
+DOC_URL_KEYS = "https://github.com/meshgate/meshgate/blob/main/docs/errors.md#authentication"
+DOC_URL_QUOTA = "https://github.com/meshgate/meshgate/blob/main/docs/errors.md#rate-limits-and-quota"
+
+_GRPC_CODE_BY_STATUS: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    409: grpc.StatusCode.ABORTED,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    500: grpc.StatusCode.INTERNAL,
+    502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+class ApiError(Exception):
+    """An OpenAI error envelope on its way to a client."""
+
+    def __init__(
+        self,
+        status: int,
+        type: str,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        doc_url: str | None = None,
+        retry_after: int | None = None,
+        rate_limit: common_pb2.RateLimitState | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type
+        self.message = message
+        self.param = param
+        self.code = code
+        self.doc_url = doc_url
+        self.retry_after = retry_after
+        self.rate_limit = rate_limit
+
+    def __repr__(self) -> str:
+        return f"ApiError({self.status}, {self.type!r}, {self.message!r}, param={self.param!r}, code={self.code!r})"
+
+    def to_proto(self) -> common_pb2.Error:
+        error = common_pb2.Error(http_status=self.status, type=self.type, message=self.message)
+        if self.param is not None:
+            error.param = self.param
+        if self.code is not None:
+            error.code = self.code
+        if self.doc_url is not None:
+            error.doc_url = self.doc_url
+        if self.retry_after is not None:
+            error.retry_after_seconds = self.retry_after
+        if self.rate_limit is not None:
+            error.rate_limit.CopyFrom(self.rate_limit)
+        return error
+
+    @classmethod
+    def from_proto(cls, error: common_pb2.Error) -> ApiError:
+        return cls(
+            error.http_status,
+            error.type,
+            error.message,
+            param=error.param if error.HasField("param") else None,
+            code=error.code if error.HasField("code") else None,
+            doc_url=error.doc_url if error.HasField("doc_url") else None,
+            retry_after=error.retry_after_seconds if error.HasField("retry_after_seconds") else None,
+            rate_limit=error.rate_limit if error.HasField("rate_limit") else None,
+        )
+
+    def body(self) -> dict[str, object]:
+        """The JSON envelope's inner object, with OpenAI's four keys always present."""
+        inner: dict[str, object] = {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code,
+        }
+        if self.doc_url is not None:
+            inner["doc_url"] = self.doc_url
+        return inner
+
+    def grpc_code(self) -> grpc.StatusCode:
+        return _GRPC_CODE_BY_STATUS.get(self.status, grpc.StatusCode.UNKNOWN)
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        detail = any_pb2.Any()
+        detail.Pack(self.to_proto())
+        status = status_pb2.Status(code=self.grpc_code().value[0], message=self.message, details=[detail])
+        return ((DETAILS_KEY, status.SerializeToString()),)
+
+    async def abort(self, context: grpc.aio.ServicerContext[object, object]) -> NoReturn:
+        """End the current RPC with this error in the status details."""
+        await context.abort(self.grpc_code(), self.message, trailing_metadata=self.trailing_metadata())
+        raise AssertionError("unreachable")  # context.abort always raises
+
+
+def from_rpc_error(exc: grpc.aio.AioRpcError, service: str) -> ApiError:
+    """Recover the ApiError a service raised, or map a transport failure to a 5xx."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == DETAILS_KEY and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                error = common_pb2.Error()
+                if detail.Unpack(error):
+                    return ApiError.from_proto(error)
+    code = exc.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return timeout()
+    if code == grpc.StatusCode.CANCELLED:
+        return ApiError(499, "server_error", "The request was cancelled.")
+    return unavailable(service)
+
+
+# ------------------------------------------------------------- catalogue ----
+
+
+def invalid_request(message: str, param: str | None = None) -> ApiError:
+    return ApiError(400, "invalid_request_error", message, param=param)
+
+
+def model_not_found(model: str) -> ApiError:
+    return ApiError(
+        404,
+        "invalid_request_error",
+        f"The model `{model}` does not exist or you do not have access to it.",
+        code="model_not_found",
+    )
+
+
+def invalid_url(method: str, path: str) -> ApiError:
+    return ApiError(404, "invalid_request_error", f"Invalid URL ({method} {path})")
+
+
+def unavailable(service: str) -> ApiError:
+    return ApiError(
+        503,
+        "server_error",
+        f"The {service} service is temporarily unavailable. Please retry.",
+        retry_after=1,
+    )
+
+
+def timeout() -> ApiError:
+    return ApiError(504, "server_error", "The request timed out before the model answered.")
+
+
+def server_error() -> ApiError:
+    return ApiError(
+        500, "server_error", "The server had an error while processing your request. Sorry about that!"
+    )

@@ -1,0 +1,93 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Error(_message.Message):
+    __slots__ = ("http_status", "type", "message", "param", "code", "doc_url", "retry_after_seconds", "rate_limit")
+    HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    PARAM_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DOC_URL_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    http_status: int
+    type: str
+    message: str
+    param: str
+    code: str
+    doc_url: str
+    retry_after_seconds: int
+    rate_limit: RateLimitState
+    def __init__(self, http_status: _Optional[int] = ..., type: _Optional[str] = ..., message: _Optional[str] = ..., param: _Optional[str] = ..., code: _Optional[str] = ..., doc_url: _Optional[str] = ..., retry_after_seconds: _Optional[int] = ..., rate_limit: _Optional[_Union[RateLimitState, _Mapping]] = ...) -> None: ...
+
+class RateLimitState(_message.Message):
+    __slots__ = ("limit_requests", "limit_tokens", "remaining_requests", "remaining_tokens", "reset_requests_ms", "reset_tokens_ms")
+    LIMIT_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RESET_REQUESTS_MS_FIELD_NUMBER: _ClassVar[int]
+    RESET_TOKENS_MS_FIELD_NUMBER: _ClassVar[int]
+    limit_requests: int
+    limit_tokens: int
+    remaining_requests: int
+    remaining_tokens: int
+    reset_requests_ms: int
+    reset_tokens_ms: int
+    def __init__(self, limit_requests: _Optional[int] = ..., limit_tokens: _Optional[int] = ..., remaining_requests: _Optional[int] = ..., remaining_tokens: _Optional[int] = ..., reset_requests_ms: _Optional[int] = ..., reset_tokens_ms: _Optional[int] = ...) -> None: ...
+
+class Limits(_message.Message):
+    __slots__ = ("requests_per_minute", "tokens_per_minute", "max_concurrency", "budget_tokens")
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    requests_per_minute: int
+    tokens_per_minute: int
+    max_concurrency: int
+    budget_tokens: int
+    def __init__(self, requests_per_minute: _Optional[int] = ..., tokens_per_minute: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., budget_tokens: _Optional[int] = ...) -> None: ...
+
+class Principal(_message.Message):
+    __slots__ = ("key_id", "name", "tenant", "limits", "allowed_models", "redis_failure_policy")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    REDIS_FAILURE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    name: str
+    tenant: str
+    limits: Limits
+    allowed_models: _containers.RepeatedScalarFieldContainer[str]
+    redis_failure_policy: str
+    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., tenant: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., redis_failure_policy: _Optional[str] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_creation_tokens")
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_CREATION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cache_creation_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., cache_creation_tokens: _Optional[int] = ...) -> None: ...
+
+class RequestContext(_message.Message):
+    __slots__ = ("request_id", "principal", "prompt_tokens")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    principal: Principal
+    prompt_tokens: int
+    def __init__(self, request_id: _Optional[str] = ..., principal: _Optional[_Union[Principal, _Mapping]] = ..., prompt_tokens: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,43 @@
+from meshgate.v1 import common_pb2 as _common_pb2
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ReserveRequest(_message.Message):
+    __slots__ = ("principal", "tokens", "request_id")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    principal: _common_pb2.Principal
+    tokens: int
+    request_id: str
+    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., tokens: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ReserveResponse(_message.Message):
+    __slots__ = ("lease_id", "reserved_tokens", "rate_limit")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    reserved_tokens: int
+    rate_limit: _common_pb2.RateLimitState
+    def __init__(self, lease_id: _Optional[str] = ..., reserved_tokens: _Optional[int] = ..., rate_limit: _Optional[_Union[_common_pb2.RateLimitState, _Mapping]] = ...) -> None: ...
+
+class SettleRequest(_message.Message):
+    __slots__ = ("principal", "lease_id", "reserved_tokens", "usage")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    principal: _common_pb2.Principal
+    lease_id: str
+    reserved_tokens: int
+    usage: _common_pb2.Usage
+    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., lease_id: _Optional[str] = ..., reserved_tokens: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ...) -> None: ...
+
+class SettleResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -1,0 +1,93 @@
+from meshgate.v1 import common_pb2 as _common_pb2
+from meshgate.v1 import inference_pb2 as _inference_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CreateChatCompletionRequest(_message.Message):
+    __slots__ = ("request", "context")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    request: _inference_pb2.ChatCompletionRequest
+    context: _common_pb2.RequestContext
+    def __init__(self, request: _Optional[_Union[_inference_pb2.ChatCompletionRequest, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ...) -> None: ...
+
+class CreateChatCompletionResponse(_message.Message):
+    __slots__ = ("completion",)
+    COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    completion: _inference_pb2.ChatCompletion
+    def __init__(self, completion: _Optional[_Union[_inference_pb2.ChatCompletion, _Mapping]] = ...) -> None: ...
+
+class StreamChatCompletionRequest(_message.Message):
+    __slots__ = ("request", "context")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    request: _inference_pb2.ChatCompletionRequest
+    context: _common_pb2.RequestContext
+    def __init__(self, request: _Optional[_Union[_inference_pb2.ChatCompletionRequest, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ...) -> None: ...
+
+class CreateCompletionRequest(_message.Message):
+    __slots__ = ("request", "context")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    request: _inference_pb2.CompletionRequest
+    context: _common_pb2.RequestContext
+    def __init__(self, request: _Optional[_Union[_inference_pb2.CompletionRequest, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ...) -> None: ...
+
+class CreateCompletionResponse(_message.Message):
+    __slots__ = ("completion",)
+    COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    completion: _inference_pb2.Completion
+    def __init__(self, completion: _Optional[_Union[_inference_pb2.Completion, _Mapping]] = ...) -> None: ...
+
+class StreamCompletionRequest(_message.Message):
+    __slots__ = ("request", "context")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    request: _inference_pb2.CompletionRequest
+    context: _common_pb2.RequestContext
+    def __init__(self, request: _Optional[_Union[_inference_pb2.CompletionRequest, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ...) -> None: ...
+
+class CreateEmbeddingRequest(_message.Message):
+    __slots__ = ("request", "context")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    request: _inference_pb2.EmbeddingRequest
+    context: _common_pb2.RequestContext
+    def __init__(self, request: _Optional[_Union[_inference_pb2.EmbeddingRequest, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ...) -> None: ...
+
+class CreateEmbeddingResponse(_message.Message):
+    __slots__ = ("embeddings",)
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    embeddings: _inference_pb2.EmbeddingList
+    def __init__(self, embeddings: _Optional[_Union[_inference_pb2.EmbeddingList, _Mapping]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ("context",)
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    context: _common_pb2.RequestContext
+    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[_inference_pb2.ModelCard]
+    def __init__(self, models: _Optional[_Iterable[_Union[_inference_pb2.ModelCard, _Mapping]]] = ...) -> None: ...
+
+class GetModelRequest(_message.Message):
+    __slots__ = ("id", "context")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    context: _common_pb2.RequestContext
+    def __init__(self, id: _Optional[str] = ..., context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ...) -> None: ...
+
+class GetModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: _inference_pb2.ModelCard
+    def __init__(self, model: _Optional[_Union[_inference_pb2.ModelCard, _Mapping]] = ...) -> None: ...
