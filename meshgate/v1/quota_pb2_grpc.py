@@ -60,7 +60,8 @@ class QuotaServiceServicer:
     """
 
     def Reserve(self, request, context):
-        """Reserve takes one request and `tokens` tokens from the key's buckets.
+        """Reserve takes one request and its worst-case tokens (prompt plus
+        completion allowance) from the key's buckets.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,90 @@
+"""The edge: a thin Starlette app that speaks OpenAI HTTP outside and gRPC inside."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from edge import pipeline
+from edge.errors import http_error_handler
+from edge.mesh import Mesh
+from meshgate.config import Config
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness: the process answers."""
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: every service the edge calls answers its gRPC health check."""
+    services = await request.app.state.mesh.ready()
+    status = 200 if all(services.values()) else 503
+    body = {"status": "ok" if status == 200 else "unavailable", "services": services}
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def create_app(config: Config) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.mesh = Mesh(config)  # channels are created once, inside the server's loop
+        try:
+            yield
+        finally:
+            await app.state.mesh.close()
+
+    routes = [
+        Route("/v1/chat/completions", pipeline.chat_completions, methods=["POST"]),
+        Route("/v1/completions", pipeline.completions, methods=["POST"]),
+        Route("/v1/embeddings", pipeline.embeddings, methods=["POST"]),
+        Route("/v1/models", pipeline.list_models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", pipeline.get_model, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    middleware = []
+    if config.edge.cors_allow_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.edge.cors_allow_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["authorization", "content-type", "x-request-id"],
+                expose_headers=["x-request-id", "retry-after"],
+            )
+        )
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={HTTPException: http_error_handler},
+        lifespan=lifespan,
+    )
+
+
+def run(config: Config) -> None:
+    """Serve until SIGTERM; uvicorn then lets open responses (streams included) finish."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host=config.edge.host,
+            port=config.edge.port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_config=None,
+            server_header=False,
+            timeout_graceful_shutdown=30,
+        )
+    )
+    server.run()

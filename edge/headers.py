@@ -1,0 +1,54 @@
+"""Response headers: request ids and OpenAI's `x-ratelimit-*` formats."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from starlette.requests import Request
+
+from meshgate.v1 import common_pb2
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+SCOPE_KEY = "meshgate.request_id"
+
+
+def request_id_of(request: Request) -> str:
+    """This request's id: the caller's `x-request-id` if it is sane, else a new `req_...`."""
+    rid = request.scope.get(SCOPE_KEY)
+    if rid is None:
+        incoming = request.headers.get("x-request-id", "")
+        rid = incoming if _CLIENT_ID.match(incoming) else "req_" + secrets.token_hex(16)
+        request.scope[SCOPE_KEY] = rid
+    return str(rid)
+
+
+def go_duration(ms: int) -> str:
+    """Milliseconds as a Go duration string, as OpenAI sends them: `12ms`, `1s`, `6m0s`, `1h2m3.5s`."""
+    if ms <= 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
+    out = f"{hours}h" if hours else ""
+    if hours or minutes:
+        out += f"{minutes}m"
+    return out + f"{seconds}s"
+
+
+def rate_limit_headers(state: common_pb2.RateLimitState) -> dict[str, str]:
+    """The six `x-ratelimit-*` headers; empty for an unlimited key."""
+    if not state.limit_requests and not state.limit_tokens:
+        return {}
+    headers: dict[str, str] = {}
+    if state.limit_requests:
+        headers["x-ratelimit-limit-requests"] = str(state.limit_requests)
+        headers["x-ratelimit-remaining-requests"] = str(max(state.remaining_requests, 0))
+        headers["x-ratelimit-reset-requests"] = go_duration(state.reset_requests_ms)
+    if state.limit_tokens:
+        headers["x-ratelimit-limit-tokens"] = str(state.limit_tokens)
+        headers["x-ratelimit-remaining-tokens"] = str(max(state.remaining_tokens, 0))
+        headers["x-ratelimit-reset-tokens"] = go_duration(state.reset_tokens_ms)
+    return headers

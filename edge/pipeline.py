@@ -1,0 +1,327 @@
+"""The per-request path, one readable function per endpoint.
+
+chat:  body -> (auth || validation) -> quota.Reserve -> router -> JSON or SSE -> quota.Settle
+Every hop and its order is visible here, so it can be measured. Errors are
+ApiError values rendered once by edge/errors.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import wraps
+from typing import Protocol, TypeVar
+
+import grpc
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from edge import render, sse
+from edge.errors import error_response
+from edge.headers import rate_limit_headers, request_id_of
+from edge.mesh import HOP_TIMEOUT_S, Mesh, rpc
+from meshgate import errors
+from meshgate.errors import ApiError, from_rpc_error
+from meshgate.v1 import (
+    auth_pb2,
+    common_pb2,
+    inference_pb2,
+    quota_pb2,
+    router_pb2,
+    validation_pb2,
+)
+
+log = logging.getLogger("meshgate.edge")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+Chunk = TypeVar("Chunk", inference_pb2.ChatCompletionChunk, inference_pb2.CompletionChunk)
+JSON = "application/json"
+T_V = TypeVar("T_V")
+
+
+class _Validated(Protocol):
+    prompt_tokens: int
+
+
+def endpoint(handler: Endpoint) -> Endpoint:
+    """Every failure becomes the envelope; nothing reaches the server's traceback logger."""
+
+    @wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return error_response(exc, request_id_of(request))
+        except Exception as exc:
+            log.error("unhandled error", extra={"request_id": request_id_of(request), "error": type(exc).__name__})
+            return error_response(errors.server_error(), request_id_of(request))
+
+    return wrapped
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    too_large = ApiError(413, "invalid_request_error", f"Request body too large: the limit is {limit} bytes.")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def _metadata(request_id: str) -> tuple[tuple[str, str], ...]:
+    return (("x-request-id", request_id),)
+
+
+async def authenticate(mesh: Mesh, request: Request, request_id: str) -> common_pb2.Principal:
+    call = mesh.auth.Authenticate(
+        auth_pb2.AuthenticateRequest(authorization=request.headers.get("authorization", "")),
+        timeout=HOP_TIMEOUT_S,
+        metadata=_metadata(request_id),
+    )
+    return (await rpc(call, "auth")).principal
+
+
+async def authenticate_and_validate(
+    mesh: Mesh, request: Request, request_id: str, validation: grpc.aio.UnaryUnaryCall[object, T_V]
+) -> tuple[common_pb2.Principal, T_V]:
+    """Auth and validation run at once; an auth failure wins over a validation failure."""
+    try:
+        principal = await authenticate(mesh, request, request_id)
+    except ApiError:
+        validation.cancel()
+        raise
+    return principal, await rpc(validation, "validation")
+
+
+
+async def reserve(
+    mesh: Mesh, principal: common_pb2.Principal, prompt_tokens: int, max_tokens: int | None, request_id: str
+) -> quota_pb2.ReserveResponse:
+    request = quota_pb2.ReserveRequest(principal=principal, prompt_tokens=prompt_tokens, request_id=request_id)
+    if max_tokens is not None:
+        request.max_tokens = max_tokens
+    return await rpc(mesh.quota.Reserve(request, timeout=HOP_TIMEOUT_S, metadata=_metadata(request_id)), "quota")
+
+
+async def _first(call: grpc.aio.UnaryStreamCall[object, Chunk]) -> Chunk:
+    """The first chunk; failing here is still an HTTP error status, never a 200 stream."""
+    try:
+        chunk = await call.read()
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc, "router") from None
+    if chunk is grpc.aio.EOF:
+        raise errors.server_error()
+    return chunk  # type: ignore[return-value]
+
+
+class _Renderer(Protocol[Chunk]):  # type: ignore[misc]
+    def render(self, chunk: Chunk) -> bytes: ...
+    def usage(self, usage: common_pb2.Usage) -> bytes: ...
+
+
+async def _events(
+    call: grpc.aio.UnaryStreamCall[object, Chunk],
+    first: Chunk,
+    renderer: _Renderer[Chunk],
+    include_usage: bool,
+    prompt_tokens: int,
+    on_done: Callable[[common_pb2.Usage], None],
+) -> AsyncIterator[bytes]:
+    """Relay chunks as SSE; settle with the engine's usage, or an estimate if the stream broke."""
+    usage: common_pb2.Usage | None = None
+    fragments = 0
+    chunk: object = first
+    try:
+        while chunk is not grpc.aio.EOF:
+            assert isinstance(chunk, inference_pb2.ChatCompletionChunk | inference_pb2.CompletionChunk)
+            if chunk.choices:
+                fragments += 1
+                yield renderer.render(chunk)  # type: ignore[arg-type]
+            if chunk.HasField("usage"):
+                usage = chunk.usage
+                if include_usage:
+                    yield renderer.usage(usage)
+            chunk = await call.read()
+        yield sse.DONE
+    except grpc.aio.AioRpcError as exc:
+        yield sse.error_event(from_rpc_error(exc, "router"))
+    finally:
+        if not call.done():
+            call.cancel()
+        # Without the engine's count (client gone, engine failed), bill one token per fragment.
+        on_done(usage or common_pb2.Usage(prompt_tokens=prompt_tokens, completion_tokens=max(fragments - 1, 0)))
+
+
+async def _admitted(
+    mesh: Mesh,
+    request_id: str,
+    principal: common_pb2.Principal,
+    validated: _Validated,
+    max_tokens: int | None,
+) -> tuple[quota_pb2.ReserveResponse, dict[str, str], Callable[[common_pb2.Usage], None]]:
+    reservation = await reserve(mesh, principal, validated.prompt_tokens, max_tokens, request_id)
+    headers = {"x-request-id": request_id, **rate_limit_headers(reservation.rate_limit)}
+
+    def settle(usage: common_pb2.Usage) -> None:
+        mesh.settle(principal, reservation, usage, request_id)
+
+    return reservation, headers, settle
+
+
+def _stream_response(events: AsyncIterator[bytes], headers: dict[str, str]) -> StreamingResponse:
+    headers = {**headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
+    return StreamingResponse(events, headers=headers, media_type="text/event-stream")
+
+
+# ------------------------------------------------------------ endpoints ----
+
+
+@endpoint
+async def chat_completions(request: Request) -> Response:
+    mesh: Mesh = request.app.state.mesh
+    rid = request_id_of(request)
+    deadline = time.monotonic() + mesh.request_timeout
+    body = await read_body(request, mesh.max_body_bytes)
+    validation = mesh.validation.ValidateChatCompletion(
+        validation_pb2.ValidateChatCompletionRequest(body=body), timeout=HOP_TIMEOUT_S, metadata=_metadata(rid)
+    )
+    principal, validated = await authenticate_and_validate(mesh, request, rid, validation)
+    chat = validated.request
+    max_tokens = chat.max_tokens if chat.HasField("max_tokens") else None
+    _, headers, settle = await _admitted(mesh, rid, principal, validated, max_tokens)
+    context = common_pb2.RequestContext(request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens)
+    timeout = max(deadline - time.monotonic(), 0.001)
+    try:
+        if chat.stream:
+            call = mesh.router.StreamChatCompletion(
+                router_pb2.StreamChatCompletionRequest(request=chat, context=context),
+                timeout=timeout,
+                metadata=_metadata(rid),
+            )
+            first = await _first(call)
+            renderer = sse.ChatChunks(first, chat.include_usage)
+            events = _events(call, first, renderer, chat.include_usage, validated.prompt_tokens, settle)
+            return _stream_response(events, headers)
+        response = await rpc(
+            mesh.router.CreateChatCompletion(
+                router_pb2.CreateChatCompletionRequest(request=chat, context=context),
+                timeout=timeout,
+                metadata=_metadata(rid),
+            ),
+            "router",
+        )
+    except ApiError as exc:
+        settle(common_pb2.Usage())
+        return error_response(exc, rid, headers)
+    settle(response.completion.usage)
+    return Response(render.chat_completion(response.completion), headers=headers, media_type=JSON)
+
+
+@endpoint
+async def completions(request: Request) -> Response:
+    mesh: Mesh = request.app.state.mesh
+    rid = request_id_of(request)
+    deadline = time.monotonic() + mesh.request_timeout
+    body = await read_body(request, mesh.max_body_bytes)
+    validation = mesh.validation.ValidateCompletion(
+        validation_pb2.ValidateCompletionRequest(body=body), timeout=HOP_TIMEOUT_S, metadata=_metadata(rid)
+    )
+    principal, validated = await authenticate_and_validate(mesh, request, rid, validation)
+    text = validated.request
+    # Legacy completions default to 16 tokens per prompt.
+    max_tokens = (text.max_tokens if text.HasField("max_tokens") else 16) * len(text.prompt)
+    _, headers, settle = await _admitted(mesh, rid, principal, validated, max_tokens)
+    context = common_pb2.RequestContext(request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens)
+    timeout = max(deadline - time.monotonic(), 0.001)
+    try:
+        if text.stream:
+            call = mesh.router.StreamCompletion(
+                router_pb2.StreamCompletionRequest(request=text, context=context),
+                timeout=timeout,
+                metadata=_metadata(rid),
+            )
+            first = await _first(call)
+            renderer = sse.TextChunks(first, text.include_usage)
+            events = _events(call, first, renderer, text.include_usage, validated.prompt_tokens, settle)
+            return _stream_response(events, headers)
+        response = await rpc(
+            mesh.router.CreateCompletion(
+                router_pb2.CreateCompletionRequest(request=text, context=context),
+                timeout=timeout,
+                metadata=_metadata(rid),
+            ),
+            "router",
+        )
+    except ApiError as exc:
+        settle(common_pb2.Usage())
+        return error_response(exc, rid, headers)
+    settle(response.completion.usage)
+    return Response(render.completion(response.completion), headers=headers, media_type=JSON)
+
+
+@endpoint
+async def embeddings(request: Request) -> Response:
+    mesh: Mesh = request.app.state.mesh
+    rid = request_id_of(request)
+    deadline = time.monotonic() + mesh.request_timeout
+    body = await read_body(request, mesh.max_body_bytes)
+    validation = mesh.validation.ValidateEmbedding(
+        validation_pb2.ValidateEmbeddingRequest(body=body), timeout=HOP_TIMEOUT_S, metadata=_metadata(rid)
+    )
+    principal, validated = await authenticate_and_validate(mesh, request, rid, validation)
+    _, headers, settle = await _admitted(mesh, rid, principal, validated, 0)
+    context = common_pb2.RequestContext(request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens)
+    try:
+        response = await rpc(
+            mesh.router.CreateEmbedding(
+                router_pb2.CreateEmbeddingRequest(request=validated.request, context=context),
+                timeout=max(deadline - time.monotonic(), 0.001),
+                metadata=_metadata(rid),
+            ),
+            "router",
+        )
+    except ApiError as exc:
+        settle(common_pb2.Usage())
+        return error_response(exc, rid, headers)
+    settle(response.embeddings.usage)
+    return Response(
+        render.embeddings(response.embeddings, validated.request.base64), headers=headers, media_type=JSON
+    )
+
+
+@endpoint
+async def list_models(request: Request) -> Response:
+    mesh: Mesh = request.app.state.mesh
+    rid = request_id_of(request)
+    principal = await authenticate(mesh, request, rid)
+    context = common_pb2.RequestContext(request_id=rid, principal=principal)
+    response = await rpc(
+        mesh.router.ListModels(router_pb2.ListModelsRequest(context=context), timeout=HOP_TIMEOUT_S, metadata=_metadata(rid)),
+        "router",
+    )
+    return Response(render.model_list(response), headers={"x-request-id": rid}, media_type=JSON)
+
+
+@endpoint
+async def get_model(request: Request) -> Response:
+    """`/v1/models/{id}`; ids may contain '/', sent raw (SDK 1.x) or as %2F (SDK 3.x)."""
+    mesh: Mesh = request.app.state.mesh
+    rid = request_id_of(request)
+    principal = await authenticate(mesh, request, rid)
+    model_id = request.path_params["model_id"]
+    context = common_pb2.RequestContext(request_id=rid, principal=principal)
+    response = await rpc(
+        mesh.router.GetModel(
+            router_pb2.GetModelRequest(id=model_id, context=context), timeout=HOP_TIMEOUT_S, metadata=_metadata(rid)
+        ),
+        "router",
+    )
+    return Response(
+        orjson.dumps(render.model_card(response.model)), headers={"x-request-id": rid}, media_type=JSON
+    )

