@@ -152,12 +152,18 @@ class ReferenceEngine(engine_pb2_grpc.EngineServiceServicer):
         except InvalidRequest as exc:
             await errors.invalid_request(exc.message, param=exc.param).abort(context)
 
+    async def _decode_time(self, tokens: int) -> None:
+        """A whole answer takes as long as its stream would, as with a real decoder."""
+        if self.delay and tokens > 1:
+            await asyncio.sleep(self.delay * (tokens - 1))
+
     async def GenerateChat(
         self,
         request: engine_pb2.GenerateChatRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> engine_pb2.GenerateChatResponse:
         plan = await self._plan(generator.plan_chat, request.request, context)
+        await self._decode_time(plan.completion_tokens)
         return engine_pb2.GenerateChatResponse(completion=chat_completion(plan))
 
     async def StreamChat(
@@ -191,6 +197,7 @@ class ReferenceEngine(engine_pb2_grpc.EngineServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> engine_pb2.GenerateTextResponse:
         plan = await self._plan(generator.plan_text, request.request, context)
+        await self._decode_time(max((c.completion_tokens for c in plan.choices), default=0))
         return engine_pb2.GenerateTextResponse(completion=completion(plan))
 
     async def StreamText(

@@ -1,0 +1,156 @@
+"""Every failure a client can cause is OpenAI's envelope with the exact status, type, param and code."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import RunningMesh
+
+PRO = "meshgate/reference-pro"
+MINI = "meshgate/reference-mini"
+USER = [{"role": "user", "content": "hi"}]
+KEY_DOCS = "https://github.com/meshgate/meshgate/blob/main/docs/errors.md#authentication"
+
+# (name, path, body, status, type, param, code)
+CASES: list[tuple[str, str, Any, int, str, str | None, str | None]] = [
+    ("not json", "/v1/chat/completions", b"{not json", 400, "invalid_request_error", None, None),
+    ("not an object", "/v1/chat/completions", [1, 2], 400, "invalid_request_error", None, None),
+    ("missing model", "/v1/chat/completions", {"messages": USER}, 400, "invalid_request_error", "model", None),
+    ("missing messages", "/v1/chat/completions", {"model": PRO}, 400, "invalid_request_error", "messages", None),
+    ("empty messages", "/v1/chat/completions", {"model": PRO, "messages": []}, 400, "invalid_request_error", "messages", None),
+    ("bad role", "/v1/chat/completions", {"model": PRO, "messages": [{"role": "tooool", "content": "x"}]}, 400, "invalid_request_error", "messages[0].role", None),
+    ("content object", "/v1/chat/completions", {"model": PRO, "messages": [{"role": "user", "content": {}}]}, 400, "invalid_request_error", "messages[0].content", None),
+    ("image url bad", "/v1/chat/completions", {"model": PRO, "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}]}, 400, "invalid_request_error", "messages[1].content[0].image_url.url", None),
+    ("temperature high", "/v1/chat/completions", {"model": PRO, "messages": USER, "temperature": 3}, 400, "invalid_request_error", "temperature", None),
+    ("top_p type", "/v1/chat/completions", {"model": PRO, "messages": USER, "top_p": "x"}, 400, "invalid_request_error", "top_p", None),
+    ("max_tokens type", "/v1/chat/completions", {"model": PRO, "messages": USER, "max_tokens": "5"}, 400, "invalid_request_error", "max_tokens", None),
+    ("n > 1", "/v1/chat/completions", {"model": PRO, "messages": USER, "n": 2}, 400, "invalid_request_error", "n", None),
+    ("logprobs", "/v1/chat/completions", {"model": PRO, "messages": USER, "logprobs": True}, 400, "invalid_request_error", "logprobs", None),
+    ("tool name", "/v1/chat/completions", {"model": PRO, "messages": USER, "tools": [{"type": "function", "function": {"name": "bad name"}}]}, 400, "invalid_request_error", "tools[0].function.name", None),
+    ("tools on mini", "/v1/chat/completions", {"model": MINI, "messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "invalid_request_error", "tools", None),
+    ("image on mini", "/v1/chat/completions", {"model": MINI, "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": "https://e.com/a.png"}}]}]}, 400, "invalid_request_error", "messages[0].content[1]", None),
+    ("context length", "/v1/chat/completions", {"model": MINI, "messages": USER, "max_tokens": 5000}, 400, "invalid_request_error", "messages", "context_length_exceeded"),
+    ("unknown model", "/v1/chat/completions", {"model": "nope", "messages": USER}, 404, "invalid_request_error", None, "model_not_found"),
+    ("chat on embeddings model", "/v1/chat/completions", {"model": "bge-m3", "messages": USER}, 400, "invalid_request_error", "model", None),
+    ("completions missing prompt", "/v1/completions", {"model": MINI}, 400, "invalid_request_error", "prompt", None),
+    ("embeddings null format", "/v1/embeddings", {"model": "bge-m3", "input": "x", "encoding_format": None}, 400, "invalid_request_error", "encoding_format", None),
+    ("embeddings bad format", "/v1/embeddings", {"model": "bge-m3", "input": "x", "encoding_format": "int8"}, 400, "invalid_request_error", "encoding_format", None),
+    ("embeddings empty input", "/v1/embeddings", {"model": "bge-m3", "input": []}, 400, "invalid_request_error", "input", None),
+    ("embeddings on chat model", "/v1/embeddings", {"model": MINI, "input": "x"}, 400, "invalid_request_error", "model", None),
+]  # fmt: skip
+
+
+def _envelope(response: httpx.Response) -> dict[str, Any]:
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers.get("x-request-id")
+    body = response.json()
+    assert set(body) == {"error"}
+    error: dict[str, Any] = body["error"]
+    assert {"message", "type", "param", "code"} <= set(error)
+    assert isinstance(error["message"], str) and error["message"]
+    assert "Traceback" not in error["message"]
+    return error
+
+
+@pytest.mark.parametrize(("name", "path", "body", "status", "type_", "param", "code"), CASES, ids=[c[0] for c in CASES])
+def test_bad_request(
+    http: httpx.Client,
+    mesh: RunningMesh,
+    name: str,
+    path: str,
+    body: Any,
+    status: int,
+    type_: str,
+    param: str | None,
+    code: str | None,
+) -> None:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = http.post(path, content=content, headers={"Authorization": f"Bearer {mesh.api_key}"})
+    assert response.status_code == status, response.text
+    error = _envelope(response)
+    assert (error["type"], error["param"], error["code"]) == (type_, param, code), error
+
+
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [
+        (None, "missing_api_key"),
+        ("", "missing_api_key"),
+        ("Basic dXNlcjpwYXNz", "invalid_auth_scheme"),
+        ("Bearer", "invalid_api_key"),
+        ("Bearer sk-not-a-real-key", "invalid_api_key"),
+    ],
+)
+def test_auth_failures_are_401(http: httpx.Client, header: str | None, code: str) -> None:
+    headers = {} if header is None else {"Authorization": header}
+    response = http.post("/v1/chat/completions", json={"model": PRO, "messages": USER}, headers=headers)
+    assert response.status_code == 401
+    error = _envelope(response)
+    assert (error["type"], error["param"], error["code"]) == ("authentication_error", None, code)
+    assert error["doc_url"] == KEY_DOCS
+    assert "sk-not-a-real-key" not in response.text
+
+
+def test_auth_failure_wins_over_bad_body(http: httpx.Client) -> None:
+    response = http.post("/v1/chat/completions", content=b"garbage")
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code", "needle"),
+    [
+        ("POST", "/v1/chat/completions/chat/completions", 404, None, "Invalid URL (POST /v1/chat/completions/chat/completions)"),
+        ("GET", "/v2/anything", 404, None, "Invalid URL (GET /v2/anything)"),
+        ("POST", "/v1/fine-tuning/jobs", 404, "unsupported_endpoint", "FlexAI Fine-Tuning"),
+        ("POST", "/v1/assistants", 404, "unsupported_endpoint", "not planned"),
+        ("POST", "/v1/threads/t1/runs", 404, "unsupported_endpoint", "not planned"),
+        ("POST", "/v1/batches", 404, "unsupported_endpoint", "client-side fan-out"),
+        ("GET", "/v1/files", 404, "unsupported_endpoint", "inline request payloads"),
+        ("GET", "/v1/chat/completions", 405, None, "Method not allowed"),
+    ],
+)
+def test_routes_outside_the_surface(
+    http: httpx.Client, mesh: RunningMesh, method: str, path: str, status: int, code: str | None, needle: str
+) -> None:
+    response = http.request(method, path, headers={"Authorization": f"Bearer {mesh.api_key}"})
+    assert response.status_code == status
+    error = _envelope(response)
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] == code
+    assert needle in error["message"]
+
+
+def test_oversized_body_is_413(http: httpx.Client, mesh: RunningMesh) -> None:
+    limit = mesh.config.edge.max_body_bytes
+    response = http.post(
+        "/v1/chat/completions",
+        content=b" " * (limit + 1),
+        headers={"Authorization": f"Bearer {mesh.api_key}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert _envelope(response)["type"] == "invalid_request_error"
+
+
+def test_success_carries_request_id_and_rate_limit_headers(http: httpx.Client, mesh: RunningMesh) -> None:
+    response = http.post(
+        "/v1/chat/completions",
+        json={"model": PRO, "messages": USER, "max_tokens": 3},
+        headers={"Authorization": f"Bearer {mesh.api_key}", "X-Request-Id": "trace-123"},
+    )
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "trace-123"
+    for name in ("requests", "tokens"):
+        assert int(response.headers[f"x-ratelimit-limit-{name}"]) > 0
+        assert int(response.headers[f"x-ratelimit-remaining-{name}"]) >= 0
+        assert response.headers[f"x-ratelimit-reset-{name}"].endswith("s")
+
+
+def test_health_endpoints(http: httpx.Client) -> None:
+    assert http.get("/healthz").json() == {"status": "ok"}
+    ready = http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["services"] == {"auth": True, "quota": True, "validation": True, "router": True}
