@@ -17,8 +17,14 @@ log = logging.getLogger("meshgate.edge")
 
 # Endpoints the page lists as unsupported, with the alternative it names.
 UNSUPPORTED: tuple[tuple[str, str], ...] = (
-    ("/v1/fine-tuning", "Fine-tuning is not available on this API. Use FlexAI Fine-Tuning instead."),
-    ("/v1/fine_tuning", "Fine-tuning is not available on this API. Use FlexAI Fine-Tuning instead."),
+    (
+        "/v1/fine-tuning",
+        "Fine-tuning is not available on this API. Use FlexAI Fine-Tuning instead.",
+    ),
+    (
+        "/v1/fine_tuning",
+        "Fine-tuning is not available on this API. Use FlexAI Fine-Tuning instead.",
+    ),
     ("/v1/assistants", "The Assistants API is not supported and is not planned."),
     ("/v1/threads", "The Assistants API (threads) is not supported and is not planned."),
     ("/v1/runs", "The Assistants API (runs) is not supported and is not planned."),
@@ -27,7 +33,9 @@ UNSUPPORTED: tuple[tuple[str, str], ...] = (
 )
 
 
-def error_response(error: ApiError, request_id: str, extra_headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    error: ApiError, request_id: str, extra_headers: dict[str, str] | None = None
+) -> Response:
     headers = {"x-request-id": request_id}
     if error.retry_after is not None:
         headers["retry-after"] = str(error.retry_after)
@@ -61,7 +69,9 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
         error = unsupported_or_unknown(request.method, request.url.path)
     elif exc.status_code == 405:
         error = ApiError(
-            405, "invalid_request_error", f"Method not allowed ({request.method} {request.url.path})."
+            405,
+            "invalid_request_error",
+            f"Method not allowed ({request.method} {request.url.path}).",
         )
     else:
         error = ApiError(exc.status_code, "invalid_request_error", str(exc.detail))

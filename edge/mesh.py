@@ -76,7 +76,9 @@ class Mesh:
             usage=usage,
         )
         try:
-            await self.quota.Settle(request, timeout=HOP_TIMEOUT_S, metadata=(("x-request-id", request_id),))
+            await self.quota.Settle(
+                request, timeout=HOP_TIMEOUT_S, metadata=(("x-request-id", request_id),)
+            )
         except grpc.aio.AioRpcError:
             pass  # quota logs its own failures; the lease expires by TTL
 

@@ -55,7 +55,10 @@ def endpoint(handler: Endpoint) -> Endpoint:
         except ApiError as exc:
             return error_response(exc, request_id_of(request))
         except Exception as exc:
-            log.error("unhandled error", extra={"request_id": request_id_of(request), "error": type(exc).__name__})
+            log.error(
+                "unhandled error",
+                extra={"request_id": request_id_of(request), "error": type(exc).__name__},
+            )
             return error_response(errors.server_error(), request_id_of(request))
 
     return wrapped
@@ -63,7 +66,9 @@ def endpoint(handler: Endpoint) -> Endpoint:
 
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
-    too_large = ApiError(413, "invalid_request_error", f"Request body too large: the limit is {limit} bytes.")
+    too_large = ApiError(
+        413, "invalid_request_error", f"Request body too large: the limit is {limit} bytes."
+    )
     if declared.isdigit() and int(declared) > limit:
         raise too_large
     body = bytearray()
@@ -99,14 +104,21 @@ async def authenticate_and_validate(
     return principal, await rpc(validation, "validation")
 
 
-
 async def reserve(
-    mesh: Mesh, principal: common_pb2.Principal, prompt_tokens: int, max_tokens: int | None, request_id: str
+    mesh: Mesh,
+    principal: common_pb2.Principal,
+    prompt_tokens: int,
+    max_tokens: int | None,
+    request_id: str,
 ) -> quota_pb2.ReserveResponse:
-    request = quota_pb2.ReserveRequest(principal=principal, prompt_tokens=prompt_tokens, request_id=request_id)
+    request = quota_pb2.ReserveRequest(
+        principal=principal, prompt_tokens=prompt_tokens, request_id=request_id
+    )
     if max_tokens is not None:
         request.max_tokens = max_tokens
-    return await rpc(mesh.quota.Reserve(request, timeout=HOP_TIMEOUT_S, metadata=_metadata(request_id)), "quota")
+    return await rpc(
+        mesh.quota.Reserve(request, timeout=HOP_TIMEOUT_S, metadata=_metadata(request_id)), "quota"
+    )
 
 
 async def _first(call: grpc.aio.UnaryStreamCall[object, Chunk]) -> Chunk:
@@ -117,7 +129,7 @@ async def _first(call: grpc.aio.UnaryStreamCall[object, Chunk]) -> Chunk:
         raise from_rpc_error(exc, "router") from None
     if chunk is grpc.aio.EOF:
         raise errors.server_error()
-    return chunk  # type: ignore[return-value]
+    return chunk
 
 
 class _Renderer(Protocol[Chunk]):  # type: ignore[misc]
@@ -139,7 +151,9 @@ async def _events(
     chunk: object = first
     try:
         while chunk is not grpc.aio.EOF:
-            assert isinstance(chunk, inference_pb2.ChatCompletionChunk | inference_pb2.CompletionChunk)
+            assert isinstance(
+                chunk, inference_pb2.ChatCompletionChunk | inference_pb2.CompletionChunk
+            )
             if chunk.choices:
                 fragments += 1
                 yield renderer.render(chunk)  # type: ignore[arg-type]
@@ -155,7 +169,12 @@ async def _events(
         if not call.done():
             call.cancel()
         # Without the engine's count (client gone, engine failed), bill one token per fragment.
-        on_done(usage or common_pb2.Usage(prompt_tokens=prompt_tokens, completion_tokens=max(fragments - 1, 0)))
+        on_done(
+            usage
+            or common_pb2.Usage(
+                prompt_tokens=prompt_tokens, completion_tokens=max(fragments - 1, 0)
+            )
+        )
 
 
 async def _admitted(
@@ -189,13 +208,18 @@ async def chat_completions(request: Request) -> Response:
     deadline = time.monotonic() + mesh.request_timeout
     body = await read_body(request, mesh.max_body_bytes)
     validation = mesh.validation.ValidateChatCompletion(
-        validation_pb2.ValidateChatCompletionRequest(body=body), timeout=HOP_TIMEOUT_S, metadata=_metadata(rid)
+        validation_pb2.ValidateChatCompletionRequest(body=body),
+        timeout=HOP_TIMEOUT_S,
+        metadata=_metadata(rid),
     )
+    validated: validation_pb2.ValidateChatCompletionResponse
     principal, validated = await authenticate_and_validate(mesh, request, rid, validation)
     chat = validated.request
     max_tokens = chat.max_tokens if chat.HasField("max_tokens") else None
     _, headers, settle = await _admitted(mesh, rid, principal, validated, max_tokens)
-    context = common_pb2.RequestContext(request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens)
+    context = common_pb2.RequestContext(
+        request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens
+    )
     timeout = max(deadline - time.monotonic(), 0.001)
     try:
         if chat.stream:
@@ -204,9 +228,11 @@ async def chat_completions(request: Request) -> Response:
                 timeout=timeout,
                 metadata=_metadata(rid),
             )
-            first = await _first(call)
+            first: inference_pb2.ChatCompletionChunk = await _first(call)
             renderer = sse.ChatChunks(first, chat.include_usage)
-            events = _events(call, first, renderer, chat.include_usage, validated.prompt_tokens, settle)
+            events = _events(
+                call, first, renderer, chat.include_usage, validated.prompt_tokens, settle
+            )
             return _stream_response(events, headers)
         response = await rpc(
             mesh.router.CreateChatCompletion(
@@ -230,14 +256,19 @@ async def completions(request: Request) -> Response:
     deadline = time.monotonic() + mesh.request_timeout
     body = await read_body(request, mesh.max_body_bytes)
     validation = mesh.validation.ValidateCompletion(
-        validation_pb2.ValidateCompletionRequest(body=body), timeout=HOP_TIMEOUT_S, metadata=_metadata(rid)
+        validation_pb2.ValidateCompletionRequest(body=body),
+        timeout=HOP_TIMEOUT_S,
+        metadata=_metadata(rid),
     )
+    validated: validation_pb2.ValidateCompletionResponse
     principal, validated = await authenticate_and_validate(mesh, request, rid, validation)
     text = validated.request
     # Legacy completions default to 16 tokens per prompt.
     max_tokens = (text.max_tokens if text.HasField("max_tokens") else 16) * len(text.prompt)
     _, headers, settle = await _admitted(mesh, rid, principal, validated, max_tokens)
-    context = common_pb2.RequestContext(request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens)
+    context = common_pb2.RequestContext(
+        request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens
+    )
     timeout = max(deadline - time.monotonic(), 0.001)
     try:
         if text.stream:
@@ -246,9 +277,11 @@ async def completions(request: Request) -> Response:
                 timeout=timeout,
                 metadata=_metadata(rid),
             )
-            first = await _first(call)
+            first: inference_pb2.CompletionChunk = await _first(call)
             renderer = sse.TextChunks(first, text.include_usage)
-            events = _events(call, first, renderer, text.include_usage, validated.prompt_tokens, settle)
+            events = _events(
+                call, first, renderer, text.include_usage, validated.prompt_tokens, settle
+            )
             return _stream_response(events, headers)
         response = await rpc(
             mesh.router.CreateCompletion(
@@ -272,11 +305,16 @@ async def embeddings(request: Request) -> Response:
     deadline = time.monotonic() + mesh.request_timeout
     body = await read_body(request, mesh.max_body_bytes)
     validation = mesh.validation.ValidateEmbedding(
-        validation_pb2.ValidateEmbeddingRequest(body=body), timeout=HOP_TIMEOUT_S, metadata=_metadata(rid)
+        validation_pb2.ValidateEmbeddingRequest(body=body),
+        timeout=HOP_TIMEOUT_S,
+        metadata=_metadata(rid),
     )
+    validated: validation_pb2.ValidateEmbeddingResponse
     principal, validated = await authenticate_and_validate(mesh, request, rid, validation)
     _, headers, settle = await _admitted(mesh, rid, principal, validated, 0)
-    context = common_pb2.RequestContext(request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens)
+    context = common_pb2.RequestContext(
+        request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens
+    )
     try:
         response = await rpc(
             mesh.router.CreateEmbedding(
@@ -291,7 +329,9 @@ async def embeddings(request: Request) -> Response:
         return error_response(exc, rid, headers)
     settle(response.embeddings.usage)
     return Response(
-        render.embeddings(response.embeddings, validated.request.base64), headers=headers, media_type=JSON
+        render.embeddings(response.embeddings, validated.request.base64),
+        headers=headers,
+        media_type=JSON,
     )
 
 
@@ -302,7 +342,11 @@ async def list_models(request: Request) -> Response:
     principal = await authenticate(mesh, request, rid)
     context = common_pb2.RequestContext(request_id=rid, principal=principal)
     response = await rpc(
-        mesh.router.ListModels(router_pb2.ListModelsRequest(context=context), timeout=HOP_TIMEOUT_S, metadata=_metadata(rid)),
+        mesh.router.ListModels(
+            router_pb2.ListModelsRequest(context=context),
+            timeout=HOP_TIMEOUT_S,
+            metadata=_metadata(rid),
+        ),
         "router",
     )
     return Response(render.model_list(response), headers={"x-request-id": rid}, media_type=JSON)
@@ -318,10 +362,14 @@ async def get_model(request: Request) -> Response:
     context = common_pb2.RequestContext(request_id=rid, principal=principal)
     response = await rpc(
         mesh.router.GetModel(
-            router_pb2.GetModelRequest(id=model_id, context=context), timeout=HOP_TIMEOUT_S, metadata=_metadata(rid)
+            router_pb2.GetModelRequest(id=model_id, context=context),
+            timeout=HOP_TIMEOUT_S,
+            metadata=_metadata(rid),
         ),
         "router",
     )
     return Response(
-        orjson.dumps(render.model_card(response.model)), headers={"x-request-id": rid}, media_type=JSON
+        orjson.dumps(render.model_card(response.model)),
+        headers={"x-request-id": rid},
+        media_type=JSON,
     )

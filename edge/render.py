@@ -36,7 +36,8 @@ def usage(u: common_pb2.Usage) -> dict[str, Any]:
 
 def _tool_calls(calls: Any) -> list[dict[str, Any]]:
     return [
-        {"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments}} for t in calls
+        {"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments}}
+        for t in calls
     ]
 
 
@@ -53,7 +54,12 @@ def chat_completion(c: inference_pb2.ChatCompletion) -> bytes:
         if m.tool_calls:
             message["tool_calls"] = _tool_calls(m.tool_calls)
         choices.append(
-            {"index": choice.index, "message": message, "logprobs": None, "finish_reason": choice.finish_reason}
+            {
+                "index": choice.index,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": choice.finish_reason,
+            }
         )
     return orjson.dumps(
         {
@@ -75,7 +81,12 @@ def completion(c: inference_pb2.Completion) -> bytes:
             "created": c.created,
             "model": c.model,
             "choices": [
-                {"text": ch.text, "index": ch.index, "logprobs": None, "finish_reason": ch.finish_reason}
+                {
+                    "text": ch.text,
+                    "index": ch.index,
+                    "logprobs": None,
+                    "finish_reason": ch.finish_reason,
+                }
                 for ch in c.choices
             ],
             "usage": usage(c.usage),
@@ -100,7 +111,9 @@ def embeddings(e: inference_pb2.EmbeddingList, as_base64: bool) -> bytes:
         {
             "object": "embedding",
             "index": item.index,
-            "embedding": base64.b64encode(item.vector_f32le).decode() if as_base64 else _floats(item.vector_f32le),
+            "embedding": base64.b64encode(item.vector_f32le).decode()
+            if as_base64
+            else _floats(item.vector_f32le),
         }
         for item in e.data
     ]
@@ -109,7 +122,10 @@ def embeddings(e: inference_pb2.EmbeddingList, as_base64: bool) -> bytes:
             "object": "list",
             "data": data,
             "model": e.model,
-            "usage": {"prompt_tokens": e.usage.prompt_tokens, "total_tokens": e.usage.prompt_tokens},
+            "usage": {
+                "prompt_tokens": e.usage.prompt_tokens,
+                "total_tokens": e.usage.prompt_tokens,
+            },
         }
     )
 

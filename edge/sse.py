@@ -124,7 +124,12 @@ class TextChunks:
     def render(self, chunk: inference_pb2.CompletionChunk) -> bytes:
         event: dict[str, Any] = dict(self._head)
         event["choices"] = [
-            {"text": c.text, "index": c.index, "logprobs": None, "finish_reason": c.finish_reason or None}
+            {
+                "text": c.text,
+                "index": c.index,
+                "logprobs": None,
+                "finish_reason": c.finish_reason or None,
+            }
             for c in chunk.choices
         ]
         if self._include_usage:

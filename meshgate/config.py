@@ -23,7 +23,9 @@ CONFIG_ENV = "MESHGATE_CONFIG"
 
 ServiceName = Literal["auth", "quota", "validation", "router", "engine"]
 SERVICE_NAMES: tuple[ServiceName, ...] = ("auth", "quota", "validation", "router", "engine")
-Category = Literal["text", "code", "reasoning", "multimodal", "embeddings", "image", "audio", "video"]
+Category = Literal[
+    "text", "code", "reasoning", "multimodal", "embeddings", "image", "audio", "video"
+]
 Capability = Literal["tool_use", "vision", "json_schema", "prompt_caching"]
 
 

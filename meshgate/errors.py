@@ -19,7 +19,9 @@ from meshgate.v1 import common_pb2
 
 DETAILS_KEY = "grpc-status-details-bin"
 DOC_URL_KEYS = "https://github.com/meshgate/meshgate/blob/main/docs/errors.md#authentication"
-DOC_URL_QUOTA = "https://github.com/meshgate/meshgate/blob/main/docs/errors.md#rate-limits-and-quota"
+DOC_URL_QUOTA = (
+    "https://github.com/meshgate/meshgate/blob/main/docs/errors.md#rate-limits-and-quota"
+)
 
 _GRPC_CODE_BY_STATUS: dict[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -88,7 +90,9 @@ class ApiError(Exception):
             param=error.param if error.HasField("param") else None,
             code=error.code if error.HasField("code") else None,
             doc_url=error.doc_url if error.HasField("doc_url") else None,
-            retry_after=error.retry_after_seconds if error.HasField("retry_after_seconds") else None,
+            retry_after=error.retry_after_seconds
+            if error.HasField("retry_after_seconds")
+            else None,
             rate_limit=error.rate_limit if error.HasField("rate_limit") else None,
         )
 
@@ -110,12 +114,16 @@ class ApiError(Exception):
     def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
         detail = any_pb2.Any()
         detail.Pack(self.to_proto())
-        status = status_pb2.Status(code=self.grpc_code().value[0], message=self.message, details=[detail])
+        status = status_pb2.Status(
+            code=self.grpc_code().value[0], message=self.message, details=[detail]
+        )
         return ((DETAILS_KEY, status.SerializeToString()),)
 
     async def abort(self, context: grpc.aio.ServicerContext[object, object]) -> NoReturn:
         """End the current RPC with this error in the status details."""
-        await context.abort(self.grpc_code(), self.message, trailing_metadata=self.trailing_metadata())
+        await context.abort(
+            self.grpc_code(), self.message, trailing_metadata=self.trailing_metadata()
+        )
         raise AssertionError("unreachable")  # context.abort always raises
 
 
@@ -171,5 +179,7 @@ def timeout() -> ApiError:
 
 def server_error() -> ApiError:
     return ApiError(
-        500, "server_error", "The server had an error while processing your request. Sorry about that!"
+        500,
+        "server_error",
+        "The server had an error while processing your request. Sorry about that!",
     )

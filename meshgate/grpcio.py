@@ -49,7 +49,9 @@ def channel(target: str) -> grpc.aio.Channel:
 Setup = Callable[[grpc.aio.Server], Awaitable[Sequence[str]]]
 
 
-async def serve(name: str, host: str, port: int, setup: Setup, *, grace: float = DRAIN_GRACE_S) -> None:
+async def serve(
+    name: str, host: str, port: int, setup: Setup, *, grace: float = DRAIN_GRACE_S
+) -> None:
     """Run a gRPC server until SIGTERM or SIGINT, then drain in-flight RPCs.
 
     `setup` adds the servicers and returns their full service names, which are
@@ -60,7 +62,11 @@ async def serve(name: str, host: str, port: int, setup: Setup, *, grace: float =
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
-        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [
+            *service_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     bound = server.add_insecure_port(f"{host}:{port}")

@@ -20,7 +20,9 @@ PROTO_DIR = ROOT / "proto"
 
 def generate(out_dir: Path) -> list[Path]:
     """Run protoc for every meshgate proto into out_dir; return the files written."""
-    protos = sorted(str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / "meshgate/v1").glob("*.proto"))
+    protos = sorted(
+        str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / "meshgate/v1").glob("*.proto")
+    )
     include = str(resources.files("grpc_tools") / "_proto")
     args = [
         "protoc",

@@ -56,7 +56,9 @@ def _envelope(response: httpx.Response) -> dict[str, Any]:
     return error
 
 
-@pytest.mark.parametrize(("name", "path", "body", "status", "type_", "param", "code"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("name", "path", "body", "status", "type_", "param", "code"), CASES, ids=[c[0] for c in CASES]
+)
 def test_bad_request(
     http: httpx.Client,
     mesh: RunningMesh,
@@ -87,7 +89,9 @@ def test_bad_request(
 )
 def test_auth_failures_are_401(http: httpx.Client, header: str | None, code: str) -> None:
     headers = {} if header is None else {"Authorization": header}
-    response = http.post("/v1/chat/completions", json={"model": PRO, "messages": USER}, headers=headers)
+    response = http.post(
+        "/v1/chat/completions", json={"model": PRO, "messages": USER}, headers=headers
+    )
     assert response.status_code == 401
     error = _envelope(response)
     assert (error["type"], error["param"], error["code"]) == ("authentication_error", None, code)
@@ -103,7 +107,13 @@ def test_auth_failure_wins_over_bad_body(http: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "status", "code", "needle"),
     [
-        ("POST", "/v1/chat/completions/chat/completions", 404, None, "Invalid URL (POST /v1/chat/completions/chat/completions)"),
+        (
+            "POST",
+            "/v1/chat/completions/chat/completions",
+            404,
+            None,
+            "Invalid URL (POST /v1/chat/completions/chat/completions)",
+        ),
         ("GET", "/v2/anything", 404, None, "Invalid URL (GET /v2/anything)"),
         ("POST", "/v1/fine-tuning/jobs", 404, "unsupported_endpoint", "FlexAI Fine-Tuning"),
         ("POST", "/v1/assistants", 404, "unsupported_endpoint", "not planned"),
@@ -114,7 +124,13 @@ def test_auth_failure_wins_over_bad_body(http: httpx.Client) -> None:
     ],
 )
 def test_routes_outside_the_surface(
-    http: httpx.Client, mesh: RunningMesh, method: str, path: str, status: int, code: str | None, needle: str
+    http: httpx.Client,
+    mesh: RunningMesh,
+    method: str,
+    path: str,
+    status: int,
+    code: str | None,
+    needle: str,
 ) -> None:
     response = http.request(method, path, headers={"Authorization": f"Bearer {mesh.api_key}"})
     assert response.status_code == status
@@ -135,7 +151,9 @@ def test_oversized_body_is_413(http: httpx.Client, mesh: RunningMesh) -> None:
     assert _envelope(response)["type"] == "invalid_request_error"
 
 
-def test_success_carries_request_id_and_rate_limit_headers(http: httpx.Client, mesh: RunningMesh) -> None:
+def test_success_carries_request_id_and_rate_limit_headers(
+    http: httpx.Client, mesh: RunningMesh
+) -> None:
     response = http.post(
         "/v1/chat/completions",
         json={"model": PRO, "messages": USER, "max_tokens": 3},
@@ -153,4 +171,9 @@ def test_health_endpoints(http: httpx.Client) -> None:
     assert http.get("/healthz").json() == {"status": "ok"}
     ready = http.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["services"] == {"auth": True, "quota": True, "validation": True, "router": True}
+    assert ready.json()["services"] == {
+        "auth": True,
+        "quota": True,
+        "validation": True,
+        "router": True,
+    }

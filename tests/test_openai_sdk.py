@@ -33,13 +33,19 @@ def test_chat_completion_non_streaming(client: openai.OpenAI) -> None:
     assert usage is not None
     assert usage.completion_tokens <= 12
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
-    assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens == 0
+    assert (
+        usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens == 0
+    )
     assert usage.model_extra == {"cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
 
 
 def test_chat_is_deterministic_by_seed(client: openai.OpenAI) -> None:
     def answer(seed: int) -> str | None:
-        return client.chat.completions.create(model=PRO, messages=HELLO, seed=seed).choices[0].message.content
+        return (
+            client.chat.completions.create(model=PRO, messages=HELLO, seed=seed)
+            .choices[0]
+            .message.content
+        )
 
     assert answer(1) == answer(1)
     assert answer(1) != answer(2)
@@ -64,7 +70,9 @@ def test_chat_streaming_with_include_usage(client: openai.OpenAI) -> None:
     assert all(c.choices[0].delta.role is None for c in chunks[1:] if c.choices)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finishes == [whole.choices[0].finish_reason]
     # usage: null on every chunk but the last, which has empty choices and the totals
     assert all(c.usage is None for c in chunks[:-1])
@@ -103,14 +111,18 @@ def test_forced_tool_call_streams_and_accumulates(client: openai.OpenAI) -> None
         }
     ]
     choice = {"type": "function", "function": {"name": "get_weather"}}
-    whole = client.chat.completions.create(model=PRO, messages=HELLO, tools=tools, tool_choice=choice)
+    whole = client.chat.completions.create(
+        model=PRO, messages=HELLO, tools=tools, tool_choice=choice
+    )
     call = whole.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert whole.choices[0].finish_reason == "tool_calls"
     assert call.function.name == "get_weather" and call.id.startswith("call_")
     args = json.loads(call.function.arguments)
     assert isinstance(args["city"], str)
 
-    with client.chat.completions.stream(model=PRO, messages=HELLO, tools=tools, tool_choice=choice) as stream:
+    with client.chat.completions.stream(
+        model=PRO, messages=HELLO, tools=tools, tool_choice=choice
+    ) as stream:
         final = stream.get_final_completion()
     streamed = final.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert streamed.function.name == "get_weather"  # not "get_weatherget_weather"
@@ -126,12 +138,16 @@ def test_json_object_output_is_json(client: openai.OpenAI) -> None:
 
 
 def test_legacy_completion(client: openai.OpenAI) -> None:
-    response = client.completions.create(model=MINI, prompt="Once upon a time", max_tokens=5, seed=1)
+    response = client.completions.create(
+        model=MINI, prompt="Once upon a time", max_tokens=5, seed=1
+    )
     assert response.object == "text_completion"
     assert response.id.startswith("cmpl-")
     assert response.choices[0].finish_reason == "length"
     assert response.usage is not None and response.usage.completion_tokens == 5
-    streamed = client.completions.create(model=MINI, prompt="Once upon a time", max_tokens=5, seed=1, stream=True)
+    streamed = client.completions.create(
+        model=MINI, prompt="Once upon a time", max_tokens=5, seed=1, stream=True
+    )
     assert "".join(c.choices[0].text for c in streamed if c.choices) == response.choices[0].text
 
 
@@ -144,7 +160,9 @@ def _norm(vector: list[float]) -> float:
     return math.sqrt(sum(x * x for x in vector))
 
 
-def test_embeddings_sdk_default_is_base64_and_decodes(client: openai.OpenAI, mesh: RunningMesh) -> None:
+def test_embeddings_sdk_default_is_base64_and_decodes(
+    client: openai.OpenAI, mesh: RunningMesh
+) -> None:
     """The SDK sends encoding_format=base64 when omitted and decodes little-endian float32."""
     response = client.embeddings.create(model=EMBED, input=["hello", "world"])
     assert [d.index for d in response.data] == [0, 1]
@@ -155,8 +173,16 @@ def test_embeddings_sdk_default_is_base64_and_decodes(client: openai.OpenAI, mes
 
 
 def test_embeddings_float_and_base64_agree(client: openai.OpenAI) -> None:
-    floats = client.embeddings.create(model=EMBED, input="hello", encoding_format="float").data[0].embedding
-    raw = client.embeddings.create(model=EMBED, input="hello", encoding_format="base64").data[0].embedding
+    floats = (
+        client.embeddings.create(model=EMBED, input="hello", encoding_format="float")
+        .data[0]
+        .embedding
+    )
+    raw = (
+        client.embeddings.create(model=EMBED, input="hello", encoding_format="base64")
+        .data[0]
+        .embedding
+    )
     assert isinstance(raw, str)  # asked for explicitly: the SDK hands the string over untouched
     decoded = array("f")
     decoded.frombytes(base64.b64decode(raw))
@@ -165,7 +191,9 @@ def test_embeddings_float_and_base64_agree(client: openai.OpenAI) -> None:
 
 
 def test_embeddings_dimensions(client: openai.OpenAI) -> None:
-    response = client.embeddings.create(model=EMBED, input="hi", dimensions=256, encoding_format="float")
+    response = client.embeddings.create(
+        model=EMBED, input="hi", dimensions=256, encoding_format="float"
+    )
     assert len(response.data[0].embedding) == 256
 
 
@@ -176,7 +204,12 @@ def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
     assert pro.object == "model" and pro.owned_by
     assert pro.model_extra is not None
     assert pro.model_extra["category"] == "multimodal"
-    assert set(pro.model_extra["capabilities"]) == {"tool_use", "vision", "json_schema", "prompt_caching"}
+    assert set(pro.model_extra["capabilities"]) == {
+        "tool_use",
+        "vision",
+        "json_schema",
+        "prompt_caching",
+    }
     assert models[EMBED].model_extra["category"] == "embeddings"  # type: ignore[index]
     retrieved = client.models.retrieve(PRO)  # id with '/', sent unescaped by SDK 1.x
     assert retrieved.id == PRO
@@ -187,7 +220,9 @@ def test_model_id_with_escaped_slash(http: object, mesh: RunningMesh) -> None:
     import httpx
 
     assert isinstance(http, httpx.Client)
-    response = http.get("/v1/models/meshgate%2Freference-pro", headers={"Authorization": f"Bearer {mesh.api_key}"})
+    response = http.get(
+        "/v1/models/meshgate%2Freference-pro", headers={"Authorization": f"Bearer {mesh.api_key}"}
+    )
     assert response.status_code == 200
     assert response.json()["id"] == PRO
 

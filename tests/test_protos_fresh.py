@@ -20,7 +20,9 @@ def test_committed_stubs_are_fresh(tmp_path: Path) -> None:
     written = _generator().generate(tmp_path)
     fresh = {p.name: p.read_bytes() for p in written}
     committed = {p.name: p.read_bytes() for p in (ROOT / "meshgate" / "v1").glob("*_pb2*")}
-    assert sorted(fresh) == sorted(committed), "a .proto was added or removed: run scripts/gen_protos.py"
+    assert sorted(fresh) == sorted(committed), (
+        "a .proto was added or removed: run scripts/gen_protos.py"
+    )
     stale = [name for name in fresh if fresh[name] != committed[name]]
     assert not stale, f"stale stubs {stale}: run `python scripts/gen_protos.py` and commit"
 
@@ -33,9 +35,11 @@ def test_every_rpc_and_field_is_commented() -> None:
         depth = 0
         for i, line in enumerate(lines):
             text = line.strip()
-            declares = (
-                text.startswith(("rpc ", "message ", "service ", "enum "))
-                or (depth > 0 and text.endswith(";") and "=" in text and not text.startswith(("option", "//")))
+            declares = text.startswith(("rpc ", "message ", "service ", "enum ")) or (
+                depth > 0
+                and text.endswith(";")
+                and "=" in text
+                and not text.startswith(("option", "//"))
             )
             if declares and not lines[i - 1].strip().startswith("//"):
                 undocumented.append(f"{proto.name}:{i + 1}: {text}")

@@ -52,7 +52,11 @@ def test_health_and_reflection(mesh: RunningMesh, name: str) -> None:
     assert asyncio.run(_health(target, "")) == serving
     assert asyncio.run(_health(target, FULL_NAMES[name])) == serving
     services = asyncio.run(_reflected_services(target))
-    assert {FULL_NAMES[name], "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+    assert {
+        FULL_NAMES[name],
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= services
 
 
 @pytest.fixture
@@ -82,10 +86,15 @@ def slow_engine(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]
     proc.wait()
 
 
-def test_sigterm_drains_an_in_flight_stream(slow_engine: tuple[subprocess.Popen[bytes], str]) -> None:
+def test_sigterm_drains_an_in_flight_stream(
+    slow_engine: tuple[subprocess.Popen[bytes], str],
+) -> None:
     proc, target = slow_engine
     request = inference_pb2.ChatCompletionRequest(
-        model="m", messages=[inference_pb2.ChatMessage(role="user", text="hi")], seed=1, max_tokens=20
+        model="m",
+        messages=[inference_pb2.ChatMessage(role="user", text="hi")],
+        seed=1,
+        max_tokens=20,
     )
 
     async def stream_while_terminating() -> tuple[list[inference_pb2.ChatCompletionChunk], int]:
@@ -108,7 +117,9 @@ def test_sigterm_drains_an_in_flight_stream(slow_engine: tuple[subprocess.Popen[
 
     chunks, health_during_drain = asyncio.run(stream_while_terminating())
     assert health_during_drain == health_pb2.HealthCheckResponse.NOT_SERVING
-    content = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    content = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
     assert len(content) == 20
     assert chunks[-1].usage.completion_tokens == 20
     assert proc.wait(timeout=10) == 0

@@ -74,7 +74,12 @@ def _expected(head: dict[str, object], plan: generator.ChatPlan, include_usage: 
 
 def _head(raw: bytes) -> dict[str, object]:
     first = json.loads(raw.split(b"\n\n", 1)[0].removeprefix(b"data: "))
-    return {"id": first["id"], "object": "chat.completion.chunk", "created": first["created"], "model": PRO}
+    return {
+        "id": first["id"],
+        "object": "chat.completion.chunk",
+        "created": first["created"],
+        "model": PRO,
+    }
 
 
 def test_stream_bytes_with_usage(http: httpx.Client, mesh: RunningMesh) -> None:
@@ -110,8 +115,14 @@ def test_stream_bytes_without_usage(http: httpx.Client, mesh: RunningMesh) -> No
     assert b'"usage"' not in raw
 
 
-def test_stream_error_before_first_chunk_is_json_with_status(http: httpx.Client, mesh: RunningMesh) -> None:
-    response = _post_stream(http, mesh, {"model": "nope", "messages": [{"role": "user", "content": "x"}], "stream": True})
+def test_stream_error_before_first_chunk_is_json_with_status(
+    http: httpx.Client, mesh: RunningMesh
+) -> None:
+    response = _post_stream(
+        http,
+        mesh,
+        {"model": "nope", "messages": [{"role": "user", "content": "x"}], "stream": True},
+    )
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/json"
     assert response.json()["error"]["code"] == "model_not_found"

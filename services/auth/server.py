@@ -52,7 +52,9 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
     async def Authenticate(
         self,
         request: auth_pb2.AuthenticateRequest,
-        context: grpc.aio.ServicerContext[auth_pb2.AuthenticateRequest, auth_pb2.AuthenticateResponse],
+        context: grpc.aio.ServicerContext[
+            auth_pb2.AuthenticateRequest, auth_pb2.AuthenticateResponse
+        ],
     ) -> auth_pb2.AuthenticateResponse:
         token = parse_bearer(request.authorization)
         if isinstance(token, ApiError):
@@ -65,7 +67,9 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
 
 async def run(config: Config) -> None:
     async def setup(server: grpc.aio.Server) -> Sequence[str]:
-        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthService(ConfigKeyStore(config.keys)), server)
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(
+            AuthService(ConfigKeyStore(config.keys)), server
+        )
         return [auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name]
 
     cfg = config.services.auth

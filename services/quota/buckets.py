@@ -62,6 +62,15 @@ class Buckets:
         raw = await self._call(key_id, "reserve", rpm, tpm, tokens)
         return self._decision(limits, raw)
 
-    async def settle(self, key_id: str, limits: common_pb2.Limits, reserved: int, used: int) -> None:
+    async def settle(
+        self, key_id: str, limits: common_pb2.Limits, reserved: int, used: int
+    ) -> None:
         if limits.tokens_per_minute > 0 and reserved != used:
-            await self._call(key_id, "settle", limits.requests_per_minute, limits.tokens_per_minute, reserved, used)
+            await self._call(
+                key_id,
+                "settle",
+                limits.requests_per_minute,
+                limits.tokens_per_minute,
+                reserved,
+                used,
+            )

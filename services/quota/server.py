@@ -70,11 +70,15 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
     ) -> quota_pb2.ReserveResponse:
         principal = request.principal
         limits = principal.limits
-        allowance = request.max_tokens if request.HasField("max_tokens") else self._default_max_tokens
+        allowance = (
+            request.max_tokens if request.HasField("max_tokens") else self._default_max_tokens
+        )
         cost = request.prompt_tokens + allowance
         lease_id = secrets.token_hex(8)
         if limits.requests_per_minute == 0 and limits.tokens_per_minute == 0:
-            return quota_pb2.ReserveResponse(lease_id=lease_id, reserved_tokens=cost, rate_limit=_UNLIMITED)
+            return quota_pb2.ReserveResponse(
+                lease_id=lease_id, reserved_tokens=cost, rate_limit=_UNLIMITED
+            )
         try:
             decision = await self._buckets.reserve(principal.key_id, limits, cost)
         except (RedisError, OSError) as exc:
@@ -82,17 +86,29 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
                 self.fail_open_admissions += 1
                 log.warning(
                     "redis unavailable, admitting (fail_open)",
-                    extra={"key_id": principal.key_id, "request_id": request.request_id, "error": type(exc).__name__},
+                    extra={
+                        "key_id": principal.key_id,
+                        "request_id": request.request_id,
+                        "error": type(exc).__name__,
+                    },
                 )
-                return quota_pb2.ReserveResponse(lease_id=lease_id, reserved_tokens=0, rate_limit=_UNLIMITED)
+                return quota_pb2.ReserveResponse(
+                    lease_id=lease_id, reserved_tokens=0, rate_limit=_UNLIMITED
+                )
             log.error(
                 "redis unavailable, refusing (fail_closed)",
-                extra={"key_id": principal.key_id, "request_id": request.request_id, "error": type(exc).__name__},
+                extra={
+                    "key_id": principal.key_id,
+                    "request_id": request.request_id,
+                    "error": type(exc).__name__,
+                },
             )
             await REDIS_DOWN.abort(context)
         if not decision.admitted:
             await rate_limited(decision, limits, cost).abort(context)
-        return quota_pb2.ReserveResponse(lease_id=lease_id, reserved_tokens=cost, rate_limit=decision.state)
+        return quota_pb2.ReserveResponse(
+            lease_id=lease_id, reserved_tokens=cost, rate_limit=decision.state
+        )
 
     async def Settle(
         self,
@@ -101,9 +117,14 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
     ) -> quota_pb2.SettleResponse:
         used = request.usage.prompt_tokens + request.usage.completion_tokens
         try:
-            await self._buckets.settle(request.principal.key_id, request.principal.limits, request.reserved_tokens, used)
+            await self._buckets.settle(
+                request.principal.key_id, request.principal.limits, request.reserved_tokens, used
+            )
         except (RedisError, OSError) as exc:
-            log.error("settle failed", extra={"key_id": request.principal.key_id, "error": type(exc).__name__})
+            log.error(
+                "settle failed",
+                extra={"key_id": request.principal.key_id, "error": type(exc).__name__},
+            )
         return quota_pb2.SettleResponse()
 
 

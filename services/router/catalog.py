@@ -53,7 +53,9 @@ class Catalog:
 
     def visible(self, principal: common_pb2.Principal) -> list[Model]:
         allowed = set(principal.allowed_models)
-        return [m for m in self._models.values() if m.serving() and (not allowed or m.id in allowed)]
+        return [
+            m for m in self._models.values() if m.serving() and (not allowed or m.id in allowed)
+        ]
 
     def resolve(self, model_id: str, principal: common_pb2.Principal) -> Model:
         """The model, if it exists, serves and the key may use it; else 404 model_not_found."""
@@ -83,10 +85,14 @@ def _context_exceeded(model: Model, prompt: int, completion: int) -> ApiError:
             f"This model's maximum context length is {limit} tokens. However, your messages resulted "
             f"in {prompt} tokens. Please reduce the length of the messages."
         )
-    return ApiError(400, "invalid_request_error", message, param="messages", code="context_length_exceeded")
+    return ApiError(
+        400, "invalid_request_error", message, param="messages", code="context_length_exceeded"
+    )
 
 
-def prepare_chat(model: Model, request: inference_pb2.ChatCompletionRequest, prompt_tokens: int) -> None:
+def prepare_chat(
+    model: Model, request: inference_pb2.ChatCompletionRequest, prompt_tokens: int
+) -> None:
     """Apply catalog semantics to a chat request in place, or raise the 400."""
     if model.config.category not in CHAT_CATEGORIES:
         raise _wrong_endpoint(model, "/v1/chat/completions")
@@ -102,7 +108,10 @@ def prepare_chat(model: Model, request: inference_pb2.ChatCompletionRequest, pro
                         f"The model `{model.id}` does not support image inputs.",
                         f"messages[{i}].content[{j}]",
                     )
-    if request.response_format.type == inference_pb2.ResponseFormat.TYPE_JSON_SCHEMA and not model.has("json_schema"):
+    if (
+        request.response_format.type == inference_pb2.ResponseFormat.TYPE_JSON_SCHEMA
+        and not model.has("json_schema")
+    ):
         request.response_format.type = inference_pb2.ResponseFormat.TYPE_JSON_OBJECT
         request.response_format.ClearField("json_schema")
     completion = request.max_tokens if request.HasField("max_tokens") else 0
@@ -110,7 +119,9 @@ def prepare_chat(model: Model, request: inference_pb2.ChatCompletionRequest, pro
         raise _context_exceeded(model, prompt_tokens, completion)
 
 
-def prepare_text(model: Model, request: inference_pb2.CompletionRequest, prompt_tokens: int) -> None:
+def prepare_text(
+    model: Model, request: inference_pb2.CompletionRequest, prompt_tokens: int
+) -> None:
     if model.config.category not in CHAT_CATEGORIES:
         raise _wrong_endpoint(model, "/v1/completions")
     completion = request.max_tokens if request.HasField("max_tokens") else 16
@@ -118,13 +129,16 @@ def prepare_text(model: Model, request: inference_pb2.CompletionRequest, prompt_
         raise _context_exceeded(model, prompt_tokens, completion)
 
 
-def prepare_embedding(model: Model, request: inference_pb2.EmbeddingRequest, prompt_tokens: int) -> None:
+def prepare_embedding(
+    model: Model, request: inference_pb2.EmbeddingRequest, prompt_tokens: int
+) -> None:
     if model.config.category != "embeddings":
         raise _wrong_endpoint(model, "/v1/embeddings")
     native = model.config.dimensions
     if request.HasField("dimensions") and request.dimensions > native:
         raise errors.invalid_request(
-            f"Invalid 'dimensions': the model `{model.id}` produces at most {native} dimensions.", "dimensions"
+            f"Invalid 'dimensions': the model `{model.id}` produces at most {native} dimensions.",
+            "dimensions",
         )
     if not request.HasField("dimensions"):
         request.dimensions = native

@@ -8,7 +8,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import TypeVar, TypeAlias
 
 import grpc
 
@@ -25,7 +25,7 @@ log = logging.getLogger("meshgate.router")
 
 T = TypeVar("T")
 Chunk = TypeVar("Chunk", inference_pb2.ChatCompletionChunk, inference_pb2.CompletionChunk)
-Context = grpc.aio.ServicerContext[object, object]
+Context: TypeAlias = grpc.aio.ServicerContext[object, object]
 
 HEALTH_INTERVAL_S = 2.0
 HEALTH_TIMEOUT_S = 1.0
@@ -57,14 +57,18 @@ def _request_id(context: Context) -> str:
 
 
 class RouterService(router_pb2_grpc.RouterServiceServicer):
-    def __init__(self, catalog: cat.Catalog, replicas: Sequence[Replica], default_timeout: float) -> None:
+    def __init__(
+        self, catalog: cat.Catalog, replicas: Sequence[Replica], default_timeout: float
+    ) -> None:
         self._catalog = catalog
         self._replicas = list(replicas)
         self._default_timeout = default_timeout
 
     # ------------------------------------------------------------ relay ----
 
-    async def _unary(self, model: cat.Model, send: Callable[[EngineAdapter], Awaitable[T]], context: Context) -> T:
+    async def _unary(
+        self, model: cat.Model, send: Callable[[EngineAdapter], Awaitable[T]], context: Context
+    ) -> T:
         """Send to one replica; on an engine failure, retry on another within the deadline."""
         tried: list[Replica] = []
         while (replica := pick(model.replicas, tried)) is not None:
@@ -126,7 +130,9 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
             model = self._catalog.resolve(request.request.model, request.context.principal)
             cat.prepare_chat(model, request.request, request.context.prompt_tokens)
             timeout = _deadline(context, self._default_timeout)
-            completion = await self._unary(model, lambda a: a.chat(request.request, timeout), context)
+            completion = await self._unary(
+                model, lambda a: a.chat(request.request, timeout), context
+            )
         except ApiError as exc:
             await exc.abort(context)
         completion.id = f"chatcmpl-{secrets.token_hex(12)}"
@@ -155,7 +161,9 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
             model = self._catalog.resolve(request.request.model, request.context.principal)
             cat.prepare_text(model, request.request, request.context.prompt_tokens)
             timeout = _deadline(context, self._default_timeout)
-            completion = await self._unary(model, lambda a: a.text(request.request, timeout), context)
+            completion = await self._unary(
+                model, lambda a: a.text(request.request, timeout), context
+            )
         except ApiError as exc:
             await exc.abort(context)
         completion.id = f"cmpl-{secrets.token_hex(12)}"
@@ -170,7 +178,9 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
             model = self._catalog.resolve(request.request.model, request.context.principal)
             cat.prepare_text(model, request.request, request.context.prompt_tokens)
             timeout = _deadline(context, self._default_timeout)
-            async for chunk in self._stream(model, lambda a: a.stream_text(request.request, timeout), "cmpl", context):
+            async for chunk in self._stream(
+                model, lambda a: a.stream_text(request.request, timeout), "cmpl", context
+            ):
                 yield chunk
         except ApiError as exc:
             await exc.abort(context)
@@ -182,17 +192,23 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
             model = self._catalog.resolve(request.request.model, request.context.principal)
             cat.prepare_embedding(model, request.request, request.context.prompt_tokens)
             timeout = _deadline(context, self._default_timeout)
-            embeddings = await self._unary(model, lambda a: a.embed(request.request, timeout), context)
+            embeddings = await self._unary(
+                model, lambda a: a.embed(request.request, timeout), context
+            )
         except ApiError as exc:
             await exc.abort(context)
         embeddings.model = model.id
         return router_pb2.CreateEmbeddingResponse(embeddings=embeddings)
 
-    async def ListModels(self, request: router_pb2.ListModelsRequest, context: Context) -> router_pb2.ListModelsResponse:
+    async def ListModels(
+        self, request: router_pb2.ListModelsRequest, context: Context
+    ) -> router_pb2.ListModelsResponse:
         models = self._catalog.visible(request.context.principal)
         return router_pb2.ListModelsResponse(models=[m.card() for m in models])
 
-    async def GetModel(self, request: router_pb2.GetModelRequest, context: Context) -> router_pb2.GetModelResponse:
+    async def GetModel(
+        self, request: router_pb2.GetModelRequest, context: Context
+    ) -> router_pb2.GetModelResponse:
         try:
             model = self._catalog.resolve(request.id, request.context.principal)
             if not model.serving():
@@ -204,12 +220,16 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
     # ------------------------------------------------------------ health ----
 
     async def check_all(self) -> None:
-        results = await asyncio.gather(*(r.adapter.check_health(HEALTH_TIMEOUT_S) for r in self._replicas))
+        results = await asyncio.gather(
+            *(r.adapter.check_health(HEALTH_TIMEOUT_S) for r in self._replicas)
+        )
         for replica, ok in zip(self._replicas, results, strict=True):
             if ok and not replica.healthy:
                 log.info("engine replica healthy again", extra={"target": replica.target})
             elif not ok and replica.healthy:
-                log.warning("engine replica failed its health check", extra={"target": replica.target})
+                log.warning(
+                    "engine replica failed its health check", extra={"target": replica.target}
+                )
             replica.healthy = ok
             if ok:
                 replica.consecutive_failures = 0

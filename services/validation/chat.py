@@ -60,12 +60,18 @@ def _part(raw: object, path: str, role: str) -> inference_pb2.ContentPart:
             )
         out.image_url.url = url
         if image.get("detail") is not None:
-            out.image_url.detail = c.one_of(image["detail"], c.join(image_path, "detail"), ("auto", "low", "high"))
+            out.image_url.detail = c.one_of(
+                image["detail"], c.join(image_path, "detail"), ("auto", "low", "high")
+            )
     elif kind == "input_audio":
         audio_path = c.join(path, "input_audio")
         audio = c.obj(c.require(part, "input_audio", path), audio_path)
-        out.input_audio.data = c.string(c.require(audio, "data", audio_path), c.join(audio_path, "data"))
-        out.input_audio.format = c.one_of(c.require(audio, "format", audio_path), c.join(audio_path, "format"), ("wav", "mp3"))
+        out.input_audio.data = c.string(
+            c.require(audio, "data", audio_path), c.join(audio_path, "data")
+        )
+        out.input_audio.format = c.one_of(
+            c.require(audio, "format", audio_path), c.join(audio_path, "format"), ("wav", "mp3")
+        )
     else:
         file_path = c.join(path, "file")
         file = c.obj(c.require(part, "file", path), file_path)
@@ -84,7 +90,9 @@ def _tool_call(raw: object, path: str) -> inference_pb2.ToolCall:
         id=c.string(c.require(call, "id", path), c.join(path, "id")),
         type=kind,
         name=c.string(c.require(function, "name", function_path), c.join(function_path, "name")),
-        arguments=c.string(c.require(function, "arguments", function_path), c.join(function_path, "arguments")),
+        arguments=c.string(
+            c.require(function, "arguments", function_path), c.join(function_path, "arguments")
+        ),
     )
 
 
@@ -95,7 +103,12 @@ def _message(raw: object, path: str) -> inference_pb2.ChatMessage:
     content_path = c.join(path, "content")
     content = message.get("content")
     if content is None:
-        if role not in ("assistant", "function") or (role == "assistant" and not message.get("tool_calls") and message.get("refusal") is None and message.get("function_call") is None):
+        if role not in ("assistant", "function") or (
+            role == "assistant"
+            and not message.get("tool_calls")
+            and message.get("refusal") is None
+            and message.get("function_call") is None
+        ):
             c.missing(content_path)
     elif isinstance(content, str):
         out.text = content
@@ -111,7 +124,9 @@ def _message(raw: object, path: str) -> inference_pb2.ChatMessage:
     elif role == "function":
         c.missing(c.join(path, "name"))
     if role == "tool":
-        out.tool_call_id = c.string(c.require(message, "tool_call_id", path), c.join(path, "tool_call_id"))
+        out.tool_call_id = c.string(
+            c.require(message, "tool_call_id", path), c.join(path, "tool_call_id")
+        )
     if role == "assistant":
         if message.get("tool_calls") is not None:
             calls_path = c.join(path, "tool_calls")
@@ -141,9 +156,13 @@ def _tool(raw: object, path: str) -> inference_pb2.Tool:
     out = inference_pb2.Tool(type="function")
     out.function.name = name
     if function.get("description") is not None:
-        out.function.description = c.string(function["description"], c.join(function_path, "description"))
+        out.function.description = c.string(
+            function["description"], c.join(function_path, "description")
+        )
     if function.get("parameters") is not None:
-        out.function.parameters.CopyFrom(to_struct(c.obj(function["parameters"], c.join(function_path, "parameters"))))
+        out.function.parameters.CopyFrom(
+            to_struct(c.obj(function["parameters"], c.join(function_path, "parameters")))
+        )
     if function.get("strict") is not None:
         out.function.strict = c.boolean(function["strict"], c.join(function_path, "strict"))
     return out
@@ -151,13 +170,20 @@ def _tool(raw: object, path: str) -> inference_pb2.Tool:
 
 def _tool_choice(raw: object, tools: list[inference_pb2.Tool]) -> inference_pb2.ToolChoice:
     if not tools:
-        raise c.Invalid("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.", "tool_choice")
+        raise c.Invalid(
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+            "tool_choice",
+        )
     if isinstance(raw, str):
-        return inference_pb2.ToolChoice(mode=c.one_of(raw, "tool_choice", ("none", "auto", "required")))
+        return inference_pb2.ToolChoice(
+            mode=c.one_of(raw, "tool_choice", ("none", "auto", "required"))
+        )
     choice = c.obj(raw, "tool_choice")
     c.one_of(c.require(choice, "type", "tool_choice"), "tool_choice.type", ("function",))
     function = c.obj(c.require(choice, "function", "tool_choice"), "tool_choice.function")
-    name = c.string(c.require(function, "name", "tool_choice.function"), "tool_choice.function.name")
+    name = c.string(
+        c.require(function, "name", "tool_choice.function"), "tool_choice.function.name"
+    )
     if name not in {t.function.name for t in tools}:
         raise c.Invalid(
             f"Invalid value for 'tool_choice': function '{name}' is not among the provided tools.",
@@ -168,7 +194,11 @@ def _tool_choice(raw: object, tools: list[inference_pb2.Tool]) -> inference_pb2.
 
 def _response_format(raw: object) -> inference_pb2.ResponseFormat:
     rf = c.obj(raw, "response_format")
-    kind = c.one_of(c.require(rf, "type", "response_format"), "response_format.type", ("text", "json_object", "json_schema"))
+    kind = c.one_of(
+        c.require(rf, "type", "response_format"),
+        "response_format.type",
+        ("text", "json_object", "json_schema"),
+    )
     out = inference_pb2.ResponseFormat()
     if kind == "text":
         out.type = inference_pb2.ResponseFormat.TYPE_TEXT
@@ -176,7 +206,9 @@ def _response_format(raw: object) -> inference_pb2.ResponseFormat:
         out.type = inference_pb2.ResponseFormat.TYPE_JSON_OBJECT
     else:
         out.type = inference_pb2.ResponseFormat.TYPE_JSON_SCHEMA
-        schema = c.obj(c.require(rf, "json_schema", "response_format"), "response_format.json_schema")
+        schema = c.obj(
+            c.require(rf, "json_schema", "response_format"), "response_format.json_schema"
+        )
         name_path = "response_format.json_schema.name"
         name = c.string(c.require(schema, "name", "response_format.json_schema"), name_path)
         if not TOOL_NAME.match(name):
@@ -187,11 +219,17 @@ def _response_format(raw: object) -> inference_pb2.ResponseFormat:
             )
         out.json_schema.name = name
         if schema.get("description") is not None:
-            out.json_schema.description = c.string(schema["description"], "response_format.json_schema.description")
+            out.json_schema.description = c.string(
+                schema["description"], "response_format.json_schema.description"
+            )
         if schema.get("schema") is not None:
-            out.json_schema.schema.CopyFrom(to_struct(c.obj(schema["schema"], "response_format.json_schema.schema")))
+            out.json_schema.schema.CopyFrom(
+                to_struct(c.obj(schema["schema"], "response_format.json_schema.schema"))
+            )
         if schema.get("strict") is not None:
-            out.json_schema.strict = c.boolean(schema["strict"], "response_format.json_schema.strict")
+            out.json_schema.strict = c.boolean(
+                schema["strict"], "response_format.json_schema.strict"
+            )
     return out
 
 
@@ -206,7 +244,9 @@ def stop_sequences(raw: object) -> list[str]:
 
 def validate_chat(body: dict[str, Any]) -> inference_pb2.ChatCompletionRequest:
     """The typed request, or `checks.Invalid` naming the first offending field."""
-    out = inference_pb2.ChatCompletionRequest(model=c.string(c.require(body, "model"), "model", non_empty=True))
+    out = inference_pb2.ChatCompletionRequest(
+        model=c.string(c.require(body, "model"), "model", non_empty=True)
+    )
     messages = c.array(c.require(body, "messages"), "messages", min_length=1)
     out.messages.extend(_message(m, c.join("messages", i)) for i, m in enumerate(messages))
 
@@ -239,7 +279,10 @@ def validate_chat(body: dict[str, Any]) -> inference_pb2.ChatCompletionRequest:
     if get("stream_options") is not None:
         options = c.obj(body["stream_options"], "stream_options")
         if not out.stream:
-            c.unsupported("stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
+            c.unsupported(
+                "stream_options",
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            )
         if options.get("include_usage") is not None:
             out.include_usage = c.boolean(options["include_usage"], "stream_options.include_usage")
     if get("tools") is not None:

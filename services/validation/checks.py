@@ -46,7 +46,9 @@ def describe(value: object) -> str:
 
 
 def wrong_type(path: str, expected: str, value: object) -> NoReturn:
-    raise Invalid(f"Invalid type for '{path}': expected {expected}, but got {describe(value)} instead.", path)
+    raise Invalid(
+        f"Invalid type for '{path}': expected {expected}, but got {describe(value)} instead.", path
+    )
 
 
 def missing(path: str) -> NoReturn:
@@ -95,7 +97,9 @@ def boolean(value: object, path: str) -> bool:
     return value
 
 
-def integer(value: object, path: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+def integer(
+    value: object, path: str, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -104,7 +108,9 @@ def integer(value: object, path: str, *, minimum: int | None = None, maximum: in
     return value
 
 
-def number(value: object, path: str, *, minimum: float | None = None, maximum: float | None = None) -> float:
+def number(
+    value: object, path: str, *, minimum: float | None = None, maximum: float | None = None
+) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         wrong_type(path, "a number", value)
     _bounds(value, path, minimum, maximum, "decimal")
@@ -115,7 +121,9 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-def _bounds(value: float, path: str, minimum: float | None, maximum: float | None, kind: str) -> None:
+def _bounds(
+    value: float, path: str, minimum: float | None, maximum: float | None, kind: str
+) -> None:
     if minimum is not None and value < minimum:
         raise Invalid(
             f"Invalid '{path}': {kind} below minimum value. Expected a value >= {_fmt(minimum)}, "
@@ -130,7 +138,9 @@ def _bounds(value: float, path: str, minimum: float | None, maximum: float | Non
         )
 
 
-def array(value: object, path: str, *, min_length: int = 0, max_length: int | None = None) -> list[Any]:
+def array(
+    value: object, path: str, *, min_length: int = 0, max_length: int | None = None
+) -> list[Any]:
     if not isinstance(value, list):
         wrong_type(path, "an array", value)
     if len(value) < min_length:
@@ -160,9 +170,12 @@ def one_of(value: object, path: str, allowed: Iterable[str]) -> str:
         wrong_type(path, "a string", value)
     if value not in options:
         shown = value if len(value) <= 40 else value[:20] + "..." + value[-10:]
-        listed = ", ".join(f"'{o}'" for o in options[:-1]) + (
-            f", and '{options[-1]}'" if len(options) > 2 else f" and '{options[-1]}'"
-        ) if len(options) > 1 else f"'{options[0]}'"
+        listed = (
+            ", ".join(f"'{o}'" for o in options[:-1])
+            + (f", and '{options[-1]}'" if len(options) > 2 else f" and '{options[-1]}'")
+            if len(options) > 1
+            else f"'{options[0]}'"
+        )
         raise Invalid(f"Invalid value: '{shown}'. Supported values are: {listed}.", path)
     return value
 

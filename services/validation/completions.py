@@ -15,7 +15,9 @@ MODELLED = frozenset(
         "stream_options", "echo", "suffix", "presence_penalty", "frequency_penalty", "n", "logprobs",
     }
 )  # fmt: skip
-_PROMPT_TYPE = "one of a string, array of strings, array of integers, or array of arrays of integers"
+_PROMPT_TYPE = (
+    "one of a string, array of strings, array of integers, or array of arrays of integers"
+)
 
 
 def _token_ids(value: list[Any], path: str) -> str:
@@ -23,7 +25,9 @@ def _token_ids(value: list[Any], path: str) -> str:
     try:
         return tokens.encoding().decode(ids)
     except Exception:  # the tokenizer rejects ids outside its vocabulary
-        raise c.Invalid(f"Invalid '{path}': contains token ids outside the vocabulary.", path) from None
+        raise c.Invalid(
+            f"Invalid '{path}': contains token ids outside the vocabulary.", path
+        ) from None
 
 
 def prompts(raw: object, path: str) -> list[str]:
@@ -38,12 +42,17 @@ def prompts(raw: object, path: str) -> list[str]:
     if all(isinstance(x, int) and not isinstance(x, bool) for x in items):
         return [_token_ids(items, path)]
     if all(isinstance(x, list) for x in items):
-        return [_token_ids(c.array(x, c.join(path, i), min_length=1), c.join(path, i)) for i, x in enumerate(items)]
+        return [
+            _token_ids(c.array(x, c.join(path, i), min_length=1), c.join(path, i))
+            for i, x in enumerate(items)
+        ]
     c.wrong_type(path, _PROMPT_TYPE, raw)
 
 
 def validate_completion(body: dict[str, Any]) -> inference_pb2.CompletionRequest:
-    out = inference_pb2.CompletionRequest(model=c.string(c.require(body, "model"), "model", non_empty=True))
+    out = inference_pb2.CompletionRequest(
+        model=c.string(c.require(body, "model"), "model", non_empty=True)
+    )
     out.prompt.extend(prompts(c.require(body, "prompt"), "prompt"))
     get = body.get
     if get("max_tokens") is not None:
@@ -66,7 +75,9 @@ def validate_completion(body: dict[str, Any]) -> inference_pb2.CompletionRequest
     if get("suffix") is not None:
         out.suffix = c.string(body["suffix"], "suffix")
     if get("n") is not None and c.integer(body["n"], "n", minimum=1) > 1:
-        c.unsupported("n", "Invalid 'n': meshgate returns a single choice per prompt; n > 1 is not supported.")
+        c.unsupported(
+            "n", "Invalid 'n': meshgate returns a single choice per prompt; n > 1 is not supported."
+        )
     if get("logprobs") is not None:
         c.integer(body["logprobs"], "logprobs", minimum=0, maximum=5)
         c.unsupported("logprobs", "Unsupported parameter: 'logprobs' is not supported.")
@@ -75,7 +86,10 @@ def validate_completion(body: dict[str, Any]) -> inference_pb2.CompletionRequest
     if get("stream_options") is not None:
         options = c.obj(body["stream_options"], "stream_options")
         if not out.stream:
-            c.unsupported("stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
+            c.unsupported(
+                "stream_options",
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            )
         if options.get("include_usage") is not None:
             out.include_usage = c.boolean(options["include_usage"], "stream_options.include_usage")
     extra = {k: v for k, v in body.items() if k not in MODELLED}

@@ -13,7 +13,9 @@ MODELLED = frozenset({"model", "input", "encoding_format", "dimensions", "user"}
 
 
 def validate_embedding(body: dict[str, Any]) -> inference_pb2.EmbeddingRequest:
-    out = inference_pb2.EmbeddingRequest(model=c.string(c.require(body, "model"), "model", non_empty=True))
+    out = inference_pb2.EmbeddingRequest(
+        model=c.string(c.require(body, "model"), "model", non_empty=True)
+    )
     inputs = prompts(c.require(body, "input"), "input")
     for i, text in enumerate(inputs):
         if not text:
@@ -28,7 +30,9 @@ def validate_embedding(body: dict[str, Any]) -> inference_pb2.EmbeddingRequest:
                 "Omit the field to get floats.",
                 "encoding_format",
             )
-        out.base64 = c.one_of(body["encoding_format"], "encoding_format", ("float", "base64")) == "base64"
+        out.base64 = (
+            c.one_of(body["encoding_format"], "encoding_format", ("float", "base64")) == "base64"
+        )
     if body.get("dimensions") is not None:
         out.dimensions = c.integer(body["dimensions"], "dimensions", minimum=1)
     if body.get("user") is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import grpc
 
@@ -14,7 +15,7 @@ from services.validation.checks import Invalid, parse_body
 from services.validation.completions import validate_completion
 from services.validation.embeddings import validate_embedding
 
-Context = grpc.aio.ServicerContext[object, object]
+Context: TypeAlias = grpc.aio.ServicerContext[object, object]
 
 
 class ValidationService(validation_pb2_grpc.ValidationServiceServicer):

@@ -234,7 +234,7 @@ async def add_to_server(server: grpc.aio.Server, config: Config) -> list[str]:
     """Register the engine on a server; returns the service names to publish."""
     generator.warm_up()
     engine = ReferenceEngine(config.services.engine.token_delay_ms)
-    engine_pb2_grpc.add_EngineServiceServicer_to_server(engine, server)  # type: ignore[no-untyped-call]
+    engine_pb2_grpc.add_EngineServiceServicer_to_server(engine, server)
     return [SERVICE_NAME]
 
 

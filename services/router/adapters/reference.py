@@ -11,7 +11,9 @@ from meshgate import errors, grpcio
 from meshgate.v1 import engine_pb2, engine_pb2_grpc, inference_pb2
 from services.router.adapters.base import EngineUnavailable
 
-_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL})
+_RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+)
 
 
 def _translate(exc: grpc.aio.AioRpcError, target: str) -> Exception:
@@ -29,9 +31,13 @@ class GrpcEngine:
         self._stub = engine_pb2_grpc.EngineServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
-    async def chat(self, request: inference_pb2.ChatCompletionRequest, timeout: float) -> inference_pb2.ChatCompletion:
+    async def chat(
+        self, request: inference_pb2.ChatCompletionRequest, timeout: float
+    ) -> inference_pb2.ChatCompletion:
         try:
-            response = await self._stub.GenerateChat(engine_pb2.GenerateChatRequest(request=request), timeout=timeout)
+            response = await self._stub.GenerateChat(
+                engine_pb2.GenerateChatRequest(request=request), timeout=timeout
+            )
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.target) from None
         return response.completion
@@ -48,9 +54,13 @@ class GrpcEngine:
         finally:
             call.cancel()  # a no-op when the stream ended; stops generation when the client left
 
-    async def text(self, request: inference_pb2.CompletionRequest, timeout: float) -> inference_pb2.Completion:
+    async def text(
+        self, request: inference_pb2.CompletionRequest, timeout: float
+    ) -> inference_pb2.Completion:
         try:
-            response = await self._stub.GenerateText(engine_pb2.GenerateTextRequest(request=request), timeout=timeout)
+            response = await self._stub.GenerateText(
+                engine_pb2.GenerateTextRequest(request=request), timeout=timeout
+            )
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.target) from None
         return response.completion
@@ -67,16 +77,22 @@ class GrpcEngine:
         finally:
             call.cancel()
 
-    async def embed(self, request: inference_pb2.EmbeddingRequest, timeout: float) -> inference_pb2.EmbeddingList:
+    async def embed(
+        self, request: inference_pb2.EmbeddingRequest, timeout: float
+    ) -> inference_pb2.EmbeddingList:
         try:
-            response = await self._stub.Embed(engine_pb2.EmbedRequest(request=request), timeout=timeout)
+            response = await self._stub.Embed(
+                engine_pb2.EmbedRequest(request=request), timeout=timeout
+            )
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.target) from None
         return response.embeddings
 
     async def check_health(self, timeout: float) -> bool:
         try:
-            response = await self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            response = await self._health.Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+            )
         except grpc.aio.AioRpcError:
             return False
         return response.status == health_pb2.HealthCheckResponse.SERVING
