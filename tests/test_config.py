@@ -1,0 +1,81 @@
+"""The config schema: defaults, MESHGATE_* overrides and errors that name the key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from meshgate.config import SAMPLE_CONFIG, ConfigError, load_config
+
+
+def _write(tmp_path: Path, raw: object) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _sample() -> dict[str, object]:
+    raw = yaml.safe_load(SAMPLE_CONFIG.read_text())
+    assert isinstance(raw, dict)
+    return raw
+
+
+def test_sample_config_matches_the_brief() -> None:
+    config = load_config(SAMPLE_CONFIG, environ={})
+    assert (config.edge.host, config.edge.port) == ("127.0.0.1", 8080)
+    chat = [m for m in config.models if m.category != "embeddings"]
+    assert any(set(m.capabilities) == {"tool_use", "vision", "json_schema", "prompt_caching"} for m in chat)
+    assert any(not m.capabilities for m in chat)
+    embeddings = [m for m in config.models if m.category == "embeddings"]
+    assert [m.dimensions for m in embeddings] == [1024]
+    assert config.keys, "meshgate up needs a key to print"
+
+
+def test_env_overrides_nested_keys() -> None:
+    env = {
+        "MESHGATE_EDGE__PORT": "9001",
+        "MESHGATE_SERVICES__ENGINE__TOKEN_DELAY_MS": "2.5",
+        "REDIS_URL": "redis://example:6379/0",
+    }
+    config = load_config(SAMPLE_CONFIG, environ=env)
+    assert config.edge.port == 9001
+    assert config.services.engine.token_delay_ms == 2.5
+    assert config.redis.url == "redis://example:6379/0"
+
+
+def test_meshgate_redis_url_wins_over_redis_url() -> None:
+    env = {"REDIS_URL": "redis://a:1/0", "MESHGATE_REDIS__URL": "redis://b:2/0"}
+    assert load_config(SAMPLE_CONFIG, environ=env).redis.url == "redis://b:2/0"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path"),
+    [
+        (lambda raw: raw["models"][0]["engines"][0].update(weight=0), "models[0].engines[0].weight"),
+        (lambda raw: raw["models"][1].update(category="telepathy"), "models[1].category"),
+        (lambda raw: raw["models"][0].update(capabilities=["flying"]), "models[0].capabilities[0]"),
+        (lambda raw: raw["edge"].update(port="http"), "edge.port"),
+        (lambda raw: raw["services"]["quota"].update(portt=1), "services.quota.portt"),
+        (lambda raw: raw["keys"][0].update(rpm=-1), "keys[0].rpm"),
+        (lambda raw: raw["models"][2].update(dimensions=0), "models[2]"),
+    ],
+)
+def test_bad_config_names_the_key_path(tmp_path: Path, mutate: object, path: str) -> None:
+    raw = _sample()
+    mutate(raw)  # type: ignore[operator]
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, raw), environ={})
+    assert f": {path}:" in str(info.value)
+
+
+def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml", environ={})
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(_write(tmp_path, [1, 2]), environ={})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("edge: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad, environ={})
