@@ -10,12 +10,12 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from edge import pipeline
+from edge.cors import Cors
 from edge.errors import http_error_handler
 from edge.mesh import Mesh
 from meshgate.config import Config
@@ -52,17 +52,7 @@ def create_app(config: Config) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]
-    middleware = []
-    if config.edge.cors_allow_origins:
-        middleware.append(
-            Middleware(
-                CORSMiddleware,
-                allow_origins=list(config.edge.cors_allow_origins),
-                allow_methods=["GET", "POST"],
-                allow_headers=["authorization", "content-type", "x-request-id"],
-                expose_headers=["x-request-id", "retry-after"],
-            )
-        )
+    middleware = [Middleware(Cors, allow_origins=config.edge.cors_allow_origins)]
     return Starlette(
         routes=routes,
         middleware=middleware,

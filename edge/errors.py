@@ -59,7 +59,7 @@ async def api_error_handler(request: Request, exc: Exception) -> Response:
 def unsupported_or_unknown(method: str, path: str) -> ApiError:
     for prefix, message in UNSUPPORTED:
         if path == prefix or path.startswith(prefix + "/"):
-            return ApiError(404, "invalid_request_error", message, code="unsupported_endpoint")
+            return ApiError(404, "invalid_request_error", message)
     return errors.invalid_url(method, path)
 
 

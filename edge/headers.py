@@ -13,12 +13,16 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 SCOPE_KEY = "meshgate.request_id"
 
 
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(16)
+
+
 def request_id_of(request: Request) -> str:
     """This request's id: the caller's `x-request-id` if it is sane, else a new `req_...`."""
     rid = request.scope.get(SCOPE_KEY)
     if rid is None:
         incoming = request.headers.get("x-request-id", "")
-        rid = incoming if _CLIENT_ID.match(incoming) else "req_" + secrets.token_hex(16)
+        rid = incoming if _CLIENT_ID.match(incoming) else new_request_id()
         request.scope[SCOPE_KEY] = rid
     return str(rid)
 

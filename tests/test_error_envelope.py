@@ -115,11 +115,11 @@ def test_auth_failure_wins_over_bad_body(http: httpx.Client) -> None:
             "Invalid URL (POST /v1/chat/completions/chat/completions)",
         ),
         ("GET", "/v2/anything", 404, None, "Invalid URL (GET /v2/anything)"),
-        ("POST", "/v1/fine-tuning/jobs", 404, "unsupported_endpoint", "FlexAI Fine-Tuning"),
-        ("POST", "/v1/assistants", 404, "unsupported_endpoint", "not planned"),
-        ("POST", "/v1/threads/t1/runs", 404, "unsupported_endpoint", "not planned"),
-        ("POST", "/v1/batches", 404, "unsupported_endpoint", "client-side fan-out"),
-        ("GET", "/v1/files", 404, "unsupported_endpoint", "inline request payloads"),
+        ("POST", "/v1/fine-tuning/jobs", 404, None, "FlexAI Fine-Tuning"),
+        ("POST", "/v1/assistants", 404, None, "not planned"),
+        ("POST", "/v1/threads/t1/runs", 404, None, "not planned"),
+        ("POST", "/v1/batches", 404, None, "client-side fan-out"),
+        ("GET", "/v1/files", 404, None, "inline request payloads"),
         ("GET", "/v1/chat/completions", 405, None, "Method not allowed"),
     ],
 )
@@ -177,3 +177,45 @@ def test_health_endpoints(http: httpx.Client) -> None:
         "validation": True,
         "router": True,
     }
+
+
+def test_cors_is_closed_by_default(http: httpx.Client, mesh: RunningMesh) -> None:
+    preflight = http.options(
+        "/v1/chat/completions",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.status_code == 403
+    assert "access-control-allow-origin" not in preflight.headers
+    assert _envelope(preflight)["type"] == "invalid_request_error"
+    simple = http.post(
+        "/v1/chat/completions",
+        json={"model": PRO, "messages": USER, "max_tokens": 1},
+        headers={"Authorization": f"Bearer {mesh.api_key}", "Origin": "https://evil.example"},
+    )
+    assert simple.status_code == 200
+    assert "access-control-allow-origin" not in simple.headers
+
+
+def test_cors_allowlist(start_mesh: Any) -> None:
+    mesh = start_mesh(edge__cors_allow_origins=["https://app.example"])
+    try:
+        with httpx.Client(base_url=mesh.origin, timeout=30) as http:
+            allowed = http.options(
+                "/v1/chat/completions",
+                headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
+            )
+            assert allowed.status_code == 204
+            assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+            assert "authorization" in allowed.headers["access-control-allow-headers"]
+            refused = http.options(
+                "/v1/chat/completions",
+                headers={"Origin": "https://other.example", "Access-Control-Request-Method": "POST"},
+            )
+            assert refused.status_code == 403
+            response = http.get(
+                "/v1/models", headers={"Authorization": f"Bearer {mesh.api_key}", "Origin": "https://app.example"}
+            )
+            assert response.headers["access-control-allow-origin"] == "https://app.example"
+            assert "x-request-id" in response.headers["access-control-expose-headers"]
+    finally:
+        assert mesh.stop() == 0

@@ -168,28 +168,48 @@ def _tool(raw: object, path: str) -> inference_pb2.Tool:
     return out
 
 
-def _tool_choice(raw: object, tools: list[inference_pb2.Tool]) -> inference_pb2.ToolChoice:
+def _named(tools: list[inference_pb2.Tool], name: str, path: str) -> str:
+    if name not in {t.function.name for t in tools}:
+        raise c.Invalid(f"Invalid value for '{path}': function '{name}' is not among the provided tools.", path)
+    return name
+
+
+def _apply_tool_choice(raw: object, out: inference_pb2.ChatCompletionRequest) -> None:
+    """Set `out.tool_choice`; `allowed_tools` narrows `out.tools` to the allowed ones."""
+    tools = list(out.tools)
     if not tools:
         raise c.Invalid(
             "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
             "tool_choice",
         )
     if isinstance(raw, str):
-        return inference_pb2.ToolChoice(
-            mode=c.one_of(raw, "tool_choice", ("none", "auto", "required"))
-        )
+        out.tool_choice.mode = c.one_of(raw, "tool_choice", ("none", "auto", "required"))
+        return
     choice = c.obj(raw, "tool_choice")
-    c.one_of(c.require(choice, "type", "tool_choice"), "tool_choice.type", ("function",))
-    function = c.obj(c.require(choice, "function", "tool_choice"), "tool_choice.function")
-    name = c.string(
-        c.require(function, "name", "tool_choice.function"), "tool_choice.function.name"
+    kind = c.one_of(c.require(choice, "type", "tool_choice"), "tool_choice.type", ("function", "allowed_tools"))
+    if kind == "function":
+        function = c.obj(c.require(choice, "function", "tool_choice"), "tool_choice.function")
+        name = c.string(c.require(function, "name", "tool_choice.function"), "tool_choice.function.name")
+        out.tool_choice.function_name = _named(tools, name, "tool_choice.function.name")
+        return
+    allowed = c.obj(c.require(choice, "allowed_tools", "tool_choice"), "tool_choice.allowed_tools")
+    mode = c.one_of(
+        c.require(allowed, "mode", "tool_choice.allowed_tools"), "tool_choice.allowed_tools.mode", ("auto", "required")
     )
-    if name not in {t.function.name for t in tools}:
-        raise c.Invalid(
-            f"Invalid value for 'tool_choice': function '{name}' is not among the provided tools.",
-            "tool_choice.function.name",
-        )
-    return inference_pb2.ToolChoice(function_name=name)
+    listed_path = "tool_choice.allowed_tools.tools"
+    listed = c.array(c.require(allowed, "tools", "tool_choice.allowed_tools"), listed_path, min_length=1)
+    names = set()
+    for i, item in enumerate(listed):
+        path = c.join(listed_path, i)
+        entry = c.obj(item, path)
+        c.one_of(c.require(entry, "type", path), c.join(path, "type"), ("function",))
+        function = c.obj(c.require(entry, "function", path), c.join(path, "function"))
+        name_path = c.join(c.join(path, "function"), "name")
+        names.add(_named(tools, c.string(c.require(function, "name", c.join(path, "function")), name_path), name_path))
+    kept = [t for t in tools if t.function.name in names]
+    del out.tools[:]
+    out.tools.extend(kept)
+    out.tool_choice.mode = mode
 
 
 def _response_format(raw: object) -> inference_pb2.ResponseFormat:
@@ -289,7 +309,7 @@ def validate_chat(body: dict[str, Any]) -> inference_pb2.ChatCompletionRequest:
         tools = c.array(body["tools"], "tools")
         out.tools.extend(_tool(t, c.join("tools", i)) for i, t in enumerate(tools))
     if get("tool_choice") is not None:
-        out.tool_choice.CopyFrom(_tool_choice(body["tool_choice"], list(out.tools)))
+        _apply_tool_choice(body["tool_choice"], out)
     if get("response_format") is not None:
         out.response_format.CopyFrom(_response_format(body["response_format"]))
 
