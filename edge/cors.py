@@ -56,7 +56,9 @@ class Cors:
             return
         if preflight and scope["method"] == "OPTIONS":
             if not self._allowed(origin):
-                response = error_response(preflight_refused(origin.decode("latin-1")), new_request_id())
+                response = error_response(
+                    preflight_refused(origin.decode("latin-1")), new_request_id()
+                )
                 await response(scope, receive, send)
                 return
             await send(

@@ -39,6 +39,10 @@ def error_response(
     headers = {"x-request-id": request_id}
     if error.retry_after is not None:
         headers["retry-after"] = str(error.retry_after)
+    if error.retry_after_ms is not None:
+        headers["retry-after-ms"] = str(error.retry_after_ms)
+    if error.should_retry is not None:
+        headers["x-should-retry"] = "true" if error.should_retry else "false"
     if error.rate_limit is not None:
         headers.update(rate_limit_headers(error.rate_limit))
     if extra_headers:

@@ -7,6 +7,7 @@ ApiError values rendered once by edge/errors.py.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -101,7 +102,42 @@ async def authenticate_and_validate(
     except ApiError:
         validation.cancel()
         raise
-    return principal, await rpc(validation, "validation")
+    try:
+        return principal, await rpc(validation, "validation")
+    except ApiError as exc:
+        if exc.rate_limit is None:  # authenticated: the 400 still carries the x-ratelimit-* headers
+            exc.rate_limit = await peek(mesh, principal, request_id)
+        raise
+
+
+async def peek(
+    mesh: Mesh, principal: common_pb2.Principal, request_id: str
+) -> common_pb2.RateLimitState | None:
+    """The key's rate-limit state without charging it; None if quota cannot say (headers are best effort)."""
+    call = mesh.quota.GetRateLimit(
+        quota_pb2.GetRateLimitRequest(principal=principal),
+        timeout=HOP_TIMEOUT_S,
+        metadata=_metadata(request_id),
+    )
+    try:
+        return (await call).rate_limit
+    except grpc.aio.AioRpcError:
+        return None
+
+
+async def _described(
+    mesh: Mesh, principal: common_pb2.Principal, request_id: str, call: Awaitable[T_V]
+) -> tuple[T_V, dict[str, str]]:
+    """A router answer plus the rate-limit headers, fetched at the same time."""
+    state = asyncio.ensure_future(peek(mesh, principal, request_id))
+    try:
+        response = await rpc(call, "router")
+    except ApiError as exc:
+        exc.rate_limit = await state
+        raise
+    limits = await state
+    headers = {"x-request-id": request_id, **(rate_limit_headers(limits) if limits else {})}
+    return response, headers
 
 
 async def reserve(
@@ -341,15 +377,13 @@ async def list_models(request: Request) -> Response:
     rid = request_id_of(request)
     principal = await authenticate(mesh, request, rid)
     context = common_pb2.RequestContext(request_id=rid, principal=principal)
-    response = await rpc(
-        mesh.router.ListModels(
-            router_pb2.ListModelsRequest(context=context),
-            timeout=HOP_TIMEOUT_S,
-            metadata=_metadata(rid),
-        ),
-        "router",
+    call = mesh.router.ListModels(
+        router_pb2.ListModelsRequest(context=context),
+        timeout=HOP_TIMEOUT_S,
+        metadata=_metadata(rid),
     )
-    return Response(render.model_list(response), headers={"x-request-id": rid}, media_type=JSON)
+    response, headers = await _described(mesh, principal, rid, call)
+    return Response(render.model_list(response), headers=headers, media_type=JSON)
 
 
 @endpoint
@@ -360,16 +394,12 @@ async def get_model(request: Request) -> Response:
     principal = await authenticate(mesh, request, rid)
     model_id = request.path_params["model_id"]
     context = common_pb2.RequestContext(request_id=rid, principal=principal)
-    response = await rpc(
-        mesh.router.GetModel(
-            router_pb2.GetModelRequest(id=model_id, context=context),
-            timeout=HOP_TIMEOUT_S,
-            metadata=_metadata(rid),
-        ),
-        "router",
+    call = mesh.router.GetModel(
+        router_pb2.GetModelRequest(id=model_id, context=context),
+        timeout=HOP_TIMEOUT_S,
+        metadata=_metadata(rid),
     )
+    response, headers = await _described(mesh, principal, rid, call)
     return Response(
-        orjson.dumps(render.model_card(response.model)),
-        headers={"x-request-id": rid},
-        media_type=JSON,
+        orjson.dumps(render.model_card(response.model)), headers=headers, media_type=JSON
     )

@@ -136,6 +136,11 @@ class ModelConfig(_Strict):
         return self
 
 
+class AuthConfig(_Strict):
+    # How long a Redis key lookup is reused; revocations also evict at once over pub/sub.
+    cache_ttl_ms: int = Field(default=500, ge=0, le=5000)
+
+
 class QuotaConfig(_Strict):
     # Tokens reserved for the completion when a request sets no max_tokens.
     default_max_tokens: int = Field(default=1024, gt=0)
@@ -149,6 +154,7 @@ class Config(_Strict):
     edge: EdgeConfig = EdgeConfig()
     services: ServicesConfig = ServicesConfig()
     redis: RedisConfig = RedisConfig()
+    auth: AuthConfig = AuthConfig()
     quota: QuotaConfig = QuotaConfig()
     logging: LoggingConfig = LoggingConfig()
     keys: tuple[KeyConfig, ...] = ()

@@ -53,6 +53,8 @@ class ApiError(Exception):
         code: str | None = None,
         doc_url: str | None = None,
         retry_after: int | None = None,
+        retry_after_ms: int | None = None,
+        should_retry: bool | None = None,
         rate_limit: common_pb2.RateLimitState | None = None,
     ) -> None:
         super().__init__(message)
@@ -63,6 +65,8 @@ class ApiError(Exception):
         self.code = code
         self.doc_url = doc_url
         self.retry_after = retry_after
+        self.retry_after_ms = retry_after_ms
+        self.should_retry = should_retry
         self.rate_limit = rate_limit
 
     def __repr__(self) -> str:
@@ -78,6 +82,10 @@ class ApiError(Exception):
             error.doc_url = self.doc_url
         if self.retry_after is not None:
             error.retry_after_seconds = self.retry_after
+        if self.retry_after_ms is not None:
+            error.retry_after_ms = self.retry_after_ms
+        if self.should_retry is not None:
+            error.should_retry = self.should_retry
         if self.rate_limit is not None:
             error.rate_limit.CopyFrom(self.rate_limit)
         return error
@@ -94,6 +102,8 @@ class ApiError(Exception):
             retry_after=error.retry_after_seconds
             if error.HasField("retry_after_seconds")
             else None,
+            retry_after_ms=error.retry_after_ms if error.HasField("retry_after_ms") else None,
+            should_retry=error.should_retry if error.HasField("should_retry") else None,
             rate_limit=error.rate_limit if error.HasField("rate_limit") else None,
         )
 
@@ -208,18 +218,23 @@ CATALOGUE: tuple[Documented, ...] = (
     Documented(401, "authentication_error", "missing_api_key", "null", "No `Authorization` header, or an empty one.", "doc_url"),
     Documented(401, "authentication_error", "invalid_auth_scheme", "null", "An `Authorization` scheme other than Bearer.", "doc_url"),
     Documented(401, "authentication_error", "invalid_api_key", "null", "The Bearer token is empty, malformed or not a known key.", "doc_url"),
+    Documented(401, "authentication_error", "revoked_api_key", "null", "The key was revoked (`meshgate keys revoke`); every auth replica knows within a second.", "doc_url"),
+    Documented(401, "authentication_error", "expired_api_key", "null", "The key's `--expires` time has passed.", "doc_url"),
     Documented(403, "invalid_request_error", None, "null", "A browser CORS preflight from an origin that is not in `edge.cors_allow_origins`."),
     Documented(404, "invalid_request_error", "model_not_found", "null", "The model is not in the catalog, or the key may not use it."),
     Documented(404, "invalid_request_error", None, "null", "An unknown URL (`Invalid URL (POST /v1/...)`), or an endpoint the API does not offer (fine-tuning, assistants, threads, runs, batches, files); the message names the alternative."),
     Documented(405, "invalid_request_error", None, "null", "A known URL with the wrong method."),
     Documented(413, "invalid_request_error", None, "null", "The body is larger than `edge.max_body_bytes`."),
-    Documented(429, "requests", "rate_limit_exceeded", "null", "The key's requests-per-minute bucket is empty.", "Retry-After, x-ratelimit-*, doc_url"),
-    Documented(429, "tokens", "rate_limit_exceeded", "null", "The key's tokens-per-minute bucket cannot cover prompt plus `max_tokens`; Retry-After is absent when the request can never fit.", "Retry-After, x-ratelimit-*, doc_url"),
+    Documented(429, "requests", "rate_limit_exceeded", "null", "The key's requests-per-minute bucket is empty.", "Retry-After, retry-after-ms, x-ratelimit-*, doc_url"),
+    Documented(429, "requests", "rate_limit_exceeded", "null", "The key already has `max_concurrency` requests in flight.", "Retry-After: 1, x-ratelimit-*, doc_url"),
+    Documented(429, "tokens", "rate_limit_exceeded", "null", "The key's tokens-per-minute bucket cannot cover prompt plus `max_tokens` (or `quota.default_max_tokens` when unset).", "Retry-After, retry-after-ms, x-ratelimit-*, doc_url"),
+    Documented(429, "tokens", "rate_limit_exceeded", "null", "The request alone needs more tokens than the key's tokens-per-minute limit, so it can never fit.", "x-should-retry: false, doc_url"),
+    Documented(429, "insufficient_quota", "insufficient_quota", "null", "The key's token budget (`--budget-tokens`) is spent.", "x-should-retry: false, doc_url"),
     Documented(500, "server_error", None, "null", "An unexpected failure inside meshgate; the response never carries a stack trace."),
     Documented(502, "server_error", None, "null", "The engine failed after the stream had started: sent as a final `data: {\"error\": ...}` event."),
-    Documented(503, "server_error", None, "null", "A mesh service or every replica of the model's engine is unavailable, or Redis is down for a `fail_closed` key.", "Retry-After"),
+    Documented(503, "server_error", None, "null", "A mesh service or every replica of the model's engine is unavailable, Redis is down for a `fail_closed` key, or the key store cannot be read for a key not seen recently.", "Retry-After"),
     Documented(504, "server_error", None, "null", "The request's deadline (`edge.request_timeout_s`) passed before the engine answered."),
-)
+)  # fmt: skip
 
 
 def reference_markdown() -> str:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeAlias
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -18,6 +19,9 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger("meshgate.grpc")
+
+# The servicer context every handler receives; message types are checked at the proto layer.
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 # Keepalive lets a client notice a dead peer (kill -9) without waiting for a deadline.
 CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Error(_message.Message):
-    __slots__ = ("http_status", "type", "message", "param", "code", "doc_url", "retry_after_seconds", "rate_limit")
+    __slots__ = ("http_status", "type", "message", "param", "code", "doc_url", "retry_after_seconds", "rate_limit", "should_retry", "retry_after_ms")
     HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,8 @@ class Error(_message.Message):
     DOC_URL_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SHOULD_RETRY_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     http_status: int
     type: str
     message: str
@@ -24,7 +26,9 @@ class Error(_message.Message):
     doc_url: str
     retry_after_seconds: int
     rate_limit: RateLimitState
-    def __init__(self, http_status: _Optional[int] = ..., type: _Optional[str] = ..., message: _Optional[str] = ..., param: _Optional[str] = ..., code: _Optional[str] = ..., doc_url: _Optional[str] = ..., retry_after_seconds: _Optional[int] = ..., rate_limit: _Optional[_Union[RateLimitState, _Mapping]] = ...) -> None: ...
+    should_retry: bool
+    retry_after_ms: int
+    def __init__(self, http_status: _Optional[int] = ..., type: _Optional[str] = ..., message: _Optional[str] = ..., param: _Optional[str] = ..., code: _Optional[str] = ..., doc_url: _Optional[str] = ..., retry_after_seconds: _Optional[int] = ..., rate_limit: _Optional[_Union[RateLimitState, _Mapping]] = ..., should_retry: _Optional[bool] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class RateLimitState(_message.Message):
     __slots__ = ("limit_requests", "limit_tokens", "remaining_requests", "remaining_tokens", "reset_requests_ms", "reset_tokens_ms")

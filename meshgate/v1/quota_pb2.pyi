@@ -43,3 +43,15 @@ class SettleRequest(_message.Message):
 class SettleResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class GetRateLimitRequest(_message.Message):
+    __slots__ = ("principal",)
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    principal: _common_pb2.Principal
+    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ...) -> None: ...
+
+class GetRateLimitResponse(_message.Message):
+    __slots__ = ("rate_limit",)
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    rate_limit: _common_pb2.RateLimitState
+    def __init__(self, rate_limit: _Optional[_Union[_common_pb2.RateLimitState, _Mapping]] = ...) -> None: ...

@@ -49,6 +49,11 @@ class QuotaServiceStub:
                 request_serializer=meshgate_dot_v1_dot_quota__pb2.SettleRequest.SerializeToString,
                 response_deserializer=meshgate_dot_v1_dot_quota__pb2.SettleResponse.FromString,
                 _registered_method=True)
+        self.GetRateLimit = channel.unary_unary(
+                '/meshgate.v1.QuotaService/GetRateLimit',
+                request_serializer=meshgate_dot_v1_dot_quota__pb2.GetRateLimitRequest.SerializeToString,
+                response_deserializer=meshgate_dot_v1_dot_quota__pb2.GetRateLimitResponse.FromString,
+                _registered_method=True)
 
 
 class QuotaServiceServicer:
@@ -68,7 +73,16 @@ class QuotaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Settle(self, request, context):
-        """Settle replaces a reservation with the true usage and refunds the rest.
+        """Settle replaces a reservation with the true usage, refunds the rest and
+        releases the concurrency lease.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRateLimit(self, request, context):
+        """GetRateLimit reads the key's bucket state without charging anything, for
+        responses that reserve nothing (model listings, early errors).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -86,6 +100,11 @@ def add_QuotaServiceServicer_to_server(servicer, server):
                     servicer.Settle,
                     request_deserializer=meshgate_dot_v1_dot_quota__pb2.SettleRequest.FromString,
                     response_serializer=meshgate_dot_v1_dot_quota__pb2.SettleResponse.SerializeToString,
+            ),
+            'GetRateLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRateLimit,
+                    request_deserializer=meshgate_dot_v1_dot_quota__pb2.GetRateLimitRequest.FromString,
+                    response_serializer=meshgate_dot_v1_dot_quota__pb2.GetRateLimitResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -147,6 +166,33 @@ class QuotaService:
             '/meshgate.v1.QuotaService/Settle',
             meshgate_dot_v1_dot_quota__pb2.SettleRequest.SerializeToString,
             meshgate_dot_v1_dot_quota__pb2.SettleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRateLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshgate.v1.QuotaService/GetRateLimit',
+            meshgate_dot_v1_dot_quota__pb2.GetRateLimitRequest.SerializeToString,
+            meshgate_dot_v1_dot_quota__pb2.GetRateLimitResponse.FromString,
             options,
             channel_credentials,
             insecure,

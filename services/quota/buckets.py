@@ -1,11 +1,12 @@
-"""Requests-per-minute and tokens-per-minute buckets in Redis (see buckets.lua).
+"""Quota state in Redis: one atomic script call per decision (see buckets.lua).
 
-Each decision is one atomic script call. redis-py's `Script` sends EVALSHA and
-falls back to EVAL when Redis has lost the script (a restart or SCRIPT FLUSH).
+redis-py's `Script` sends EVALSHA and falls back to EVAL when Redis has lost
+the script (a restart, or SCRIPT FLUSH), so quota recovers by itself.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,35 +14,55 @@ from redis.asyncio import Redis
 
 from meshgate.v1 import common_pb2
 
-_SCRIPT = (Path(__file__).with_name("buckets.lua")).read_text()
+_SCRIPT = Path(__file__).with_name("buckets.lua").read_text()
+
+
+class Verdict(enum.IntEnum):
+    ADMITTED = 0
+    REQUESTS_EMPTY = 1
+    TOKENS_SHORT = 2
+    TOO_LARGE = 3
+    CONCURRENCY_FULL = 4
+    BUDGET_SPENT = 5
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    admitted: bool
+    verdict: Verdict
     state: common_pb2.RateLimitState
-    # Milliseconds until the request would fit; -1 when it never can.
+    # Milliseconds until the request could fit; -1 when waiting cannot help.
     wait_ms: int
-    # Which bucket denied: "requests" or "tokens"; empty when admitted.
-    denied_by: str
+
+    @property
+    def admitted(self) -> bool:
+        return self.verdict is Verdict.ADMITTED
 
 
-def _bucket_keys(key_id: str) -> list[str]:
+def keys_for(key_id: str) -> list[str]:
     tag = "{" + key_id + "}"
-    return [f"mg:{tag}:requests", f"mg:{tag}:tokens"]
+    return [f"mg:{tag}:requests", f"mg:{tag}:tokens", f"mg:{tag}:leases", f"mg:{tag}:spent"]
+
+
+def _limits(limits: common_pb2.Limits) -> list[int]:
+    return [
+        limits.requests_per_minute,
+        limits.tokens_per_minute,
+        limits.max_concurrency,
+        limits.budget_tokens,
+    ]
 
 
 class Buckets:
     def __init__(self, redis: Redis) -> None:
         self._script = redis.register_script(_SCRIPT)
 
-    async def _call(self, key_id: str, *args: int | str) -> list[int]:
-        result: list[int] = await self._script(keys=_bucket_keys(key_id), args=list(args))
-        return result
-
-    @staticmethod
-    def _decision(limits: common_pb2.Limits, raw: list[int]) -> Decision:
-        admitted, rem_req, rem_tok, wait_req, wait_tok, reset_req, reset_tok = (int(x) for x in raw)
+    async def _call(
+        self, key_id: str, limits: common_pb2.Limits, op: str, *extra: int | str
+    ) -> Decision:
+        raw: list[int] = await self._script(
+            keys=keys_for(key_id), args=[op, *_limits(limits), *extra]
+        )
+        verdict, rem_req, rem_tok, reset_req, reset_tok, wait = (int(x) for x in raw)
         state = common_pb2.RateLimitState(
             limit_requests=limits.requests_per_minute,
             limit_tokens=limits.tokens_per_minute,
@@ -50,27 +71,17 @@ class Buckets:
             reset_requests_ms=reset_req,
             reset_tokens_ms=reset_tok,
         )
-        if admitted:
-            return Decision(True, state, 0, "")
-        if wait_tok == -1:
-            return Decision(False, state, -1, "tokens")
-        denied_by = "requests" if wait_req >= wait_tok else "tokens"
-        return Decision(False, state, max(wait_req, wait_tok), denied_by)
+        return Decision(Verdict(verdict), state, wait)
 
-    async def reserve(self, key_id: str, limits: common_pb2.Limits, tokens: int) -> Decision:
-        rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
-        raw = await self._call(key_id, "reserve", rpm, tpm, tokens)
-        return self._decision(limits, raw)
+    async def reserve(
+        self, key_id: str, limits: common_pb2.Limits, tokens: int, lease_id: str, lease_ttl_ms: int
+    ) -> Decision:
+        return await self._call(key_id, limits, "reserve", tokens, lease_id, lease_ttl_ms)
 
     async def settle(
-        self, key_id: str, limits: common_pb2.Limits, reserved: int, used: int
-    ) -> None:
-        if limits.tokens_per_minute > 0 and reserved != used:
-            await self._call(
-                key_id,
-                "settle",
-                limits.requests_per_minute,
-                limits.tokens_per_minute,
-                reserved,
-                used,
-            )
+        self, key_id: str, limits: common_pb2.Limits, reserved: int, lease_id: str, used: int
+    ) -> Decision:
+        return await self._call(key_id, limits, "settle", reserved, lease_id, used)
+
+    async def peek(self, key_id: str, limits: common_pb2.Limits) -> Decision:
+        return await self._call(key_id, limits, "peek")

@@ -1,4 +1,10 @@
-"""The quota service: admits requests against the key's buckets, then settles them."""
+"""The quota service: admits requests against the key's limits, then settles them.
+
+Reserve charges the worst case (prompt tokens plus the completion allowance)
+and takes a concurrency lease; Settle replaces that with the true usage and
+releases the lease. Both are single atomic script calls (buckets.lua), so the
+limits hold exactly however many quota replicas run.
+"""
 
 from __future__ import annotations
 
@@ -14,38 +20,77 @@ from redis.exceptions import RedisError
 from meshgate import grpcio
 from meshgate.config import Config
 from meshgate.errors import DOC_URL_QUOTA, ApiError
+from meshgate.grpcio import Context
 from meshgate.v1 import common_pb2, quota_pb2, quota_pb2_grpc
-from services.quota.buckets import Buckets, Decision
+from services.quota.buckets import Buckets, Decision, Verdict
 
 log = logging.getLogger("meshgate.quota")
 
-_UNLIMITED = common_pb2.RateLimitState()
+_NO_STATE = common_pb2.RateLimitState()
 
 
-def rate_limited(decision: Decision, limits: common_pb2.Limits, cost: int) -> ApiError:
-    """OpenAI's 429 wording, with Retry-After derived from the bucket's deficit."""
-    if decision.denied_by == "requests":
-        what = f"requests per min (RPM): Limit {limits.requests_per_minute}, Requested 1."
-    else:
-        what = f"tokens per min (TPM): Limit {limits.tokens_per_minute}, Requested {cost}."
-    if decision.wait_ms < 0:
+def _retry_after(wait_ms: int) -> int:
+    """Whole seconds for Retry-After, rounded up so that a retry then always fits."""
+    return max(1, math.ceil(wait_ms / 1000))
+
+
+def denial(decision: Decision, limits: common_pb2.Limits, cost: int) -> ApiError:
+    """OpenAI's 429 wording; Retry-After derives from the bucket's deficit and refill rate."""
+    verdict, state = decision.verdict, decision.state
+    if verdict is Verdict.BUDGET_SPENT:
+        return ApiError(
+            429,
+            "insufficient_quota",
+            f"You exceeded your current quota: this key's budget of {limits.budget_tokens} tokens is spent "
+            f"(the request needs up to {cost}).",
+            code="insufficient_quota",
+            doc_url=DOC_URL_QUOTA,
+            should_retry=False,
+            rate_limit=state,
+        )
+    if verdict is Verdict.TOO_LARGE:
         return ApiError(
             429,
             "tokens",
-            f"Request too large on {what} The input or output tokens must be reduced in order to run successfully.",
+            f"Request too large on tokens per min (TPM): Limit {limits.tokens_per_minute}, Requested {cost}. "
+            "The input or output tokens must be reduced in order to run successfully.",
             code="rate_limit_exceeded",
             doc_url=DOC_URL_QUOTA,
-            rate_limit=decision.state,
+            should_retry=False,
+            rate_limit=state,
+        )
+    if verdict is Verdict.CONCURRENCY_FULL:
+        # A slot frees whenever any request ends, so the honest hint is "soon".
+        return ApiError(
+            429,
+            "requests",
+            f"Too many concurrent requests: Limit {limits.max_concurrency}. Please retry when one finishes.",
+            code="rate_limit_exceeded",
+            doc_url=DOC_URL_QUOTA,
+            rate_limit=state,
+            retry_after=1,
+            retry_after_ms=1000,
         )
     seconds = decision.wait_ms / 1000
+    if verdict is Verdict.REQUESTS_EMPTY:
+        what, kind = (
+            f"requests per min (RPM): Limit {limits.requests_per_minute}, Requested 1",
+            "requests",
+        )
+    else:
+        what, kind = (
+            f"tokens per min (TPM): Limit {limits.tokens_per_minute}, Requested {cost}",
+            "tokens",
+        )
     return ApiError(
         429,
-        decision.denied_by,
-        f"Rate limit reached on {what} Please try again in {seconds:.3g}s.",
+        kind,
+        f"Rate limit reached on {what}. Please try again in {seconds:.3g}s.",
         code="rate_limit_exceeded",
         doc_url=DOC_URL_QUOTA,
-        retry_after=max(1, math.ceil(seconds)),
-        rate_limit=decision.state,
+        rate_limit=state,
+        retry_after=_retry_after(decision.wait_ms),
+        retry_after_ms=max(1, decision.wait_ms),
     )
 
 
@@ -54,19 +99,29 @@ REDIS_DOWN = ApiError(
     "server_error",
     "Rate limiting is temporarily unavailable, so the request was not admitted. Please retry.",
     retry_after=1,
+    should_retry=True,
 )
 
 
+def _limited(limits: common_pb2.Limits) -> bool:
+    return bool(
+        limits.requests_per_minute
+        or limits.tokens_per_minute
+        or limits.max_concurrency
+        or limits.budget_tokens
+    )
+
+
 class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
-    def __init__(self, buckets: Buckets, default_max_tokens: int) -> None:
+    def __init__(self, buckets: Buckets, default_max_tokens: int, lease_ttl_ms: int) -> None:
         self._buckets = buckets
         self._default_max_tokens = default_max_tokens
+        self._lease_ttl_ms = lease_ttl_ms
+        # Admissions made without Redis under fail_open; exported as a metric.
         self.fail_open_admissions = 0
 
     async def Reserve(
-        self,
-        request: quota_pb2.ReserveRequest,
-        context: grpc.aio.ServicerContext[quota_pb2.ReserveRequest, quota_pb2.ReserveResponse],
+        self, request: quota_pb2.ReserveRequest, context: Context
     ) -> quota_pb2.ReserveResponse:
         principal = request.principal
         limits = principal.limits
@@ -75,67 +130,82 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
         )
         cost = request.prompt_tokens + allowance
         lease_id = secrets.token_hex(8)
-        if limits.requests_per_minute == 0 and limits.tokens_per_minute == 0:
+        if not _limited(limits):
             return quota_pb2.ReserveResponse(
-                lease_id=lease_id, reserved_tokens=cost, rate_limit=_UNLIMITED
+                lease_id=lease_id, reserved_tokens=cost, rate_limit=_NO_STATE
             )
         try:
-            decision = await self._buckets.reserve(principal.key_id, limits, cost)
+            decision = await self._buckets.reserve(
+                principal.key_id, limits, cost, lease_id, self._lease_ttl_ms
+            )
         except (RedisError, OSError) as exc:
+            extra = {
+                "key_id": principal.key_id,
+                "request_id": request.request_id,
+                "error": type(exc).__name__,
+            }
             if principal.redis_failure_policy == "fail_open":
                 self.fail_open_admissions += 1
-                log.warning(
-                    "redis unavailable, admitting (fail_open)",
-                    extra={
-                        "key_id": principal.key_id,
-                        "request_id": request.request_id,
-                        "error": type(exc).__name__,
-                    },
-                )
+                log.warning("redis unavailable, admitting (fail_open)", extra=extra)
                 return quota_pb2.ReserveResponse(
-                    lease_id=lease_id, reserved_tokens=0, rate_limit=_UNLIMITED
+                    lease_id="", reserved_tokens=0, rate_limit=_NO_STATE
                 )
-            log.error(
-                "redis unavailable, refusing (fail_closed)",
-                extra={
-                    "key_id": principal.key_id,
-                    "request_id": request.request_id,
-                    "error": type(exc).__name__,
-                },
-            )
+            log.error("redis unavailable, refusing (fail_closed)", extra=extra)
             await REDIS_DOWN.abort(context)
         if not decision.admitted:
-            await rate_limited(decision, limits, cost).abort(context)
+            await denial(decision, limits, cost).abort(context)
         return quota_pb2.ReserveResponse(
             lease_id=lease_id, reserved_tokens=cost, rate_limit=decision.state
         )
 
     async def Settle(
-        self,
-        request: quota_pb2.SettleRequest,
-        context: grpc.aio.ServicerContext[quota_pb2.SettleRequest, quota_pb2.SettleResponse],
+        self, request: quota_pb2.SettleRequest, context: Context
     ) -> quota_pb2.SettleResponse:
+        principal = request.principal
+        if not request.lease_id or not _limited(principal.limits):
+            return (
+                quota_pb2.SettleResponse()
+            )  # nothing was charged (unlimited, or admitted by fail_open)
         used = request.usage.prompt_tokens + request.usage.completion_tokens
         try:
             await self._buckets.settle(
-                request.principal.key_id, request.principal.limits, request.reserved_tokens, used
+                principal.key_id, principal.limits, request.reserved_tokens, request.lease_id, used
             )
         except (RedisError, OSError) as exc:
+            # The lease lapses by its TTL; the tokens stay charged at the reservation (never undercharged).
             log.error(
-                "settle failed",
-                extra={"key_id": request.principal.key_id, "error": type(exc).__name__},
+                "settle failed", extra={"key_id": principal.key_id, "error": type(exc).__name__}
             )
         return quota_pb2.SettleResponse()
+
+    async def GetRateLimit(
+        self, request: quota_pb2.GetRateLimitRequest, context: Context
+    ) -> quota_pb2.GetRateLimitResponse:
+        principal = request.principal
+        if not (principal.limits.requests_per_minute or principal.limits.tokens_per_minute):
+            return quota_pb2.GetRateLimitResponse(rate_limit=_NO_STATE)
+        try:
+            decision = await self._buckets.peek(principal.key_id, principal.limits)
+        except (RedisError, OSError):
+            return quota_pb2.GetRateLimitResponse(rate_limit=_NO_STATE)
+        return quota_pb2.GetRateLimitResponse(rate_limit=decision.state)
 
 
 async def run(config: Config) -> None:
     if not config.redis.url:
         raise SystemExit("meshgate quota: redis.url is empty (set REDIS_URL or run `meshgate up`)")
     timeout = config.redis.timeout_ms / 1000
-    redis = Redis.from_url(config.redis.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    redis = Redis.from_url(
+        config.redis.url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=5,
+    )
+    # A lease outlives the longest request, so only a crashed request's lease lapses.
+    lease_ttl_ms = int((config.edge.request_timeout_s + 5) * 1000)
+    service = QuotaService(Buckets(redis), config.quota.default_max_tokens, lease_ttl_ms)
 
     async def setup(server: grpc.aio.Server) -> Sequence[str]:
-        service = QuotaService(Buckets(redis), config.quota.default_max_tokens)
         quota_pb2_grpc.add_QuotaServiceServicer_to_server(service, server)
         return [quota_pb2.DESCRIPTOR.services_by_name["QuotaService"].full_name]
 

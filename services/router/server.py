@@ -8,13 +8,14 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TypeVar, TypeAlias
+from typing import TypeVar
 
 import grpc
 
 from meshgate import grpcio
 from meshgate.config import Config
 from meshgate.errors import ApiError
+from meshgate.grpcio import Context
 from meshgate.v1 import inference_pb2, router_pb2, router_pb2_grpc
 from services.router import catalog as cat
 from services.router.adapters.base import EngineAdapter, EngineUnavailable
@@ -25,7 +26,6 @@ log = logging.getLogger("meshgate.router")
 
 T = TypeVar("T")
 Chunk = TypeVar("Chunk", inference_pb2.ChatCompletionChunk, inference_pb2.CompletionChunk)
-Context: TypeAlias = grpc.aio.ServicerContext[object, object]
 
 HEALTH_INTERVAL_S = 2.0
 HEALTH_TIMEOUT_S = 1.0

@@ -170,7 +170,9 @@ def _tool(raw: object, path: str) -> inference_pb2.Tool:
 
 def _named(tools: list[inference_pb2.Tool], name: str, path: str) -> str:
     if name not in {t.function.name for t in tools}:
-        raise c.Invalid(f"Invalid value for '{path}': function '{name}' is not among the provided tools.", path)
+        raise c.Invalid(
+            f"Invalid value for '{path}': function '{name}' is not among the provided tools.", path
+        )
     return name
 
 
@@ -186,18 +188,26 @@ def _apply_tool_choice(raw: object, out: inference_pb2.ChatCompletionRequest) ->
         out.tool_choice.mode = c.one_of(raw, "tool_choice", ("none", "auto", "required"))
         return
     choice = c.obj(raw, "tool_choice")
-    kind = c.one_of(c.require(choice, "type", "tool_choice"), "tool_choice.type", ("function", "allowed_tools"))
+    kind = c.one_of(
+        c.require(choice, "type", "tool_choice"), "tool_choice.type", ("function", "allowed_tools")
+    )
     if kind == "function":
         function = c.obj(c.require(choice, "function", "tool_choice"), "tool_choice.function")
-        name = c.string(c.require(function, "name", "tool_choice.function"), "tool_choice.function.name")
+        name = c.string(
+            c.require(function, "name", "tool_choice.function"), "tool_choice.function.name"
+        )
         out.tool_choice.function_name = _named(tools, name, "tool_choice.function.name")
         return
     allowed = c.obj(c.require(choice, "allowed_tools", "tool_choice"), "tool_choice.allowed_tools")
     mode = c.one_of(
-        c.require(allowed, "mode", "tool_choice.allowed_tools"), "tool_choice.allowed_tools.mode", ("auto", "required")
+        c.require(allowed, "mode", "tool_choice.allowed_tools"),
+        "tool_choice.allowed_tools.mode",
+        ("auto", "required"),
     )
     listed_path = "tool_choice.allowed_tools.tools"
-    listed = c.array(c.require(allowed, "tools", "tool_choice.allowed_tools"), listed_path, min_length=1)
+    listed = c.array(
+        c.require(allowed, "tools", "tool_choice.allowed_tools"), listed_path, min_length=1
+    )
     names = set()
     for i, item in enumerate(listed):
         path = c.join(listed_path, i)
@@ -205,7 +215,13 @@ def _apply_tool_choice(raw: object, out: inference_pb2.ChatCompletionRequest) ->
         c.one_of(c.require(entry, "type", path), c.join(path, "type"), ("function",))
         function = c.obj(c.require(entry, "function", path), c.join(path, "function"))
         name_path = c.join(c.join(path, "function"), "name")
-        names.add(_named(tools, c.string(c.require(function, "name", c.join(path, "function")), name_path), name_path))
+        names.add(
+            _named(
+                tools,
+                c.string(c.require(function, "name", c.join(path, "function")), name_path),
+                name_path,
+            )
+        )
     kept = [t for t in tools if t.function.name in names]
     del out.tools[:]
     out.tools.extend(kept)

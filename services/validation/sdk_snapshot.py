@@ -93,7 +93,11 @@ def snapshot() -> dict[str, Any]:
             field: {"type": _render(hint, pending), "required": _required(tp, field, hint)}
             for field, hint in sorted(hints.items())
         }
-    return {"openai_version": openai.__version__, "roots": ROOTS, "types": dict(sorted(shapes.items()))}
+    return {
+        "openai_version": openai.__version__,
+        "roots": ROOTS,
+        "types": dict(sorted(shapes.items())),
+    }
 
 
 def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -117,8 +121,12 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", action="store_true", help="overwrite sdk_snapshot.json after an audit")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--write", action="store_true", help="overwrite sdk_snapshot.json after an audit"
+    )
     args = parser.parse_args(argv)
     current = snapshot()
     if args.write:

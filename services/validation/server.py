@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeAlias
 
 import grpc
 
 from meshgate import grpcio, tokens
 from meshgate.config import Config
+from meshgate.grpcio import Context
 from meshgate.v1 import validation_pb2, validation_pb2_grpc
 from services.validation.chat import validate_chat
 from services.validation.checks import Invalid, parse_body
 from services.validation.completions import validate_completion
 from services.validation.embeddings import validate_embedding
-
-Context: TypeAlias = grpc.aio.ServicerContext[object, object]
 
 
 class ValidationService(validation_pb2_grpc.ValidationServiceServicer):

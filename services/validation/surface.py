@@ -13,10 +13,26 @@ Support = Literal["Yes", "Partial", "No"]
 Row = tuple[str, Support, str]
 
 ENDPOINTS: tuple[Row, ...] = (
-    ("POST /v1/chat/completions", "Yes", "Streaming, tools, vision (on models with `vision`), seed, response_format."),
-    ("POST /v1/completions", "Yes", "Legacy; prefer chat completions. A list prompt gives one choice per prompt."),
-    ("POST /v1/embeddings", "Yes", "`encoding_format` omitted → floats, `\"base64\"` → little-endian float32; an explicit null is a 400."),
-    ("GET /v1/models", "Yes", "Only serving models, each with `category`, `capabilities` and `context_length`."),
+    (
+        "POST /v1/chat/completions",
+        "Yes",
+        "Streaming, tools, vision (on models with `vision`), seed, response_format.",
+    ),
+    (
+        "POST /v1/completions",
+        "Yes",
+        "Legacy; prefer chat completions. A list prompt gives one choice per prompt.",
+    ),
+    (
+        "POST /v1/embeddings",
+        "Yes",
+        '`encoding_format` omitted → floats, `"base64"` → little-endian float32; an explicit null is a 400.',
+    ),
+    (
+        "GET /v1/models",
+        "Yes",
+        "Only serving models, each with `category`, `capabilities` and `context_length`.",
+    ),
     ("GET /v1/models/{id}", "Yes", "Ids may contain `/`, raw or as `%2F`."),
     ("POST /v1/fine-tuning", "No", "404: use FlexAI Fine-Tuning instead."),
     ("POST /v1/assistants, /v1/threads, /v1/runs", "No", "404: not planned."),
@@ -27,23 +43,39 @@ ENDPOINTS: tuple[Row, ...] = (
 # Request fields of POST /v1/chat/completions. The first word of each name is the body field.
 CHAT_FIELDS: tuple[Row, ...] = (
     ("model", "Yes", "Required; unknown ids get 404 `model_not_found`."),
-    ("messages", "Yes", "Required, non-empty; every role (system, developer, user, assistant, tool, function) and content-part shape."),
+    (
+        "messages",
+        "Yes",
+        "Required, non-empty; every role (system, developer, user, assistant, tool, function) and content-part shape.",
+    ),
     ("temperature", "Yes", "0..2."),
     ("top_p", "Yes", "0..1."),
-    ("max_tokens", "Yes", "≥ 1; prompt + max_tokens beyond the context is 400 `context_length_exceeded`."),
+    (
+        "max_tokens",
+        "Yes",
+        "≥ 1; prompt + max_tokens beyond the context is 400 `context_length_exceeded`.",
+    ),
     ("max_completion_tokens", "Yes", "Same as max_tokens."),
     ("stop", "Yes", "A string or up to 4 strings."),
     ("seed", "Yes", "Deterministic on the reference engine."),
     ("user", "Yes", "Forwarded to the engine."),
     ("stream", "Yes", "Server-sent events, byte for byte as OpenAI frames them."),
-    ("stream_options", "Yes", "`include_usage: true` adds the final usage chunk; only with `stream: true`."),
+    (
+        "stream_options",
+        "Yes",
+        "`include_usage: true` adds the final usage chunk; only with `stream: true`.",
+    ),
     ("tools", "Yes", "Function tools, on models labeled `tool_use`; `custom` tools are a 400."),
     ("tool_choice", "Yes", "`none`, `auto`, `required`, a named function, or `allowed_tools`."),
     ("response_format: json_object", "Yes", "On every chat model."),
-    ("response_format: json_schema", "Partial", "Where the model has `json_schema`; otherwise downgraded to json_object."),
-    ("logprobs", "No", "`true` is a 400 with `param: \"logprobs\"`."),
-    ("top_logprobs", "No", "Any value is a 400 with `param: \"top_logprobs\"`."),
-    ("n", "No", "A single choice; n > 1 is a 400 with `param: \"n\"`."),
+    (
+        "response_format: json_schema",
+        "Partial",
+        "Where the model has `json_schema`; otherwise downgraded to json_object.",
+    ),
+    ("logprobs", "No", '`true` is a 400 with `param: "logprobs"`.'),
+    ("top_logprobs", "No", 'Any value is a 400 with `param: "top_logprobs"`.'),
+    ("n", "No", 'A single choice; n > 1 is a 400 with `param: "n"`.'),
     ("presence_penalty", "Yes", "-2..2."),
     ("frequency_penalty", "Yes", "-2..2."),
 )
@@ -63,8 +95,8 @@ COMPLETIONS_FIELDS: tuple[Row, ...] = (
     ("suffix", "Yes", "Forwarded to the engine."),
     ("presence_penalty", "Yes", "-2..2."),
     ("frequency_penalty", "Yes", "-2..2."),
-    ("n", "No", "n > 1 is a 400 with `param: \"n\"`."),
-    ("logprobs", "No", "Any value is a 400 with `param: \"logprobs\"`."),
+    ("n", "No", 'n > 1 is a 400 with `param: "n"`.'),
+    ("logprobs", "No", 'Any value is a 400 with `param: "logprobs"`.'),
 )
 
 EMBEDDINGS_FIELDS: tuple[Row, ...] = (
@@ -77,7 +109,11 @@ EMBEDDINGS_FIELDS: tuple[Row, ...] = (
 
 RESPONSE_FIELDS: tuple[Row, ...] = (
     ("id, created, model, choices, usage", "Yes", "`model` is the catalog id you asked for."),
-    ("usage.cache_read_input_tokens, usage.cache_creation_input_tokens", "Yes", "Always present; zero on models without prompt caching. `usage.prompt_tokens_details.cached_tokens` carries the same number."),
+    (
+        "usage.cache_read_input_tokens, usage.cache_creation_input_tokens",
+        "Yes",
+        "Always present; zero on models without prompt caching. `usage.prompt_tokens_details.cached_tokens` carries the same number.",
+    ),
     ("system_fingerprint", "No", "Never sent, even when an engine sends one."),
 )
 
