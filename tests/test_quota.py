@@ -1,0 +1,414 @@
+"""Limits hold exactly under concurrency, across 2 quota replicas, 2 auth replicas and 2 edges.
+
+Real Redis (owned by the test), real processes, real HTTP. Buckets refill
+continuously, so each check allows for what the refill could add during the
+burst; the overshoot beyond that must be 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from meshgate import tokens
+from meshgate.v1 import inference_pb2
+from services.auth.keys import RedisKeyStore
+from services.quota.buckets import keys_for
+from tests.conftest import RunningMesh, free_ports
+from tests.support import RedisServer, Replica
+
+PRO = "meshgate/reference-pro"
+TOKEN_DELAY_MS = 20
+
+
+@dataclass
+class Stack:
+    mesh: RunningMesh
+    redis: RedisServer
+    origins: list[str]  # two edges
+
+    def key(self, **limits: Any) -> tuple[str, str]:
+        """A fresh key with these limits: (secret, key_id)."""
+
+        async def create() -> tuple[str, str]:
+            from redis.asyncio import Redis
+
+            store = RedisKeyStore(Redis.from_url(self.redis.url))
+            try:
+                secret, record = await store.create(name="test", **limits)
+            finally:
+                await store.redis.aclose()
+            return secret, record.principal.key_id
+
+        return asyncio.run(create())
+
+
+@pytest.fixture(scope="module")
+def stack(start_mesh: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    redis = RedisServer().start()
+    q1, q2, a1, a2, e2 = free_ports(5)
+    overrides = {
+        "redis": {"url": redis.url},
+        "services": {
+            "quota": {"port": q1, "target": f"ipv4:127.0.0.1:{q1},127.0.0.1:{q2}"},
+            "auth": {"port": a1, "target": f"ipv4:127.0.0.1:{a1},127.0.0.1:{a2}"},
+            "engine": {"token_delay_ms": TOKEN_DELAY_MS},
+        },
+    }
+    from tests.conftest import write_config
+
+    config_path = write_config(tmp_path_factory.mktemp("replicas"), overrides)
+    # Second replicas start first, so the edges' round_robin finds both ready.
+    replicas = [
+        Replica("quota", config_path, {"MESHGATE_SERVICES__QUOTA__PORT": str(q2)}).wait_grpc(f"127.0.0.1:{q2}"),
+        Replica("auth", config_path, {"MESHGATE_SERVICES__AUTH__PORT": str(a2)}).wait_grpc(f"127.0.0.1:{a2}"),
+    ]
+    mesh = start_mesh(**overrides)
+    edge2 = Replica("edge", mesh.config_path, {"MESHGATE_EDGE__PORT": str(e2)})
+    edge2.wait_http(f"http://127.0.0.1:{e2}/readyz")
+    replicas.append(edge2)
+    try:
+        yield Stack(mesh, redis, [mesh.origin, f"http://127.0.0.1:{e2}"])
+    finally:
+        for replica in replicas:
+            replica.stop()
+        assert mesh.stop() == 0
+        redis.kill()
+
+
+def _chat(max_tokens: int = 1, content: str = "hi", stream: bool = False) -> dict[str, Any]:
+    return {"model": PRO, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "seed": 1, "stream": stream}
+
+
+def _cost(body: dict[str, Any]) -> int:
+    messages = [inference_pb2.ChatMessage(role=m["role"], text=m["content"]) for m in body["messages"]]
+    return tokens.count_messages(messages) + int(body["max_tokens"])
+
+
+async def _burst(origins: list[str], secret: str, bodies: list[dict[str, Any]]) -> tuple[list[httpx.Response], float]:
+    """Fire every body at once, alternating edges; return the responses and the burst's duration."""
+    limits = httpx.Limits(max_connections=len(bodies), max_keepalive_connections=len(bodies))
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        headers = {"Authorization": f"Bearer {secret}"}
+        started = time.monotonic()
+        responses = await asyncio.gather(
+            *(
+                client.post(f"{origins[i % len(origins)]}/v1/chat/completions", json=body, headers=headers)
+                for i, body in enumerate(bodies)
+            )
+        )
+        return list(responses), time.monotonic() - started
+
+
+def test_rpm_is_exact_under_200_concurrent_requests(stack: Stack) -> None:
+    rpm = 50
+    secret, _ = stack.key(rpm=rpm)
+    responses, window = asyncio.run(_burst(stack.origins, secret, [_chat() for _ in range(200)]))
+    statuses = [r.status_code for r in responses]
+    admitted = statuses.count(200)
+    assert statuses.count(429) == 200 - admitted, set(statuses)
+    refill = math.floor(window * rpm / 60)
+    allowed = rpm + refill
+    print(f"\nrpm={rpm}: admitted {admitted} of 200 in {window:.2f}s (allowed {allowed}, overshoot {max(0, admitted - allowed)})")
+    assert rpm <= admitted <= allowed
+    if window < 60 / rpm:
+        assert admitted == rpm
+    for response in responses:
+        if response.status_code != 429:
+            continue
+        error = response.json()["error"]
+        assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+        wait_ms = int(response.headers["retry-after-ms"])
+        assert 0 < wait_ms <= math.ceil(60_000 / rpm)  # at most one token's refill time
+        assert 0 <= int(response.headers["retry-after"]) - wait_ms / 1000 < 1
+        assert response.headers["x-ratelimit-limit-requests"] == str(rpm)
+        assert response.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_retry_after_is_the_true_refill_time(stack: Stack) -> None:
+    rpm = 60
+    secret, _ = stack.key(rpm=rpm)
+    with httpx.Client(base_url=stack.origins[0], timeout=30, headers={"Authorization": f"Bearer {secret}"}) as http:
+        statuses = [http.post("/v1/chat/completions", json=_chat()).status_code for _ in range(rpm)]
+        assert statuses == [200] * rpm
+        denied = http.post("/v1/chat/completions", json=_chat())
+        assert denied.status_code == 429
+        wait_ms = int(denied.headers["retry-after-ms"])
+        assert 0 < wait_ms <= 1000
+        if wait_ms > 400:
+            time.sleep((wait_ms - 300) / 1000)
+            assert http.post("/v1/chat/completions", json=_chat()).status_code == 429  # not yet
+            time.sleep(0.35)
+        else:
+            time.sleep(wait_ms / 1000 + 0.05)
+        assert http.post("/v1/chat/completions", json=_chat()).status_code == 200  # and now it fits
+
+
+def test_the_sdk_honours_retry_after(stack: Stack) -> None:
+    rpm = 60
+    secret, _ = stack.key(rpm=rpm)
+    base_url = stack.origins[0] + "/v1"
+    with openai.OpenAI(base_url=base_url, api_key=secret, max_retries=0) as strict:
+        for _ in range(rpm):
+            strict.chat.completions.create(**_chat())  # type: ignore[call-overload]
+        with pytest.raises(openai.RateLimitError):
+            strict.chat.completions.create(**_chat())  # type: ignore[call-overload]
+    with openai.OpenAI(base_url=base_url, api_key=secret, max_retries=3) as patient:
+        started = time.monotonic()
+        raw = patient.chat.completions.with_raw_response.create(**_chat())  # type: ignore[call-overload]
+        elapsed = time.monotonic() - started
+    assert raw.http_response.status_code == 200
+    assert raw.retries_taken >= 1
+    # It waited for the bucket (retry-after-ms, at most 1 s here), not the SDK's 0.5 s default guess.
+    assert 0.2 < elapsed < 3.5
+
+
+def test_tpm_is_exact_with_mixed_request_sizes(stack: Stack) -> None:
+    tpm = 3000
+    secret, key_id = stack.key(tpm=tpm)
+    sizes = [1, 2, 4, 8]
+    bodies = [_chat(max_tokens=sizes[i % 4], content="word " * (5 + (i * 7) % 60)) for i in range(200)]
+    responses, window = asyncio.run(_burst(stack.origins, secret, bodies))
+    used = 0
+    for response in responses:
+        assert response.status_code in (200, 429), response.text
+        if response.status_code == 200:
+            usage = response.json()["usage"]
+            used += usage["total_tokens"]
+        else:
+            error = response.json()["error"]
+            assert (error["type"], error["code"]) == ("tokens", "rate_limit_exceeded")
+            assert int(response.headers["retry-after-ms"]) > 0
+    allowed = tpm + math.floor(window * tpm / 60)
+    print(f"\ntpm={tpm}: {used} tokens admitted in {window:.2f}s (allowed {allowed}, overshoot {max(0, used - allowed)})")
+    assert used <= allowed
+    largest = max(_cost(body) for body in bodies)
+    assert used >= tpm - largest  # the bucket was filled, not starved: what is left fits no request
+
+
+async def _streams_with_cap(origin: str, secret: str, workers: int) -> list[tuple[float, float]]:
+    """Each worker retries on 429 until it has streamed one answer; returns the streams' intervals."""
+    intervals: list[tuple[float, float]] = []
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=workers)) as client:
+
+        async def worker() -> None:
+            while True:
+                async with client.stream(
+                    "POST",
+                    f"{origin}/v1/chat/completions",
+                    json=_chat(max_tokens=15, stream=True),
+                    headers={"Authorization": f"Bearer {secret}"},
+                ) as response:
+                    if response.status_code == 429:
+                        await response.aread()
+                        await asyncio.sleep(0.05)
+                        continue
+                    assert response.status_code == 200
+                    began = time.monotonic()
+                    body = b"".join([chunk async for chunk in response.aiter_bytes()])
+                    intervals.append((began, time.monotonic()))
+                    assert body.endswith(b"data: [DONE]\n\n")
+                    return
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+    return intervals
+
+
+def _max_overlap(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals], key=lambda e: (e[0], e[1]))
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+def test_concurrency_cap_holds_for_20_parallel_streams(stack: Stack) -> None:
+    secret, _ = stack.key(max_concurrency=3)
+    intervals = asyncio.run(_streams_with_cap(stack.origins[0], secret, workers=20))
+    assert len(intervals) == 20
+    peak = _max_overlap(intervals)
+    print(f"\nmax_concurrency=3: peak of {peak} streams at once over 20 streams")
+    assert peak == 3
+
+
+async def _abandon_streams(origin: str, secret: str, count: int) -> None:
+    """Open `count` streams, read their first event, then hang up."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        for _ in range(count):
+            async with client.stream(
+                "POST",
+                f"{origin}/v1/chat/completions",
+                json=_chat(max_tokens=200, stream=True),
+                headers={"Authorization": f"Bearer {secret}"},
+            ) as response:
+                assert response.status_code == 200
+                async for _ in response.aiter_bytes():
+                    break
+
+
+def test_leases_come_back_after_clients_disconnect(stack: Stack) -> None:
+    secret, key_id = stack.key(max_concurrency=3)
+    asyncio.run(_abandon_streams(stack.origins[0], secret, 3))
+    leases = keys_for(key_id)[2]
+    deadline = time.monotonic() + 2
+    with stack.redis.client() as r:
+        while r.zcard(leases) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert r.zcard(leases) == 0
+    with httpx.Client(base_url=stack.origins[1], timeout=30, headers={"Authorization": f"Bearer {secret}"}) as http:
+        assert [http.post("/v1/chat/completions", json=_chat()).status_code for _ in range(3)] == [200] * 3
+
+
+def test_a_cancelled_stream_is_billed_for_what_it_got(stack: Stack) -> None:
+    secret, key_id = stack.key(budget_tokens=100_000)
+    max_tokens, read = 40, 6
+    body = _chat(max_tokens=max_tokens, stream=True, content="Tell me a long story")
+
+    async def cancel_after(events: int) -> int:
+        async with httpx.AsyncClient(timeout=30) as client:
+            async with client.stream(
+                "POST", f"{stack.origins[0]}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}
+            ) as response:
+                seen = 0
+                async for line in response.aiter_lines():
+                    if line.startswith("data: {") and '"content":"' in line:
+                        seen += 1
+                        if seen == events:
+                            break
+                return seen
+
+    seen = asyncio.run(cancel_after(read))
+    assert seen == read
+    with httpx.Client(base_url=stack.origins[0], timeout=30) as http:
+        whole = http.post(
+            "/v1/chat/completions",
+            json={**body, "stream": False},
+            headers={"Authorization": f"Bearer {stack.mesh.api_key}"},
+        ).json()
+    prompt = whole["usage"]["prompt_tokens"]
+    spent_key = keys_for(key_id)[3]
+    deadline = time.monotonic() + 3
+    with stack.redis.client() as r:
+        while time.monotonic() < deadline:
+            spent = int(r.get(spent_key) or 0)
+            if spent < prompt + max_tokens:  # settled
+                break
+            time.sleep(0.02)
+    print(f"\ncancelled after {read} tokens: charged {spent - prompt} completion tokens (max_tokens {max_tokens})")
+    assert prompt + 1 <= spent
+    assert spent - prompt <= read + 3  # about k: what was sent, give or take the events in flight
+
+
+def test_spent_budget_is_insufficient_quota(stack: Stack) -> None:
+    secret, _ = stack.key(budget_tokens=60)
+    with openai.OpenAI(base_url=stack.origins[0] + "/v1", api_key=secret, max_retries=2) as client:
+        client.chat.completions.create(**_chat(max_tokens=5))  # type: ignore[call-overload]
+        started = time.monotonic()
+        with pytest.raises(openai.RateLimitError) as info:
+            client.chat.completions.create(**_chat(max_tokens=50))  # type: ignore[call-overload]
+        assert time.monotonic() - started < 1  # x-should-retry: false, so no retries
+    assert info.value.code == "insufficient_quota"
+    assert info.value.type == "insufficient_quota"
+    assert info.value.response.headers["x-should-retry"] == "false"
+    assert info.value.body["doc_url"].endswith("#rate-limits-and-quota")  # type: ignore[index]
+
+
+def test_every_authenticated_response_has_rate_limit_headers(stack: Stack) -> None:
+    secret, _ = stack.key(rpm=100, tpm=100_000)
+    names = [f"x-ratelimit-{kind}-{what}" for kind in ("limit", "remaining", "reset") for what in ("requests", "tokens")]
+    with httpx.Client(base_url=stack.origins[0], timeout=30, headers={"Authorization": f"Bearer {secret}"}) as http:
+        responses = [
+            http.post("/v1/chat/completions", json=_chat()),
+            http.post("/v1/chat/completions", json=_chat(stream=True)),
+            http.post("/v1/completions", json={"model": PRO, "prompt": "x", "max_tokens": 2}),
+            http.post("/v1/embeddings", json={"model": "bge-m3", "input": "x"}),
+            http.get("/v1/models"),
+            http.get(f"/v1/models/{PRO}"),
+            http.post("/v1/chat/completions", json={"model": PRO}),  # 400 after auth
+            http.post("/v1/chat/completions", json=_chat() | {"model": "nope"}),  # 404 after reserve
+        ]
+    for response in responses:
+        missing = [n for n in names if n not in response.headers]
+        assert not missing, (response.request.url, response.status_code, missing)
+    assert responses[0].headers["x-ratelimit-limit-requests"] == "100"
+    remaining = [int(r.headers["x-ratelimit-remaining-requests"]) for r in responses[:4]]
+    assert remaining == sorted(remaining, reverse=True) and remaining[0] > remaining[-1]
+
+
+def test_revocation_reaches_both_auth_replicas_within_a_second(stack: Stack) -> None:
+    secret, key_id = stack.key()
+
+    def status(http: httpx.Client) -> int:
+        return http.get("/v1/models").status_code
+
+    clients = [httpx.Client(base_url=o, timeout=10, headers={"Authorization": f"Bearer {secret}"}) for o in stack.origins]
+    try:
+        assert [status(c) for c in clients for _ in range(4)] == [200] * 8  # both auth replicas have cached it
+
+        async def revoke() -> None:
+            from redis.asyncio import Redis
+
+            store = RedisKeyStore(Redis.from_url(stack.redis.url))
+            try:
+                assert await store.revoke(key_id) is not None
+            finally:
+                await store.redis.aclose()
+
+        asyncio.run(revoke())
+        revoked_at = time.monotonic()
+        first_refusal = None
+        while time.monotonic() - revoked_at < 1.5:
+            results = [status(c) for c in clients for _ in range(2)]
+            if all(code == 401 for code in results):
+                first_refusal = first_refusal or time.monotonic() - revoked_at
+            else:
+                assert first_refusal is None, "a revoked key was accepted again"
+        assert first_refusal is not None and first_refusal < 1.0
+        print(f"\nrevocation seen by every replica after {first_refusal * 1000:.0f} ms")
+        error = clients[0].get("/v1/models").json()["error"]
+        assert error["code"] == "revoked_api_key"
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_expired_and_model_restricted_keys(stack: Stack) -> None:
+    async def create() -> tuple[str, str]:
+        from redis.asyncio import Redis
+
+        store = RedisKeyStore(Redis.from_url(stack.redis.url))
+        try:
+            expired, _ = await store.create(name="old", expires_at=time.time() + 0.3)
+            narrow, _ = await store.create(name="narrow", models=("meshgate/reference-mini",))
+        finally:
+            await store.redis.aclose()
+        return expired, narrow
+
+    expired, narrow = asyncio.run(create())
+    time.sleep(0.4)
+    with httpx.Client(base_url=stack.origins[0], timeout=10) as http:
+        response = http.get("/v1/models", headers={"Authorization": f"Bearer {expired}"})
+        assert response.status_code == 401 and response.json()["error"]["code"] == "expired_api_key"
+        listed = http.get("/v1/models", headers={"Authorization": f"Bearer {narrow}"}).json()
+        assert [m["id"] for m in listed["data"]] == ["meshgate/reference-mini"]
+        refused = http.post("/v1/chat/completions", json=_chat(), headers={"Authorization": f"Bearer {narrow}"})
+        assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
+
+
+def test_tenants_do_not_share_quota(stack: Stack) -> None:
+    first, _ = stack.key(rpm=3)
+    second, _ = stack.key(rpm=3)
+    with httpx.Client(base_url=stack.origins[0], timeout=10) as http:
+        codes = [http.post("/v1/chat/completions", json=_chat(), headers={"Authorization": f"Bearer {first}"}).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        assert http.post("/v1/chat/completions", json=_chat(), headers={"Authorization": f"Bearer {second}"}).status_code == 200
+
