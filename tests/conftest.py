@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -50,14 +51,29 @@ SERVICE_MODULES = (
 
 
 def free_ports(count: int) -> list[int]:
-    """Distinct free ports: all sockets stay bound until every port is picked."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    """Distinct free ports below the kernel's ephemeral range.
+
+    Ports from bind(0) are ephemeral ones, which any outgoing connection (or an
+    embedded Redis picking its own port) may take before our service binds it.
+    """
+    low = 20000
+    with contextlib.suppress(OSError, ValueError):
+        low = min(low, int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]))
+    held: list[socket.socket] = []
     try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
+        for port in random.sample(range(low - 12000, low), 200):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+            if len(held) == count:
+                return [s.getsockname()[1] for s in held]
+        raise RuntimeError("no free ports")
     finally:
-        for sock in socks:
+        for sock in held:
             sock.close()
 
 

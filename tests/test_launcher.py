@@ -14,7 +14,9 @@ import httpx
 import openai
 import pytest
 import yaml
-from conftest import (
+
+from meshgate.cli import main
+from tests.conftest import (
     ROOT,
     RunningMesh,
     descendants,
@@ -26,8 +28,6 @@ from conftest import (
     wait_until_gone,
     write_config,
 )
-
-from meshgate.cli import main
 
 needs_mesh = pytest.mark.skipif(
     bool(services_missing()), reason=f"the mesh is not built yet: {services_missing()}"

@@ -173,7 +173,7 @@ def test_the_sdk_honours_retry_after(stack: Stack) -> None:
 
 def test_tpm_is_exact_with_mixed_request_sizes(stack: Stack) -> None:
     tpm = 3000
-    secret, key_id = stack.key(tpm=tpm)
+    secret, _ = stack.key(tpm=tpm)
     sizes = [1, 2, 4, 8]
     bodies = [_chat(max_tokens=sizes[i % 4], content="word " * (5 + (i * 7) % 60)) for i in range(200)]
     responses, window = asyncio.run(_burst(stack.origins, secret, bodies))
