@@ -25,9 +25,6 @@ SERVICE_MODULES: dict[str, str] = {
     "engine": "services.engines.reference.server",
     "edge": "edge.app",
 }
-KEYS_NOT_IMPLEMENTED = (
-    "not implemented yet: keys are read from the config file (issue: auth and quota)"
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,24 +48,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", metavar="FILE", help="config file (default: the sample)")
 
-    keys = commands.add_parser("keys", help="manage API keys in the key store")
+    health = commands.add_parser(
+        "health", help="exit 0 if a service answers its health check (for containers)"
+    )
+    health.add_argument("service", choices=list(SERVICE_MODULES), metavar="SERVICE")
+    health.add_argument("--config", metavar="FILE", help="config file (default: the sample)")
+
+    keys = commands.add_parser("keys", help="manage API keys in the Redis key store")
+    keys.add_argument("--config", metavar="FILE", help="config file (its redis.url, or REDIS_URL)")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    for action, text in (
-        ("create", "create a key and print its secret once"),
-        ("list", "list keys (ids and names, never secrets)"),
-        ("revoke", "revoke a key by id"),
-    ):
-        key_commands.add_parser(action, help=text)
+    create = key_commands.add_parser("create", help="create a key and print its secret once")
+    create.add_argument("--name", required=True, help="a label for people")
+    create.add_argument("--tenant", default="default", help="the tenant the key belongs to")
+    create.add_argument(
+        "--rpm", type=_non_negative, default=0, help="requests per minute (0: unlimited)"
+    )
+    create.add_argument(
+        "--tpm", type=_non_negative, default=0, help="tokens per minute (0: unlimited)"
+    )
+    create.add_argument(
+        "--max-concurrency", type=_non_negative, default=0, help="requests in flight (0: unlimited)"
+    )
+    create.add_argument(
+        "--budget-tokens", type=_non_negative, default=0, help="lifetime tokens (0: unlimited)"
+    )
+    create.add_argument(
+        "--models", default="", help="comma-separated model ids the key may use (default: all)"
+    )
+    create.add_argument("--expires", help="a duration (30d, 12h, 90m) or an ISO date/time")
+    create.add_argument(
+        "--redis-failure-policy",
+        choices=["fail_closed", "fail_open"],
+        default="fail_closed",
+        help="when Redis is down: refuse with 503 (fail_closed) or admit and count it (fail_open)",
+    )
+    key_commands.add_parser("list", help="list keys (ids, names and limits, never secrets)")
+    revoke = key_commands.add_parser(
+        "revoke", help="revoke a key by id; every replica stops accepting it"
+    )
+    revoke.add_argument("key_id", help="the key's id, as `keys list` shows it")
     return parser
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        # Arguments to `keys` are accepted unseen until those commands exist.
-        args, extra = parser.parse_known_args(argv)
-        if extra and args.command != "keys":
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed usage or help
         return exc.code if isinstance(exc.code, int) else 2
 
@@ -78,16 +110,71 @@ def main(argv: Sequence[str] | None = None) -> int:
         return launcher.run(args.config, host=args.host, port=args.port)
     if args.command == "serve":
         return serve(args.service, args.config)
-    print(f"meshgate: {KEYS_NOT_IMPLEMENTED}", file=sys.stderr)
-    return 2
+    if args.command == "health":
+        return health(args.service, args.config)
+    return keys(args)
+
+
+def _config(path: str | None) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"meshgate: {exc}", file=sys.stderr)
+        return None
+
+
+def health(service: str, config_path: str | None) -> int:
+    """One health check of the process listening here (not a load-balanced peer)."""
+    from meshgate.launcher import grpc_serving, http_ready, local_host
+
+    config = _config(config_path)
+    if config is None:
+        return 2
+    if service == "edge":
+        ok = http_ready(f"http://{local_host(config.edge.host)}:{config.edge.port}/readyz")
+    else:
+        listen = config.services.get(service)  # type: ignore[arg-type]
+        ok = grpc_serving(f"{local_host(listen.host)}:{listen.port}")
+    return 0 if ok else 1
+
+
+def keys(args: argparse.Namespace) -> int:
+    from services.auth import admin
+
+    config = _config(args.config)
+    if config is None:
+        return 2
+    try:
+        if args.keys_command == "create":
+            models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+            asyncio.run(
+                admin.create(
+                    config,
+                    name=args.name,
+                    tenant=args.tenant,
+                    rpm=args.rpm,
+                    tpm=args.tpm,
+                    max_concurrency=args.max_concurrency,
+                    budget_tokens=args.budget_tokens,
+                    models=models,
+                    expires=args.expires,
+                    redis_failure_policy=args.redis_failure_policy,
+                )
+            )
+        elif args.keys_command == "list":
+            asyncio.run(admin.list_keys(config))
+        else:
+            asyncio.run(admin.revoke(config, args.key_id))
+    except admin.AdminError as exc:
+        print(f"meshgate: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def serve(service: str, config_path: str | None) -> int:
     """Run one process of the mesh until SIGTERM; its own module handles the drain."""
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        print(f"meshgate: {exc}", file=sys.stderr)
+    config = _config(config_path)
+    if config is None:
         return 2
     logs.configure(service, config.logging.level)
     module_name = SERVICE_MODULES[service]

@@ -73,9 +73,10 @@ async def serve(
         ],
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise SystemExit(f"meshgate {name}: cannot bind {host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        raise SystemExit(f"meshgate {name}: cannot listen on {host}:{port}") from None
     await server.start()
     for service in ["", *service_names]:
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)

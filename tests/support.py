@@ -33,7 +33,19 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.dir],
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -72,7 +84,9 @@ class Replica:
     def wait_grpc(self, target: str, timeout: float = 30) -> Replica:
         deadline = time.monotonic() + timeout
         while not grpc_serving(target):
-            assert self.proc.poll() is None, f"{self.service} replica exited with {self.proc.returncode}"
+            assert self.proc.poll() is None, (
+                f"{self.service} replica exited with {self.proc.returncode}"
+            )
             assert time.monotonic() < deadline, f"{self.service} replica not serving at {target}"
             time.sleep(0.1)
         return self
@@ -80,7 +94,9 @@ class Replica:
     def wait_http(self, url: str, timeout: float = 30) -> Replica:
         deadline = time.monotonic() + timeout
         while not http_ready(url):
-            assert self.proc.poll() is None, f"{self.service} replica exited with {self.proc.returncode}"
+            assert self.proc.poll() is None, (
+                f"{self.service} replica exited with {self.proc.returncode}"
+            )
             assert time.monotonic() < deadline, f"{self.service} replica not ready at {url}"
             time.sleep(0.1)
         return self

@@ -26,7 +26,9 @@ def test_sample_config_matches_the_brief() -> None:
     config = load_config(SAMPLE_CONFIG, environ={})
     assert (config.edge.host, config.edge.port) == ("127.0.0.1", 8080)
     chat = [m for m in config.models if m.category != "embeddings"]
-    assert any(set(m.capabilities) == {"tool_use", "vision", "json_schema", "prompt_caching"} for m in chat)
+    assert any(
+        set(m.capabilities) == {"tool_use", "vision", "json_schema", "prompt_caching"} for m in chat
+    )
     assert any(not m.capabilities for m in chat)
     embeddings = [m for m in config.models if m.category == "embeddings"]
     assert [m.dimensions for m in embeddings] == [1024]
@@ -53,7 +55,10 @@ def test_meshgate_redis_url_wins_over_redis_url() -> None:
 @pytest.mark.parametrize(
     ("mutate", "path"),
     [
-        (lambda raw: raw["models"][0]["engines"][0].update(weight=0), "models[0].engines[0].weight"),
+        (
+            lambda raw: raw["models"][0]["engines"][0].update(weight=0),
+            "models[0].engines[0].weight",
+        ),
         (lambda raw: raw["models"][1].update(category="telepathy"), "models[1].category"),
         (lambda raw: raw["models"][0].update(capabilities=["flying"]), "models[0].capabilities[0]"),
         (lambda raw: raw["edge"].update(port="http"), "edge.port"),

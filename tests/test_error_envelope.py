@@ -209,11 +209,18 @@ def test_cors_allowlist(start_mesh: Any) -> None:
             assert "authorization" in allowed.headers["access-control-allow-headers"]
             refused = http.options(
                 "/v1/chat/completions",
-                headers={"Origin": "https://other.example", "Access-Control-Request-Method": "POST"},
+                headers={
+                    "Origin": "https://other.example",
+                    "Access-Control-Request-Method": "POST",
+                },
             )
             assert refused.status_code == 403
             response = http.get(
-                "/v1/models", headers={"Authorization": f"Bearer {mesh.api_key}", "Origin": "https://app.example"}
+                "/v1/models",
+                headers={
+                    "Authorization": f"Bearer {mesh.api_key}",
+                    "Origin": "https://app.example",
+                },
             )
             assert response.headers["access-control-allow-origin"] == "https://app.example"
             assert "x-request-id" in response.headers["access-control-expose-headers"]

@@ -23,14 +23,9 @@ from tests.conftest import (
     meshgate_cmd,
     process_alive,
     processes_mentioning,
-    services_missing,
     subprocess_env,
     wait_until_gone,
     write_config,
-)
-
-needs_mesh = pytest.mark.skipif(
-    bool(services_missing()), reason=f"the mesh is not built yet: {services_missing()}"
 )
 
 
@@ -73,7 +68,6 @@ def mesh_children(running: RunningMesh) -> dict[int, str]:
 # ------------------------------------------------------------ the banner ----
 
 
-@needs_mesh
 def test_up_prints_base_url_and_key(mesh: RunningMesh, http: httpx.Client) -> None:
     assert mesh.base_url == f"http://127.0.0.1:{mesh.config.edge.port}/v1"
     assert mesh.origin == f"http://127.0.0.1:{mesh.config.edge.port}"
@@ -85,7 +79,6 @@ def test_up_prints_base_url_and_key(mesh: RunningMesh, http: httpx.Client) -> No
     assert {m["id"] for m in reply.json()["data"]} == {m.id for m in mesh.config.models}
 
 
-@needs_mesh
 def test_sdk_works_against_the_printed_url(client: openai.OpenAI, mesh: RunningMesh) -> None:
     assert {m.id for m in client.models.list()} == {m.id for m in mesh.config.models}
 
@@ -93,7 +86,6 @@ def test_sdk_works_against_the_printed_url(client: openai.OpenAI, mesh: RunningM
 # -------------------------------------------------------------- shutdown ----
 
 
-@needs_mesh
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_every_child(start_mesh: Callable[..., RunningMesh], sig: int) -> None:
     running = start_mesh()
@@ -110,7 +102,6 @@ def test_signal_stops_every_child(start_mesh: Callable[..., RunningMesh], sig: i
     assert "Traceback" not in running.stderr()
 
 
-@needs_mesh
 def test_sigkill_of_the_launcher_leaves_no_child(start_mesh: Callable[..., RunningMesh]) -> None:
     running = start_mesh()
     kids = mesh_children(running)
@@ -166,7 +157,6 @@ def test_port_in_use_names_the_service(tmp_path: Path) -> None:
     assert not leftovers(tmp_path)
 
 
-@needs_mesh
 def test_a_child_that_cannot_start_stops_the_rest(tmp_path: Path) -> None:
     # 192.0.2.1 (TEST-NET-1) is never a local address: the router's bind fails in the child.
     path = write_config(tmp_path, {"services__router__host": "192.0.2.1"})
@@ -200,12 +190,13 @@ def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("action", ["create", "list", "revoke"])
-def test_keys_commands_are_not_implemented_yet(
-    action: str, capsys: pytest.CaptureFixture[str]
+def test_keys_need_redis(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert main(["keys", action, "--name", "x"]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("MESHGATE_REDIS__URL", raising=False)
+    assert main(["keys", "list"]) == 1
+    assert "REDIS_URL" in capsys.readouterr().err
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:

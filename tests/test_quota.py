@@ -68,8 +68,12 @@ def stack(start_mesh: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     config_path = write_config(tmp_path_factory.mktemp("replicas"), overrides)
     # Second replicas start first, so the edges' round_robin finds both ready.
     replicas = [
-        Replica("quota", config_path, {"MESHGATE_SERVICES__QUOTA__PORT": str(q2)}).wait_grpc(f"127.0.0.1:{q2}"),
-        Replica("auth", config_path, {"MESHGATE_SERVICES__AUTH__PORT": str(a2)}).wait_grpc(f"127.0.0.1:{a2}"),
+        Replica("quota", config_path, {"MESHGATE_SERVICES__QUOTA__PORT": str(q2)}).wait_grpc(
+            f"127.0.0.1:{q2}"
+        ),
+        Replica("auth", config_path, {"MESHGATE_SERVICES__AUTH__PORT": str(a2)}).wait_grpc(
+            f"127.0.0.1:{a2}"
+        ),
     ]
     mesh = start_mesh(**overrides)
     edge2 = Replica("edge", mesh.config_path, {"MESHGATE_EDGE__PORT": str(e2)})
@@ -85,15 +89,25 @@ def stack(start_mesh: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def _chat(max_tokens: int = 1, content: str = "hi", stream: bool = False) -> dict[str, Any]:
-    return {"model": PRO, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "seed": 1, "stream": stream}
+    return {
+        "model": PRO,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "seed": 1,
+        "stream": stream,
+    }
 
 
 def _cost(body: dict[str, Any]) -> int:
-    messages = [inference_pb2.ChatMessage(role=m["role"], text=m["content"]) for m in body["messages"]]
+    messages = [
+        inference_pb2.ChatMessage(role=m["role"], text=m["content"]) for m in body["messages"]
+    ]
     return tokens.count_messages(messages) + int(body["max_tokens"])
 
 
-async def _burst(origins: list[str], secret: str, bodies: list[dict[str, Any]]) -> tuple[list[httpx.Response], float]:
+async def _burst(
+    origins: list[str], secret: str, bodies: list[dict[str, Any]]
+) -> tuple[list[httpx.Response], float]:
     """Fire every body at once, alternating edges; return the responses and the burst's duration."""
     limits = httpx.Limits(max_connections=len(bodies), max_keepalive_connections=len(bodies))
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
@@ -101,7 +115,9 @@ async def _burst(origins: list[str], secret: str, bodies: list[dict[str, Any]]) 
         started = time.monotonic()
         responses = await asyncio.gather(
             *(
-                client.post(f"{origins[i % len(origins)]}/v1/chat/completions", json=body, headers=headers)
+                client.post(
+                    f"{origins[i % len(origins)]}/v1/chat/completions", json=body, headers=headers
+                )
                 for i, body in enumerate(bodies)
             )
         )
@@ -117,7 +133,9 @@ def test_rpm_is_exact_under_200_concurrent_requests(stack: Stack) -> None:
     assert statuses.count(429) == 200 - admitted, set(statuses)
     refill = math.floor(window * rpm / 60)
     allowed = rpm + refill
-    print(f"\nrpm={rpm}: admitted {admitted} of 200 in {window:.2f}s (allowed {allowed}, overshoot {max(0, admitted - allowed)})")
+    print(
+        f"\nrpm={rpm}: admitted {admitted} of 200 in {window:.2f}s (allowed {allowed}, overshoot {max(0, admitted - allowed)})"
+    )
     assert rpm <= admitted <= allowed
     if window < 60 / rpm:
         assert admitted == rpm
@@ -136,7 +154,9 @@ def test_rpm_is_exact_under_200_concurrent_requests(stack: Stack) -> None:
 def test_retry_after_is_the_true_refill_time(stack: Stack) -> None:
     rpm = 60
     secret, _ = stack.key(rpm=rpm)
-    with httpx.Client(base_url=stack.origins[0], timeout=30, headers={"Authorization": f"Bearer {secret}"}) as http:
+    with httpx.Client(
+        base_url=stack.origins[0], timeout=30, headers={"Authorization": f"Bearer {secret}"}
+    ) as http:
         statuses = [http.post("/v1/chat/completions", json=_chat()).status_code for _ in range(rpm)]
         assert statuses == [200] * rpm
         denied = http.post("/v1/chat/completions", json=_chat())
@@ -175,7 +195,9 @@ def test_tpm_is_exact_with_mixed_request_sizes(stack: Stack) -> None:
     tpm = 3000
     secret, _ = stack.key(tpm=tpm)
     sizes = [1, 2, 4, 8]
-    bodies = [_chat(max_tokens=sizes[i % 4], content="word " * (5 + (i * 7) % 60)) for i in range(200)]
+    bodies = [
+        _chat(max_tokens=sizes[i % 4], content="word " * (5 + (i * 7) % 60)) for i in range(200)
+    ]
     responses, window = asyncio.run(_burst(stack.origins, secret, bodies))
     used = 0
     for response in responses:
@@ -188,7 +210,9 @@ def test_tpm_is_exact_with_mixed_request_sizes(stack: Stack) -> None:
             assert (error["type"], error["code"]) == ("tokens", "rate_limit_exceeded")
             assert int(response.headers["retry-after-ms"]) > 0
     allowed = tpm + math.floor(window * tpm / 60)
-    print(f"\ntpm={tpm}: {used} tokens admitted in {window:.2f}s (allowed {allowed}, overshoot {max(0, used - allowed)})")
+    print(
+        f"\ntpm={tpm}: {used} tokens admitted in {window:.2f}s (allowed {allowed}, overshoot {max(0, used - allowed)})"
+    )
     assert used <= allowed
     largest = max(_cost(body) for body in bodies)
     assert used >= tpm - largest  # the bucket was filled, not starved: what is left fits no request
@@ -197,7 +221,9 @@ def test_tpm_is_exact_with_mixed_request_sizes(stack: Stack) -> None:
 async def _streams_with_cap(origin: str, secret: str, workers: int) -> list[tuple[float, float]]:
     """Each worker retries on 429 until it has streamed one answer; returns the streams' intervals."""
     intervals: list[tuple[float, float]] = []
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=workers)) as client:
+    async with httpx.AsyncClient(
+        timeout=30, limits=httpx.Limits(max_connections=workers)
+    ) as client:
 
         async def worker() -> None:
             while True:
@@ -223,7 +249,10 @@ async def _streams_with_cap(origin: str, secret: str, workers: int) -> list[tupl
 
 
 def _max_overlap(intervals: list[tuple[float, float]]) -> int:
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals], key=lambda e: (e[0], e[1]))
+    events = sorted(
+        [(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
+        key=lambda e: (e[0], e[1]),
+    )
     running = peak = 0
     for _, delta in events:
         running += delta
@@ -264,8 +293,12 @@ def test_leases_come_back_after_clients_disconnect(stack: Stack) -> None:
         while r.zcard(leases) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert r.zcard(leases) == 0
-    with httpx.Client(base_url=stack.origins[1], timeout=30, headers={"Authorization": f"Bearer {secret}"}) as http:
-        assert [http.post("/v1/chat/completions", json=_chat()).status_code for _ in range(3)] == [200] * 3
+    with httpx.Client(
+        base_url=stack.origins[1], timeout=30, headers={"Authorization": f"Bearer {secret}"}
+    ) as http:
+        assert [http.post("/v1/chat/completions", json=_chat()).status_code for _ in range(3)] == [
+            200
+        ] * 3
 
 
 def test_a_cancelled_stream_is_billed_for_what_it_got(stack: Stack) -> None:
@@ -276,7 +309,10 @@ def test_a_cancelled_stream_is_billed_for_what_it_got(stack: Stack) -> None:
     async def cancel_after(events: int) -> int:
         async with httpx.AsyncClient(timeout=30) as client:
             async with client.stream(
-                "POST", f"{stack.origins[0]}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}
+                "POST",
+                f"{stack.origins[0]}/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {secret}"},
             ) as response:
                 seen = 0
                 async for line in response.aiter_lines():
@@ -303,7 +339,9 @@ def test_a_cancelled_stream_is_billed_for_what_it_got(stack: Stack) -> None:
             if spent < prompt + max_tokens:  # settled
                 break
             time.sleep(0.02)
-    print(f"\ncancelled after {read} tokens: charged {spent - prompt} completion tokens (max_tokens {max_tokens})")
+    print(
+        f"\ncancelled after {read} tokens: charged {spent - prompt} completion tokens (max_tokens {max_tokens})"
+    )
     assert prompt + 1 <= spent
     assert spent - prompt <= read + 3  # about k: what was sent, give or take the events in flight
 
@@ -324,8 +362,14 @@ def test_spent_budget_is_insufficient_quota(stack: Stack) -> None:
 
 def test_every_authenticated_response_has_rate_limit_headers(stack: Stack) -> None:
     secret, _ = stack.key(rpm=100, tpm=100_000)
-    names = [f"x-ratelimit-{kind}-{what}" for kind in ("limit", "remaining", "reset") for what in ("requests", "tokens")]
-    with httpx.Client(base_url=stack.origins[0], timeout=30, headers={"Authorization": f"Bearer {secret}"}) as http:
+    names = [
+        f"x-ratelimit-{kind}-{what}"
+        for kind in ("limit", "remaining", "reset")
+        for what in ("requests", "tokens")
+    ]
+    with httpx.Client(
+        base_url=stack.origins[0], timeout=30, headers={"Authorization": f"Bearer {secret}"}
+    ) as http:
         responses = [
             http.post("/v1/chat/completions", json=_chat()),
             http.post("/v1/chat/completions", json=_chat(stream=True)),
@@ -334,7 +378,9 @@ def test_every_authenticated_response_has_rate_limit_headers(stack: Stack) -> No
             http.get("/v1/models"),
             http.get(f"/v1/models/{PRO}"),
             http.post("/v1/chat/completions", json={"model": PRO}),  # 400 after auth
-            http.post("/v1/chat/completions", json=_chat() | {"model": "nope"}),  # 404 after reserve
+            http.post(
+                "/v1/chat/completions", json=_chat() | {"model": "nope"}
+            ),  # 404 after reserve
         ]
     for response in responses:
         missing = [n for n in names if n not in response.headers]
@@ -350,9 +396,14 @@ def test_revocation_reaches_both_auth_replicas_within_a_second(stack: Stack) -> 
     def status(http: httpx.Client) -> int:
         return http.get("/v1/models").status_code
 
-    clients = [httpx.Client(base_url=o, timeout=10, headers={"Authorization": f"Bearer {secret}"}) for o in stack.origins]
+    clients = [
+        httpx.Client(base_url=o, timeout=10, headers={"Authorization": f"Bearer {secret}"})
+        for o in stack.origins
+    ]
     try:
-        assert [status(c) for c in clients for _ in range(4)] == [200] * 8  # both auth replicas have cached it
+        assert [status(c) for c in clients for _ in range(4)] == [
+            200
+        ] * 8  # both auth replicas have cached it
 
         async def revoke() -> None:
             from redis.asyncio import Redis
@@ -400,7 +451,9 @@ def test_expired_and_model_restricted_keys(stack: Stack) -> None:
         assert response.status_code == 401 and response.json()["error"]["code"] == "expired_api_key"
         listed = http.get("/v1/models", headers={"Authorization": f"Bearer {narrow}"}).json()
         assert [m["id"] for m in listed["data"]] == ["meshgate/reference-mini"]
-        refused = http.post("/v1/chat/completions", json=_chat(), headers={"Authorization": f"Bearer {narrow}"})
+        refused = http.post(
+            "/v1/chat/completions", json=_chat(), headers={"Authorization": f"Bearer {narrow}"}
+        )
         assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
 
 
@@ -408,7 +461,16 @@ def test_tenants_do_not_share_quota(stack: Stack) -> None:
     first, _ = stack.key(rpm=3)
     second, _ = stack.key(rpm=3)
     with httpx.Client(base_url=stack.origins[0], timeout=10) as http:
-        codes = [http.post("/v1/chat/completions", json=_chat(), headers={"Authorization": f"Bearer {first}"}).status_code for _ in range(4)]
+        codes = [
+            http.post(
+                "/v1/chat/completions", json=_chat(), headers={"Authorization": f"Bearer {first}"}
+            ).status_code
+            for _ in range(4)
+        ]
         assert codes == [200, 200, 200, 429]
-        assert http.post("/v1/chat/completions", json=_chat(), headers={"Authorization": f"Bearer {second}"}).status_code == 200
-
+        assert (
+            http.post(
+                "/v1/chat/completions", json=_chat(), headers={"Authorization": f"Bearer {second}"}
+            ).status_code
+            == 200
+        )

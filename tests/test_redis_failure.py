@@ -25,8 +25,20 @@ BODY = {"model": PRO, "messages": [{"role": "user", "content": "hi"}], "max_toke
 def world(start_mesh: Any) -> Iterator[tuple[RunningMesh, RedisServer]]:
     redis = RedisServer().start()
     keys = [
-        {"name": "closed", "secret": CLOSED, "rpm": 10_000, "tpm": 10_000_000, "redis_failure_policy": "fail_closed"},
-        {"name": "open", "secret": OPEN, "rpm": 10_000, "tpm": 10_000_000, "redis_failure_policy": "fail_open"},
+        {
+            "name": "closed",
+            "secret": CLOSED,
+            "rpm": 10_000,
+            "tpm": 10_000_000,
+            "redis_failure_policy": "fail_closed",
+        },
+        {
+            "name": "open",
+            "secret": OPEN,
+            "rpm": 10_000,
+            "tpm": 10_000_000,
+            "redis_failure_policy": "fail_open",
+        },
     ]
     mesh = start_mesh(redis={"url": redis.url}, keys=keys)
     try:
@@ -40,7 +52,11 @@ def _round(http: httpx.Client, secret: str, count: int) -> tuple[list[httpx.Resp
     responses, latencies = [], []
     for _ in range(count):
         started = time.monotonic()
-        responses.append(http.post("/v1/chat/completions", json=BODY, headers={"Authorization": f"Bearer {secret}"}))
+        responses.append(
+            http.post(
+                "/v1/chat/completions", json=BODY, headers={"Authorization": f"Bearer {secret}"}
+            )
+        )
         latencies.append(time.monotonic() - started)
     return responses, latencies
 
@@ -53,7 +69,9 @@ def _outage(mesh: RunningMesh, label: str) -> None:
     with httpx.Client(base_url=mesh.origin, timeout=10) as http:
         closed, closed_latency = _round(http, CLOSED, 20)
         opened, open_latency = _round(http, OPEN, 20)
-    print(f"\n{label}: fail_closed p99 {_p99(closed_latency) * 1000:.0f} ms, fail_open p99 {_p99(open_latency) * 1000:.0f} ms")
+    print(
+        f"\n{label}: fail_closed p99 {_p99(closed_latency) * 1000:.0f} ms, fail_open p99 {_p99(open_latency) * 1000:.0f} ms"
+    )
     for response in closed:
         assert response.status_code == 503, response.text
         error = response.json()["error"]
@@ -68,7 +86,9 @@ def _recovers(mesh: RunningMesh) -> float:
     started = time.monotonic()
     with httpx.Client(base_url=mesh.origin, timeout=10) as http:
         while time.monotonic() - started < 10:
-            response = http.post("/v1/chat/completions", json=BODY, headers={"Authorization": f"Bearer {CLOSED}"})
+            response = http.post(
+                "/v1/chat/completions", json=BODY, headers={"Authorization": f"Bearer {CLOSED}"}
+            )
             if response.status_code == 200:
                 assert "x-ratelimit-remaining-requests" in response.headers
                 return time.monotonic() - started

@@ -56,10 +56,16 @@ def _fields(root: str) -> dict[str, Any]:
 def test_modelled_fields_exist_in_the_sdk_with_the_same_required_ness() -> None:
     chat_fields = {**_fields("chat"), **_fields("chat_streaming")}
     assert chat.MODELLED <= set(chat_fields)
-    assert {f for f, spec in chat_fields.items() if spec["required"] and f != "stream"} == {"model", "messages"}
+    assert {f for f, spec in chat_fields.items() if spec["required"] and f != "stream"} == {
+        "model",
+        "messages",
+    }
     text_fields = {**_fields("completions"), **_fields("completions_streaming")}
     assert completions.MODELLED <= set(text_fields)
-    assert {f for f, spec in text_fields.items() if spec["required"] and f != "stream"} == {"model", "prompt"}
+    assert {f for f, spec in text_fields.items() if spec["required"] and f != "stream"} == {
+        "model",
+        "prompt",
+    }
     embedding_fields = _fields("embeddings")
     assert embeddings.MODELLED <= set(embedding_fields)
     assert {f for f, spec in embedding_fields.items() if spec["required"]} == {"model", "input"}

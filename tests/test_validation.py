@@ -21,7 +21,13 @@ MINI = "meshgate/reference-mini"
 EMB = "bge-m3"
 U = [{"role": "user", "content": "hi"}]
 IRE = "invalid_request_error"
-FN = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+FN = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 
 
 def chat(**fields: Any) -> dict[str, Any]:
@@ -170,11 +176,20 @@ def test_the_table_is_large_and_unique() -> None:
 
 @pytest.mark.parametrize(("case", "path", "body", "status", "param", "code"), CASES, ids=_ids())
 def test_raw_http(
-    http: httpx.Client, mesh: RunningMesh, case: str, path: str, body: Any, status: int, param: str | None, code: str | None
+    http: httpx.Client,
+    mesh: RunningMesh,
+    case: str,
+    path: str,
+    body: Any,
+    status: int,
+    param: str | None,
+    code: str | None,
 ) -> None:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     response = http.post(
-        path, content=content, headers={"Authorization": f"Bearer {mesh.api_key}", "Content-Type": "application/json"}
+        path,
+        content=content,
+        headers={"Authorization": f"Bearer {mesh.api_key}", "Content-Type": "application/json"},
     )
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
@@ -193,7 +208,13 @@ _SDK_ERRORS = {400: openai.BadRequestError, 404: openai.NotFoundError}
     ids=[c[0] for c in CASES if not isinstance(c[2], bytes)],
 )
 def test_through_the_sdk(
-    client: openai.OpenAI, case: str, path: str, body: Any, status: int, param: str | None, code: str | None
+    client: openai.OpenAI,
+    case: str,
+    path: str,
+    body: Any,
+    status: int,
+    param: str | None,
+    code: str | None,
 ) -> None:
     with pytest.raises(_SDK_ERRORS[status]) as info:
         client.post(path.removeprefix("/v1"), body=body, cast_to=object)
@@ -213,7 +234,10 @@ WEATHER = {
         "parameters": {
             "type": "object",
             "properties": {
-                "location": {"type": "string", "description": "The city and state, e.g. San Francisco, CA"},
+                "location": {
+                    "type": "string",
+                    "description": "The city and state, e.g. San Francisco, CA",
+                },
                 "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
             },
             "required": ["location"],
@@ -230,9 +254,13 @@ PNG_1PX = base64.b64encode(
 
 def test_tools_with_tool_choice(client: openai.OpenAI) -> None:
     messages = [{"role": "user", "content": "What's the weather like in Boston today?"}]
-    auto = client.chat.completions.create(model=PRO, messages=messages, tools=[WEATHER], tool_choice="auto")  # type: ignore[arg-type, list-item]
+    auto = client.chat.completions.create(
+        model=PRO, messages=messages, tools=[WEATHER], tool_choice="auto"
+    )  # type: ignore[arg-type, list-item]
     assert auto.choices[0].finish_reason == "stop"  # the tool's name is not in the message
-    forced = client.chat.completions.create(model=PRO, messages=messages, tools=[WEATHER], tool_choice="required")  # type: ignore[arg-type, list-item]
+    forced = client.chat.completions.create(
+        model=PRO, messages=messages, tools=[WEATHER], tool_choice="required"
+    )  # type: ignore[arg-type, list-item]
     call = forced.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert forced.choices[0].finish_reason == "tool_calls"
     arguments = json.loads(call.function.arguments)
@@ -252,17 +280,32 @@ def test_tools_with_tool_choice(client: openai.OpenAI) -> None:
 
 
 def test_allowed_tools_narrows_the_choice(client: openai.OpenAI) -> None:
-    other = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+    other = {
+        "type": "function",
+        "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
+    }
     response = client.chat.completions.create(
         model=PRO,
         messages=U,  # type: ignore[arg-type]
         tools=[WEATHER, other],  # type: ignore[list-item]
-        tool_choice={"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [{"type": "function", "function": {"name": "get_time"}}]}},  # type: ignore[typeddict-item]
+        tool_choice={
+            "type": "allowed_tools",
+            "allowed_tools": {
+                "mode": "required",
+                "tools": [{"type": "function", "function": {"name": "get_time"}}],
+            },
+        },  # type: ignore[typeddict-item]
     )
     assert response.choices[0].message.tool_calls[0].function.name == "get_time"  # type: ignore[index, union-attr]
 
 
-@pytest.mark.parametrize("url", [f"data:image/png;base64,{PNG_1PX}", "https://upload.wikimedia.org/wikipedia/commons/a/a7/Camponotus_flavomarginatus_ant.jpg"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"data:image/png;base64,{PNG_1PX}",
+        "https://upload.wikimedia.org/wikipedia/commons/a/a7/Camponotus_flavomarginatus_ant.jpg",
+    ],
+)
 def test_vision_parts(client: openai.OpenAI, url: str) -> None:
     response = client.chat.completions.create(
         model=PRO,
@@ -283,28 +326,45 @@ def test_vision_parts(client: openai.OpenAI, url: str) -> None:
 def test_json_schema_on_a_capable_model(client: openai.OpenAI) -> None:
     schema = {
         "type": "object",
-        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}},
+        "properties": {
+            "name": {"type": "string"},
+            "age": {"type": "integer"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
         "required": ["name", "age", "tags"],
         "additionalProperties": False,
     }
     response = client.chat.completions.create(
         model=PRO,
         messages=U,  # type: ignore[arg-type]
-        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}},
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": schema, "strict": True},
+        },
     )
     data = json.loads(response.choices[0].message.content or "")
-    assert isinstance(data["name"], str) and isinstance(data["age"], int) and isinstance(data["tags"], list)
+    assert (
+        isinstance(data["name"], str)
+        and isinstance(data["age"], int)
+        and isinstance(data["tags"], list)
+    )
 
 
 def test_json_schema_falls_back_to_json_object(client: openai.OpenAI) -> None:
-    schema = {"type": "object", "properties": {"zzz_only_in_schema": {"type": "integer"}}, "required": ["zzz_only_in_schema"]}
+    schema = {
+        "type": "object",
+        "properties": {"zzz_only_in_schema": {"type": "integer"}},
+        "required": ["zzz_only_in_schema"],
+    }
     response = client.chat.completions.create(
         model=MINI,
         messages=U,  # type: ignore[arg-type]
         response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
     )
     data = json.loads(response.choices[0].message.content or "")
-    assert isinstance(data, dict) and "zzz_only_in_schema" not in data  # json_object, not the schema
+    assert (
+        isinstance(data, dict) and "zzz_only_in_schema" not in data
+    )  # json_object, not the schema
 
 
 def test_seed_and_stop(client: openai.OpenAI) -> None:
@@ -318,23 +378,44 @@ def test_seed_and_stop(client: openai.OpenAI) -> None:
     as_string = client.chat.completions.create(model=PRO, messages=U, seed=123, stop=cut)  # type: ignore[arg-type]
     assert as_string.choices[0].message.content == text[: text.index(cut)]
     assert as_string.choices[0].finish_reason == "stop"
-    as_list = client.chat.completions.create(model=PRO, messages=U, seed=123, stop=["@@never@@", cut])  # type: ignore[arg-type]
+    as_list = client.chat.completions.create(
+        model=PRO, messages=U, seed=123, stop=["@@never@@", cut]
+    )  # type: ignore[arg-type]
     assert as_list.choices[0].message.content == text[: text.index(cut)]
 
 
 def test_nulls_count_as_omitted(http: httpx.Client, mesh: RunningMesh) -> None:
-    body = chat(temperature=None, top_p=None, stop=None, max_tokens=None, seed=None, tools=None, n=None, logprobs=None)
-    response = http.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {mesh.api_key}"})
+    body = chat(
+        temperature=None,
+        top_p=None,
+        stop=None,
+        max_tokens=None,
+        seed=None,
+        tools=None,
+        n=None,
+        logprobs=None,
+    )
+    response = http.post(
+        "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {mesh.api_key}"}
+    )
     assert response.status_code == 200, response.text
 
 
 def test_unknown_fields_pass_through(client: openai.OpenAI) -> None:
     response = client.chat.completions.create(
-        model=PRO, messages=U, extra_body={"top_k": 5, "repetition_penalty": 1.1, "metadata": {"a": "b"}}  # type: ignore[arg-type]
+        model=PRO,
+        messages=U,
+        extra_body={"top_k": 5, "repetition_penalty": 1.1, "metadata": {"a": "b"}},  # type: ignore[arg-type]
     )
     assert response.choices[0].message.content
 
 
 def test_organization_and_project_headers_are_ignored(mesh: RunningMesh) -> None:
-    with openai.OpenAI(base_url=mesh.base_url, api_key=mesh.api_key, organization="org-x", project="proj-y", max_retries=0) as sdk:
+    with openai.OpenAI(
+        base_url=mesh.base_url,
+        api_key=mesh.api_key,
+        organization="org-x",
+        project="proj-y",
+        max_retries=0,
+    ) as sdk:
         assert sdk.chat.completions.create(model=PRO, messages=U).choices  # type: ignore[arg-type]

@@ -35,7 +35,9 @@ def parse_expires(text: str, now: float | None = None) -> float:
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise AdminError(f"--expires {text!r}: use a duration like 30d, 12h or 90m, or an ISO date like 2027-01-31") from None
+        raise AdminError(
+            f"--expires {text!r}: use a duration like 30d, 12h or 90m, or an ISO date like 2027-01-31"
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     expires = moment.timestamp()
@@ -51,11 +53,15 @@ def _store(config: Config) -> RedisKeyStore:
             "`meshgate up` prints the URL of its embedded Redis"
         )
     timeout = config.redis.timeout_ms / 1000 * 4
-    return RedisKeyStore(Redis.from_url(config.redis.url, socket_timeout=timeout, socket_connect_timeout=timeout))
+    return RedisKeyStore(
+        Redis.from_url(config.redis.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    )
 
 
 def _when(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if timestamp else "-"
+    return (
+        datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if timestamp else "-"
+    )
 
 
 def _status(record: KeyRecord, now: float) -> str:
@@ -94,12 +100,16 @@ async def create(
             redis_failure_policy=redis_failure_policy,
         )
     except (RedisError, OSError) as exc:
-        raise AdminError(f"cannot reach Redis at the configured URL: {type(exc).__name__}") from None
+        raise AdminError(
+            f"cannot reach Redis at the configured URL: {type(exc).__name__}"
+        ) from None
     finally:
         await store.redis.aclose()
     out.write(f"{secret}\n")
     out.flush()
-    sys.stderr.write(f"created {record.principal.key_id} ({name}); the key above is shown only once\n")
+    sys.stderr.write(
+        f"created {record.principal.key_id} ({name}); the key above is shown only once\n"
+    )
 
 
 async def list_keys(config: Config, out: TextIO = sys.stdout) -> None:
@@ -107,11 +117,25 @@ async def list_keys(config: Config, out: TextIO = sys.stdout) -> None:
     try:
         records = await store.list()
     except (RedisError, OSError) as exc:
-        raise AdminError(f"cannot reach Redis at the configured URL: {type(exc).__name__}") from None
+        raise AdminError(
+            f"cannot reach Redis at the configured URL: {type(exc).__name__}"
+        ) from None
     finally:
         await store.redis.aclose()
     now = time.time()
-    header = ("KEY ID", "NAME", "TENANT", "STATUS", "RPM", "TPM", "CONC", "BUDGET", "MODELS", "EXPIRES", "CREATED")
+    header = (
+        "KEY ID",
+        "NAME",
+        "TENANT",
+        "STATUS",
+        "RPM",
+        "TPM",
+        "CONC",
+        "BUDGET",
+        "MODELS",
+        "EXPIRES",
+        "CREATED",
+    )
     rows = [header]
     for r in records:
         limits = r.principal.limits
@@ -132,7 +156,9 @@ async def list_keys(config: Config, out: TextIO = sys.stdout) -> None:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
-        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n")
+        out.write(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n"
+        )
 
 
 async def revoke(config: Config, key_identifier: str, out: TextIO = sys.stdout) -> None:
@@ -140,7 +166,9 @@ async def revoke(config: Config, key_identifier: str, out: TextIO = sys.stdout) 
     try:
         record = await store.revoke(key_identifier)
     except (RedisError, OSError) as exc:
-        raise AdminError(f"cannot reach Redis at the configured URL: {type(exc).__name__}") from None
+        raise AdminError(
+            f"cannot reach Redis at the configured URL: {type(exc).__name__}"
+        ) from None
     finally:
         await store.redis.aclose()
     if record is None:

@@ -1,0 +1,121 @@
+"""`meshgate keys create|list|revoke` against a real Redis and a real mesh."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from services.auth.keys import KEY_PREFIX
+from tests.conftest import RunningMesh, meshgate_cmd, subprocess_env
+from tests.support import RedisServer
+
+
+@pytest.fixture(scope="module")
+def world(start_mesh: Any) -> Iterator[tuple[RunningMesh, RedisServer]]:
+    redis = RedisServer().start()
+    mesh = start_mesh(redis={"url": redis.url})
+    try:
+        yield mesh, redis
+    finally:
+        assert mesh.stop() == 0
+        redis.kill()
+
+
+def keys(redis: RedisServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        meshgate_cmd("keys", *args),
+        env=subprocess_env({"REDIS_URL": redis.url}),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_create_list_use_revoke(world: tuple[RunningMesh, RedisServer]) -> None:
+    mesh, redis = world
+    created = keys(
+        redis,
+        "create",
+        "--name",
+        "team-a",
+        "--rpm",
+        "100",
+        "--tpm",
+        "5000",
+        "--models",
+        "meshgate/reference-mini",
+    )
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    assert secret.startswith("sk-mg-") and len(secret) > 40
+    assert "shown only once" in created.stderr and secret not in created.stderr
+
+    # Only the hash is stored.
+    with redis.client() as r:
+        stored = b"".join(
+            k + b"".join(v for v in r.hgetall(k).values()) for k in r.scan_iter(f"{KEY_PREFIX}*")
+        )
+    assert secret.encode() not in stored
+
+    listed = keys(redis, "list")
+    assert listed.returncode == 0
+    assert (
+        "team-a" in listed.stdout
+        and "active" in listed.stdout
+        and "meshgate/reference-mini" in listed.stdout
+    )
+    assert secret not in listed.stdout and secret[6:20] not in listed.stdout
+    key_id = next(line.split()[0] for line in listed.stdout.splitlines() if "team-a" in line)
+
+    with httpx.Client(
+        base_url=mesh.origin, timeout=10, headers={"Authorization": f"Bearer {secret}"}
+    ) as http:
+        ok = http.post(
+            "/v1/chat/completions",
+            json={
+                "model": "meshgate/reference-mini",
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 2,
+            },
+        )
+        assert ok.status_code == 200
+        assert ok.headers["x-ratelimit-limit-requests"] == "100"
+        assert ok.headers["x-ratelimit-limit-tokens"] == "5000"
+
+        revoked = keys(redis, "revoke", key_id)
+        assert revoked.returncode == 0 and key_id in revoked.stdout
+        deadline = time.monotonic() + 1
+        while (status := http.get("/v1/models").status_code) == 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert status == 401
+        assert http.get("/v1/models").json()["error"]["code"] == "revoked_api_key"
+    assert "revoked" in keys(redis, "list").stdout
+
+
+def test_expiry_and_bad_arguments(world: tuple[RunningMesh, RedisServer]) -> None:
+    _, redis = world
+    assert keys(redis, "create", "--name", "x", "--expires", "2001-01-01").returncode == 1
+    bad = keys(redis, "create", "--name", "x", "--expires", "soonish")
+    assert bad.returncode == 1 and "--expires" in bad.stderr and "Traceback" not in bad.stderr
+    assert keys(redis, "create", "--name", "x", "--rpm", "-1").returncode == 2
+    assert keys(redis, "create", "--name", "x", "--expires", "30d").returncode == 0
+    missing = keys(redis, "revoke", "key_0000000000000000")
+    assert missing.returncode == 1 and "no key" in missing.stderr
+
+
+def test_unreachable_redis_is_a_clear_error() -> None:
+    result = subprocess.run(
+        meshgate_cmd("keys", "list"),
+        env=subprocess_env({"REDIS_URL": "redis://127.0.0.1:1/0"}),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("meshgate: cannot reach Redis")
+    assert "Traceback" not in result.stderr
