@@ -1,0 +1,1 @@
+"""meshgate's benchmark: see bench/README.md."""

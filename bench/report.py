@@ -1,0 +1,274 @@
+"""Turning raw samples into the figures of the report, and the report into text.
+
+Percentiles are nearest-rank on the raw samples (no histogram buckets), in
+microseconds. Gateway overhead is always computed between two scenarios of
+the same run with the same endpoint, payload and concurrency: the gateway's
+p50 minus the direct path's p50 (and their ratio).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+US = 1_000_000.0
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values (q in 0..1)."""
+    if not ordered:
+        return math.nan
+    rank = max(1, math.ceil(q * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def distribution_us(seconds: Iterable[float]) -> dict[str, float] | None:
+    """p50/p90/p99/p99.9/mean/max in µs of samples given in seconds; None when empty."""
+    ordered = sorted(seconds)
+    if not ordered:
+        return None
+    return {
+        "n": len(ordered),
+        "p50": round(percentile(ordered, 0.50) * US, 1),
+        "p90": round(percentile(ordered, 0.90) * US, 1),
+        "p99": round(percentile(ordered, 0.99) * US, 1),
+        "p999": round(percentile(ordered, 0.999) * US, 1),
+        "mean": round(sum(ordered) / len(ordered) * US, 1),
+        "max": round(ordered[-1] * US, 1),
+    }
+
+
+def overhead(direct: dict[str, Any], gateway: dict[str, Any]) -> dict[str, Any]:
+    """What the gateway adds over the direct path, for two scenarios at the same load."""
+    d_lat, g_lat = direct["latency_us"], gateway["latency_us"]
+    out: dict[str, Any] = {
+        "endpoint": gateway["endpoint"],
+        "concurrency": gateway["concurrency"],
+        "gateway": gateway["leg"],
+        "direct_rps": direct["rps"],
+        "gateway_rps": gateway["rps"],
+        "direct_p50_us": d_lat["p50"] if d_lat else None,
+        "gateway_p50_us": g_lat["p50"] if g_lat else None,
+        "overhead_p50_us": None,
+        "overhead_ratio_p50": None,
+        "overhead_p99_us": None,
+    }
+    if d_lat and g_lat:
+        out["overhead_p50_us"] = round(g_lat["p50"] - d_lat["p50"], 1)
+        out["overhead_ratio_p50"] = round(g_lat["p50"] / d_lat["p50"], 2) if d_lat["p50"] else None
+        out["overhead_p99_us"] = round(g_lat["p99"] - d_lat["p99"], 1)
+    if gateway["endpoint"] == "chat_stream":
+        d_ttft, g_ttft = direct.get("ttft_us"), gateway.get("ttft_us")
+        d_gap, g_gap = direct.get("gap_us"), gateway.get("gap_us")
+        out["ttft_overhead_p50_us"] = (
+            round(g_ttft["p50"] - d_ttft["p50"], 1) if d_ttft and g_ttft else None
+        )
+        out["per_chunk_overhead_us"] = (
+            round(g_gap["mean"] - d_gap["mean"], 1) if d_gap and g_gap else None
+        )
+    cpu_d, cpu_g = direct.get("cpu", {}), gateway.get("cpu", {})
+    if cpu_d.get("target_us_per_req") and cpu_g.get("target_us_per_req"):
+        out["cpu_overhead_us_per_req"] = round(
+            cpu_g["target_us_per_req"] - cpu_d["target_us_per_req"], 1
+        )
+    return out
+
+
+def add_chunk_cpu(scenarios: list[dict[str, Any]]) -> None:
+    """CPU per streamed chunk: (stream CPU/request - non-stream CPU/request) / chunks.
+
+    A stream and a non-stream request differ only in how the answer travels, so
+    the difference, spread over the chunks, is what relaying one chunk costs.
+    """
+    unary = {
+        (s["leg"], s["concurrency"]): s["cpu"]
+        for s in scenarios
+        if s["endpoint"] == "chat" and s["mode"] == "closed"
+    }
+    for s in scenarios:
+        base = unary.get((s["leg"], s["concurrency"]))
+        tokens = s.get("tokens_per_stream")
+        if s["endpoint"] != "chat_stream" or base is None or not tokens:
+            continue
+        stream_cpu, chat_cpu = s["cpu"].get("target_us_per_req"), base.get("target_us_per_req")
+        if stream_cpu is not None and chat_cpu is not None:
+            s["cpu"]["per_chunk_us"] = round((stream_cpu - chat_cpu) / tokens, 1)
+
+
+# ------------------------------------------------------------------ tables ----
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _numeric(cell: str) -> bool:
+    return cell == "-" or cell[:1].isdigit() or (cell[:1] in "-+" and cell[1:2].isdigit())
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns of numbers are right-aligned (header included), text columns left-aligned."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    right = [bool(rows) and all(_numeric(row[i]) for row in rows) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.rjust(width) if r else cell.ljust(width)
+            for cell, width, r in zip(cells, widths, right, strict=True)
+        ).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def _ms(dist: dict[str, float] | None, key: str) -> str:
+    return _fmt(dist[key] / 1000.0, 2) if dist else "-"
+
+
+def _us(dist: dict[str, float] | None, key: str) -> str:
+    return _fmt(dist[key], 0) if dist else "-"
+
+
+def _closed_table(closed: list[dict[str, Any]], overheads: dict[Any, dict[str, Any]]) -> str:
+    rows = []
+    for s in closed:
+        o = overheads.get((s["endpoint"], s["concurrency"], s["leg"]), {})
+        cpu = s.get("cpu", {})
+        ratio = o.get("overhead_ratio_p50")
+        rows.append(
+            [
+                s["endpoint"],
+                s["leg"],
+                str(s["concurrency"]),
+                _fmt(s["rps"], 0),
+                _ms(s["latency_us"], "p50"),
+                _ms(s["latency_us"], "p99"),
+                str(s["errors"]),
+                _fmt(o.get("overhead_p50_us"), 0),
+                f"{ratio:.2f}x" if ratio else "-",
+                _fmt(cpu.get("target_us_per_req"), 0),
+                _fmt(cpu.get("gateway_us_per_req"), 0),
+                _fmt(cpu.get("generator_us_per_req"), 0),
+                _fmt(cpu.get("host_busy_pct"), 0),
+                _fmt(cpu.get("other_core_pct"), 0),
+            ]
+        )
+    headers = [
+        "endpoint", "leg", "conc", "req/s", "p50 ms", "p99 ms", "err", "over µs", "ratio",
+        "cpu µs/req", "gw cpu µs", "gen cpu µs", "host %", "other %",
+    ]  # fmt: skip
+    return table(headers, rows)
+
+
+def _stream_table(streams: list[dict[str, Any]], overheads: dict[Any, dict[str, Any]]) -> str:
+    rows = []
+    for s in streams:
+        o = overheads.get((s["endpoint"], s["concurrency"], s["leg"]), {})
+        rows.append(
+            [
+                s["leg"],
+                str(s["concurrency"]),
+                _ms(s.get("ttft_us"), "p50"),
+                _ms(s.get("ttft_us"), "p99"),
+                _us(s.get("gap_us"), "mean"),
+                _ms(s["latency_us"], "p50"),
+                _ms(s["latency_us"], "p99"),
+                _fmt(o.get("ttft_overhead_p50_us"), 0),
+                _fmt(o.get("per_chunk_overhead_us"), 1),
+                _fmt(s["cpu"].get("per_chunk_us"), 0),
+                _fmt(s.get("tokens_per_stream"), 1),
+            ]
+        )
+    headers = [
+        "leg", "conc", "ttft p50 ms", "ttft p99 ms", "gap mean µs", "total p50 ms",
+        "total p99 ms", "ttft over µs", "chunk over µs", "cpu/chunk µs", "chunks",
+    ]  # fmt: skip
+    return table(headers, rows)
+
+
+def _open_table(opened: list[dict[str, Any]]) -> str:
+    rows = []
+    for s in opened:
+        rows.append(
+            [
+                s["endpoint"],
+                s["leg"],
+                _fmt(s["rate"], 0),
+                _fmt(s["rps"], 0),
+                _ms(s["latency_us"], "p50"),
+                _ms(s["latency_us"], "p99"),
+                _ms(s["latency_us"], "max"),
+                str(s["errors"]),
+                _us(s.get("send_lag_us"), "p99"),
+                str(s.get("connections") or "-"),
+                _fmt(s.get("cpu", {}).get("target_us_per_req"), 0),
+                _fmt(s.get("cpu", {}).get("other_core_pct"), 0),
+            ]
+        )
+    headers = [
+        "endpoint", "leg", "rate/s", "done/s", "p50 ms", "p99 ms", "max ms", "err",
+        "send lag p99 µs", "conns", "cpu µs/req", "other %",
+    ]  # fmt: skip
+    return table(headers, rows)
+
+
+PROCESS_ORDER = ("edge", "auth", "validation", "quota", "redis", "router", "engine", "launcher")
+
+
+def _cpu_table(scenarios: list[dict[str, Any]]) -> str:
+    labels: list[str] = []
+    for s in scenarios:
+        for label in s["cpu"]["by_process_us_per_req"]:
+            if label not in labels:
+                labels.append(label)
+    rank = {label: i for i, label in enumerate(PROCESS_ORDER)}
+    labels.sort(key=lambda label: rank.get(label, len(rank)))
+    rows = []
+    for s in scenarios:
+        per = s["cpu"]["by_process_us_per_req"]
+        rows.append(
+            [s["endpoint"], s["leg"], str(s["concurrency"])]
+            + [_fmt(per.get(label), 0) for label in labels]
+            + [_fmt(s["cpu"].get("target_us_per_req"), 0)]
+        )
+    return table(["endpoint", "leg", "conc", *labels, "total"], rows)
+
+
+def render(result: dict[str, Any]) -> str:
+    """The human-readable report: closed loop, streaming detail, open loop, CPU breakdown."""
+    scenarios = result["scenarios"]
+    overheads = {(o["endpoint"], o["concurrency"], o["gateway"]): o for o in result["overhead"]}
+    closed = [s for s in scenarios if s["mode"] == "closed"]
+    streams = [s for s in closed if s["endpoint"] == "chat_stream"]
+    opened = [s for s in scenarios if s["mode"] == "open"]
+    breakdown = [s for s in closed if s.get("cpu", {}).get("by_process_us_per_req")]
+    sections = [
+        "Closed loop (fixed concurrency); overhead = gateway p50 - direct p50\n"
+        + _closed_table(closed, overheads)
+    ]
+    if streams:
+        sections.append(
+            "Streaming (chat, stream=true): time to first token, gap between chunks, total\n"
+            + _stream_table(streams, overheads)
+        )
+    if opened:
+        sections.append(
+            "Open loop (fixed arrival rate; latency from the scheduled send time)\n"
+            + _open_table(opened)
+        )
+    if breakdown:
+        sections.append(
+            "CPU µs per request, by process (utime+stime over the measurement window)\n"
+            + _cpu_table(breakdown)
+        )
+    notes = result.get("notes") or []
+    if notes:
+        sections.append("\n".join(f"note: {n}" for n in notes))
+    return "\n\n".join(sections)

@@ -1,0 +1,743 @@
+"""meshgate's benchmark: the reference engine directly, then the same engine through meshgate.
+
+    .venv/bin/python bench/run.py [--quick | --smoke] [--out bench/results/latest.json]
+
+One run starts its own mesh (`meshgate up`, production settings, free loopback
+ports), drives the reference engine directly over gRPC and through the HTTP
+edge with the same requests, at fixed concurrencies (closed loop) and at one
+fixed arrival rate (open loop), then stops the mesh and prints/writes the
+figures. Comparing the two legs inside one run, on one machine, at the same
+load, is what makes "gateway overhead" a meaningful number; see bench/README.md.
+
+`--upstream mock` measures bench/mock_openai.py instead, and `--gateway-url`
+adds any OpenAI-compatible gateway (pointed at that mock) as a measured leg.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make `bench` and `meshgate` importable
+    sys.path.insert(0, str(ROOT))
+
+from bench import report  # noqa: E402
+from bench.httpclient import split_base_url  # noqa: E402
+from bench.payloads import ENDPOINTS, PATHS, Endpoint, Payload  # noqa: E402
+from bench.procstat import (  # noqa: E402
+    CLK_TCK,
+    CpuProbe,
+    HostCpu,
+    descendants,
+    host_busy_pct,
+    process_label,
+)
+from bench.stack import MeshProcess, MockProcess, child_env, die_with_parent  # noqa: E402
+
+DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
+GENERATOR_LABEL = "loadgen"
+# Below this concurrency one generator process is plenty, and splitting would
+# only add a process competing for the two cores.
+SPLIT_MIN_CONCURRENCY = 64
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How long and how hard: the only difference between --smoke, --quick and a full run."""
+
+    name: str
+    concurrencies: tuple[int, ...]
+    warmup_s: float
+    duration_s: float
+    open_rate: float
+    open_warmup_s: float
+    open_duration_s: float
+    max_requests: int = 200_000
+    drain_s: float = 10.0
+
+
+PROFILES: dict[str, Profile] = {
+    "full": Profile("full", (1, 16, 64, 256), 0.5, 4.0, 200.0, 0.5, 5.0),
+    "quick": Profile("quick", (1, 16, 64), 0.25, 1.0, 200.0, 0.25, 2.0),
+    "smoke": Profile("smoke", (1, 4), 0.1, 0.6, 50.0, 0.1, 0.6, drain_s=5.0),
+}
+
+
+@dataclass
+class Leg:
+    """One way of reaching the upstream, and which processes to charge its CPU to."""
+
+    name: str  # "direct", "meshgate" or "gateway"
+    kind: str  # "grpc" (EngineService) or "http" (OpenAI-compatible)
+    target: str  # host:port for grpc, base URL for http
+    key: str
+    direct: bool
+    processes: Callable[[], dict[int, str]]
+    # The upstream's own process label inside `processes` (its CPU is not gateway CPU).
+    upstream_label: str | None = None
+    description: str = ""
+
+
+@dataclass
+class Run:
+    """Everything one invocation produces; `to_json` is the written result."""
+
+    meta: dict[str, Any]
+    preflight: dict[str, Any] = field(default_factory=dict)
+    scenarios: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        closed = [s for s in self.scenarios if s["mode"] == "closed"]
+        direct = {(s["endpoint"], s["concurrency"]): s for s in closed if s["direct"]}
+        overheads = [
+            report.overhead(direct[(s["endpoint"], s["concurrency"])], s)
+            for s in closed
+            if not s["direct"] and (s["endpoint"], s["concurrency"]) in direct
+        ]
+        return {
+            "schema": 1,
+            "meta": self.meta,
+            "preflight": self.preflight,
+            "scenarios": self.scenarios,
+            "overhead": overheads,
+            "notes": self.notes,
+        }
+
+
+# -------------------------------------------------------------- generators ----
+
+
+class Generators:
+    """Load generator processes (bench/loadgen.py), driven over pipes.
+
+    The orchestrator only prepares, starts and collects; while a scenario runs it
+    sleeps until the window's edges to take the CPU snapshots, so it costs
+    nothing on the cores the gateway needs.
+    """
+
+    def __init__(self, count: int, workdir: Path) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._stderr: list[IO[bytes]] = []
+        for i in range(count):
+            stderr = (workdir / f"loadgen{i}.stderr").open("wb")
+            self._stderr.append(stderr)
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "bench.loadgen"],
+                    cwd=ROOT,
+                    env=child_env(),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    preexec_fn=die_with_parent(),
+                )
+            )
+        self.workdir = workdir
+        for proc in self.procs:
+            self._read(proc, 60.0)
+
+    def pids(self) -> dict[int, str]:
+        return {proc.pid: GENERATOR_LABEL for proc in self.procs}
+
+    @staticmethod
+    def _send(proc: subprocess.Popen[bytes], message: dict[str, Any]) -> None:
+        assert proc.stdin is not None
+        proc.stdin.write(orjson.dumps(message) + b"\n")
+        proc.stdin.flush()
+
+    def _read(self, proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
+        assert proc.stdout is not None
+        # One reply per command, so nothing is ever left in the reader's buffer
+        # that select() could not see.
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline() if ready else b""
+        if not line:
+            index = self.procs.index(proc)
+            log = (self.workdir / f"loadgen{index}.stderr").read_text(errors="replace")[-2000:]
+            raise RuntimeError(
+                f"load generator {index} did not answer within {timeout:.0f}s\n{log}"
+            )
+        reply: dict[str, Any] = orjson.loads(line)
+        if not reply.get("ok"):
+            raise RuntimeError(f"load generator: {reply.get('error')}")
+        return reply
+
+    def run(
+        self, specs: list[dict[str, Any]], warmup_s: float, duration_s: float, probe: CpuProbe
+    ) -> tuple[list[dict[str, Any]], dict[str, float], HostCpu, HostCpu]:
+        """Run one scenario split over len(specs) processes; CPU is sampled at the window's edges."""
+        active = self.procs[: len(specs)]
+        for proc, spec in zip(active, specs, strict=True):
+            self._send(proc, {"op": "prepare", "spec": spec})
+        for proc in active:
+            self._read(proc, 120.0)
+        start_at = time.monotonic() + 0.1
+        for proc in active:
+            self._send(proc, {"op": "start", "start_at": start_at})
+        begin = start_at + warmup_s
+        time.sleep(max(0.0, begin - time.monotonic()))
+        cpu_before, host_before = probe.snapshot(), HostCpu.read()
+        time.sleep(max(0.0, begin + duration_s - time.monotonic()))
+        cpu_after, host_after = probe.snapshot(), HostCpu.read()
+        drain = max(float(spec["drain_s"]) for spec in specs)
+        results = [self._read(proc, drain + 120.0)["result"] for proc in active]
+        return results, probe.delta(cpu_before, cpu_after), host_before, host_after
+
+    def close(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(OSError, ValueError):
+                self._send(proc, {"op": "quit"})
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for stderr in self._stderr:
+            stderr.close()
+
+
+def _shares(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def run_scenario(
+    gens: Generators,
+    leg: Leg,
+    endpoint: Endpoint,
+    mode: str,
+    load: float,
+    profile: Profile,
+    payload: Payload,
+) -> dict[str, Any]:
+    """One scenario on one leg: `load` is the concurrency (closed) or the rate (open)."""
+    warmup = profile.open_warmup_s if mode == "open" else profile.warmup_s
+    duration = profile.open_duration_s if mode == "open" else profile.duration_s
+    concurrency = int(load) if mode == "closed" else 0
+    rate = float(load) if mode == "open" else 0.0
+    if mode == "closed":
+        parts = min(len(gens.procs), concurrency) if concurrency >= SPLIT_MIN_CONCURRENCY else 1
+        loads: list[float] = [float(n) for n in _shares(concurrency, parts)]
+    else:
+        parts = len(gens.procs)
+        loads = [rate / parts] * parts
+    specs = [
+        {
+            "leg_kind": leg.kind,
+            "target": leg.target,
+            "key": leg.key,
+            "endpoint": endpoint,
+            "mode": mode,
+            "concurrency": int(share) if mode == "closed" else 0,
+            "rate": share if mode == "open" else 0.0,
+            "phase_s": i / rate if mode == "open" else 0.0,
+            "warmup_s": warmup,
+            "duration_s": duration,
+            "max_requests": max(1, profile.max_requests // parts),
+            "drain_s": profile.drain_s,
+            "payload": payload.to_dict(),
+        }
+        for i, share in enumerate(loads)
+    ]
+    probe = CpuProbe({**leg.processes(), **gens.pids()})
+    results, cpu, host_before, host_after = gens.run(specs, warmup, duration, probe)
+    host = (host_after.busy_fraction_since(host_before), host_after.irq_fraction_since(host_before))
+    return summarize(leg, endpoint, mode, concurrency, rate, duration, results, cpu, host)
+
+
+def summarize(
+    leg: Leg,
+    endpoint: Endpoint,
+    mode: str,
+    concurrency: int,
+    rate: float,
+    duration: float,
+    results: list[dict[str, Any]],
+    cpu: dict[str, float],
+    host: tuple[float, float],
+) -> dict[str, Any]:
+    """Merge the generator processes' samples into the scenario's figures."""
+    latency = [x for r in results for x in r["latency"]]
+    ttft = [x for r in results for x in r["ttft"]]
+    gaps = [x for r in results for x in r["gap"]]
+    tokens = [x for r in results for x in r["tokens"]]
+    lag = [x for r in results for x in r["lag"]]
+    errors = sum(r["errors"] for r in results)
+    samples: dict[str, int] = {}
+    for r in results:
+        for message, count in r["error_samples"].items():
+            samples[message] = samples.get(message, 0) + count
+    if mode == "closed":
+        rps = sum(len(r["latency"]) / r["window_s"] for r in results)
+    else:
+        rps = sum(r["done_in_window"] / r["window_s"] for r in results)
+    done = sum(r["done_in_window"] for r in results) or len(latency)
+
+    # Without any process of its own (an external gateway with no --gateway-pid) a
+    # leg's CPU is unknown, not zero: it then shows up as "other" load.
+    measured = any(k != GENERATOR_LABEL for k in cpu)
+    target_s = sum(v for k, v in cpu.items() if k != GENERATOR_LABEL)
+    generator_s = cpu.get(GENERATOR_LABEL, 0.0)
+    per_req = 1e6 / done if done else 0.0
+    ncpu = os.cpu_count() or 1
+    host_busy, host_irq = host
+    ours = (target_s + generator_s) / duration * 100
+    cpu_figures: dict[str, Any] = {
+        "target_us_per_req": round(target_s * per_req, 1) if measured else None,
+        "by_process_us_per_req": {
+            k: round(v * per_req, 1) for k, v in sorted(cpu.items()) if k != GENERATOR_LABEL
+        },
+        "generator_us_per_req": round(generator_s * per_req, 1),
+        "target_core_pct": round(target_s / duration * 100, 1),
+        "generator_core_pct": round(generator_s / duration * 100, 1),
+        "host_busy_pct": round(host_busy * 100, 1),
+        "irq_core_pct": round(host_irq * ncpu * 100, 1),
+        # Busy CPU that is neither ours nor interrupts: other load on the machine.
+        "other_core_pct": round(max(0.0, (host_busy - host_irq) * ncpu * 100 - ours), 1),
+    }
+    if not leg.direct and measured:
+        upstream = cpu.get(leg.upstream_label or "", 0.0)
+        cpu_figures["gateway_us_per_req"] = round((target_s - upstream) * per_req, 1)
+
+    scenario: dict[str, Any] = {
+        "id": f"{endpoint}/{leg.name}/" + (f"c{concurrency}" if mode == "closed" else f"r{rate:g}"),
+        "endpoint": endpoint,
+        "leg": leg.name,
+        "direct": leg.direct,
+        "mode": mode,
+        "concurrency": concurrency,
+        "rate": rate,
+        "duration_s": duration,
+        "requests": len(latency),
+        "errors": errors,
+        "error_samples": samples,
+        "rps": round(rps, 1),
+        "latency_us": report.distribution_us(latency),
+        "cpu": cpu_figures,
+    }
+    if endpoint == "chat_stream":
+        scenario["ttft_us"] = report.distribution_us(ttft)
+        scenario["gap_us"] = report.distribution_us(gaps)
+        scenario["tokens_per_stream"] = round(sum(tokens) / len(tokens), 2) if tokens else None
+    if mode == "open":
+        scenario["send_lag_us"] = report.distribution_us(lag)
+        scenario["sent"] = sum(r.get("sent", 0) for r in results)
+        scenario["connections"] = sum(r.get("connections", 0) for r in results)
+    if mode == "closed":
+        scenario["unfinished_at_drain"] = sum(r.get("unfinished", 0) for r in results)
+    return scenario
+
+
+# --------------------------------------------------------------- preflight ----
+
+
+def _probe_grpc(target: str, endpoint: Endpoint, payload: Payload) -> dict[str, Any]:
+    import grpc
+
+    from meshgate.v1 import engine_pb2_grpc
+
+    request = payload.engine_request(endpoint)
+    with grpc.insecure_channel(target) as channel:
+        stub = engine_pb2_grpc.EngineServiceStub(channel)  # type: ignore[no-untyped-call]
+        if endpoint == "chat":
+            completion = stub.GenerateChat(request, timeout=10).completion
+            return {"text": completion.choices[0].message.content, "tokens": None}
+        if endpoint == "chat_stream":
+            pieces = [
+                c.choices[0].delta.content
+                for c in stub.StreamChat(request, timeout=10)
+                if c.choices and c.choices[0].delta.content
+            ]
+            return {"text": "".join(pieces), "tokens": len(pieces)}
+        vector = stub.Embed(request, timeout=10).embeddings.data[0].vector_f32le
+        return {"dimensions": len(vector) // 4}
+
+
+def _probe_http(base_url: str, key: str, endpoint: Endpoint, payload: Payload) -> dict[str, Any]:
+    import base64
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    url = base_url.rstrip("/") + PATHS[endpoint]
+    body = payload.json_body(endpoint)
+    with httpx.Client(timeout=10) as client:
+        if endpoint == "chat_stream":
+            pieces: list[str] = []
+            with client.stream("POST", url, content=body, headers=headers) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
+                for line in response.iter_lines():
+                    if line.startswith("data:") and line[5:].strip() != "[DONE]":
+                        for choice in orjson.loads(line[5:]).get("choices") or []:
+                            content = (choice.get("delta") or {}).get("content")
+                            if content:
+                                pieces.append(content)
+            return {"text": "".join(pieces), "tokens": len(pieces)}
+        response = client.post(url, content=body, headers=headers)
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
+        data = response.json()
+        if endpoint == "chat":
+            return {"text": data["choices"][0]["message"]["content"], "tokens": None}
+        vector = base64.b64decode(data["data"][0]["embedding"])
+        return {"dimensions": len(vector) // 4}
+
+
+def preflight(legs: list[Leg], endpoints: list[Endpoint], payload: Payload, run: Run) -> None:
+    """One request per leg and endpoint with ordinary clients; also checks the payloads match.
+
+    Same payload on both legs means the same completion text (the engine is
+    deterministic for a seed): a mismatch would make the comparison unfair.
+    """
+    for leg in legs:
+        answers: dict[str, Any] = {}
+        for endpoint in endpoints:
+            try:
+                if leg.kind == "grpc":
+                    answers[endpoint] = _probe_grpc(leg.target, endpoint, payload)
+                else:
+                    answers[endpoint] = _probe_http(leg.target, leg.key, endpoint, payload)
+            except Exception as exc:
+                raise RuntimeError(f"preflight: {leg.name} {endpoint} failed: {exc}") from exc
+        run.preflight[leg.name] = answers
+    direct = next((leg for leg in legs if leg.direct), None)
+    if direct is None:
+        return
+    for leg in legs:
+        if leg.direct or leg.name != "meshgate":
+            continue
+        for endpoint in endpoints:
+            mine, theirs = run.preflight[leg.name][endpoint], run.preflight[direct.name][endpoint]
+            if mine != theirs:
+                run.notes.append(
+                    f"preflight: {leg.name} and {direct.name} answered {endpoint} differently "
+                    f"({mine} vs {theirs}); the payloads may not be identical"
+                )
+
+
+# -------------------------------------------------------------------- legs ----
+
+
+def meshgate_over_mock_leg(mock: MockProcess, workdir: Path) -> Leg | None:
+    """meshgate in front of the mock upstream: needs meshgate's HTTP engine adapter.
+
+    That adapter does not exist yet (a later issue adds it). When it lands this
+    becomes: start `MeshProcess` on a config whose models' `engines` point at
+    `mock.base_url`, and return
+    `Leg("meshgate", "http", mesh.base_url, mesh.key, False, mesh.processes)`
+    (the mock is not in the mesh's process tree, so all of that CPU is gateway CPU).
+    """
+    return None
+
+
+def build_legs(
+    args: argparse.Namespace,
+    workdir: Path,
+    run: Run,
+    meshes: list[MeshProcess],
+    mocks: list[MockProcess],
+) -> list[Leg]:
+    """Start what the upstream choice needs and describe each leg; started children are
+    appended to `meshes` / `mocks` at once, so that the caller stops them even on failure."""
+    legs: list[Leg] = []
+    if args.upstream == "reference":
+        print("starting meshgate (meshgate up) ...", flush=True)
+        mesh = MeshProcess(workdir, args.token_delay_ms)
+        meshes.append(mesh)
+        engine_pid = mesh.engine_pid()
+        if engine_pid is None:
+            raise RuntimeError("no engine process in the meshgate up tree")
+        legs.append(
+            Leg(
+                name="direct",
+                kind="grpc",
+                target=mesh.engine_target,
+                key="",
+                direct=True,
+                processes=lambda: {engine_pid: "engine"},
+                upstream_label="engine",
+                description="EngineService over one grpc.aio channel",
+            )
+        )
+        legs.append(
+            Leg(
+                name="meshgate",
+                kind="http",
+                target=mesh.base_url,
+                key=mesh.key,
+                direct=False,
+                processes=mesh.processes,
+                upstream_label="engine",
+                description="HTTP edge -> auth, validation, quota (Redis), router -> engine",
+            )
+        )
+        run.meta["meshgate_url"] = mesh.base_url
+    else:
+        mock = MockProcess(workdir, args.mock_port)
+        mocks.append(mock)
+        mock_pid = mock.pid
+        legs.append(
+            Leg(
+                name="direct",
+                kind="http",
+                target=mock.base_url,
+                key="sk-mock",
+                direct=True,
+                processes=lambda: {mock_pid: "mock"},
+                upstream_label="mock",
+                description="mock OpenAI upstream over HTTP",
+            )
+        )
+        run.meta["mock_url"] = mock.base_url
+        over_mock = meshgate_over_mock_leg(mock, workdir)
+        if over_mock is not None:
+            legs.append(over_mock)
+        else:
+            note = (
+                "--upstream mock: the through-meshgate leg needs meshgate's HTTP engine "
+                "adapter, which does not exist yet; only the mock itself is measured "
+                f"(point another gateway at {mock.base_url} and pass --gateway-url)"
+            )
+            print(f"note: {note}", flush=True)
+            run.notes.append(note)
+    if args.gateway_url:
+        legs.append(external_gateway_leg(args.gateway_url, args.gateway_key, args.gateway_pid))
+    run.meta["legs"] = {leg.name: leg.description for leg in legs}
+    return legs
+
+
+def external_gateway_leg(url: str, key: str, pid: int | None) -> Leg:
+    """Any OpenAI-compatible gateway; its CPU is measured only when its pid is given."""
+
+    def processes() -> dict[int, str]:
+        if pid is None:
+            return {}
+        pids = [pid, *descendants(pid)]
+        return {p: f"gw:{process_label(p)}" for p in pids}
+
+    return Leg(
+        name="gateway",
+        kind="http",
+        target=url,
+        key=key,
+        direct=False,
+        processes=processes,
+        upstream_label=None,
+        description=f"external gateway at {url}",
+    )
+
+
+def _record(
+    run: Run,
+    gens: Generators,
+    leg: Leg,
+    endpoint: Endpoint,
+    mode: str,
+    load: float,
+    profile: Profile,
+    payload: Payload,
+) -> None:
+    scenario = run_scenario(gens, leg, endpoint, mode, load, profile, payload)
+    run.scenarios.append(scenario)
+    _progress(scenario)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Benchmark the reference engine directly and through meshgate.",
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="concurrency 1/16/64, ~40 s")
+    size.add_argument("--smoke", action="store_true", help="concurrency 1/4, tiny; for tests")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result file")
+    parser.add_argument(
+        "--upstream",
+        choices=("reference", "mock"),
+        default="reference",
+        help="reference: meshgate's gRPC reference engine; mock: bench/mock_openai.py over HTTP",
+    )
+    parser.add_argument("--gateway-url", help="also measure this OpenAI-compatible base URL (…/v1)")
+    parser.add_argument("--gateway-key", default="", help="API key for --gateway-url")
+    parser.add_argument("--gateway-pid", type=int, help="charge this process tree's CPU to it")
+    parser.add_argument("--mock-port", type=int, default=0, help="fixed port for the mock")
+    parser.add_argument("--endpoints", default=",".join(ENDPOINTS), help="comma-separated")
+    parser.add_argument("--concurrency", help="comma-separated; overrides the profile's")
+    parser.add_argument("--duration", type=float, help="seconds per closed-loop scenario")
+    parser.add_argument("--rate", type=float, help="open-loop arrival rate, requests/s")
+    parser.add_argument("--no-open-loop", action="store_true")
+    parser.add_argument("--token-delay-ms", type=float, default=0.0, help="engine decode pacing")
+    parser.add_argument(
+        "--gen-procs",
+        type=int,
+        default=1,
+        help=f"load generator processes (split only at concurrency >= {SPLIT_MIN_CONCURRENCY})",
+    )
+    parser.add_argument("--chat-model", default=Payload.chat_model)
+    parser.add_argument("--embed-model", default=Payload.embed_model)
+    args = parser.parse_args(argv)
+    if args.gateway_url:
+        try:
+            split_base_url(args.gateway_url)
+        except ValueError as exc:
+            parser.error(f"--gateway-url: {exc}")
+    if args.gen_procs < 1:
+        parser.error("--gen-procs must be at least 1")
+    return args
+
+
+def build_profile(args: argparse.Namespace) -> Profile:
+    base = PROFILES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    changes: dict[str, Any] = {}
+    if args.concurrency:
+        changes["concurrencies"] = tuple(int(c) for c in args.concurrency.split(","))
+    if args.duration:
+        changes["duration_s"] = args.duration
+    if args.rate:
+        changes["open_rate"] = args.rate
+    if not changes:
+        return base
+    fields = {**base.__dict__, **changes}
+    return Profile(**fields)
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip()
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds through the finally blocks that stop the children
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    profile = build_profile(args)
+    endpoints: list[Endpoint] = [e for e in ENDPOINTS if e in args.endpoints.split(",")]
+    payload = Payload(chat_model=args.chat_model, embed_model=args.embed_model)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    started = time.monotonic()
+    run = Run(
+        meta={
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "profile": profile.__dict__,
+            "upstream": args.upstream,
+            "gateway_url": args.gateway_url,
+            "endpoints": endpoints,
+            "payload": payload.to_dict(),
+            "token_delay_ms": args.token_delay_ms,
+            "generator_processes": args.gen_procs,
+            "host": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "loadavg_at_start": os.getloadavg(),
+                "clk_tck": CLK_TCK,
+            },
+            "git_commit": _git_commit(),
+        }
+    )
+    mesh: list[MeshProcess] = []
+    mock: list[MockProcess] = []
+    gens: Generators | None = None
+    with tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp:
+        workdir = Path(tmp)
+        try:
+            # What the machine does without us: on a shared box this is not zero.
+            run.meta["host"]["baseline_busy_pct"] = host_busy_pct(1.0)
+            legs = build_legs(args, workdir, run, mesh, mock)
+            print("preflight ...", flush=True)
+            preflight(legs, endpoints, payload, run)
+            gens = Generators(args.gen_procs, workdir)
+            for endpoint in endpoints:
+                for concurrency in profile.concurrencies:
+                    for leg in legs:  # legs alternate, so they see the same machine
+                        _record(run, gens, leg, endpoint, "closed", concurrency, profile, payload)
+            if not args.no_open_loop and "chat" in endpoints:
+                for leg in legs:
+                    _record(run, gens, leg, "chat", "open", profile.open_rate, profile, payload)
+        finally:
+            if gens is not None:
+                gens.close()
+            for m in mesh:
+                run.meta["meshgate_exit_code"] = m.stop()
+            for k in mock:
+                k.stop()
+
+    run.meta["elapsed_s"] = round(time.monotonic() - started, 1)
+    run.meta["host"]["loadavg_at_end"] = os.getloadavg()
+    report.add_chunk_cpu(run.scenarios)
+    _add_notes(run)
+    result = run.to_json()
+    print()
+    print(report.render(result))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    print(f"\nwrote {args.out} ({run.meta['elapsed_s']} s)")
+    return 1 if any(s["errors"] for s in run.scenarios) else 0
+
+
+def _progress(s: dict[str, Any]) -> None:
+    lat = s["latency_us"] or {}
+    load = f"c={s['concurrency']}" if s["mode"] == "closed" else f"rate={s['rate']:g}/s"
+    print(
+        f"  {s['endpoint']:<12} {s['leg']:<9} {load:<11} {s['rps']:>9,.0f} req/s"
+        f"  p50 {lat.get('p50', float('nan')) / 1000:7.2f} ms"
+        f"  p99 {lat.get('p99', float('nan')) / 1000:7.2f} ms  errors {s['errors']}",
+        flush=True,
+    )
+
+
+def _add_notes(run: Run) -> None:
+    """Warnings that change how the figures should be read."""
+    ncpu = os.cpu_count() or 1
+    busy = [s for s in run.scenarios if (s["cpu"].get("other_core_pct") or 0) > 25]
+    if busy:
+        names = ", ".join(s["id"] for s in busy[:4]) + (" ..." if len(busy) > 4 else "")
+        run.notes.append(
+            f"other processes used more than a quarter of a core during {len(busy)} "
+            f"scenario(s) ({names}): the machine was not quiet, figures are noisy"
+        )
+    run.notes.append(
+        f"{ncpu} CPU(s) shared by the load generator and every process under test; "
+        "'gen cpu' is the generator's own cost per request"
+    )
+    for s in run.scenarios:
+        if s["errors"]:
+            run.notes.append(f"{s['id']}: {s['errors']} errors, e.g. {s['error_samples']}")
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,81 @@
+"""bench/run.py --smoke end to end: its own mesh, both legs, a complete JSON result.
+
+The benchmark is only worth its figures if both legs really ran the same load
+without errors, so this checks the result's shape and sanity rather than any
+speed (which depends on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+ENDPOINTS = ("chat", "chat_stream", "embeddings")
+SMOKE_CONCURRENCIES = (1, 4)
+
+
+def run_smoke(out: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHGATE_")}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "smoke.json"
+    proc = run_smoke(out)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    assert "Closed loop" in proc.stdout  # the table was printed
+
+    result: dict[str, Any] = json.loads(out.read_text())
+    assert {"schema", "meta", "preflight", "scenarios", "overhead", "notes"} <= result.keys()
+    assert result["meta"]["meshgate_exit_code"] == 0
+    assert set(result["preflight"]) == {"direct", "meshgate"}
+    # Same payload, same deterministic engine: both legs must have produced the same answer.
+    assert result["preflight"]["direct"] == result["preflight"]["meshgate"]
+
+    closed = {
+        (s["endpoint"], s["leg"], s["concurrency"]): s
+        for s in result["scenarios"]
+        if s["mode"] == "closed"
+    }
+    for endpoint in ENDPOINTS:
+        for concurrency in SMOKE_CONCURRENCIES:
+            for leg in ("direct", "meshgate"):
+                assert (endpoint, leg, concurrency) in closed, (endpoint, leg, concurrency)
+
+    for s in result["scenarios"]:
+        assert s["errors"] == 0, (s["id"], s["error_samples"])
+        assert s["rps"] > 0, s["id"]
+        assert s["requests"] > 0, s["id"]
+        latency = s["latency_us"]
+        assert {"p50", "p99"} <= latency.keys()
+        assert 0 < latency["p50"] <= latency["p99"], s["id"]
+        assert {"target_us_per_req", "generator_us_per_req", "host_busy_pct"} <= s["cpu"].keys()
+        if s["endpoint"] == "chat_stream":
+            assert s["ttft_us"]["p50"] > 0 and s["gap_us"]["mean"] >= 0
+            assert s["tokens_per_stream"] == 16
+
+    mesh_cpu = closed[("chat", "meshgate", 4)]["cpu"]
+    assert mesh_cpu["target_us_per_req"] > 0
+    assert {"edge", "auth", "validation", "quota", "router", "engine", "redis"} <= set(
+        mesh_cpu["by_process_us_per_req"]
+    )
+    assert {s["leg"] for s in result["scenarios"] if s["mode"] == "open"} == {"direct", "meshgate"}
+
+    overhead = {(o["endpoint"], o["concurrency"]): o for o in result["overhead"]}
+    assert set(overhead) == {(e, c) for e in ENDPOINTS for c in SMOKE_CONCURRENCIES}
+    for o in overhead.values():
+        assert o["gateway"] == "meshgate"
+        assert o["overhead_p50_us"] is not None and o["overhead_ratio_p50"] is not None
+    assert overhead[("chat_stream", 1)]["per_chunk_overhead_us"] is not None
