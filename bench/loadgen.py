@@ -240,7 +240,7 @@ def grpc_caller(spec: Spec) -> Caller:
             ],
         )
         _channels[spec.target] = channel
-    stub = engine_pb2_grpc.EngineServiceStub(channel)  # type: ignore[no-untyped-call]
+    stub = engine_pb2_grpc.EngineServiceStub(channel)
     request = Payload.from_dict(spec.payload).engine_request(spec.endpoint)
     eof = grpc.aio.EOF
     rpc_error = grpc.aio.AioRpcError
