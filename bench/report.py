@@ -268,6 +268,20 @@ def render(result: dict[str, Any]) -> str:
             "CPU µs per request, by process (utime+stime over the measurement window)\n"
             + _cpu_table(breakdown)
         )
+    measured = result.get("meta", {}).get("hops_p50_us")
+    if measured:
+        rows = [[hop, _fmt(us, 0)] for hop, us in measured.items()]
+        text = "Each hop alone, p50 µs at concurrency 1 (auth and validation run at once in a request)\n"
+        text += table(["hop", "p50 µs"], rows)
+        share = result["meta"].get("validation_share") or {}
+        if share:
+            text += (
+                f"\nvalidation hop: {share.get('validation_p50_us', 0):.0f} µs p50 = "
+                f"{share.get('of_c1_overhead_pct', float('nan')):.0f}% of the c=1 chat overhead "
+                f"({share.get('critical_path_us', 0):.0f} µs of it on the critical path, as auth runs alongside); "
+                f"{share.get('of_gateway_cpu_pct', float('nan')):.0f}% of the gateway's CPU per request"
+            )
+        sections.append(text)
     notes = result.get("notes") or []
     if notes:
         sections.append("\n".join(f"note: {n}" for n in notes))

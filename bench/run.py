@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make `bench` and `meshgate` importable
     sys.path.insert(0, str(ROOT))
 
-from bench import report  # noqa: E402
+from bench import hops, report  # noqa: E402
 from bench.httpclient import split_base_url  # noqa: E402
 from bench.payloads import ENDPOINTS, PATHS, Endpoint, Payload  # noqa: E402
 from bench.procstat import (  # noqa: E402
@@ -677,6 +677,11 @@ def main(argv: list[str] | None = None) -> int:
             legs = build_legs(args, workdir, run, mesh, mock)
             print("preflight ...", flush=True)
             preflight(legs, endpoints, payload, run)
+            if mesh:
+                print("timing each hop alone ...", flush=True)
+                run.meta["hops_p50_us"] = hops.probe_hops(
+                    mesh[0].config_path, mesh[0].key, payload.json_body("chat")
+                )
             gens = Generators(args.gen_procs, workdir)
             for endpoint in endpoints:
                 for concurrency in profile.concurrencies:
@@ -696,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
     run.meta["elapsed_s"] = round(time.monotonic() - started, 1)
     run.meta["host"]["loadavg_at_end"] = os.getloadavg()
     report.add_chunk_cpu(run.scenarios)
+    _add_validation_share(run)
     _add_notes(run)
     result = run.to_json()
     print()
@@ -714,6 +720,24 @@ def _progress(s: dict[str, Any]) -> None:
         f"  p50 {lat.get('p50', float('nan')) / 1000:7.2f} ms"
         f"  p99 {lat.get('p99', float('nan')) / 1000:7.2f} ms  errors {s['errors']}",
         flush=True,
+    )
+
+
+def _add_validation_share(run: Run) -> None:
+    """The validation hop's share of the gateway's overhead (chat, meshgate leg)."""
+    measured = run.meta.get("hops_p50_us")
+    chat = [
+        s
+        for s in run.scenarios
+        if s["endpoint"] == "chat" and s["leg"] == "meshgate" and s["mode"] == "closed"
+    ]
+    if not measured or not chat:
+        return
+    overheads = {o["concurrency"]: o for o in run.to_json()["overhead"] if o["endpoint"] == "chat"}
+    c1 = overheads.get(1, {}).get("overhead_p50_us")
+    busiest = max(chat, key=lambda s: s["concurrency"])
+    run.meta["validation_share"] = hops.validation_share(
+        measured, c1, busiest["cpu"].get("by_process_us_per_req") or {}
     )
 
 

@@ -1,0 +1,123 @@
+"""Each internal hop of a chat request, timed on its own at concurrency 1.
+
+The edge runs auth and validation at the same time, then quota, then the
+router (which calls the engine), then settles off the response path. Timing
+each RPC alone shows what every hop adds, and the validation hop's share of the
+gateway's overhead, which the validation issue asks the benchmark to report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from meshgate.config import load_config
+from meshgate.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    common_pb2,
+    quota_pb2,
+    quota_pb2_grpc,
+    router_pb2,
+    router_pb2_grpc,
+    validation_pb2,
+    validation_pb2_grpc,
+)
+
+CALLS = 400
+
+
+async def _time(call: Callable[[], Awaitable[Any]], calls: int) -> float:
+    """Median microseconds of `call`, after a warm-up."""
+    for _ in range(20):
+        await call()
+    samples = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - started) * 1e6)
+    return statistics.median(samples)
+
+
+async def _probe(config_path: Path, key: str, body: bytes, calls: int) -> dict[str, float]:
+    config = load_config(config_path, environ={})
+    services = config.services
+    channels = [
+        grpc.aio.insecure_channel(services.get(n).dial_target())
+        for n in ("auth", "validation", "quota", "router")
+    ]
+    auth = auth_pb2_grpc.AuthServiceStub(channels[0])
+    validation = validation_pb2_grpc.ValidationServiceStub(channels[1])
+    quota = quota_pb2_grpc.QuotaServiceStub(channels[2])
+    router = router_pb2_grpc.RouterServiceStub(channels[3])
+    try:
+        principal = (
+            await auth.Authenticate(auth_pb2.AuthenticateRequest(authorization=f"Bearer {key}"))
+        ).principal
+        validated = await validation.ValidateChatCompletion(
+            validation_pb2.ValidateChatCompletionRequest(body=body)
+        )
+        context = common_pb2.RequestContext(
+            principal=principal, prompt_tokens=validated.prompt_tokens
+        )
+        routed = router_pb2.CreateChatCompletionRequest(request=validated.request, context=context)
+
+        async def reserve_and_settle() -> None:
+            lease = await quota.Reserve(
+                quota_pb2.ReserveRequest(
+                    principal=principal, prompt_tokens=validated.prompt_tokens, max_tokens=16
+                )
+            )
+            await quota.Settle(
+                quota_pb2.SettleRequest(
+                    principal=principal,
+                    lease_id=lease.lease_id,
+                    reserved_tokens=lease.reserved_tokens,
+                )
+            )
+
+        return {
+            "auth": await _time(
+                lambda: auth.Authenticate(
+                    auth_pb2.AuthenticateRequest(authorization=f"Bearer {key}")
+                ),
+                calls,
+            ),
+            "validation": await _time(
+                lambda: validation.ValidateChatCompletion(
+                    validation_pb2.ValidateChatCompletionRequest(body=body)
+                ),
+                calls,
+            ),
+            "quota_reserve_settle": await _time(reserve_and_settle, calls),
+            "router_and_engine": await _time(lambda: router.CreateChatCompletion(routed), calls),
+        }
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+def probe_hops(config_path: Path, key: str, body: bytes, calls: int = CALLS) -> dict[str, float]:
+    """p50 µs of each hop, each called alone from a fresh client."""
+    return asyncio.run(_probe(config_path, key, body, calls))
+
+
+def validation_share(
+    hops: dict[str, float], overhead_us: float | None, cpu_by_process: dict[str, float]
+) -> dict[str, Any]:
+    """How much of the gateway's overhead the validation hop accounts for, in time and CPU."""
+    gateway_cpu = sum(v for k, v in cpu_by_process.items() if k != "engine")
+    share: dict[str, Any] = {"validation_p50_us": round(hops["validation"], 1)}
+    if overhead_us:
+        share["of_c1_overhead_pct"] = round(100 * hops["validation"] / overhead_us, 1)
+        # Auth runs alongside validation: only the part of validation that outlasts auth adds latency.
+        share["critical_path_us"] = round(max(0.0, hops["validation"] - hops["auth"]), 1)
+    if gateway_cpu and "validation" in cpu_by_process:
+        share["of_gateway_cpu_pct"] = round(100 * cpu_by_process["validation"] / gateway_cpu, 1)
+    return share
