@@ -247,3 +247,22 @@ def test_streaming_error_before_first_chunk_is_an_http_error(client: openai.Open
     """A failure before the stream starts must be a non-200, or the SDK sees zero chunks and no error."""
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="no/such-model", messages=HELLO, stream=True)
+
+
+def test_unknown_fields_reach_the_engine(client: openai.OpenAI) -> None:
+    """vLLM-style extras travel in the Struct to the engine, which honours them."""
+    plain = client.chat.completions.create(model=PRO, messages=HELLO, seed=21, max_tokens=200)
+    assert plain.usage is not None and plain.usage.completion_tokens <= 40
+    longer = client.chat.completions.create(
+        model=PRO, messages=HELLO, seed=21, max_tokens=200, extra_body={"min_tokens": 120}
+    )
+    assert longer.usage is not None and longer.usage.completion_tokens >= 120
+    exact = client.chat.completions.create(
+        model=PRO, messages=HELLO, seed=21, max_tokens=77, extra_body={"ignore_eos": True}
+    )
+    assert exact.usage is not None and exact.usage.completion_tokens == 77
+    assert exact.choices[0].finish_reason == "length"
+    text = client.completions.create(
+        model=MINI, prompt="x", max_tokens=100, extra_body={"min_tokens": 60}
+    )
+    assert text.usage is not None and text.usage.completion_tokens >= 60

@@ -632,6 +632,30 @@ def _content_pieces(request: inference_pb2.ChatCompletionRequest, rng: random.Ra
     return natural_pieces(rng)
 
 
+def _minimum_length(
+    request: inference_pb2.ChatCompletionRequest | inference_pb2.CompletionRequest,
+) -> int:
+    """vLLM's `min_tokens` and `ignore_eos`, which clients send as extra body fields.
+
+    Honouring them shows that fields meshgate does not model reach the engine.
+    """
+    extra = struct_to_dict(request.extra) if request.HasField("extra") else {}
+    if extra.get("ignore_eos") is True and request.HasField("max_tokens"):
+        return int(request.max_tokens)
+    minimum = extra.get("min_tokens")
+    return int(minimum) if isinstance(minimum, int | float) and minimum > 0 else 0
+
+
+def _at_least(pieces: list[str], rng: random.Random, count: int) -> list[str]:
+    """Keep talking, sentence after sentence, until there are `count` pieces."""
+    while len(pieces) < count:
+        sentence = natural_pieces(rng)
+        # " word" is one token where ".Word" might not be: later sentences start with a spaced word.
+        sentence[0] = " " + rng.choice(vocabulary().words)
+        pieces = pieces + sentence
+    return pieces
+
+
 def plan_chat(request: inference_pb2.ChatCompletionRequest) -> ChatPlan:
     """Plan a chat answer: a tool call when tool_choice asks for one, else text."""
     prompt_tokens = tokens.count_messages(request.messages)
@@ -641,7 +665,10 @@ def plan_chat(request: inference_pb2.ChatCompletionRequest) -> ChatPlan:
     if tool is not None:
         call, finish, used = _tool_call(tool, rng, max_tokens)
         return ChatPlan(None, (), call, finish, prompt_tokens, used)
-    pieces, text, finish = limit(_content_pieces(request, rng), max_tokens, request.stop)
+    content = _content_pieces(request, rng)
+    if request.response_format.type in (0, inference_pb2.ResponseFormat.TYPE_TEXT):
+        content = _at_least(content, rng, _minimum_length(request))
+    pieces, text, finish = limit(content, max_tokens, request.stop)
     return ChatPlan(text, pieces, None, finish, prompt_tokens, tokens.count(text))
 
 
@@ -656,7 +683,8 @@ def plan_text(request: inference_pb2.CompletionRequest) -> TextPlan:
     for index, prompt in enumerate(request.prompt):
         prompt_tokens += tokens.count(prompt)
         rng = seeded_rng(seed, prompt.encode())
-        pieces, text, finish = limit(natural_pieces(rng), max_tokens, request.stop)
+        content = _at_least(natural_pieces(rng), rng, _minimum_length(request))
+        pieces, text, finish = limit(content, max_tokens, request.stop)
         used = tokens.count(text)
         if request.echo and prompt:
             pieces, text = (prompt, *pieces), prompt + text
