@@ -44,6 +44,8 @@ class ServiceConfig(_Strict):
     port: int = Field(ge=0, le=65535)
     # gRPC target for clients; empty means host:port. In compose: dns:///quota:50052.
     target: str = ""
+    # Port of this process's Prometheus /metrics endpoint (on `host`); 0 turns it off.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
 
     def dial_target(self) -> str:
         return self.target or f"{self.host}:{self.port}"

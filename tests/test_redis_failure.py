@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import RunningMesh
+from tests.conftest import RunningMesh, free_ports
 from tests.support import RedisServer
 
 PRO = "meshgate/reference-pro"
@@ -40,7 +40,10 @@ def world(start_mesh: Any) -> Iterator[tuple[RunningMesh, RedisServer]]:
             "redis_failure_policy": "fail_open",
         },
     ]
-    mesh = start_mesh(redis={"url": redis.url}, keys=keys)
+    (metrics_port,) = free_ports(1)
+    mesh = start_mesh(
+        redis={"url": redis.url}, keys=keys, services__quota__metrics_port=metrics_port
+    )
     try:
         yield mesh, redis
     finally:
@@ -65,7 +68,20 @@ def _p99(latencies: list[float]) -> float:
     return statistics.quantiles(latencies, n=100)[98] if len(latencies) > 1 else latencies[0]
 
 
+def _metric(mesh: RunningMesh, name: str) -> float:
+    port = mesh.config.services.quota.metrics_port
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    values = [
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(name + " ") or line.startswith(name + "{")
+    ]
+    return sum(values)
+
+
 def _outage(mesh: RunningMesh, label: str) -> None:
+    admitted_before = _metric(mesh, "meshgate_quota_fail_open_admissions_total")
+    errors_before = _metric(mesh, "meshgate_quota_redis_errors_total")
     with httpx.Client(base_url=mesh.origin, timeout=10) as http:
         closed, closed_latency = _round(http, CLOSED, 20)
         opened, open_latency = _round(http, OPEN, 20)
@@ -78,6 +94,9 @@ def _outage(mesh: RunningMesh, label: str) -> None:
         assert (error["type"], error["code"], error["param"]) == ("server_error", None, None)
         assert response.headers["retry-after"] == "1"
     assert [r.status_code for r in opened] == [200] * 20
+    # Every fail_open admission is counted, and so is every failed Redis call.
+    assert _metric(mesh, "meshgate_quota_fail_open_admissions_total") - admitted_before == 20
+    assert _metric(mesh, "meshgate_quota_redis_errors_total") - errors_before >= 40
     assert _p99(closed_latency) < 1.0
     assert _p99(open_latency) < 1.0
 

@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Sequence
 
 import grpc
+import prometheus_client
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -27,6 +28,21 @@ from services.quota.buckets import Buckets, Decision, Verdict
 log = logging.getLogger("meshgate.quota")
 
 _NO_STATE = common_pb2.RateLimitState()
+
+FAIL_OPEN_ADMISSIONS = prometheus_client.Counter(
+    "meshgate_quota_fail_open_admissions",
+    "Requests admitted without a quota check because Redis was unreachable (fail_open keys).",
+)
+REDIS_ERRORS = prometheus_client.Counter(
+    "meshgate_quota_redis_errors",
+    "Redis calls that failed or timed out, by operation.",
+    ["operation"],
+)
+DECISIONS = prometheus_client.Counter(
+    "meshgate_quota_decisions",
+    "Reserve outcomes: admitted, or the limit that refused.",
+    ["outcome"],
+)
 
 
 def _retry_after(wait_ms: int) -> int:
@@ -117,8 +133,6 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
         self._buckets = buckets
         self._default_max_tokens = default_max_tokens
         self._lease_ttl_ms = lease_ttl_ms
-        # Admissions made without Redis under fail_open; exported as a metric.
-        self.fail_open_admissions = 0
 
     async def Reserve(
         self, request: quota_pb2.ReserveRequest, context: Context
@@ -139,19 +153,21 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
                 principal.key_id, limits, cost, lease_id, self._lease_ttl_ms
             )
         except (RedisError, OSError) as exc:
+            REDIS_ERRORS.labels("reserve").inc()
             extra = {
                 "key_id": principal.key_id,
                 "request_id": request.request_id,
                 "error": type(exc).__name__,
             }
             if principal.redis_failure_policy == "fail_open":
-                self.fail_open_admissions += 1
+                FAIL_OPEN_ADMISSIONS.inc()
                 log.warning("redis unavailable, admitting (fail_open)", extra=extra)
                 return quota_pb2.ReserveResponse(
                     lease_id="", reserved_tokens=0, rate_limit=_NO_STATE
                 )
             log.error("redis unavailable, refusing (fail_closed)", extra=extra)
             await REDIS_DOWN.abort(context)
+        DECISIONS.labels(decision.verdict.name.lower()).inc()
         if not decision.admitted:
             await denial(decision, limits, cost).abort(context)
         return quota_pb2.ReserveResponse(
@@ -172,6 +188,7 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
                 principal.key_id, principal.limits, request.reserved_tokens, request.lease_id, used
             )
         except (RedisError, OSError) as exc:
+            REDIS_ERRORS.labels("settle").inc()
             # The lease lapses by its TTL; the tokens stay charged at the reservation (never undercharged).
             log.error(
                 "settle failed", extra={"key_id": principal.key_id, "error": type(exc).__name__}
@@ -187,6 +204,7 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
         try:
             decision = await self._buckets.peek(principal.key_id, principal.limits)
         except (RedisError, OSError):
+            REDIS_ERRORS.labels("peek").inc()
             return quota_pb2.GetRateLimitResponse(rate_limit=_NO_STATE)
         return quota_pb2.GetRateLimitResponse(rate_limit=decision.state)
 
@@ -210,6 +228,8 @@ async def run(config: Config) -> None:
         return [quota_pb2.DESCRIPTOR.services_by_name["QuotaService"].full_name]
 
     cfg = config.services.quota
+    if cfg.metrics_port:
+        prometheus_client.start_http_server(cfg.metrics_port, addr=cfg.host)
     try:
         await grpcio.serve("quota", cfg.host, cfg.port, setup)
     finally:
