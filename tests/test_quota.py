@@ -474,3 +474,46 @@ def test_tenants_do_not_share_quota(stack: Stack) -> None:
             ).status_code
             == 200
         )
+
+
+def test_a_crashed_edge_leaves_a_lease_that_lapses_by_ttl(start_mesh: Any) -> None:
+    """kill -9 of the edge holding a stream: nobody settles, so the lease must expire on its own."""
+    redis = RedisServer().start()
+    (edge_port,) = free_ports(1)
+    # A short request timeout gives a short lease TTL (timeout + 5 s).
+    mesh = start_mesh(
+        redis={"url": redis.url},
+        edge={"request_timeout_s": 2},
+        services={"engine": {"token_delay_ms": 50}},
+    )
+    doomed = Replica("edge", mesh.config_path, {"MESHGATE_EDGE__PORT": str(edge_port)})
+    try:
+        doomed.wait_http(f"http://127.0.0.1:{edge_port}/readyz")
+        stack = Stack(mesh, redis, [mesh.origin])
+        secret, key_id = stack.key(max_concurrency=1)
+        headers = {"Authorization": f"Bearer {secret}"}
+        with httpx.Client(timeout=30, headers=headers) as http:
+            with http.stream(
+                "POST",
+                f"http://127.0.0.1:{edge_port}/v1/chat/completions",
+                json=_chat(max_tokens=30, stream=True),
+            ) as held:
+                assert held.status_code == 200
+                next(held.iter_bytes())
+                doomed.proc.kill()
+                doomed.proc.wait()
+            crashed_at = time.monotonic()
+            assert http.post(f"{mesh.origin}/v1/chat/completions", json=_chat()).status_code == 429
+            while (
+                code := http.post(f"{mesh.origin}/v1/chat/completions", json=_chat()).status_code
+            ) == 429:
+                assert time.monotonic() - crashed_at < 10, "the lease never lapsed"
+                time.sleep(0.25)
+            assert code == 200
+            lapsed = time.monotonic() - crashed_at
+        print(f"\nlease of a crashed edge lapsed after {lapsed:.1f}s (ttl 7 s)")
+        assert lapsed > 3  # it was held by the TTL, not released early
+    finally:
+        doomed.stop()
+        assert mesh.stop() == 0
+        redis.kill()
