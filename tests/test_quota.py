@@ -490,7 +490,7 @@ def test_a_crashed_edge_leaves_a_lease_that_lapses_by_ttl(start_mesh: Any) -> No
     try:
         doomed.wait_http(f"http://127.0.0.1:{edge_port}/readyz")
         stack = Stack(mesh, redis, [mesh.origin])
-        secret, key_id = stack.key(max_concurrency=1)
+        secret, _ = stack.key(max_concurrency=1)
         headers = {"Authorization": f"Bearer {secret}"}
         with httpx.Client(timeout=30, headers=headers) as http:
             with http.stream(
