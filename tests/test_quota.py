@@ -316,7 +316,7 @@ def test_a_cancelled_stream_is_billed_for_what_it_got(stack: Stack) -> None:
             ) as response:
                 seen = 0
                 async for line in response.aiter_lines():
-                    if line.startswith("data: {") and '"content":"' in line:
+                    if line.startswith("data: {") and '"delta":{"content":' in line:
                         seen += 1
                         if seen == events:
                             break
@@ -342,8 +342,8 @@ def test_a_cancelled_stream_is_billed_for_what_it_got(stack: Stack) -> None:
     print(
         f"\ncancelled after {read} tokens: charged {spent - prompt} completion tokens (max_tokens {max_tokens})"
     )
-    assert prompt + 1 <= spent
-    assert spent - prompt <= read + 3  # about k: what was sent, give or take the events in flight
+    charged = spent - prompt
+    assert read <= charged <= read + 3  # about k: what was sent, give or take the events in flight
 
 
 def test_spent_budget_is_insufficient_quota(stack: Stack) -> None:
