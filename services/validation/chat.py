@@ -10,8 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from google.protobuf import struct_pb2
-
+from meshgate.structs import from_dict
 from meshgate.v1 import inference_pb2
 from services.validation import checks as c
 
@@ -32,12 +31,6 @@ _PART_TYPES = {
     "user": ("text", "image_url", "input_audio", "file"),
     "assistant": ("text", "refusal"),
 }
-
-
-def to_struct(fields: dict[str, Any]) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(fields)
-    return struct
 
 
 def _part(raw: object, path: str, role: str) -> inference_pb2.ContentPart:
@@ -136,7 +129,7 @@ def _message(raw: object, path: str) -> inference_pb2.ChatMessage:
             out.refusal = c.string(message["refusal"], c.join(path, "refusal"))
     extra = {k: v for k, v in message.items() if k not in _MESSAGE_FIELDS}
     if extra:
-        out.extra.CopyFrom(to_struct(extra))
+        out.extra.CopyFrom(from_dict(extra))
     return out
 
 
@@ -161,7 +154,7 @@ def _tool(raw: object, path: str) -> inference_pb2.Tool:
         )
     if function.get("parameters") is not None:
         out.function.parameters.CopyFrom(
-            to_struct(c.obj(function["parameters"], c.join(function_path, "parameters")))
+            from_dict(c.obj(function["parameters"], c.join(function_path, "parameters")))
         )
     if function.get("strict") is not None:
         out.function.strict = c.boolean(function["strict"], c.join(function_path, "strict"))
@@ -260,7 +253,7 @@ def _response_format(raw: object) -> inference_pb2.ResponseFormat:
             )
         if schema.get("schema") is not None:
             out.json_schema.schema.CopyFrom(
-                to_struct(c.obj(schema["schema"], "response_format.json_schema.schema"))
+                from_dict(c.obj(schema["schema"], "response_format.json_schema.schema"))
             )
         if schema.get("strict") is not None:
             out.json_schema.strict = c.boolean(
@@ -331,5 +324,5 @@ def validate_chat(body: dict[str, Any]) -> inference_pb2.ChatCompletionRequest:
 
     extra = {k: v for k, v in body.items() if k not in MODELLED}
     if extra:
-        out.extra.CopyFrom(to_struct(extra))
+        out.extra.CopyFrom(from_dict(extra))
     return out

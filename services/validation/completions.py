@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from meshgate import tokens
+from meshgate.structs import from_dict
 from meshgate.v1 import inference_pb2
 from services.validation import checks as c
-from services.validation.chat import stop_sequences, to_struct
+from services.validation.chat import stop_sequences
 
 MODELLED = frozenset(
     {
@@ -94,5 +95,5 @@ def validate_completion(body: dict[str, Any]) -> inference_pb2.CompletionRequest
             out.include_usage = c.boolean(options["include_usage"], "stream_options.include_usage")
     extra = {k: v for k, v in body.items() if k not in MODELLED}
     if extra:
-        out.extra.CopyFrom(to_struct(extra))
+        out.extra.CopyFrom(from_dict(extra))
     return out

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from meshgate.structs import from_dict
 from meshgate.v1 import inference_pb2
 from services.validation import checks as c
-from services.validation.chat import to_struct
 from services.validation.completions import prompts
 
 MODELLED = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
@@ -39,5 +39,5 @@ def validate_embedding(body: dict[str, Any]) -> inference_pb2.EmbeddingRequest:
         out.user = c.string(body["user"], "user")
     extra = {k: v for k, v in body.items() if k not in MODELLED}
     if extra:
-        out.extra.CopyFrom(to_struct(extra))
+        out.extra.CopyFrom(from_dict(extra))
     return out

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from google.protobuf import json_format
-
 from meshgate import tokens
+from meshgate.structs import integral, to_dict
 from meshgate.v1 import inference_pb2
 
 # Natural answer length in pieces (tokens), the final "." included.
@@ -289,23 +288,6 @@ def limit(
 # ------------------------------------------------------- schema filler ----
 
 
-def struct_to_dict(message: Any) -> dict[str, Any]:
-    """A google.protobuf.Struct as a plain dict."""
-    result: dict[str, Any] = json_format.MessageToDict(message)
-    return result
-
-
-def _integral(value: Any) -> Any:
-    """Struct stores every number as a double; give back ints where they were ints."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    return value
-
-
 def _property_order(schema: Mapping[str, Any], properties: Mapping[str, Any]) -> list[str]:
     """Required properties in their listed order, then the rest sorted.
 
@@ -354,10 +336,10 @@ class SchemaFiller:
         if isinstance(ref, str):
             return self.fill(self._resolve(ref), depth + 1)
         if "const" in schema:
-            return _integral(schema["const"])
+            return integral(schema["const"])
         enum = schema.get("enum")
         if isinstance(enum, list) and enum:
-            return _integral(enum[0])
+            return integral(enum[0])
         for key in ("anyOf", "oneOf"):
             options = schema.get(key)
             if isinstance(options, list) and options:
@@ -594,7 +576,7 @@ def _tool_call(
     """The call, its finish_reason and its completion tokens (name plus arguments)."""
     call_id = tool_call_id(rng)
     function = tool.function
-    schema = struct_to_dict(function.parameters) if function.HasField("parameters") else {}
+    schema = to_dict(function.parameters) if function.HasField("parameters") else {}
     args = SchemaFiller(schema, rng).fill(schema) if schema else {}
     if not isinstance(args, dict):
         args = {}
@@ -624,7 +606,7 @@ def _content_pieces(request: inference_pb2.ChatCompletionRequest, rng: random.Ra
         return token_pieces(dumps({"answer": "".join(natural_pieces(rng))}))
     if kind == fmt.TYPE_JSON_SCHEMA:
         js = request.response_format.json_schema
-        schema = struct_to_dict(js.schema) if js.HasField("schema") else {}
+        schema = to_dict(js.schema) if js.HasField("schema") else {}
         value = SchemaFiller(schema, rng).fill(schema) if schema else {}
         if not isinstance(value, dict):
             value = {"answer": value}
@@ -639,7 +621,7 @@ def _minimum_length(
 
     Honouring them shows that fields meshgate does not model reach the engine.
     """
-    extra = struct_to_dict(request.extra) if request.HasField("extra") else {}
+    extra = to_dict(request.extra) if request.HasField("extra") else {}
     if extra.get("ignore_eos") is True and request.HasField("max_tokens"):
         return int(request.max_tokens)
     minimum = extra.get("min_tokens")
