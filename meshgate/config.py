@@ -110,13 +110,32 @@ class Pricing(_Strict):
 
 
 class EngineReplica(_Strict):
-    """One engine replica serving a model."""
+    """One engine replica serving a model.
 
-    # "reference" speaks meshgate.v1.EngineService over gRPC.
-    kind: Literal["reference"] = "reference"
-    # gRPC target; empty means the built-in engine service's target.
+    `reference` speaks meshgate.v1.EngineService over gRPC (the built-in engine,
+    or any engine that implements that service). `openai_http` is any
+    OpenAI-compatible HTTP server: vLLM, SGLang, the llama.cpp server, Ollama,
+    TGI, or a hosted API.
+    """
+
+    kind: Literal["reference", "openai_http"] = "reference"
+    # reference: gRPC target; empty means the built-in engine service's target.
     target: str = ""
+    # openai_http: the base URL, up to and including /v1 (http://10.0.0.5:8000/v1).
+    url: str = ""
+    # openai_http: the engine's own name for the model; empty means the catalog id.
+    model: str = ""
+    # openai_http: the environment variable holding the engine's API key, if it needs one.
+    api_key_env: str = ""
     weight: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _addressed(self) -> EngineReplica:
+        if self.kind == "openai_http" and not self.url.startswith(("http://", "https://")):
+            raise ValueError("openai_http engines need url: http(s)://host:port/v1")
+        if self.kind == "reference" and (self.url or self.model or self.api_key_env):
+            raise ValueError("url, model and api_key_env apply to openai_http engines only")
+        return self
 
 
 class ModelConfig(_Strict):

@@ -12,6 +12,7 @@ from meshgate import errors
 from meshgate.config import Config, ModelConfig
 from meshgate.errors import ApiError
 from meshgate.v1 import common_pb2, inference_pb2
+from services.router import adapters
 from services.router.balancer import Replica
 
 CHAT_CATEGORIES = frozenset({"text", "code", "reasoning", "multimodal"})
@@ -153,13 +154,18 @@ def prepare_embedding(
         )
 
 
-def build_catalog(config: Config, adapters: dict[str, Replica]) -> Catalog:
-    """One Model per config entry; replicas with the same target share one adapter."""
+def build_catalog(config: Config) -> tuple[Catalog, list[Replica]]:
+    """One Model per config entry, and the distinct replicas behind them."""
+    replicas: dict[str, Replica] = {}
     models = []
     for model_config in config.models:
-        replicas = []
+        chosen = []
         for engine in model_config.engines:
-            target = engine.target or config.services.engine.dial_target()
-            replicas.append(adapters[f"{engine.kind}:{target}"])
-        models.append(Model(model_config, replicas))
-    return Catalog(models)
+            key = adapters.replica_key(model_config, engine, config)
+            if key not in replicas:
+                replicas[key] = Replica(
+                    adapters.connect(model_config, engine, config), weight=engine.weight
+                )
+            chosen.append(replicas[key])
+        models.append(Model(model_config, chosen))
+    return Catalog(models), list(replicas.values())

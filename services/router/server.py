@@ -19,7 +19,6 @@ from meshgate.grpcio import Context
 from meshgate.v1 import inference_pb2, router_pb2, router_pb2_grpc
 from services.router import catalog as cat
 from services.router.adapters.base import EngineAdapter, EngineUnavailable
-from services.router.adapters.reference import GrpcEngine
 from services.router.balancer import Replica, pick
 
 log = logging.getLogger("meshgate.router")
@@ -240,21 +239,9 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
             await self.check_all()
 
 
-def build_adapters(config: Config) -> dict[str, Replica]:
-    replicas: dict[str, Replica] = {}
-    for model in config.models:
-        for engine in model.engines:
-            target = engine.target or config.services.engine.dial_target()
-            key = f"{engine.kind}:{target}"
-            if key not in replicas:
-                replicas[key] = Replica(GrpcEngine(target), weight=engine.weight)
-    return replicas
-
-
 async def run(config: Config) -> None:
-    replicas = build_adapters(config)
-    catalog = cat.build_catalog(config, replicas)
-    service = RouterService(catalog, list(replicas.values()), config.edge.request_timeout_s)
+    catalog, replicas = cat.build_catalog(config)
+    service = RouterService(catalog, replicas, config.edge.request_timeout_s)
     await service.check_all()
     health_task = asyncio.create_task(service.health_loop())
 
@@ -269,5 +256,5 @@ async def run(config: Config) -> None:
         health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await health_task
-        for replica in replicas.values():
+        for replica in replicas:
             await replica.adapter.close()

@@ -1,0 +1,32 @@
+"""Engine adapters, one module per engine family, all behind `base.EngineAdapter`.
+
+`connect` is the only place that maps a config `kind` to an adapter class:
+adding an engine family adds a module and a line here.
+"""
+
+from __future__ import annotations
+
+from meshgate.config import Config, EngineReplica, ModelConfig
+from services.router.adapters.base import EngineAdapter
+
+
+def replica_key(model: ModelConfig, engine: EngineReplica, config: Config) -> str:
+    """Replicas with the same key share one adapter (and so one connection pool)."""
+    if engine.kind == "reference":
+        return f"reference:{engine.target or config.services.engine.dial_target()}"
+    return f"{engine.kind}:{engine.url}#{engine.model or model.id}"
+
+
+def connect(model: ModelConfig, engine: EngineReplica, config: Config) -> EngineAdapter:
+    if engine.kind == "reference":
+        from services.router.adapters.reference import GrpcEngine
+
+        return GrpcEngine(engine.target or config.services.engine.dial_target())
+    from services.router.adapters.openai_http import OpenAIHttpEngine
+
+    return OpenAIHttpEngine(
+        engine.url,
+        engine.model or model.id,
+        api_key_env=engine.api_key_env,
+        native_dimensions=model.dimensions,
+    )
