@@ -14,9 +14,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeAlias
 
 import grpc
+import prometheus_client
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+
+from meshgate.config import ServiceConfig
 
 log = logging.getLogger("meshgate.grpc")
 
@@ -54,13 +57,18 @@ Setup = Callable[[grpc.aio.Server], Awaitable[Sequence[str]]]
 
 
 async def serve(
-    name: str, host: str, port: int, setup: Setup, *, grace: float = DRAIN_GRACE_S
+    name: str, listen: ServiceConfig, setup: Setup, *, grace: float = DRAIN_GRACE_S
 ) -> None:
     """Run a gRPC server until SIGTERM or SIGINT, then drain in-flight RPCs.
+
+    With `listen.metrics_port` set, Prometheus metrics are served on that port too.
 
     `setup` adds the servicers and returns their full service names, which are
     published in health checking and reflection.
     """
+    host, port = listen.host, listen.port
+    if listen.metrics_port:
+        prometheus_client.start_http_server(listen.metrics_port, addr=host)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     service_names = list(await setup(server))
     health = HealthServicer()

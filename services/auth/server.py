@@ -172,7 +172,7 @@ async def run(config: Config) -> None:
 
     cfg = config.services.auth
     try:
-        await grpcio.serve("auth", cfg.host, cfg.port, setup)
+        await grpcio.serve("auth", cfg, setup)
     finally:
         if follower is not None:
             follower.cancel()

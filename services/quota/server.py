@@ -228,9 +228,7 @@ async def run(config: Config) -> None:
         return [quota_pb2.DESCRIPTOR.services_by_name["QuotaService"].full_name]
 
     cfg = config.services.quota
-    if cfg.metrics_port:
-        prometheus_client.start_http_server(cfg.metrics_port, addr=cfg.host)
     try:
-        await grpcio.serve("quota", cfg.host, cfg.port, setup)
+        await grpcio.serve("quota", cfg, setup)
     finally:
         await redis.aclose()

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import grpc
+import prometheus_client
 
 from meshgate import grpcio
 from meshgate.config import Config
@@ -25,6 +26,18 @@ log = logging.getLogger("meshgate.router")
 
 T = TypeVar("T")
 Chunk = TypeVar("Chunk", inference_pb2.ChatCompletionChunk, inference_pb2.CompletionChunk)
+
+REPLICA_HEALTHY = prometheus_client.Gauge(
+    "meshgate_router_replica_healthy",
+    "1 while an engine replica is in rotation, 0 while ejected.",
+    ["target"],
+)
+EJECTIONS = prometheus_client.Counter(
+    "meshgate_router_ejections", "Replicas taken out of rotation after a failed call.", ["target"]
+)
+FAILOVERS = prometheus_client.Counter(
+    "meshgate_router_failovers", "Requests retried on another replica before their first token."
+)
 
 HEALTH_INTERVAL_S = 2.0
 HEALTH_TIMEOUT_S = 1.0
@@ -77,6 +90,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
             except EngineUnavailable as exc:
                 self._eject(replica, exc, context)
                 tried.append(replica)
+                FAILOVERS.inc()
             finally:
                 replica.outstanding -= 1
         raise no_replica(model.id)
@@ -107,13 +121,17 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                 if started:
                     raise mid_stream_failure() from None
                 tried.append(replica)
+                FAILOVERS.inc()
             finally:
                 replica.outstanding -= 1
         raise no_replica(model.id)
 
     def _eject(self, replica: Replica, exc: Exception, context: Context) -> None:
         """Passive health: a failed replica leaves rotation until an active check passes."""
+        if replica.healthy:
+            EJECTIONS.labels(replica.target).inc()
         replica.healthy = False
+        REPLICA_HEALTHY.labels(replica.target).set(0)
         replica.consecutive_failures += 1
         log.warning(
             "engine replica failed, ejected",
@@ -230,6 +248,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                     "engine replica failed its health check", extra={"target": replica.target}
                 )
             replica.healthy = ok
+            REPLICA_HEALTHY.labels(replica.target).set(1 if ok else 0)
             if ok:
                 replica.consecutive_failures = 0
 
@@ -251,7 +270,7 @@ async def run(config: Config) -> None:
 
     cfg = config.services.router
     try:
-        await grpcio.serve("router", cfg.host, cfg.port, setup)
+        await grpcio.serve("router", cfg, setup)
     finally:
         health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

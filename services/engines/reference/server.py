@@ -12,11 +12,13 @@ Run alone with `python -m services.engines.reference.server`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
+import prometheus_client
 
 from meshgate import errors
 from meshgate.config import Config, load_config
@@ -134,6 +136,30 @@ def completion(plan: TextPlan) -> inference_pb2.Completion:
 # -------------------------------------------------------------- service ----
 
 
+TOKENS = prometheus_client.Counter(
+    "meshgate_engine_tokens_generated", "Completion tokens the reference engine has produced."
+)
+ACTIVE_STREAMS = prometheus_client.Gauge(
+    "meshgate_engine_active_streams", "Streams being generated right now."
+)
+CANCELLED_STREAMS = prometheus_client.Counter(
+    "meshgate_engine_cancelled_streams", "Streams stopped early because the caller went away."
+)
+
+
+@contextlib.contextmanager
+def _generating() -> Iterator[None]:
+    """Count a stream while it runs, and whether it was cut short."""
+    ACTIVE_STREAMS.inc()
+    try:
+        yield
+    except (asyncio.CancelledError, GeneratorExit):
+        CANCELLED_STREAMS.inc()
+        raise
+    finally:
+        ACTIVE_STREAMS.dec()
+
+
 class ReferenceEngine(engine_pb2_grpc.EngineServiceServicer):
     """A deterministic fake LLM; `token_delay_ms` paces streams like a real decoder."""
 
@@ -164,6 +190,7 @@ class ReferenceEngine(engine_pb2_grpc.EngineServiceServicer):
     ) -> engine_pb2.GenerateChatResponse:
         plan = await self._plan(generator.plan_chat, request.request, context)
         await self._decode_time(plan.completion_tokens)
+        TOKENS.inc(plan.completion_tokens)
         return engine_pb2.GenerateChatResponse(completion=chat_completion(plan))
 
     async def StreamChat(
@@ -172,24 +199,27 @@ class ReferenceEngine(engine_pb2_grpc.EngineServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[inference_pb2.ChatCompletionChunk]:
         plan = await self._plan(generator.plan_chat, request.request, context)
-        yield _role_chunk()
         # The token delay goes between pieces, never before the first one. Cancellation
         # arrives as CancelledError at a yield or sleep and simply ends the generator.
         delay = self.delay
         call = plan.tool_call
-        if call is not None:
-            yield _tool_start_chunk(call)
-            for i, fragment in enumerate(argument_fragments(call.argument_pieces)):
-                if delay and i:
-                    await asyncio.sleep(delay)
-                yield _tool_args_chunk(fragment)
-        else:
-            for i, piece in enumerate(plan.pieces):
-                if delay and i:
-                    await asyncio.sleep(delay)
-                yield _content_chunk(piece)
-        yield _finish_chunk(plan.finish_reason)
-        yield _Chunk(usage=_usage(plan.prompt_tokens, plan.completion_tokens))
+        with _generating():
+            yield _role_chunk()
+            if call is not None:
+                yield _tool_start_chunk(call)
+                for i, fragment in enumerate(argument_fragments(call.argument_pieces)):
+                    if delay and i:
+                        await asyncio.sleep(delay)
+                    yield _tool_args_chunk(fragment)
+                TOKENS.inc(plan.completion_tokens)
+            else:
+                for i, piece in enumerate(plan.pieces):
+                    if delay and i:
+                        await asyncio.sleep(delay)
+                    TOKENS.inc()
+                    yield _content_chunk(piece)
+            yield _finish_chunk(plan.finish_reason)
+            yield _Chunk(usage=_usage(plan.prompt_tokens, plan.completion_tokens))
 
     async def GenerateText(
         self,
@@ -198,6 +228,7 @@ class ReferenceEngine(engine_pb2_grpc.EngineServiceServicer):
     ) -> engine_pb2.GenerateTextResponse:
         plan = await self._plan(generator.plan_text, request.request, context)
         await self._decode_time(max((c.completion_tokens for c in plan.choices), default=0))
+        TOKENS.inc(plan.completion_tokens)
         return engine_pb2.GenerateTextResponse(completion=completion(plan))
 
     async def StreamText(
@@ -208,15 +239,17 @@ class ReferenceEngine(engine_pb2_grpc.EngineServiceServicer):
         """Choices advance together, one piece each per step, like a batched decoder."""
         plan = await self._plan(generator.plan_text, request.request, context)
         steps = max((len(c.pieces) for c in plan.choices), default=0)
-        for step in range(steps + 1):
-            if step and self.delay:
-                await asyncio.sleep(self.delay)
-            for choice in plan.choices:
-                if step < len(choice.pieces):
-                    yield _text_chunk(choice.index, choice.pieces[step])
-                elif step == len(choice.pieces):
-                    yield _text_chunk(choice.index, "", choice.finish_reason)
-        yield _TextChunk(usage=_usage(plan.prompt_tokens, plan.completion_tokens))
+        with _generating():
+            for step in range(steps + 1):
+                if step and self.delay:
+                    await asyncio.sleep(self.delay)
+                for choice in plan.choices:
+                    if step < len(choice.pieces):
+                        TOKENS.inc()
+                        yield _text_chunk(choice.index, choice.pieces[step])
+                    elif step == len(choice.pieces):
+                        yield _text_chunk(choice.index, "", choice.finish_reason)
+            yield _TextChunk(usage=_usage(plan.prompt_tokens, plan.completion_tokens))
 
     async def Embed(
         self,
@@ -245,7 +278,7 @@ async def run(config: Config) -> None:
     async def setup(server: grpc.aio.Server) -> list[str]:
         return await add_to_server(server, config)
 
-    await serve("engine", cfg.host, cfg.port, setup)
+    await serve("engine", cfg, setup)
 
 
 def main() -> None:
