@@ -13,11 +13,11 @@ from typing import TypeVar
 import grpc
 import prometheus_client
 
-from meshgate import grpcio
+from meshgate import grpcio, tokens
 from meshgate.config import Config
 from meshgate.errors import ApiError
 from meshgate.grpcio import Context
-from meshgate.v1 import inference_pb2, router_pb2, router_pb2_grpc
+from meshgate.v1 import common_pb2, inference_pb2, router_pb2, router_pb2_grpc
 from services.router import catalog as cat
 from services.router.adapters.base import EngineAdapter, EngineUnavailable
 from services.router.balancer import Replica, pick
@@ -54,6 +54,34 @@ def no_replica(model: str) -> ApiError:
 
 def mid_stream_failure() -> ApiError:
     return ApiError(502, "server_error", "The engine failed while streaming the response.")
+
+
+def _fragments(chunk: inference_pb2.ChatCompletionChunk | inference_pb2.CompletionChunk) -> int:
+    """Choices in a chunk that carry generated text: about one token each on every engine we know."""
+    count = 0
+    for choice in chunk.choices:
+        if isinstance(choice, inference_pb2.ChunkChoice):
+            delta = choice.delta
+            count += bool(delta.content or any(t.arguments for t in delta.tool_calls))
+        else:
+            count += bool(choice.text)
+    return count
+
+
+def _fill_usage(
+    answer: inference_pb2.ChatCompletion | inference_pb2.Completion, prompt_tokens: int
+) -> None:
+    """An engine that reported no usage is billed by our own count: never for free."""
+    if answer.usage.prompt_tokens or answer.usage.completion_tokens:
+        return
+    text = ""
+    for choice in answer.choices:
+        if isinstance(choice, inference_pb2.ChatChoice):
+            text += choice.message.content + "".join(t.arguments for t in choice.message.tool_calls)
+        else:
+            text += choice.text
+    answer.usage.prompt_tokens = prompt_tokens
+    answer.usage.completion_tokens = tokens.count(text)
 
 
 def _deadline(context: Context, default: float) -> float:
@@ -100,13 +128,21 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
         model: cat.Model,
         open_stream: Callable[[EngineAdapter], AsyncIterator[Chunk]],
         prefix: str,
+        prompt_tokens: int,
         context: Context,
     ) -> AsyncIterator[Chunk]:
-        """Relay a stream; failover is possible only until the first chunk has gone out."""
+        """Relay a stream; failover is possible only until the first chunk has gone out.
+
+        Engines that ignore `stream_options.include_usage` (the llama.cpp server
+        does) get a usage chunk made up here: the validated prompt count and one
+        token per fragment, so that billing never depends on the engine.
+        """
         tried: list[Replica] = []
         while (replica := pick(model.replicas, tried)) is not None:
             replica.outstanding += 1
             started = False
+            fragments = 0
+            usage_seen = False
             try:
                 async for chunk in open_stream(replica.adapter):
                     if not started:
@@ -114,7 +150,14 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                         chunk.id = f"{prefix}-{secrets.token_hex(12)}"
                         chunk.created = int(time.time())
                         chunk.model = model.id
+                    fragments += _fragments(chunk)
+                    usage_seen = usage_seen or chunk.HasField("usage")
                     yield chunk
+                if started and not usage_seen:
+                    usage = common_pb2.Usage(
+                        prompt_tokens=prompt_tokens, completion_tokens=fragments
+                    )
+                    yield type(chunk)(usage=usage)
                 return
             except EngineUnavailable as exc:
                 self._eject(replica, exc, context)
@@ -152,6 +195,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
             )
         except ApiError as exc:
             await exc.abort(context)
+        _fill_usage(completion, request.context.prompt_tokens)
         completion.id = f"chatcmpl-{secrets.token_hex(12)}"
         completion.created = int(time.time())
         completion.model = model.id
@@ -165,7 +209,11 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
             cat.prepare_chat(model, request.request, request.context.prompt_tokens)
             timeout = _deadline(context, self._default_timeout)
             async for chunk in self._stream(
-                model, lambda a: a.stream_chat(request.request, timeout), "chatcmpl", context
+                model,
+                lambda a: a.stream_chat(request.request, timeout),
+                "chatcmpl",
+                request.context.prompt_tokens,
+                context,
             ):
                 yield chunk
         except ApiError as exc:
@@ -183,6 +231,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
             )
         except ApiError as exc:
             await exc.abort(context)
+        _fill_usage(completion, request.context.prompt_tokens)
         completion.id = f"cmpl-{secrets.token_hex(12)}"
         completion.created = int(time.time())
         completion.model = model.id
@@ -196,7 +245,11 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
             cat.prepare_text(model, request.request, request.context.prompt_tokens)
             timeout = _deadline(context, self._default_timeout)
             async for chunk in self._stream(
-                model, lambda a: a.stream_text(request.request, timeout), "cmpl", context
+                model,
+                lambda a: a.stream_text(request.request, timeout),
+                "cmpl",
+                request.context.prompt_tokens,
+                context,
             ):
                 yield chunk
         except ApiError as exc:
