@@ -64,7 +64,9 @@ def llama(start_mesh: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             assert time.monotonic() < deadline, "llama_cpp.server did not start"
             time.sleep(0.5)
         engine = {"kind": "openai_http", "url": f"http://127.0.0.1:{port}/v1", "model": MODEL}
-        models = [{"id": "smollm2-135m", "category": "text", "context_length": 2048, "engines": [engine]}]
+        models = [
+            {"id": "smollm2-135m", "category": "text", "context_length": 2048, "engines": [engine]}
+        ]
         mesh = start_mesh(models=models)
         yield mesh
         assert mesh.stop() == 0
@@ -78,13 +80,20 @@ def test_chat_through_meshgate(llama: RunningMesh) -> None:
     with openai.OpenAI(base_url=llama.base_url, api_key=llama.api_key, max_retries=0) as client:
         assert [m.id for m in client.models.list()] == ["smollm2-135m"]
         reply = client.chat.completions.create(
-            model="smollm2-135m", messages=[{"role": "user", "content": "Say hello."}], max_tokens=12, seed=1
+            model="smollm2-135m",
+            messages=[{"role": "user", "content": "Say hello."}],
+            max_tokens=12,
+            seed=1,
         )
     assert reply.model == "smollm2-135m"
     assert reply.choices[0].message.content
     assert reply.choices[0].finish_reason in ("stop", "length")
     assert reply.system_fingerprint is None
-    assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 12 and reply.usage.prompt_tokens > 0
+    assert (
+        reply.usage is not None
+        and 0 < reply.usage.completion_tokens <= 12
+        and reply.usage.prompt_tokens > 0
+    )
 
 
 def test_streaming_chat_through_meshgate(llama: RunningMesh) -> None:
@@ -109,9 +118,15 @@ def test_streaming_chat_through_meshgate(llama: RunningMesh) -> None:
 
 def test_legacy_completion_through_meshgate(llama: RunningMesh) -> None:
     with openai.OpenAI(base_url=llama.base_url, api_key=llama.api_key, max_retries=0) as client:
-        answer = client.completions.create(model="smollm2-135m", prompt="Once upon a time", max_tokens=6)
-        streamed = list(
-            client.completions.create(model="smollm2-135m", prompt="Once upon a time", max_tokens=6, stream=True)
+        answer = client.completions.create(
+            model="smollm2-135m", prompt="Once upon a time", max_tokens=6
         )
-    assert answer.choices[0].text and answer.usage is not None and answer.usage.completion_tokens == 6
+        streamed = list(
+            client.completions.create(
+                model="smollm2-135m", prompt="Once upon a time", max_tokens=6, stream=True
+            )
+        )
+    assert (
+        answer.choices[0].text and answer.usage is not None and answer.usage.completion_tokens == 6
+    )
     assert "".join(c.choices[0].text for c in streamed if c.choices)

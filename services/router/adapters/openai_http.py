@@ -146,7 +146,12 @@ class OpenAIHttpEngine:
         self, request: inference_pb2.EmbeddingRequest, timeout: float
     ) -> inference_pb2.EmbeddingList:
         body = wire.embedding_body(request, self._model, native_dimensions=self._native_dimensions)
-        return await self._post("/embeddings", body, timeout, wire.embeddings)
+        answer = await self._post("/embeddings", body, timeout, wire.embeddings)
+        if len(answer.data) != len(request.input):
+            raise EngineUnavailable(
+                f"{self.target}: {len(answer.data)} vectors for {len(request.input)} inputs"
+            )
+        return answer
 
     async def check_health(self, timeout: float) -> bool:
         try:

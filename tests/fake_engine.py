@@ -1,0 +1,101 @@
+"""A fake OpenAI-compatible engine that replays what the real llama.cpp server answered.
+
+The exchanges in `fixtures/llama_cpp_server.json` were recorded from
+llama-cpp-python 0.3.36's own server (`python -m llama_cpp.server`, SmolLM2-135M)
+by `fixtures/record_llama_cpp.py`; they are replayed byte for byte.
+`tests/test_http_engine.py` checks the recording against the live server when
+llama-cpp-python is installed, so the fake cannot drift from the real thing.
+
+Beyond replay, a control endpoint lets a test make the engine fail (`"fail"`:
+every answer is the recorded 500) or stream slowly without end (`"slow"`), and
+`/__stats` reports open and closed streams so a test can see a disconnect arrive.
+
+    python -m tests.fake_engine --port 8123
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+RECORDING = Path(__file__).resolve().parent / "fixtures" / "llama_cpp_server.json"
+
+
+def load() -> dict[str, Any]:
+    exchanges: dict[str, Any] = json.loads(RECORDING.read_text())["exchanges"]
+    return exchanges
+
+
+def app() -> Starlette:
+    exchanges = load()
+    state: dict[str, Any] = {"mode": "replay", "open": 0, "closed": 0, "requests": 0}
+
+    def replay(name: str) -> Response:
+        exchange = exchanges[name]
+        return Response(
+            exchange["body"], status_code=exchange["status"], media_type=exchange["content_type"]
+        )
+
+    async def slow_events() -> Any:
+        head = exchanges["chat_stream"]["body"].split("\n\n")[0] + "\n\n"
+        state["open"] += 1
+        try:
+            yield head.encode()
+            while True:
+                await asyncio.sleep(0.05)
+                yield b'data: {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "smollm2", "choices": [{"index": 0, "delta": {"content": " la"}, "logprobs": null, "finish_reason": null}]}\n\n'
+        finally:
+            state["open"] -= 1
+            state["closed"] += 1
+
+    async def completions(request: Request) -> Response:
+        state["requests"] += 1
+        body = await request.json()
+        if state["mode"] == "fail":
+            return replay("invalid")
+        chat = request.url.path.endswith("/chat/completions")
+        if body.get("stream"):
+            if state["mode"] == "slow" and chat:
+                return StreamingResponse(slow_events(), media_type="text/event-stream")
+            return replay("chat_stream" if chat else "completion_stream")
+        return replay("chat" if chat else "completion")
+
+    async def models(request: Request) -> Response:
+        return replay("models") if state["mode"] != "fail" else replay("not_json")
+
+    async def control(request: Request) -> Response:
+        state["mode"] = (await request.json())["mode"]
+        return JSONResponse({"mode": state["mode"]})
+
+    async def stats(request: Request) -> Response:
+        return JSONResponse(state)
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", completions, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/__control", control, methods=["POST"]),
+            Route("/__stats", stats, methods=["GET"]),
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    uvicorn.run(app(), host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
