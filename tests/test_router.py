@@ -61,12 +61,12 @@ def engines(start_mesh: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     e0, e1, e2, m0, m1, m2, router_metrics = free_ports(7)
     models = yaml.safe_load(SAMPLE_CONFIG.read_text())["models"]
     for model in models:
-        model["engines"] = [{"kind": "reference", "target": f"127.0.0.1:{p}"} for p in (e0, e1, e2)]
+        model["engines"] = [{"kind": "grpc", "target": f"127.0.0.1:{p}"} for p in (e0, e1, e2)]
     models.append(
         {
             "id": SOLO,
             "category": "text",
-            "engines": [{"kind": "reference", "target": f"127.0.0.1:{e2}"}],
+            "engines": [{"kind": "grpc", "target": f"127.0.0.1:{e2}"}],
         }
     )
     overrides = {

@@ -12,19 +12,18 @@ Run alone with `python -m services.engines.reference.server`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
-import prometheus_client
 
 from meshgate import errors
 from meshgate.config import Config, load_config
 from meshgate.grpcio import serve
 from meshgate.logs import configure
 from meshgate.v1 import common_pb2, engine_pb2, engine_pb2_grpc, inference_pb2
+from services.engines.metrics import TOKENS, generating
 from services.engines.reference import generator
 from services.engines.reference.generator import ChatPlan, InvalidRequest, TextPlan
 
@@ -136,30 +135,6 @@ def completion(plan: TextPlan) -> inference_pb2.Completion:
 # -------------------------------------------------------------- service ----
 
 
-TOKENS = prometheus_client.Counter(
-    "meshgate_engine_tokens_generated", "Completion tokens the reference engine has produced."
-)
-ACTIVE_STREAMS = prometheus_client.Gauge(
-    "meshgate_engine_active_streams", "Streams being generated right now."
-)
-CANCELLED_STREAMS = prometheus_client.Counter(
-    "meshgate_engine_cancelled_streams", "Streams stopped early because the caller went away."
-)
-
-
-@contextlib.contextmanager
-def _generating() -> Iterator[None]:
-    """Count a stream while it runs, and whether it was cut short."""
-    ACTIVE_STREAMS.inc()
-    try:
-        yield
-    except (asyncio.CancelledError, GeneratorExit):
-        CANCELLED_STREAMS.inc()
-        raise
-    finally:
-        ACTIVE_STREAMS.dec()
-
-
 class ReferenceEngine(engine_pb2_grpc.EngineServiceServicer):
     """A deterministic fake LLM; `token_delay_ms` paces streams like a real decoder."""
 
@@ -203,7 +178,7 @@ class ReferenceEngine(engine_pb2_grpc.EngineServiceServicer):
         # arrives as CancelledError at a yield or sleep and simply ends the generator.
         delay = self.delay
         call = plan.tool_call
-        with _generating():
+        with generating():
             yield _role_chunk()
             if call is not None:
                 yield _tool_start_chunk(call)
@@ -239,7 +214,7 @@ class ReferenceEngine(engine_pb2_grpc.EngineServiceServicer):
         """Choices advance together, one piece each per step, like a batched decoder."""
         plan = await self._plan(generator.plan_text, request.request, context)
         steps = max((len(c.pieces) for c in plan.choices), default=0)
-        with _generating():
+        with generating():
             for step in range(steps + 1):
                 if step and self.delay:
                     await asyncio.sleep(self.delay)

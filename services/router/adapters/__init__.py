@@ -12,14 +12,14 @@ from services.router.adapters.base import EngineAdapter
 
 def replica_key(model: ModelConfig, engine: EngineReplica, config: Config) -> str:
     """Replicas with the same key share one adapter (and so one connection pool)."""
-    if engine.kind == "reference":
-        return f"reference:{engine.target or config.services.engine.dial_target()}"
+    if engine.kind == "grpc":
+        return f"grpc:{engine.target or config.services.engine.dial_target()}"
     return f"{engine.kind}:{engine.url}#{engine.model or model.id}"
 
 
 def connect(model: ModelConfig, engine: EngineReplica, config: Config) -> EngineAdapter:
-    if engine.kind == "reference":
-        from services.router.adapters.reference import GrpcEngine
+    if engine.kind == "grpc":
+        from services.router.adapters.grpc_engine import GrpcEngine
 
         return GrpcEngine(engine.target or config.services.engine.dial_target())
     from services.router.adapters.openai_http import OpenAIHttpEngine

@@ -15,8 +15,8 @@ import httpx
 import orjson
 
 from meshgate import errors
+from meshgate import openai_wire as wire
 from meshgate.v1 import inference_pb2
-from services.router.adapters import openai_wire as wire
 from services.router.adapters.base import EngineUnavailable
 
 T = TypeVar("T")
