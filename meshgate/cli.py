@@ -178,6 +178,8 @@ def serve(service: str, config_path: str | None) -> int:
         return 2
     logs.configure(service, config.logging.level)
     module_name = SERVICE_MODULES[service]
+    if service == "engine" and config.services.engine.backend == "local":
+        module_name = "services.engines.local.server"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

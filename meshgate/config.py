@@ -19,6 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SAMPLE_CONFIG = Path(__file__).with_name("sample.yaml")
+# Configs that ship with meshgate, usable by name: `meshgate up --config local`.
+BUNDLED = {"sample": SAMPLE_CONFIG, "local": Path(__file__).with_name("local.yaml")}
 CONFIG_ENV = "MESHGATE_CONFIG"
 
 ServiceName = Literal["auth", "quota", "validation", "router", "engine"]
@@ -223,10 +225,14 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
     return raw
 
 
-def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Load the YAML file (default: $MESHGATE_CONFIG, else the sample) with env overrides."""
-    env = os.environ if environ is None else environ
-    file = Path(path or env.get(CONFIG_ENV) or SAMPLE_CONFIG)
+def config_file(path: str | Path | None, environ: Mapping[str, str]) -> Path:
+    """The file a config argument names: a bundled name, a path, $MESHGATE_CONFIG, or the sample."""
+    name = str(path or environ.get(CONFIG_ENV) or "sample")
+    return BUNDLED.get(name, Path(name))
+
+
+def _read(file: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A file's mapping, with `extends: NAME` merged under it (mappings merge, lists replace)."""
     try:
         raw = yaml.safe_load(file.read_text()) or {}
     except OSError as exc:
@@ -235,6 +241,29 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         raise ConfigError(f"config {file} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {file}: the top level must be a mapping")
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw
+    base_file = BUNDLED.get(str(base_name), file.parent / str(base_name))
+    if base_file.resolve() in seen:
+        raise ConfigError(f"config {file}: extends: {base_name} makes a cycle")
+    return _merge(_read(base_file, (*seen, file.resolve())), raw)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the YAML file (default: $MESHGATE_CONFIG, else the sample) with env overrides."""
+    env = os.environ if environ is None else environ
+    file = config_file(path, env)
+    raw = _read(file)
     try:
         return Config.model_validate(_apply_env(raw, env))
     except ValidationError as exc:

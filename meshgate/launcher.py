@@ -38,12 +38,11 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from meshgate.config import (
-    CONFIG_ENV,
-    SAMPLE_CONFIG,
     SERVICE_NAMES,
     Config,
     ConfigError,
     ServiceName,
+    config_file,
     load_config,
 )
 
@@ -485,7 +484,7 @@ def _port_in_use(host: str, port: int) -> bool:
 
 def resolve_config_path(path: str | None, environ: Mapping[str, str]) -> Path:
     """The file load_config would read, made absolute so children find it from any cwd."""
-    return Path(path or environ.get(CONFIG_ENV) or SAMPLE_CONFIG).resolve()
+    return config_file(path, environ).resolve()
 
 
 def _banner(config: Config, origin: str) -> list[str]:

@@ -84,3 +84,26 @@ def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
     bad.write_text("edge: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad, environ={})
+
+
+def test_bundled_names_and_extends(tmp_path: Path) -> None:
+    local = load_config("local", environ={})
+    assert local.services.engine.backend == "local"
+    assert [m.id for m in local.models] == ["smollm2-135m-instruct", "all-minilm-l6-v2"]
+    assert local.keys == load_config("sample", environ={}).keys  # inherited from the sample
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: sample\nedge: {port: 9999}\n")
+    config = load_config(child, environ={})
+    assert config.edge.port == 9999 and config.edge.host == "127.0.0.1"  # mappings merge
+    assert len(config.models) == 3
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(loop, environ={})
+
+
+def test_http_engines_need_a_url(tmp_path: Path) -> None:
+    raw = _sample()
+    raw["models"][0]["engines"] = [{"kind": "openai_http"}]  # type: ignore[index]
+    with pytest.raises(ConfigError, match=r"models\[0\]\.engines\[0\]"):
+        load_config(_write(tmp_path, raw), environ={})

@@ -21,9 +21,9 @@ import httpx
 import openai
 import pytest
 
+from meshgate import openai_wire as wire
 from meshgate.structs import from_dict
 from meshgate.v1 import inference_pb2
-from meshgate import openai_wire as wire
 from tests.conftest import ROOT, RunningMesh, free_ports
 from tests.fake_engine import load
 
