@@ -80,25 +80,36 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def _within(deadline: float, cap: float = HOP_TIMEOUT_S) -> float:
+    """A hop's timeout: what is left of the request's one deadline, and at most `cap`."""
+    return max(min(cap, deadline - time.monotonic()), 0.001)
+
+
 def _metadata(request_id: str) -> tuple[tuple[str, str], ...]:
     return (("x-request-id", request_id),)
 
 
-async def authenticate(mesh: Mesh, request: Request, request_id: str) -> common_pb2.Principal:
+async def authenticate(
+    mesh: Mesh, request: Request, request_id: str, deadline: float
+) -> common_pb2.Principal:
     call = mesh.auth.Authenticate(
         auth_pb2.AuthenticateRequest(authorization=request.headers.get("authorization", "")),
-        timeout=HOP_TIMEOUT_S,
+        timeout=_within(deadline),
         metadata=_metadata(request_id),
     )
     return (await rpc(call, "auth")).principal
 
 
 async def authenticate_and_validate(
-    mesh: Mesh, request: Request, request_id: str, validation: grpc.aio.UnaryUnaryCall[object, T_V]
+    mesh: Mesh,
+    request: Request,
+    request_id: str,
+    deadline: float,
+    validation: grpc.aio.UnaryUnaryCall[object, T_V],
 ) -> tuple[common_pb2.Principal, T_V]:
     """Auth and validation run at once; an auth failure wins over a validation failure."""
     try:
-        principal = await authenticate(mesh, request, request_id)
+        principal = await authenticate(mesh, request, request_id, deadline)
     except ApiError:
         validation.cancel()
         raise
@@ -106,17 +117,17 @@ async def authenticate_and_validate(
         return principal, await rpc(validation, "validation")
     except ApiError as exc:
         if exc.rate_limit is None:  # authenticated: the 400 still carries the x-ratelimit-* headers
-            exc.rate_limit = await peek(mesh, principal, request_id)
+            exc.rate_limit = await peek(mesh, principal, request_id, deadline)
         raise
 
 
 async def peek(
-    mesh: Mesh, principal: common_pb2.Principal, request_id: str
+    mesh: Mesh, principal: common_pb2.Principal, request_id: str, deadline: float
 ) -> common_pb2.RateLimitState | None:
     """The key's rate-limit state without charging it; None if quota cannot say (headers are best effort)."""
     call = mesh.quota.GetRateLimit(
         quota_pb2.GetRateLimitRequest(principal=principal),
-        timeout=HOP_TIMEOUT_S,
+        timeout=_within(deadline),
         metadata=_metadata(request_id),
     )
     try:
@@ -126,10 +137,14 @@ async def peek(
 
 
 async def _described(
-    mesh: Mesh, principal: common_pb2.Principal, request_id: str, call: Awaitable[T_V]
+    mesh: Mesh,
+    principal: common_pb2.Principal,
+    request_id: str,
+    deadline: float,
+    call: Awaitable[T_V],
 ) -> tuple[T_V, dict[str, str]]:
     """A router answer plus the rate-limit headers, fetched at the same time."""
-    state = asyncio.ensure_future(peek(mesh, principal, request_id))
+    state = asyncio.ensure_future(peek(mesh, principal, request_id, deadline))
     try:
         response = await rpc(call, "router")
     except ApiError as exc:
@@ -146,6 +161,7 @@ async def reserve(
     prompt_tokens: int,
     max_tokens: int | None,
     request_id: str,
+    deadline: float,
 ) -> quota_pb2.ReserveResponse:
     request = quota_pb2.ReserveRequest(
         principal=principal, prompt_tokens=prompt_tokens, request_id=request_id
@@ -153,7 +169,8 @@ async def reserve(
     if max_tokens is not None:
         request.max_tokens = max_tokens
     return await rpc(
-        mesh.quota.Reserve(request, timeout=HOP_TIMEOUT_S, metadata=_metadata(request_id)), "quota"
+        mesh.quota.Reserve(request, timeout=_within(deadline), metadata=_metadata(request_id)),
+        "quota",
     )
 
 
@@ -219,8 +236,11 @@ async def _admitted(
     principal: common_pb2.Principal,
     validated: _Validated,
     max_tokens: int | None,
+    deadline: float,
 ) -> tuple[quota_pb2.ReserveResponse, dict[str, str], Callable[[common_pb2.Usage], None]]:
-    reservation = await reserve(mesh, principal, validated.prompt_tokens, max_tokens, request_id)
+    reservation = await reserve(
+        mesh, principal, validated.prompt_tokens, max_tokens, request_id, deadline
+    )
     headers = {"x-request-id": request_id, **rate_limit_headers(reservation.rate_limit)}
 
     def settle(usage: common_pb2.Usage) -> None:
@@ -245,14 +265,14 @@ async def chat_completions(request: Request) -> Response:
     body = await read_body(request, mesh.max_body_bytes)
     validation = mesh.validation.ValidateChatCompletion(
         validation_pb2.ValidateChatCompletionRequest(body=body),
-        timeout=HOP_TIMEOUT_S,
+        timeout=_within(deadline),
         metadata=_metadata(rid),
     )
     validated: validation_pb2.ValidateChatCompletionResponse
-    principal, validated = await authenticate_and_validate(mesh, request, rid, validation)
+    principal, validated = await authenticate_and_validate(mesh, request, rid, deadline, validation)
     chat = validated.request
     max_tokens = chat.max_tokens if chat.HasField("max_tokens") else None
-    _, headers, settle = await _admitted(mesh, rid, principal, validated, max_tokens)
+    _, headers, settle = await _admitted(mesh, rid, principal, validated, max_tokens, deadline)
     context = common_pb2.RequestContext(
         request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens
     )
@@ -293,15 +313,15 @@ async def completions(request: Request) -> Response:
     body = await read_body(request, mesh.max_body_bytes)
     validation = mesh.validation.ValidateCompletion(
         validation_pb2.ValidateCompletionRequest(body=body),
-        timeout=HOP_TIMEOUT_S,
+        timeout=_within(deadline),
         metadata=_metadata(rid),
     )
     validated: validation_pb2.ValidateCompletionResponse
-    principal, validated = await authenticate_and_validate(mesh, request, rid, validation)
+    principal, validated = await authenticate_and_validate(mesh, request, rid, deadline, validation)
     text = validated.request
     # Legacy completions default to 16 tokens per prompt.
     max_tokens = (text.max_tokens if text.HasField("max_tokens") else 16) * len(text.prompt)
-    _, headers, settle = await _admitted(mesh, rid, principal, validated, max_tokens)
+    _, headers, settle = await _admitted(mesh, rid, principal, validated, max_tokens, deadline)
     context = common_pb2.RequestContext(
         request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens
     )
@@ -342,12 +362,12 @@ async def embeddings(request: Request) -> Response:
     body = await read_body(request, mesh.max_body_bytes)
     validation = mesh.validation.ValidateEmbedding(
         validation_pb2.ValidateEmbeddingRequest(body=body),
-        timeout=HOP_TIMEOUT_S,
+        timeout=_within(deadline),
         metadata=_metadata(rid),
     )
     validated: validation_pb2.ValidateEmbeddingResponse
-    principal, validated = await authenticate_and_validate(mesh, request, rid, validation)
-    _, headers, settle = await _admitted(mesh, rid, principal, validated, 0)
+    principal, validated = await authenticate_and_validate(mesh, request, rid, deadline, validation)
+    _, headers, settle = await _admitted(mesh, rid, principal, validated, 0, deadline)
     context = common_pb2.RequestContext(
         request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens
     )
@@ -375,14 +395,15 @@ async def embeddings(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     mesh: Mesh = request.app.state.mesh
     rid = request_id_of(request)
-    principal = await authenticate(mesh, request, rid)
+    deadline = time.monotonic() + mesh.request_timeout
+    principal = await authenticate(mesh, request, rid, deadline)
     context = common_pb2.RequestContext(request_id=rid, principal=principal)
     call = mesh.router.ListModels(
         router_pb2.ListModelsRequest(context=context),
-        timeout=HOP_TIMEOUT_S,
+        timeout=_within(deadline),
         metadata=_metadata(rid),
     )
-    response, headers = await _described(mesh, principal, rid, call)
+    response, headers = await _described(mesh, principal, rid, deadline, call)
     return Response(render.model_list(response), headers=headers, media_type=JSON)
 
 
@@ -391,15 +412,16 @@ async def get_model(request: Request) -> Response:
     """`/v1/models/{id}`; ids may contain '/', sent raw (SDK 1.x) or as %2F (SDK 3.x)."""
     mesh: Mesh = request.app.state.mesh
     rid = request_id_of(request)
-    principal = await authenticate(mesh, request, rid)
+    deadline = time.monotonic() + mesh.request_timeout
+    principal = await authenticate(mesh, request, rid, deadline)
     model_id = request.path_params["model_id"]
     context = common_pb2.RequestContext(request_id=rid, principal=principal)
     call = mesh.router.GetModel(
         router_pb2.GetModelRequest(id=model_id, context=context),
-        timeout=HOP_TIMEOUT_S,
+        timeout=_within(deadline),
         metadata=_metadata(rid),
     )
-    response, headers = await _described(mesh, principal, rid, call)
+    response, headers = await _described(mesh, principal, rid, deadline, call)
     return Response(
         orjson.dumps(render.model_card(response.model)), headers=headers, media_type=JSON
     )
