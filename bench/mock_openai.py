@@ -27,6 +27,8 @@ from typing import cast
 import orjson
 
 CREATED = 1_700_000_000
+# Embedding size served; a gateway catalog entry for the mock must declare the same.
+DIMENSIONS = 1024
 WORDS = ("The", " sea", " is", " wide", " and", " calm", " under", " a", " pale", " sky")
 
 
@@ -189,7 +191,7 @@ class MockProtocol(asyncio.Protocol):
 
 async def serve(host: str, port: int, chunks: int, token_delay_ms: float) -> None:
     """Listen until SIGTERM or SIGINT; print the base URL once listening."""
-    responses = Responses(chunks, 1024)
+    responses = Responses(chunks, DIMENSIONS)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: MockProtocol(responses, token_delay_ms / 1000.0), host, port, backlog=4096

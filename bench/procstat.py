@@ -130,3 +130,31 @@ class CpuProbe:
             if pid in before and pid in after:
                 out[label] = out.get(label, 0.0) + after[pid] - before[pid]
         return out
+
+
+def memory_kib(pid: int) -> tuple[int, int] | None:
+    """(VmRSS, Pss) of one process in KiB; None once it is gone.
+
+    VmRSS counts every resident page the process maps, shared ones (libraries,
+    copy-on-write pages) included, so a sum over processes overstates the
+    machine's real use; Pss divides each shared page among its sharers, so it
+    sums to what the processes really occupy. Both are reported; the memory
+    target is judged on VmRSS, the stricter of the two.
+    """
+    rss = pss = None
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+                    break
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+                    break
+    except OSError:
+        return None
+    if rss is None:  # a zombie has no memory lines
+        return None
+    return rss, pss if pss is not None else rss

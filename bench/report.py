@@ -222,7 +222,7 @@ def _open_table(opened: list[dict[str, Any]]) -> str:
 PROCESS_ORDER = ("edge", "auth", "validation", "quota", "redis", "router", "engine", "launcher")
 
 
-def _cpu_table(scenarios: list[dict[str, Any]]) -> str:
+def cpu_table(scenarios: list[dict[str, Any]]) -> str:
     labels: list[str] = []
     for s in scenarios:
         for label in s["cpu"]["by_process_us_per_req"]:
@@ -266,23 +266,89 @@ def render(result: dict[str, Any]) -> str:
     if breakdown:
         sections.append(
             "CPU µs per request, by process (utime+stime over the measurement window)\n"
-            + _cpu_table(breakdown)
+            + cpu_table(breakdown)
         )
-    measured = result.get("meta", {}).get("hops_p50_us")
-    if measured:
-        rows = [[hop, _fmt(us, 0)] for hop, us in measured.items()]
-        text = "Each hop alone, p50 µs at concurrency 1 (auth and validation run at once in a request)\n"
-        text += table(["hop", "p50 µs"], rows)
-        share = result["meta"].get("validation_share") or {}
-        if share:
-            text += (
-                f"\nvalidation hop: {share.get('validation_p50_us', 0):.0f} µs p50 = "
-                f"{share.get('of_c1_overhead_pct', float('nan')):.0f}% of the c=1 chat overhead "
-                f"({share.get('critical_path_us', 0):.0f} µs of it on the critical path, as auth runs alongside); "
-                f"{share.get('of_gateway_cpu_pct', float('nan')):.0f}% of the gateway's CPU per request"
-            )
-        sections.append(text)
+    hops_section = hops_text(result)
+    if hops_section:
+        sections.append(hops_section)
+    streams_section = streams_text(result)
+    if streams_section:
+        sections.append(streams_section)
     notes = result.get("notes") or []
     if notes:
         sections.append("\n".join(f"note: {n}" for n in notes))
     return "\n\n".join(sections)
+
+
+def hops_text(result: dict[str, Any]) -> str:
+    """The per-hop table (bench/hops.py) and the validation hop's share; "" when not measured."""
+    measured = result.get("meta", {}).get("hops_p50_us")
+    if not measured:
+        return ""
+    rows = [[hop, _fmt(us, 0)] for hop, us in measured.items()]
+    text = "Each hop alone, p50 µs at concurrency 1 (auth and validation run at once in a request)\n"
+    text += table(["hop", "p50 µs"], rows)
+    share = result["meta"].get("validation_share") or {}
+    if share:
+        text += (
+            f"\nvalidation hop: {share.get('validation_p50_us', 0):.0f} µs p50 = "
+            f"{share.get('of_c1_overhead_pct', float('nan')):.0f}% of the c=1 chat overhead "
+            f"({share.get('critical_path_us', 0):.0f} µs of it on the critical path, as auth runs alongside); "
+            f"{share.get('of_gateway_cpu_pct', float('nan')):.0f}% of the gateway's CPU per request"
+        )
+    return text
+
+
+def _mb(kib: float | None) -> str:
+    return _fmt(kib * 1024 / 1e6, 1) if kib is not None else "-"
+
+
+def streams_summary(held: dict[str, Any]) -> str:
+    """One line: how many streams were held, errors, and the mesh's total memory."""
+    if held.get("failure"):
+        return f"{held.get('requested', 0):,} streams requested: not measured ({held['failure']})"
+    memory = held.get("memory") or {}
+    return (
+        f"{held['held']:,}/{held['requested']:,} streams held, {held['errors']} errors, "
+        f"{held.get('ended_early', 0)} ended early; all first tokens after {held['open_s']:.1f} s; "
+        f"mesh RSS {_mb(memory.get('rss_kib_total'))} MB (Pss {_mb(memory.get('pss_kib_total'))} MB), "
+        f"idle {_mb((held.get('idle_memory') or {}).get('rss_kib_total'))} MB"
+    )
+
+
+def streams_table(held: dict[str, Any]) -> str:
+    """Memory per process of the mesh, idle and with every stream open, in MB (10^6 bytes)."""
+    idle = (held.get("idle_memory") or {}).get("by_process", {})
+    busy = (held.get("memory") or {}).get("by_process", {})
+    rank = {label: i for i, label in enumerate(PROCESS_ORDER)}
+    labels = sorted(set(idle) | set(busy), key=lambda label: rank.get(label, len(rank)))
+    rows = [
+        [
+            label,
+            _mb(idle.get(label, {}).get("rss_kib")),
+            _mb(busy.get(label, {}).get("rss_kib")),
+            _mb(busy.get(label, {}).get("pss_kib")),
+        ]
+        for label in labels
+    ]
+    totals = [
+        "total",
+        _mb((held.get("idle_memory") or {}).get("rss_kib_total")),
+        _mb((held.get("memory") or {}).get("rss_kib_total")),
+        _mb((held.get("memory") or {}).get("pss_kib_total")),
+    ]
+    return table(["process", "idle RSS MB", "held RSS MB", "held Pss MB"], [*rows, totals])
+
+
+def streams_text(result: dict[str, Any]) -> str:
+    """The streams_rss scenario: summary line and memory per process; "" when not run."""
+    held = result.get("streams_rss")
+    if not held:
+        return ""
+    text = (
+        f"Open streams held (streams_rss): chat streams through meshgate, engine "
+        f"token_delay_ms {held.get('token_delay_ms', 0):g}\n" + streams_summary(held)
+    )
+    if held.get("memory"):
+        text += "\n" + streams_table(held)
+    return text

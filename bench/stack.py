@@ -83,22 +83,64 @@ def die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
-def write_config(workdir: Path, token_delay_ms: float, key: str) -> Path:
-    """The sample config on free loopback ports, with one bench key."""
+def write_config(
+    workdir: Path,
+    token_delay_ms: float,
+    key: str,
+    models: list[dict[str, Any]] | None = None,
+    name: str = "meshgate",
+) -> Path:
+    """The sample config on free loopback ports, with one bench key.
+
+    `models` replaces the sample's catalog (e.g. models served by the mock over
+    `kind: openai_http`); None keeps the sample's reference-engine models.
+    """
     sample = ROOT / "meshgate" / "sample.yaml"
     raw: dict[str, Any] = yaml.safe_load(sample.read_text())
     edge_port, *service_ports = free_ports(1 + len(SERVICE_NAMES))
     raw["edge"]["host"] = "127.0.0.1"
     raw["edge"]["port"] = edge_port
-    for name, port in zip(SERVICE_NAMES, service_ports, strict=True):
-        raw["services"][name]["host"] = "127.0.0.1"
-        raw["services"][name]["port"] = port
+    for service, port in zip(SERVICE_NAMES, service_ports, strict=True):
+        raw["services"][service]["host"] = "127.0.0.1"
+        raw["services"][service]["port"] = port
     raw["services"]["engine"]["token_delay_ms"] = token_delay_ms
     raw["redis"]["url"] = ""  # the embedded redis-server, part of the measured tree
     raw["keys"] = [{"name": "bench", "secret": key, "rpm": BENCH_RPM, "tpm": BENCH_TPM}]
-    path = workdir / "meshgate-bench.yaml"
+    if models is not None:
+        raw["models"] = models
+    path = workdir / f"{name}-bench.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+def openai_http_models(
+    base_url: str,
+    chat_model: str,
+    embed_model: str,
+    dimensions: int,
+    upstream_chat: str = "mock",
+    upstream_embed: str = "mock-embed",
+) -> list[dict[str, Any]]:
+    """A catalog whose chat and embeddings models are served by an OpenAI-compatible upstream.
+
+    The catalog ids are the bench payload's model names, so that the very same
+    request bodies go to the upstream directly and through meshgate.
+    """
+    return [
+        {
+            "id": chat_model,
+            "category": "text",
+            "context_length": 4096,
+            "engines": [{"kind": "openai_http", "url": base_url, "model": upstream_chat}],
+        },
+        {
+            "id": embed_model,
+            "category": "embeddings",
+            "context_length": 8192,
+            "dimensions": dimensions,
+            "engines": [{"kind": "openai_http", "url": base_url, "model": upstream_embed}],
+        },
+    ]
 
 
 def _pump(stream: IO[bytes], lines: queue.Queue[str | None]) -> None:
@@ -172,14 +214,20 @@ class Child:
 class MeshProcess:
     """`meshgate up` on a bench config; `processes()` labels every pid of its tree."""
 
-    def __init__(self, workdir: Path, token_delay_ms: float) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        token_delay_ms: float,
+        models: list[dict[str, Any]] | None = None,
+        name: str = "meshgate",
+    ) -> None:
         self.key = f"sk-bench-{secrets.token_hex(12)}"
-        self.config_path = write_config(workdir, token_delay_ms, self.key)
+        self.config_path = write_config(workdir, token_delay_ms, self.key, models, name)
         config = yaml.safe_load(self.config_path.read_text())
         engine = config["services"]["engine"]
         self.engine_target = f"{engine['host']}:{engine['port']}"
         argv = [sys.executable, "-m", "meshgate", "up", "--config", str(self.config_path)]
-        self.child = Child(argv, workdir, "meshgate-up")
+        self.child = Child(argv, workdir, f"{name}-up")
         try:
             self.base_url = self.child.wait_for_line("meshgate is up: ", UP_TIMEOUT_S)
             banner_key = self.child.wait_for_line("api key: ", 5.0)

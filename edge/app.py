@@ -38,6 +38,7 @@ def create_app(config: Config) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.mesh = Mesh(config)  # channels are created once, inside the server's loop
+        app.state.mesh.start()
         try:
             yield
         finally:

@@ -92,12 +92,17 @@ def _metadata(request_id: str) -> tuple[tuple[str, str], ...]:
 async def authenticate(
     mesh: Mesh, request: Request, request_id: str, deadline: float
 ) -> common_pb2.Principal:
-    call = mesh.auth.Authenticate(
-        auth_pb2.AuthenticateRequest(authorization=request.headers.get("authorization", "")),
-        timeout=_within(deadline),
-        metadata=_metadata(request_id),
-    )
-    return (await rpc(call, "auth")).principal
+    authorization = request.headers.get("authorization", "")
+    principal = mesh.auth_cache.get(authorization)
+    if principal is None:
+        call = mesh.auth.Authenticate(
+            auth_pb2.AuthenticateRequest(authorization=authorization),
+            timeout=_within(deadline),
+            metadata=_metadata(request_id),
+        )
+        principal = (await rpc(call, "auth")).principal
+        mesh.auth_cache.put(authorization, principal)
+    return principal
 
 
 async def authenticate_and_validate(
@@ -244,7 +249,7 @@ async def _admitted(
     headers = {"x-request-id": request_id, **rate_limit_headers(reservation.rate_limit)}
 
     def settle(usage: common_pb2.Usage) -> None:
-        mesh.settle(principal, reservation, usage, request_id)
+        mesh.settle(principal, reservation, usage)
 
     return reservation, headers, settle
 

@@ -17,3 +17,13 @@ class AuthenticateResponse(_message.Message):
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     principal: _common_pb2.Principal
     def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ...) -> None: ...
+
+class WatchKeyEventsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WatchKeyEventsResponse(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...

@@ -43,6 +43,11 @@ class AuthServiceStub:
                 request_serializer=meshgate_dot_v1_dot_auth__pb2.AuthenticateRequest.SerializeToString,
                 response_deserializer=meshgate_dot_v1_dot_auth__pb2.AuthenticateResponse.FromString,
                 _registered_method=True)
+        self.WatchKeyEvents = channel.unary_stream(
+                '/meshgate.v1.AuthService/WatchKeyEvents',
+                request_serializer=meshgate_dot_v1_dot_auth__pb2.WatchKeyEventsRequest.SerializeToString,
+                response_deserializer=meshgate_dot_v1_dot_auth__pb2.WatchKeyEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -59,6 +64,15 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchKeyEvents(self, request, context):
+        """WatchKeyEvents streams key changes (revocations) to callers that cache
+        Authenticate results, such as the edge, so that a revoke reaches them at
+        once. The stream starts with an empty event, sent once the watch is live.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -66,6 +80,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.Authenticate,
                     request_deserializer=meshgate_dot_v1_dot_auth__pb2.AuthenticateRequest.FromString,
                     response_serializer=meshgate_dot_v1_dot_auth__pb2.AuthenticateResponse.SerializeToString,
+            ),
+            'WatchKeyEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchKeyEvents,
+                    request_deserializer=meshgate_dot_v1_dot_auth__pb2.WatchKeyEventsRequest.FromString,
+                    response_serializer=meshgate_dot_v1_dot_auth__pb2.WatchKeyEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -99,6 +118,33 @@ class AuthService:
             '/meshgate.v1.AuthService/Authenticate',
             meshgate_dot_v1_dot_auth__pb2.AuthenticateRequest.SerializeToString,
             meshgate_dot_v1_dot_auth__pb2.AuthenticateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchKeyEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/meshgate.v1.AuthService/WatchKeyEvents',
+            meshgate_dot_v1_dot_auth__pb2.WatchKeyEventsRequest.SerializeToString,
+            meshgate_dot_v1_dot_auth__pb2.WatchKeyEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,7 +1,8 @@
 from meshgate.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -55,3 +56,13 @@ class GetRateLimitResponse(_message.Message):
     RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     rate_limit: _common_pb2.RateLimitState
     def __init__(self, rate_limit: _Optional[_Union[_common_pb2.RateLimitState, _Mapping]] = ...) -> None: ...
+
+class SettleManyRequest(_message.Message):
+    __slots__ = ("settlements",)
+    SETTLEMENTS_FIELD_NUMBER: _ClassVar[int]
+    settlements: _containers.RepeatedCompositeFieldContainer[SettleRequest]
+    def __init__(self, settlements: _Optional[_Iterable[_Union[SettleRequest, _Mapping]]] = ...) -> None: ...
+
+class SettleManyResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -49,6 +49,11 @@ class QuotaServiceStub:
                 request_serializer=meshgate_dot_v1_dot_quota__pb2.SettleRequest.SerializeToString,
                 response_deserializer=meshgate_dot_v1_dot_quota__pb2.SettleResponse.FromString,
                 _registered_method=True)
+        self.SettleMany = channel.unary_unary(
+                '/meshgate.v1.QuotaService/SettleMany',
+                request_serializer=meshgate_dot_v1_dot_quota__pb2.SettleManyRequest.SerializeToString,
+                response_deserializer=meshgate_dot_v1_dot_quota__pb2.SettleManyResponse.FromString,
+                _registered_method=True)
         self.GetRateLimit = channel.unary_unary(
                 '/meshgate.v1.QuotaService/GetRateLimit',
                 request_serializer=meshgate_dot_v1_dot_quota__pb2.GetRateLimitRequest.SerializeToString,
@@ -80,6 +85,14 @@ class QuotaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SettleMany(self, request, context):
+        """SettleMany settles several reservations in one call, so that a busy edge
+        pays one round trip for many finished requests.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetRateLimit(self, request, context):
         """GetRateLimit reads the key's bucket state without charging anything, for
         responses that reserve nothing (model listings, early errors).
@@ -100,6 +113,11 @@ def add_QuotaServiceServicer_to_server(servicer, server):
                     servicer.Settle,
                     request_deserializer=meshgate_dot_v1_dot_quota__pb2.SettleRequest.FromString,
                     response_serializer=meshgate_dot_v1_dot_quota__pb2.SettleResponse.SerializeToString,
+            ),
+            'SettleMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleMany,
+                    request_deserializer=meshgate_dot_v1_dot_quota__pb2.SettleManyRequest.FromString,
+                    response_serializer=meshgate_dot_v1_dot_quota__pb2.SettleManyResponse.SerializeToString,
             ),
             'GetRateLimit': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRateLimit,
@@ -166,6 +184,33 @@ class QuotaService:
             '/meshgate.v1.QuotaService/Settle',
             meshgate_dot_v1_dot_quota__pb2.SettleRequest.SerializeToString,
             meshgate_dot_v1_dot_quota__pb2.SettleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettleMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshgate.v1.QuotaService/SettleMany',
+            meshgate_dot_v1_dot_quota__pb2.SettleManyRequest.SerializeToString,
+            meshgate_dot_v1_dot_quota__pb2.SettleManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

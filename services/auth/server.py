@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 from redis.asyncio import Redis
@@ -22,8 +22,9 @@ from redis.exceptions import RedisError
 from meshgate import grpcio
 from meshgate.config import Config
 from meshgate.errors import DOC_URL_KEYS, ApiError
+from meshgate.grpcio import Context
 from meshgate.v1 import auth_pb2, auth_pb2_grpc
-from services.auth.keys import KEY_EVENTS, ConfigKeyStore, KeyRecord, RedisKeyStore, digest
+from services.auth.keys import KEY_EVENTS, ConfigKeyStore, KeyRecord, RedisKeyStore, digest, key_id
 
 log = logging.getLogger("meshgate.auth")
 
@@ -100,8 +101,8 @@ class CachedKeyStore:
     def evict(self, secret_digest: bytes) -> None:
         self._cache.pop(secret_digest, None)
 
-    async def follow_revocations(self, redis: Redis) -> None:
-        """Evict keys as `mg:key-events` announces changes; reconnect forever."""
+    async def follow_revocations(self, redis: Redis, announce: Callable[[str], None]) -> None:
+        """Evict keys as `mg:key-events` announces changes, tell watchers; reconnect forever."""
         while True:
             try:
                 async with redis.pubsub() as pubsub:
@@ -109,7 +110,9 @@ class CachedKeyStore:
                     self._cache.clear()  # anything announced while unsubscribed is gone
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
-                            self.evict(bytes.fromhex(message["data"].decode()))
+                            secret_digest = bytes.fromhex(message["data"].decode())
+                            self.evict(secret_digest)
+                            announce(key_id(secret_digest))
             except (RedisError, OSError, ValueError):
                 self._cache.clear()
                 await asyncio.sleep(0.5)
@@ -119,6 +122,24 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
     def __init__(self, config_keys: ConfigKeyStore, redis_keys: CachedKeyStore | None) -> None:
         self._config_keys = config_keys
         self._redis_keys = redis_keys
+        self._watchers: set[asyncio.Queue[str]] = set()
+
+    def announce(self, changed_key_id: str) -> None:
+        """Pass a key change on to every WatchKeyEvents stream."""
+        for queue in self._watchers:
+            queue.put_nowait(changed_key_id)
+
+    async def WatchKeyEvents(
+        self, request: auth_pb2.WatchKeyEventsRequest, context: Context
+    ) -> AsyncIterator[auth_pb2.WatchKeyEventsResponse]:
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._watchers.add(queue)
+        try:
+            yield auth_pb2.WatchKeyEventsResponse()  # the watch is live
+            while True:
+                yield auth_pb2.WatchKeyEventsResponse(key_id=await queue.get())
+        finally:
+            self._watchers.discard(queue)
 
     async def _record(self, secret_digest: bytes) -> KeyRecord | None:
         record = await self._config_keys.lookup(secret_digest)
@@ -163,8 +184,9 @@ async def run(config: Config) -> None:
         cached = CachedKeyStore(RedisKeyStore(redis), config.auth.cache_ttl_ms / 1000)
         # The subscription blocks on reads, so it gets its own connection without a read timeout.
         listener = Redis.from_url(config.redis.url, socket_connect_timeout=timeout)
-        follower = asyncio.create_task(cached.follow_revocations(listener))
     service = AuthService(ConfigKeyStore(config.keys), cached)
+    if cached is not None:
+        follower = asyncio.create_task(cached.follow_revocations(listener, service.announce))
 
     async def setup(server: grpc.aio.Server) -> Sequence[str]:
         auth_pb2_grpc.add_AuthServiceServicer_to_server(service, server)

@@ -54,6 +54,7 @@ def _limits(limits: common_pb2.Limits) -> list[int]:
 
 class Buckets:
     def __init__(self, redis: Redis) -> None:
+        self._redis = redis
         self._script = redis.register_script(_SCRIPT)
 
     async def _call(
@@ -78,10 +79,18 @@ class Buckets:
     ) -> Decision:
         return await self._call(key_id, limits, "reserve", tokens, lease_id, lease_ttl_ms)
 
-    async def settle(
-        self, key_id: str, limits: common_pb2.Limits, reserved: int, lease_id: str, used: int
-    ) -> Decision:
-        return await self._call(key_id, limits, "settle", reserved, lease_id, used)
+    async def settle_many(
+        self, settlements: list[tuple[str, common_pb2.Limits, int, str, int]]
+    ) -> None:
+        """(key_id, limits, reserved, lease_id, used) each, in one pipelined round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key_id, limits, reserved, lease_id, used in settlements:
+                await self._script(
+                    keys=keys_for(key_id),
+                    args=["settle", *_limits(limits), reserved, lease_id, used],
+                    client=pipe,
+                )
+            await pipe.execute()
 
     async def peek(self, key_id: str, limits: common_pb2.Limits) -> Decision:
         return await self._call(key_id, limits, "peek")

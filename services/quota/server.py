@@ -119,6 +119,10 @@ REDIS_DOWN = ApiError(
 )
 
 
+def _settles(limits: common_pb2.Limits) -> bool:
+    return bool(limits.tokens_per_minute or limits.max_concurrency or limits.budget_tokens)
+
+
 def _limited(limits: common_pb2.Limits) -> bool:
     return bool(
         limits.requests_per_minute
@@ -143,10 +147,11 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
             request.max_tokens if request.HasField("max_tokens") else self._default_max_tokens
         )
         cost = request.prompt_tokens + allowance
-        lease_id = secrets.token_hex(8)
+        # Only token, budget and concurrency limits need a settlement; others get no lease.
+        lease_id = secrets.token_hex(8) if _settles(limits) else ""
         if not _limited(limits):
             return quota_pb2.ReserveResponse(
-                lease_id=lease_id, reserved_tokens=cost, rate_limit=_NO_STATE
+                lease_id="", reserved_tokens=cost, rate_limit=_NO_STATE
             )
         try:
             decision = await self._buckets.reserve(
@@ -177,23 +182,32 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
     async def Settle(
         self, request: quota_pb2.SettleRequest, context: Context
     ) -> quota_pb2.SettleResponse:
-        principal = request.principal
-        if not request.lease_id or not _limited(principal.limits):
-            return (
-                quota_pb2.SettleResponse()
-            )  # nothing was charged (unlimited, or admitted by fail_open)
-        used = request.usage.prompt_tokens + request.usage.completion_tokens
-        try:
-            await self._buckets.settle(
-                principal.key_id, principal.limits, request.reserved_tokens, request.lease_id, used
-            )
-        except (RedisError, OSError) as exc:
-            REDIS_ERRORS.labels("settle").inc()
-            # The lease lapses by its TTL; the tokens stay charged at the reservation (never undercharged).
-            log.error(
-                "settle failed", extra={"key_id": principal.key_id, "error": type(exc).__name__}
-            )
+        await self._settle([request])
         return quota_pb2.SettleResponse()
+
+    async def SettleMany(
+        self, request: quota_pb2.SettleManyRequest, context: Context
+    ) -> quota_pb2.SettleManyResponse:
+        await self._settle(list(request.settlements))
+        return quota_pb2.SettleManyResponse()
+
+    async def _settle(self, settlements: list[quota_pb2.SettleRequest]) -> None:
+        """One Redis round trip for all of them (a pipeline of script calls)."""
+        due = [s for s in settlements if s.lease_id and _settles(s.principal.limits)]
+        if not due:
+            return  # nothing was charged (no token/budget/concurrency limit, or admitted by fail_open)
+        try:
+            await self._buckets.settle_many(
+                [
+                    (s.principal.key_id, s.principal.limits, s.reserved_tokens, s.lease_id,
+                     s.usage.prompt_tokens + s.usage.completion_tokens)
+                    for s in due
+                ]
+            )  # fmt: skip
+        except (RedisError, OSError) as exc:
+            REDIS_ERRORS.labels("settle").inc(len(due))
+            # Leases lapse by their TTL; tokens stay charged at the reservation (never undercharged).
+            log.error("settle failed", extra={"settlements": len(due), "error": type(exc).__name__})
 
     async def GetRateLimit(
         self, request: quota_pb2.GetRateLimitRequest, context: Context
