@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--config", metavar="FILE", help="config file (default: the sample)")
     up.add_argument("--host", help="edge listen host (overrides edge.host)")
     up.add_argument("--port", type=int, help="edge listen port (overrides edge.port)")
+    up.add_argument(
+        "--replicas",
+        default="",
+        metavar="NAME=N,...",
+        help="run N replicas of gRPC services on loopback, e.g. quota=2,auth=2,router=2",
+    )
 
     serve = commands.add_parser("serve", help="run one service in the foreground")
     serve.add_argument(
@@ -107,7 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         from meshgate import launcher
 
-        return launcher.run(args.config, host=args.host, port=args.port)
+        try:
+            replicas = launcher.parse_replicas(args.replicas)
+        except ValueError as exc:
+            print(f"meshgate: {exc}", file=sys.stderr)
+            return 2
+        return launcher.run(args.config, host=args.host, port=args.port, replicas=replicas)
     if args.command == "serve":
         return serve(args.service, args.config)
     if args.command == "health":
@@ -133,7 +144,7 @@ def health(service: str, config_path: str | None) -> int:
     if service == "edge":
         ok = http_ready(f"http://{local_host(config.edge.host)}:{config.edge.port}/readyz")
     else:
-        listen = config.services.get(service)  # type: ignore[arg-type]
+        listen = config.services.get(service)
         ok = grpc_serving(f"{local_host(listen.host)}:{listen.port}")
     return 0 if ok else 1
 

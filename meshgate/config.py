@@ -74,7 +74,9 @@ class ServicesConfig(_Strict):
     router: ServiceConfig = ServiceConfig(port=50054)
     engine: EngineServiceConfig = EngineServiceConfig(port=50055)
 
-    def get(self, name: ServiceName) -> ServiceConfig:
+    def get(self, name: str) -> ServiceConfig:
+        if name not in SERVICE_NAMES:
+            raise KeyError(name)
         config: ServiceConfig = getattr(self, name)
         return config
 

@@ -19,6 +19,9 @@ from google.rpc import status_pb2
 from meshgate.v1 import common_pb2
 
 DETAILS_KEY = "grpc-status-details-bin"
+# An error a service raises on purpose is final: a negative pushback tells gRPC's
+# retry policy (meshgate/grpcio.py) not to try another replica.
+NO_RETRY = ("grpc-retry-pushback-ms", "-1")
 DOC_URL_KEYS = "https://github.com/meshgate/meshgate/blob/main/docs/errors.md#authentication"
 DOC_URL_QUOTA = (
     "https://github.com/meshgate/meshgate/blob/main/docs/errors.md#rate-limits-and-quota"
@@ -122,13 +125,13 @@ class ApiError(Exception):
     def grpc_code(self) -> grpc.StatusCode:
         return _GRPC_CODE_BY_STATUS.get(self.status, grpc.StatusCode.UNKNOWN)
 
-    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         detail = any_pb2.Any()
         detail.Pack(self.to_proto())
         status = status_pb2.Status(
             code=self.grpc_code().value[0], message=self.message, details=[detail]
         )
-        return ((DETAILS_KEY, status.SerializeToString()),)
+        return ((DETAILS_KEY, status.SerializeToString()), NO_RETRY)
 
     async def abort(self, context: grpc.aio.ServicerContext[object, object]) -> NoReturn:
         """End the current RPC with this error in the status details."""

@@ -8,6 +8,7 @@ manner of grpc's asyncio examples.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,6 +27,26 @@ log = logging.getLogger("meshgate.grpc")
 # The servicer context every handler receives; message types are checked at the proto layer.
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
+# A call that fails because its replica died (UNAVAILABLE) is retried on another
+# replica. Errors that services raise on purpose carry `grpc-retry-pushback-ms: -1`
+# (meshgate/errors.py), which tells gRPC not to retry them.
+SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.01s",
+                    "maxBackoff": "0.1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
 # Keepalive lets a client notice a dead peer (kill -9) without waiting for a deadline.
 CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.keepalive_time_ms", 10_000),
@@ -35,6 +56,8 @@ CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.lb_policy_name", "round_robin"),
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", SERVICE_CONFIG),
 )
 SERVER_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.keepalive_permit_without_calls", 1),

@@ -41,7 +41,6 @@ from meshgate.config import (
     SERVICE_NAMES,
     Config,
     ConfigError,
-    ServiceName,
     config_file,
     load_config,
 )
@@ -254,9 +253,15 @@ class Mesh:
         *,
         env: Mapping[str, str] | None = None,
         ready_timeout: float = READY_TIMEOUT_S,
+        replicas: Mapping[str, int] | None = None,
     ) -> None:
         self.config_path = Path(config_path)
         self.config = config
+        # service -> loopback ports of its replicas; the first is the config's own port.
+        self.replica_ports: dict[str, list[int]] = {
+            name: [config.services.get(name).port] for name, n in (replicas or {}).items() if n > 1
+        }
+        self._replica_counts = {name: n for name, n in (replicas or {}).items() if n > 1}
         self.ready_timeout = ready_timeout
         self.env = dict(os.environ if env is None else env)
         _package_root_env(self.env)
@@ -292,12 +297,14 @@ class Mesh:
     def start(self) -> None:
         """Start Redis (if embedded) and every service; raise LaunchError on the first failure."""
         self._preflight()
+        self._assign_replica_ports()
         if not self.redis_url:
             self._start_redis()
         for stage in START_STAGES:
-            for name in stage:
+            names = [child for service in stage for child in self._child_names(service)]
+            for name in names:
                 self._spawn(name)
-            self._wait_ready(stage)
+            self._wait_ready(names)
 
     def wait(self) -> int:
         """Block until a stop is requested (0) or a child dies on its own (1)."""
@@ -308,6 +315,13 @@ class Mesh:
                     time.sleep(0.2)
                     if self._stop_requested:
                         return 0
+                    if "#" in child.name or child.name in self.replica_ports:
+                        # One replica of several: the others carry the load while it comes back.
+                        _emit(
+                            f"meshgate: {child.name} exited with code {child.proc.returncode}; restarting it"
+                        )
+                        self._spawn(child.name)
+                        continue
                     error = LaunchError(
                         child.name,
                         f"exited unexpectedly with code {child.proc.returncode}; stopping the mesh",
@@ -327,7 +341,12 @@ class Mesh:
             _emit(f"meshgate: {signal.Signals(self.stop_signal).name} received, stopping")
         deadline = time.monotonic() + timeout
         stages: list[list[Child]] = [
-            [self.children[name] for name in reversed(stage) if name in self.children]
+            [
+                self.children[name]
+                for service in reversed(stage)
+                for name in self._child_names(service)
+                if name in self.children
+            ]
             for stage in reversed(START_STAGES)
         ]
         if self._redis is not None:
@@ -417,21 +436,58 @@ class Mesh:
         finally:
             client.close()
 
+    def _child_names(self, service: str) -> list[str]:
+        """`quota`, `quota#2`, `quota#3`...: one child per replica."""
+        count = self._replica_counts.get(service, 1)
+        return [service] + [f"{service}#{i}" for i in range(2, count + 1)]
+
+    def _assign_replica_ports(self) -> None:
+        """Loopback ports for the extra replicas; every client dials all of them."""
+        taken = {port for _, _, port in self._listeners()}
+        for service, count in self._replica_counts.items():
+            ports = self.replica_ports[service]
+            while len(ports) < count:
+                port = free_port()
+                if port not in taken:
+                    taken.add(port)
+                    ports.append(port)
+
     def _child_env(self) -> dict[str, str]:
         env = dict(self.env)
         if self.redis_url:
             env["MESHGATE_REDIS__URL"] = self.redis_url
+        for service, ports in self.replica_ports.items():
+            host = local_host(self.config.services.get(service).host)
+            env[f"MESHGATE_SERVICES__{service.upper()}__TARGET"] = "ipv4:" + ",".join(
+                f"{host}:{p}" for p in ports
+            )
         return env
 
     def _spawn(self, name: str) -> None:
-        argv = [sys.executable, "-m", "meshgate", "serve", name, "--config", str(self.config_path)]
-        self.children[name] = Child(name, argv, self._child_env())
+        service, _, number = name.partition("#")
+        argv = [
+            sys.executable,
+            "-m",
+            "meshgate",
+            "serve",
+            service,
+            "--config",
+            str(self.config_path),
+        ]
+        env = self._child_env()
+        if number:
+            prefix = f"MESHGATE_SERVICES__{service.upper()}__"
+            env[prefix + "PORT"] = str(self.replica_ports[service][int(number) - 1])
+            env[prefix + "METRICS_PORT"] = "0"  # one metrics port per service: the first replica's
+        self.children[name] = Child(name, argv, env)
 
     def _ready(self, name: str) -> bool:
         if name == "edge":
             return http_ready(f"{self.edge_origin}/readyz")
-        service: ServiceName = name  # type: ignore[assignment]
-        return grpc_serving(self.config.services.get(service).dial_target())
+        service, _, number = name.partition("#")
+        listen = self.config.services.get(service)
+        port = self.replica_ports[service][int(number) - 1] if number else listen.port
+        return grpc_serving(f"{local_host(listen.host)}:{port}")
 
     def _wait_ready(self, names: Sequence[str]) -> None:
         pending = list(names)
@@ -507,7 +563,26 @@ def _banner(config: Config, origin: str) -> list[str]:
     return lines
 
 
-def run(config_path: str | None = None, *, host: str | None = None, port: int | None = None) -> int:
+def parse_replicas(text: str) -> dict[str, int]:
+    """`quota=2,auth=2` -> {"quota": 2, "auth": 2}; ValueError names what is wrong."""
+    counts: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, number = item.partition("=")
+        if name not in SERVICE_NAMES:
+            raise ValueError(f"--replicas: {name!r} is not one of {', '.join(SERVICE_NAMES)}")
+        if not number.isdigit() or not 1 <= int(number) <= 16:
+            raise ValueError(f"--replicas: {item!r} needs a count from 1 to 16")
+        counts[name] = int(number)
+    return counts
+
+
+def run(
+    config_path: str | None = None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    replicas: Mapping[str, int] | None = None,
+) -> int:
     """The body of `meshgate up`: start, print where to connect, supervise, stop cleanly."""
     env = dict(os.environ)
     if host is not None:
@@ -521,7 +596,7 @@ def run(config_path: str | None = None, *, host: str | None = None, port: int | 
         print(f"meshgate: {exc}", file=sys.stderr)
         return 2
 
-    mesh = Mesh(path, config, env=env)
+    mesh = Mesh(path, config, env=env, replicas=replicas)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # No I/O here: the main thread may hold the stderr lock.
