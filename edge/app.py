@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import orjson
+import prometheus_client
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -64,6 +65,8 @@ def create_app(config: Config) -> Starlette:
 
 def run(config: Config) -> None:
     """Serve until SIGTERM; uvicorn then lets open responses (streams included) finish."""
+    if config.edge.metrics_port:
+        prometheus_client.start_http_server(config.edge.metrics_port, addr=config.edge.host)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config),

@@ -12,19 +12,20 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from edge import render, sse
+from edge import observe, render, sse
 from edge.errors import error_response
 from edge.headers import rate_limit_headers, request_id_of
 from edge.mesh import HOP_TIMEOUT_S, Mesh, rpc
-from meshgate import errors
+from meshgate import errors, logs
 from meshgate.errors import ApiError, from_rpc_error
+from meshgate.grpcio import ENGINE_TIME_KEY
 from meshgate.v1 import (
     auth_pb2,
     common_pb2,
@@ -49,18 +50,30 @@ class _Validated(Protocol):
 def endpoint(handler: Endpoint) -> Endpoint:
     """Every failure becomes the envelope; nothing reaches the server's traceback logger."""
 
+    route = handler.__name__
+
     @wraps(handler)
     async def wrapped(request: Request) -> Response:
+        started = time.perf_counter()
+        rid = request_id_of(request)
+        logs.request_id.set(rid)
         try:
-            return await handler(request)
+            response = await handler(request)
         except ApiError as exc:
-            return error_response(exc, request_id_of(request))
+            response = error_response(exc, rid)
         except Exception as exc:
-            log.error(
-                "unhandled error",
-                extra={"request_id": request_id_of(request), "error": type(exc).__name__},
-            )
-            return error_response(errors.server_error(), request_id_of(request))
+            log.error("unhandled error", extra={"error": type(exc).__name__})
+            response = error_response(errors.server_error(), rid)
+        scope = request.scope
+        observe.record(
+            route,
+            scope.get(observe.MODEL_KEY, ""),
+            response.status_code,
+            time.perf_counter() - started,
+            scope.get(observe.ENGINE_KEY),
+            rid,
+        )
+        return response
 
     return wrapped
 
@@ -179,6 +192,15 @@ async def reserve(
     )
 
 
+async def _routed(call: grpc.aio.UnaryUnaryCall[Any, T_V], request: Request) -> T_V:
+    """A unary router answer; the engine's own time (trailing metadata) goes to the overhead metric."""
+    response = await rpc(call, "router")
+    for key, value in await call.trailing_metadata() or ():
+        if key == ENGINE_TIME_KEY:
+            request.scope[observe.ENGINE_KEY] = int(value) / 1e6
+    return response
+
+
 async def _first(call: grpc.aio.UnaryStreamCall[object, Chunk]) -> Chunk:
     """The first chunk; failing here is still an HTTP error status, never a 200 stream."""
     try:
@@ -242,6 +264,7 @@ async def _admitted(
     validated: _Validated,
     max_tokens: int | None,
     deadline: float,
+    model: str,
 ) -> tuple[quota_pb2.ReserveResponse, dict[str, str], Callable[[common_pb2.Usage], None]]:
     reservation = await reserve(
         mesh, principal, validated.prompt_tokens, max_tokens, request_id, deadline
@@ -250,6 +273,7 @@ async def _admitted(
 
     def settle(usage: common_pb2.Usage) -> None:
         mesh.settle(principal, reservation, usage)
+        observe.tokens(model, usage.prompt_tokens, usage.completion_tokens)
 
     return reservation, headers, settle
 
@@ -276,8 +300,11 @@ async def chat_completions(request: Request) -> Response:
     validated: validation_pb2.ValidateChatCompletionResponse
     principal, validated = await authenticate_and_validate(mesh, request, rid, deadline, validation)
     chat = validated.request
+    request.scope[observe.MODEL_KEY] = chat.model
     max_tokens = chat.max_tokens if chat.HasField("max_tokens") else None
-    _, headers, settle = await _admitted(mesh, rid, principal, validated, max_tokens, deadline)
+    _, headers, settle = await _admitted(
+        mesh, rid, principal, validated, max_tokens, deadline, validated.request.model
+    )
     context = common_pb2.RequestContext(
         request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens
     )
@@ -295,13 +322,13 @@ async def chat_completions(request: Request) -> Response:
                 call, first, renderer, chat.include_usage, validated.prompt_tokens, settle
             )
             return _stream_response(events, headers)
-        response = await rpc(
+        response: router_pb2.CreateChatCompletionResponse = await _routed(
             mesh.router.CreateChatCompletion(
                 router_pb2.CreateChatCompletionRequest(request=chat, context=context),
                 timeout=timeout,
                 metadata=_metadata(rid),
             ),
-            "router",
+            request,
         )
     except ApiError as exc:
         settle(common_pb2.Usage())
@@ -324,9 +351,12 @@ async def completions(request: Request) -> Response:
     validated: validation_pb2.ValidateCompletionResponse
     principal, validated = await authenticate_and_validate(mesh, request, rid, deadline, validation)
     text = validated.request
+    request.scope[observe.MODEL_KEY] = text.model
     # Legacy completions default to 16 tokens per prompt.
     max_tokens = (text.max_tokens if text.HasField("max_tokens") else 16) * len(text.prompt)
-    _, headers, settle = await _admitted(mesh, rid, principal, validated, max_tokens, deadline)
+    _, headers, settle = await _admitted(
+        mesh, rid, principal, validated, max_tokens, deadline, validated.request.model
+    )
     context = common_pb2.RequestContext(
         request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens
     )
@@ -344,13 +374,13 @@ async def completions(request: Request) -> Response:
                 call, first, renderer, text.include_usage, validated.prompt_tokens, settle
             )
             return _stream_response(events, headers)
-        response = await rpc(
+        response: router_pb2.CreateCompletionResponse = await _routed(
             mesh.router.CreateCompletion(
                 router_pb2.CreateCompletionRequest(request=text, context=context),
                 timeout=timeout,
                 metadata=_metadata(rid),
             ),
-            "router",
+            request,
         )
     except ApiError as exc:
         settle(common_pb2.Usage())
@@ -372,18 +402,21 @@ async def embeddings(request: Request) -> Response:
     )
     validated: validation_pb2.ValidateEmbeddingResponse
     principal, validated = await authenticate_and_validate(mesh, request, rid, deadline, validation)
-    _, headers, settle = await _admitted(mesh, rid, principal, validated, 0, deadline)
+    request.scope[observe.MODEL_KEY] = validated.request.model
+    _, headers, settle = await _admitted(
+        mesh, rid, principal, validated, 0, deadline, validated.request.model
+    )
     context = common_pb2.RequestContext(
         request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens
     )
     try:
-        response = await rpc(
+        response: router_pb2.CreateEmbeddingResponse = await _routed(
             mesh.router.CreateEmbedding(
                 router_pb2.CreateEmbeddingRequest(request=validated.request, context=context),
                 timeout=max(deadline - time.monotonic(), 0.001),
                 metadata=_metadata(rid),
             ),
-            "router",
+            request,
         )
     except ApiError as exc:
         settle(common_pb2.Usage())

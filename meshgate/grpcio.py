@@ -20,9 +20,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from meshgate import logs
 from meshgate.config import ServiceConfig
 
 log = logging.getLogger("meshgate.grpc")
+
+# Trailing metadata in which the router reports the engine's own time, in µs.
+ENGINE_TIME_KEY = "x-engine-time-us"
 
 # The servicer context every handler receives; message types are checked at the proto layer.
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -71,6 +75,23 @@ SERVER_OPTIONS: tuple[tuple[str, int | str], ...] = (
 DRAIN_GRACE_S = 30.0
 
 
+class RequestIds(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Takes `x-request-id` from each call's metadata into the log context, and logs the call at DEBUG."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        for key, value in details.invocation_metadata or ():
+            if key == "x-request-id":
+                logs.request_id.set(str(value))
+                break
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("call", extra={"method": details.method})
+        return await continuation(details)
+
+
 def channel(target: str) -> grpc.aio.Channel:
     """One long-lived channel per target; callers keep it for the process lifetime."""
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
@@ -92,7 +113,7 @@ async def serve(
     host, port = listen.host, listen.port
     if listen.metrics_port:
         prometheus_client.start_http_server(listen.metrics_port, addr=host)
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestIds()])
     service_names = list(await setup(server))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -7,11 +7,16 @@ log call: log the key id, never the key.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import time
 
 import orjson
+
+# The request being served, set from `x-request-id` metadata on every gRPC hop
+# (meshgate/grpcio.py) and at the edge; every log line inside it carries the id.
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -30,6 +35,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        current = request_id.get()
+        if current:
+            entry["request_id"] = current
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 entry[key] = value

@@ -16,7 +16,7 @@ import prometheus_client
 from meshgate import grpcio, tokens
 from meshgate.config import Config
 from meshgate.errors import ApiError
-from meshgate.grpcio import Context
+from meshgate.grpcio import ENGINE_TIME_KEY, Context
 from meshgate.v1 import common_pb2, inference_pb2, router_pb2, router_pb2_grpc
 from services.router import catalog as cat
 from services.router.adapters.base import EngineAdapter, EngineUnavailable
@@ -113,8 +113,12 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
         tried: list[Replica] = []
         while (replica := pick(model.replicas, tried)) is not None:
             replica.outstanding += 1
+            started = time.perf_counter()
             try:
-                return await send(replica.adapter)
+                answer = await send(replica.adapter)
+                engine_us = int((time.perf_counter() - started) * 1e6)
+                context.set_trailing_metadata(((ENGINE_TIME_KEY, str(engine_us)),))
+                return answer
             except EngineUnavailable as exc:
                 self._eject(replica, exc, context)
                 tried.append(replica)

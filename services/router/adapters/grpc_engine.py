@@ -7,13 +7,18 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from meshgate import errors, grpcio
+from meshgate import errors, grpcio, logs
 from meshgate.v1 import engine_pb2, engine_pb2_grpc, inference_pb2
 from services.router.adapters.base import EngineUnavailable
 
 _RETRYABLE = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 )
+
+
+def _metadata() -> tuple[tuple[str, str], ...]:
+    """The request id travels on to the engine, for its logs."""
+    return (("x-request-id", logs.request_id.get()),)
 
 
 def _translate(exc: grpc.aio.AioRpcError, target: str) -> Exception:
@@ -36,7 +41,9 @@ class GrpcEngine:
     ) -> inference_pb2.ChatCompletion:
         try:
             response = await self._stub.GenerateChat(
-                engine_pb2.GenerateChatRequest(request=request), timeout=timeout
+                engine_pb2.GenerateChatRequest(request=request),
+                timeout=timeout,
+                metadata=_metadata(),
             )
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.target) from None
@@ -45,7 +52,9 @@ class GrpcEngine:
     async def stream_chat(
         self, request: inference_pb2.ChatCompletionRequest, timeout: float
     ) -> AsyncIterator[inference_pb2.ChatCompletionChunk]:
-        call = self._stub.StreamChat(engine_pb2.StreamChatRequest(request=request), timeout=timeout)
+        call = self._stub.StreamChat(
+            engine_pb2.StreamChatRequest(request=request), timeout=timeout, metadata=_metadata()
+        )
         try:
             async for chunk in call:
                 yield chunk
@@ -59,7 +68,9 @@ class GrpcEngine:
     ) -> inference_pb2.Completion:
         try:
             response = await self._stub.GenerateText(
-                engine_pb2.GenerateTextRequest(request=request), timeout=timeout
+                engine_pb2.GenerateTextRequest(request=request),
+                timeout=timeout,
+                metadata=_metadata(),
             )
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.target) from None
@@ -68,7 +79,9 @@ class GrpcEngine:
     async def stream_text(
         self, request: inference_pb2.CompletionRequest, timeout: float
     ) -> AsyncIterator[inference_pb2.CompletionChunk]:
-        call = self._stub.StreamText(engine_pb2.StreamTextRequest(request=request), timeout=timeout)
+        call = self._stub.StreamText(
+            engine_pb2.StreamTextRequest(request=request), timeout=timeout, metadata=_metadata()
+        )
         try:
             async for chunk in call:
                 yield chunk
@@ -82,7 +95,7 @@ class GrpcEngine:
     ) -> inference_pb2.EmbeddingList:
         try:
             response = await self._stub.Embed(
-                engine_pb2.EmbedRequest(request=request), timeout=timeout
+                engine_pb2.EmbedRequest(request=request), timeout=timeout, metadata=_metadata()
             )
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.target) from None

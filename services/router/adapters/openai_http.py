@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 
-from meshgate import errors
+from meshgate import errors, logs
 from meshgate import openai_wire as wire
 from meshgate.v1 import inference_pb2
 from services.router.adapters.base import EngineUnavailable
@@ -46,7 +46,9 @@ class OpenAIHttpEngine:
         self, path: str, body: dict[str, Any], timeout: float, parse: Callable[[Any], T]
     ) -> T:
         try:
-            response = await self._client.post(path, content=orjson.dumps(body), timeout=timeout)
+            response = await self._client.post(
+                path, content=orjson.dumps(body), timeout=timeout, headers=_request_headers()
+            )
         except httpx.TimeoutException:
             raise errors.timeout() from None
         except httpx.HTTPError as exc:
@@ -162,6 +164,12 @@ class OpenAIHttpEngine:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _request_headers() -> dict[str, str]:
+    """The request id travels on to the engine (vLLM and others log it)."""
+    rid = logs.request_id.get()
+    return {"x-request-id": rid} if rid else {}
 
 
 async def _sse_data(response: httpx.Response) -> AsyncIterator[bytes]:
