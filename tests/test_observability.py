@@ -77,7 +77,7 @@ def test_the_request_id_reaches_every_hop_and_every_log_line_is_json(observed: R
         time.sleep(0.1)
     assert {"edge", "validation", "quota", "router", "engine"} <= seen, seen
     access = [
-        l for l in _log_lines(observed) if l.get("request_id") == rid and l.get("msg") == "request"
+        e for e in _log_lines(observed) if e.get("request_id") == rid and e.get("msg") == "request"
     ]
     assert (
         access
