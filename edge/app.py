@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from edge import pipeline
+from edge import grpc_entry, pipeline
 from edge.cors import Cors
 from edge.errors import http_error_handler
 from edge.mesh import Mesh
@@ -40,9 +40,16 @@ def create_app(config: Config) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.mesh = Mesh(config)  # channels are created once, inside the server's loop
         app.state.mesh.start()
+        gateway = None
+        if config.edge.grpc_port:
+            gateway = await grpc_entry.start(
+                app.state.mesh, config.edge.host, config.edge.grpc_port
+            )
         try:
             yield
         finally:
+            if gateway is not None:
+                await gateway.stop(30)
             await app.state.mesh.close()
 
     routes = [

@@ -93,25 +93,24 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _within(deadline: float, cap: float = HOP_TIMEOUT_S) -> float:
+def hop_timeout(deadline: float, cap: float = HOP_TIMEOUT_S) -> float:
     """A hop's timeout: what is left of the request's one deadline, and at most `cap`."""
     return max(min(cap, deadline - time.monotonic()), 0.001)
 
 
-def _metadata(request_id: str) -> tuple[tuple[str, str], ...]:
+def call_metadata(request_id: str) -> tuple[tuple[str, str], ...]:
     return (("x-request-id", request_id),)
 
 
 async def authenticate(
-    mesh: Mesh, request: Request, request_id: str, deadline: float
+    mesh: Mesh, authorization: str, request_id: str, deadline: float
 ) -> common_pb2.Principal:
-    authorization = request.headers.get("authorization", "")
     principal = mesh.auth_cache.get(authorization)
     if principal is None:
         call = mesh.auth.Authenticate(
             auth_pb2.AuthenticateRequest(authorization=authorization),
-            timeout=_within(deadline),
-            metadata=_metadata(request_id),
+            timeout=hop_timeout(deadline),
+            metadata=call_metadata(request_id),
         )
         principal = (await rpc(call, "auth")).principal
         mesh.auth_cache.put(authorization, principal)
@@ -120,14 +119,14 @@ async def authenticate(
 
 async def authenticate_and_validate(
     mesh: Mesh,
-    request: Request,
+    authorization: str,
     request_id: str,
     deadline: float,
     validation: grpc.aio.UnaryUnaryCall[object, T_V],
 ) -> tuple[common_pb2.Principal, T_V]:
     """Auth and validation run at once; an auth failure wins over a validation failure."""
     try:
-        principal = await authenticate(mesh, request, request_id, deadline)
+        principal = await authenticate(mesh, authorization, request_id, deadline)
     except ApiError:
         validation.cancel()
         raise
@@ -145,8 +144,8 @@ async def peek(
     """The key's rate-limit state without charging it; None if quota cannot say (headers are best effort)."""
     call = mesh.quota.GetRateLimit(
         quota_pb2.GetRateLimitRequest(principal=principal),
-        timeout=_within(deadline),
-        metadata=_metadata(request_id),
+        timeout=hop_timeout(deadline),
+        metadata=call_metadata(request_id),
     )
     try:
         return (await call).rate_limit
@@ -187,7 +186,9 @@ async def reserve(
     if max_tokens is not None:
         request.max_tokens = max_tokens
     return await rpc(
-        mesh.quota.Reserve(request, timeout=_within(deadline), metadata=_metadata(request_id)),
+        mesh.quota.Reserve(
+            request, timeout=hop_timeout(deadline), metadata=call_metadata(request_id)
+        ),
         "quota",
     )
 
@@ -257,7 +258,7 @@ async def _events(
         )
 
 
-async def _admitted(
+async def admit(
     mesh: Mesh,
     request_id: str,
     principal: common_pb2.Principal,
@@ -294,15 +295,17 @@ async def chat_completions(request: Request) -> Response:
     body = await read_body(request, mesh.max_body_bytes)
     validation = mesh.validation.ValidateChatCompletion(
         validation_pb2.ValidateChatCompletionRequest(body=body),
-        timeout=_within(deadline),
-        metadata=_metadata(rid),
+        timeout=hop_timeout(deadline),
+        metadata=call_metadata(rid),
     )
     validated: validation_pb2.ValidateChatCompletionResponse
-    principal, validated = await authenticate_and_validate(mesh, request, rid, deadline, validation)
+    principal, validated = await authenticate_and_validate(
+        mesh, request.headers.get("authorization", ""), rid, deadline, validation
+    )
     chat = validated.request
     request.scope[observe.MODEL_KEY] = chat.model
     max_tokens = chat.max_tokens if chat.HasField("max_tokens") else None
-    _, headers, settle = await _admitted(
+    _, headers, settle = await admit(
         mesh, rid, principal, validated, max_tokens, deadline, validated.request.model
     )
     context = common_pb2.RequestContext(
@@ -314,7 +317,7 @@ async def chat_completions(request: Request) -> Response:
             call = mesh.router.StreamChatCompletion(
                 router_pb2.StreamChatCompletionRequest(request=chat, context=context),
                 timeout=timeout,
-                metadata=_metadata(rid),
+                metadata=call_metadata(rid),
             )
             first: inference_pb2.ChatCompletionChunk = await _first(call)
             renderer = sse.ChatChunks(first, chat.include_usage)
@@ -326,7 +329,7 @@ async def chat_completions(request: Request) -> Response:
             mesh.router.CreateChatCompletion(
                 router_pb2.CreateChatCompletionRequest(request=chat, context=context),
                 timeout=timeout,
-                metadata=_metadata(rid),
+                metadata=call_metadata(rid),
             ),
             request,
         )
@@ -345,16 +348,18 @@ async def completions(request: Request) -> Response:
     body = await read_body(request, mesh.max_body_bytes)
     validation = mesh.validation.ValidateCompletion(
         validation_pb2.ValidateCompletionRequest(body=body),
-        timeout=_within(deadline),
-        metadata=_metadata(rid),
+        timeout=hop_timeout(deadline),
+        metadata=call_metadata(rid),
     )
     validated: validation_pb2.ValidateCompletionResponse
-    principal, validated = await authenticate_and_validate(mesh, request, rid, deadline, validation)
+    principal, validated = await authenticate_and_validate(
+        mesh, request.headers.get("authorization", ""), rid, deadline, validation
+    )
     text = validated.request
     request.scope[observe.MODEL_KEY] = text.model
     # Legacy completions default to 16 tokens per prompt.
     max_tokens = (text.max_tokens if text.HasField("max_tokens") else 16) * len(text.prompt)
-    _, headers, settle = await _admitted(
+    _, headers, settle = await admit(
         mesh, rid, principal, validated, max_tokens, deadline, validated.request.model
     )
     context = common_pb2.RequestContext(
@@ -366,7 +371,7 @@ async def completions(request: Request) -> Response:
             call = mesh.router.StreamCompletion(
                 router_pb2.StreamCompletionRequest(request=text, context=context),
                 timeout=timeout,
-                metadata=_metadata(rid),
+                metadata=call_metadata(rid),
             )
             first: inference_pb2.CompletionChunk = await _first(call)
             renderer = sse.TextChunks(first, text.include_usage)
@@ -378,7 +383,7 @@ async def completions(request: Request) -> Response:
             mesh.router.CreateCompletion(
                 router_pb2.CreateCompletionRequest(request=text, context=context),
                 timeout=timeout,
-                metadata=_metadata(rid),
+                metadata=call_metadata(rid),
             ),
             request,
         )
@@ -397,13 +402,15 @@ async def embeddings(request: Request) -> Response:
     body = await read_body(request, mesh.max_body_bytes)
     validation = mesh.validation.ValidateEmbedding(
         validation_pb2.ValidateEmbeddingRequest(body=body),
-        timeout=_within(deadline),
-        metadata=_metadata(rid),
+        timeout=hop_timeout(deadline),
+        metadata=call_metadata(rid),
     )
     validated: validation_pb2.ValidateEmbeddingResponse
-    principal, validated = await authenticate_and_validate(mesh, request, rid, deadline, validation)
+    principal, validated = await authenticate_and_validate(
+        mesh, request.headers.get("authorization", ""), rid, deadline, validation
+    )
     request.scope[observe.MODEL_KEY] = validated.request.model
-    _, headers, settle = await _admitted(
+    _, headers, settle = await admit(
         mesh, rid, principal, validated, 0, deadline, validated.request.model
     )
     context = common_pb2.RequestContext(
@@ -414,7 +421,7 @@ async def embeddings(request: Request) -> Response:
             mesh.router.CreateEmbedding(
                 router_pb2.CreateEmbeddingRequest(request=validated.request, context=context),
                 timeout=max(deadline - time.monotonic(), 0.001),
-                metadata=_metadata(rid),
+                metadata=call_metadata(rid),
             ),
             request,
         )
@@ -434,12 +441,12 @@ async def list_models(request: Request) -> Response:
     mesh: Mesh = request.app.state.mesh
     rid = request_id_of(request)
     deadline = time.monotonic() + mesh.request_timeout
-    principal = await authenticate(mesh, request, rid, deadline)
+    principal = await authenticate(mesh, request.headers.get("authorization", ""), rid, deadline)
     context = common_pb2.RequestContext(request_id=rid, principal=principal)
     call = mesh.router.ListModels(
         router_pb2.ListModelsRequest(context=context),
-        timeout=_within(deadline),
-        metadata=_metadata(rid),
+        timeout=hop_timeout(deadline),
+        metadata=call_metadata(rid),
     )
     response, headers = await _described(mesh, principal, rid, deadline, call)
     return Response(render.model_list(response), headers=headers, media_type=JSON)
@@ -451,13 +458,13 @@ async def get_model(request: Request) -> Response:
     mesh: Mesh = request.app.state.mesh
     rid = request_id_of(request)
     deadline = time.monotonic() + mesh.request_timeout
-    principal = await authenticate(mesh, request, rid, deadline)
+    principal = await authenticate(mesh, request.headers.get("authorization", ""), rid, deadline)
     model_id = request.path_params["model_id"]
     context = common_pb2.RequestContext(request_id=rid, principal=principal)
     call = mesh.router.GetModel(
         router_pb2.GetModelRequest(id=model_id, context=context),
-        timeout=_within(deadline),
-        metadata=_metadata(rid),
+        timeout=hop_timeout(deadline),
+        metadata=call_metadata(rid),
     )
     response, headers = await _described(mesh, principal, rid, deadline, call)
     return Response(

@@ -20,9 +20,7 @@ PROTO_DIR = ROOT / "proto"
 
 def generate(out_dir: Path) -> list[Path]:
     """Run protoc for every meshgate proto into out_dir; return the files written."""
-    protos = sorted(
-        str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / "meshgate/v1").glob("*.proto")
-    )
+    protos = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*.proto"))
     include = str(resources.files("grpc_tools") / "_proto")
     args = [
         "protoc",
@@ -35,7 +33,7 @@ def generate(out_dir: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    return sorted((out_dir / "meshgate/v1").glob("*_pb2*"))
+    return sorted((out_dir / "meshgate").rglob("*_pb2*"))
 
 
 if __name__ == "__main__":

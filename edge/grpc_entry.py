@@ -1,0 +1,207 @@
+"""The gRPC front door for internal consumers: the edge's pipeline, typed in and typed out.
+
+It serves `meshgate.gateway.v1.GatewayService` on `edge.grpc_port`, in the
+edge's own process and event loop, and reuses the HTTP path's hops from
+edge/pipeline.py: the key (`authorization` metadata) and the request go
+through the same auth, validation (the typed request is checked as the JSON
+body it stands for), quota and routing. Errors are the matching gRPC status
+with the OpenAI error in the status details.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+import orjson
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from edge import pipeline
+from edge.headers import new_request_id
+from edge.mesh import Mesh, rpc
+from meshgate import logs
+from meshgate import openai_wire as wire
+from meshgate.errors import ApiError, from_rpc_error
+from meshgate.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from meshgate.grpcio import SERVER_OPTIONS, Context
+from meshgate.v1 import common_pb2, router_pb2, validation_pb2
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+
+
+def _call_facts(context: Context, mesh: Mesh) -> tuple[str, str, float]:
+    """The key, the request id and the deadline of this call."""
+    authorization, rid = "", ""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            authorization = str(value)
+        elif key == "x-request-id":
+            rid = str(value)[:128]
+    rid = rid or new_request_id()
+    logs.request_id.set(rid)
+    remaining = context.time_remaining()
+    budget = mesh.request_timeout if remaining is None else min(remaining, mesh.request_timeout)
+    return authorization, rid, time.monotonic() + budget
+
+
+class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
+    def __init__(self, mesh: Mesh) -> None:
+        self._mesh = mesh
+
+    async def _admit_chat(
+        self, request: Any, context: Context, *, stream: bool
+    ) -> tuple[
+        str, float, validation_pb2.ValidateChatCompletionResponse, Any, common_pb2.RequestContext
+    ]:
+        mesh = self._mesh
+        authorization, rid, deadline = _call_facts(context, mesh)
+        body = wire.chat_body(request, request.model, stream=stream)
+        if not stream:
+            body.pop("stream", None)
+        validation = mesh.validation.ValidateChatCompletion(
+            validation_pb2.ValidateChatCompletionRequest(body=orjson.dumps(body)),
+            timeout=pipeline.hop_timeout(deadline),
+            metadata=pipeline.call_metadata(rid),
+        )
+        validated: validation_pb2.ValidateChatCompletionResponse
+        principal, validated = await pipeline.authenticate_and_validate(
+            mesh, authorization, rid, deadline, validation
+        )
+        chat = validated.request
+        max_tokens = chat.max_tokens if chat.HasField("max_tokens") else None
+        _, _, settle = await pipeline.admit(
+            mesh, rid, principal, validated, max_tokens, deadline, chat.model
+        )
+        routed = common_pb2.RequestContext(
+            request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens
+        )
+        return rid, deadline, validated, settle, routed
+
+    async def CreateChatCompletion(
+        self, request: gateway_pb2.CreateChatCompletionRequest, context: Context
+    ) -> gateway_pb2.CreateChatCompletionResponse:
+        try:
+            rid, deadline, validated, settle, routed = await self._admit_chat(
+                request.request, context, stream=False
+            )
+            try:
+                response = await rpc(
+                    self._mesh.router.CreateChatCompletion(
+                        router_pb2.CreateChatCompletionRequest(
+                            request=validated.request, context=routed
+                        ),
+                        timeout=pipeline.hop_timeout(deadline, cap=self._mesh.request_timeout),
+                        metadata=pipeline.call_metadata(rid),
+                    ),
+                    "router",
+                )
+            except ApiError:
+                settle(common_pb2.Usage())
+                raise
+        except ApiError as exc:
+            await exc.abort(context)
+        settle(response.completion.usage)
+        return gateway_pb2.CreateChatCompletionResponse(completion=response.completion)
+
+    async def StreamChatCompletion(
+        self, request: gateway_pb2.StreamChatCompletionRequest, context: Context
+    ) -> AsyncIterator[gateway_pb2.StreamChatCompletionResponse]:
+        try:
+            rid, deadline, validated, settle, routed = await self._admit_chat(
+                request.request, context, stream=True
+            )
+        except ApiError as exc:
+            await exc.abort(context)
+        call = self._mesh.router.StreamChatCompletion(
+            router_pb2.StreamChatCompletionRequest(request=validated.request, context=routed),
+            timeout=pipeline.hop_timeout(deadline, cap=self._mesh.request_timeout),
+            metadata=pipeline.call_metadata(rid),
+        )
+        usage: common_pb2.Usage | None = None
+        fragments = 0
+        try:
+            while (chunk := await call.read()) is not grpc.aio.EOF:
+                if chunk.HasField("usage"):
+                    usage = chunk.usage
+                fragments += bool(chunk.choices)
+                yield gateway_pb2.StreamChatCompletionResponse(chunk=chunk)
+        except grpc.aio.AioRpcError as exc:
+            await from_rpc_error(exc, "router").abort(context)
+        finally:
+            if not call.done():
+                call.cancel()
+            settle(
+                usage
+                or common_pb2.Usage(
+                    prompt_tokens=validated.prompt_tokens, completion_tokens=max(fragments - 1, 0)
+                )
+            )
+
+    async def CreateEmbedding(
+        self, request: gateway_pb2.CreateEmbeddingRequest, context: Context
+    ) -> gateway_pb2.CreateEmbeddingResponse:
+        mesh = self._mesh
+        authorization, rid, deadline = _call_facts(context, mesh)
+        r = request.request
+        body: dict[str, Any] = {"model": r.model, "input": list(r.input)}
+        if r.HasField("dimensions"):
+            body["dimensions"] = r.dimensions
+        if r.user:
+            body["user"] = r.user
+        try:
+            validation = mesh.validation.ValidateEmbedding(
+                validation_pb2.ValidateEmbeddingRequest(body=orjson.dumps(body)),
+                timeout=pipeline.hop_timeout(deadline),
+                metadata=pipeline.call_metadata(rid),
+            )
+            validated: validation_pb2.ValidateEmbeddingResponse
+            principal, validated = await pipeline.authenticate_and_validate(
+                mesh, authorization, rid, deadline, validation
+            )
+            _, _, settle = await pipeline.admit(
+                mesh, rid, principal, validated, 0, deadline, r.model
+            )
+            routed = common_pb2.RequestContext(
+                request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens
+            )
+            try:
+                response = await rpc(
+                    mesh.router.CreateEmbedding(
+                        router_pb2.CreateEmbeddingRequest(
+                            request=validated.request, context=routed
+                        ),
+                        timeout=pipeline.hop_timeout(deadline, cap=mesh.request_timeout),
+                        metadata=pipeline.call_metadata(rid),
+                    ),
+                    "router",
+                )
+            except ApiError:
+                settle(common_pb2.Usage())
+                raise
+        except ApiError as exc:
+            await exc.abort(context)
+        settle(response.embeddings.usage)
+        return gateway_pb2.CreateEmbeddingResponse(embeddings=response.embeddings)
+
+
+async def start(mesh: Mesh, host: str, port: int) -> grpc.aio.Server:
+    """The gateway server, with health and reflection like every meshgate gRPC service."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(Gateway(mesh), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    names: Sequence[str] = [
+        SERVICE_NAME,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    ]
+    reflection.enable_server_reflection(names, server)
+    server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    for service in ("", SERVICE_NAME):
+        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return server

@@ -1,0 +1,1 @@
+"""meshgate.gateway: the gRPC front door for internal consumers."""

@@ -1,0 +1,1 @@
+"""Generated stubs for meshgate.gateway.v1 (see scripts/gen_protos.py)."""
