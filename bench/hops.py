@@ -112,7 +112,8 @@ def validation_share(
     hops: dict[str, float], overhead_us: float | None, cpu_by_process: dict[str, float]
 ) -> dict[str, Any]:
     """How much of the gateway's overhead the validation hop accounts for, in time and CPU."""
-    gateway_cpu = sum(v for k, v in cpu_by_process.items() if k != "engine")
+    # The upstream (reference engine, or the mock) is not the gateway.
+    gateway_cpu = sum(v for k, v in cpu_by_process.items() if k not in ("engine", "mock"))
     share: dict[str, Any] = {"validation_p50_us": round(hops["validation"], 1)}
     if overhead_us:
         share["of_c1_overhead_pct"] = round(100 * hops["validation"] / overhead_us, 1)

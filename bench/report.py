@@ -249,10 +249,12 @@ def render(result: dict[str, Any]) -> str:
     streams = [s for s in closed if s["endpoint"] == "chat_stream"]
     opened = [s for s in scenarios if s["mode"] == "open"]
     breakdown = [s for s in closed if s.get("cpu", {}).get("by_process_us_per_req")]
-    sections = [
-        "Closed loop (fixed concurrency); overhead = gateway p50 - direct p50\n"
-        + _closed_table(closed, overheads)
-    ]
+    sections = []
+    if closed:
+        sections.append(
+            "Closed loop (fixed concurrency); overhead = gateway p50 - direct p50\n"
+            + _closed_table(closed, overheads)
+        )
     if streams:
         sections.append(
             "Streaming (chat, stream=true): time to first token, gap between chunks, total\n"
@@ -286,7 +288,9 @@ def hops_text(result: dict[str, Any]) -> str:
     if not measured:
         return ""
     rows = [[hop, _fmt(us, 0)] for hop, us in measured.items()]
-    text = "Each hop alone, p50 µs at concurrency 1 (auth and validation run at once in a request)\n"
+    text = (
+        "Each hop alone, p50 µs at concurrency 1 (auth and validation run at once in a request)\n"
+    )
     text += table(["hop", "p50 µs"], rows)
     share = result["meta"].get("validation_share") or {}
     if share:
@@ -306,7 +310,8 @@ def _mb(kib: float | None) -> str:
 def streams_summary(held: dict[str, Any]) -> str:
     """One line: how many streams were held, errors, and the mesh's total memory."""
     if held.get("failure"):
-        return f"{held.get('requested', 0):,} streams requested: not measured ({held['failure']})"
+        reason = held["failure"].splitlines()[0] if held["failure"] else "?"
+        return f"{held.get('requested', 0):,} streams requested: not measured ({reason})"
     memory = held.get("memory") or {}
     return (
         f"{held['held']:,}/{held['requested']:,} streams held, {held['errors']} errors, "
@@ -347,7 +352,7 @@ def streams_text(result: dict[str, Any]) -> str:
         return ""
     text = (
         f"Open streams held (streams_rss): chat streams through meshgate, engine "
-        f"token_delay_ms {held.get('token_delay_ms', 0):g}\n" + streams_summary(held)
+        f"token_delay_ms {held.get('token_delay_ms', math.nan):g}\n" + streams_summary(held)
     )
     if held.get("memory"):
         text += "\n" + streams_table(held)

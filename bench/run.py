@@ -9,8 +9,14 @@ fixed arrival rate (open loop), then stops the mesh and prints/writes the
 figures. Comparing the two legs inside one run, on one machine, at the same
 load, is what makes "gateway overhead" a meaningful number; see bench/README.md.
 
-`--upstream mock` measures bench/mock_openai.py instead, and `--gateway-url`
-adds any OpenAI-compatible gateway (pointed at that mock) as a measured leg.
+`--upstream mock` measures bench/mock_openai.py directly and through a mesh
+whose models route to it (`kind: openai_http`), and `--gateway-url` adds any
+OpenAI-compatible gateway (pointed at that mock) as a measured leg.
+
+A full run also holds 2,000 streams open through a slow engine and samples the
+mesh's memory (`streams_rss`), then rewrites bench/RESULTS.md: the issue's
+targets, met or not, now and in the committed baseline (bench/results/baseline.json).
+`--render-only FILE` rewrites RESULTS.md from an existing result without running.
 """
 
 from __future__ import annotations
@@ -38,8 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make `bench` and `meshgate` importable
     sys.path.insert(0, str(ROOT))
 
-from bench import hops, report  # noqa: E402
+from bench import hops, report, results_md, streams  # noqa: E402
 from bench.httpclient import split_base_url  # noqa: E402
+from bench.mock_openai import DIMENSIONS as MOCK_DIMENSIONS  # noqa: E402
 from bench.payloads import ENDPOINTS, PATHS, Endpoint, Payload  # noqa: E402
 from bench.procstat import (  # noqa: E402
     CLK_TCK,
@@ -49,9 +56,19 @@ from bench.procstat import (  # noqa: E402
     host_busy_pct,
     process_label,
 )
-from bench.stack import MeshProcess, MockProcess, child_env, die_with_parent  # noqa: E402
+from bench.stack import (  # noqa: E402
+    MeshProcess,
+    MockProcess,
+    child_env,
+    die_with_parent,
+    openai_http_models,
+)
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
+DEFAULT_RESULTS_MD = ROOT / "bench" / "RESULTS.md"
+DEFAULT_BASELINE = ROOT / "bench" / "results" / "baseline.json"
+# The issue's memory target: this many streams open at once.
+FULL_OPEN_STREAMS = 2000
 GENERATOR_LABEL = "loadgen"
 # Below this concurrency one generator process is plenty, and splitting would
 # only add a process competing for the two cores.
@@ -103,6 +120,7 @@ class Run:
     preflight: dict[str, Any] = field(default_factory=dict)
     scenarios: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    streams_rss: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         closed = [s for s in self.scenarios if s["mode"] == "closed"]
@@ -112,7 +130,7 @@ class Run:
             for s in closed
             if not s["direct"] and (s["endpoint"], s["concurrency"]) in direct
         ]
-        return {
+        out: dict[str, Any] = {
             "schema": 1,
             "meta": self.meta,
             "preflight": self.preflight,
@@ -120,6 +138,9 @@ class Run:
             "overhead": overheads,
             "notes": self.notes,
         }
+        if self.streams_rss is not None:
+            out["streams_rss"] = self.streams_rss
+        return out
 
 
 # -------------------------------------------------------------- generators ----
@@ -438,16 +459,40 @@ def preflight(legs: list[Leg], endpoints: list[Endpoint], payload: Payload, run:
 # -------------------------------------------------------------------- legs ----
 
 
-def meshgate_over_mock_leg(mock: MockProcess, workdir: Path) -> Leg | None:
-    """meshgate in front of the mock upstream: needs meshgate's HTTP engine adapter.
+def meshgate_over_mock_leg(
+    mock: MockProcess, workdir: Path, payload: Payload, meshes: list[MeshProcess]
+) -> Leg:
+    """meshgate in front of the mock upstream, through the HTTP engine adapter.
 
-    That adapter does not exist yet (a later issue adds it). When it lands this
-    becomes: start `MeshProcess` on a config whose models' `engines` point at
-    `mock.base_url`, and return
-    `Leg("meshgate", "http", mesh.base_url, mesh.key, False, mesh.processes)`
-    (the mock is not in the mesh's process tree, so all of that CPU is gateway CPU).
+    The mesh's catalog names the payload's models, served by the mock over
+    `kind: openai_http`, so both legs carry byte-identical requests. The mock is
+    charged to this leg as its upstream (as the engine is on the reference
+    upstream), so `cpu µs/req` compares with the direct leg and `gw cpu µs` is
+    the whole `meshgate up` tree: with the mock outside it, all of it is gateway.
     """
-    return None
+    models = openai_http_models(
+        mock.base_url, payload.chat_model, payload.embed_model, MOCK_DIMENSIONS
+    )
+    print("starting meshgate (meshgate up) in front of the mock ...", flush=True)
+    mesh = MeshProcess(workdir, 0.0, models=models)
+    meshes.append(mesh)
+    mock_pid = mock.pid
+
+    def processes() -> dict[int, str]:
+        return {**mesh.processes(), mock_pid: "mock"}
+
+    return Leg(
+        name="meshgate",
+        kind="http",
+        target=mesh.base_url,
+        key=mesh.key,
+        direct=False,
+        processes=processes,
+        upstream_label="mock",
+        description=(
+            "HTTP edge -> auth, validation, quota (Redis), router -> openai_http adapter -> mock"
+        ),
+    )
 
 
 def build_legs(
@@ -456,6 +501,7 @@ def build_legs(
     run: Run,
     meshes: list[MeshProcess],
     mocks: list[MockProcess],
+    payload: Payload,
 ) -> list[Leg]:
     """Start what the upstream choice needs and describe each leg; started children are
     appended to `meshes` / `mocks` at once, so that the caller stops them even on failure."""
@@ -509,17 +555,8 @@ def build_legs(
             )
         )
         run.meta["mock_url"] = mock.base_url
-        over_mock = meshgate_over_mock_leg(mock, workdir)
-        if over_mock is not None:
-            legs.append(over_mock)
-        else:
-            note = (
-                "--upstream mock: the through-meshgate leg needs meshgate's HTTP engine "
-                "adapter, which does not exist yet; only the mock itself is measured "
-                f"(point another gateway at {mock.base_url} and pass --gateway-url)"
-            )
-            print(f"note: {note}", flush=True)
-            run.notes.append(note)
+        legs.append(meshgate_over_mock_leg(mock, workdir, payload, meshes))
+        run.meta["meshgate_url"] = meshes[-1].base_url
     if args.gateway_url:
         legs.append(external_gateway_leg(args.gateway_url, args.gateway_key, args.gateway_pid))
     run.meta["legs"] = {leg.name: leg.description for leg in legs}
@@ -595,6 +632,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--chat-model", default=Payload.chat_model)
     parser.add_argument("--embed-model", default=Payload.embed_model)
+    parser.add_argument(
+        "--open-streams",
+        type=int,
+        help=f"streams_rss: hold N streams open and sample the mesh's memory "
+        f"(default {FULL_OPEN_STREAMS} on a full run, 0 = skip, which --quick/--smoke do)",
+    )
+    parser.add_argument(
+        "--only-streams",
+        action="store_true",
+        help="run only the streams_rss scenario (N from --open-streams)",
+    )
+    parser.add_argument(
+        "--results-md",
+        type=Path,
+        nargs="?",
+        const=DEFAULT_RESULTS_MD,
+        help="write RESULTS.md (default path bench/RESULTS.md); a full run on the reference "
+        "upstream always does",
+    )
+    parser.add_argument("--no-results-md", action="store_true", help="never write RESULTS.md")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=DEFAULT_BASELINE,
+        help="the 'before' result RESULTS.md compares with",
+    )
+    parser.add_argument(
+        "--render-only",
+        type=Path,
+        metavar="FILE",
+        help="run nothing: render RESULTS.md from this JSON result",
+    )
     args = parser.parse_args(argv)
     if args.gateway_url:
         try:
@@ -603,7 +672,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--gateway-url: {exc}")
     if args.gen_procs < 1:
         parser.error("--gen-procs must be at least 1")
+    if args.open_streams is None:
+        full = not (args.smoke or args.quick)
+        args.open_streams = FULL_OPEN_STREAMS if full or args.only_streams else 0
+    if args.open_streams < 0:
+        parser.error("--open-streams must be 0 or more")
+    if args.only_streams and not args.open_streams:
+        parser.error("--only-streams needs --open-streams N > 0")
     return args
+
+
+def results_md_path(args: argparse.Namespace) -> Path | None:
+    """Where RESULTS.md goes, if anywhere.
+
+    A full run on the reference upstream is what the issue's targets are about,
+    so it always refreshes bench/RESULTS.md; a shorter or different run would
+    only overwrite it with less, so it needs --results-md.
+    """
+    if args.no_results_md:
+        return None
+    if args.results_md is not None:
+        return Path(args.results_md)
+    full = not (args.smoke or args.quick or args.only_streams)
+    if args.render_only or (full and args.upstream == "reference" and not args.gateway_url):
+        return DEFAULT_RESULTS_MD
+    return None
+
+
+def write_results_md(path: Path, result: dict[str, Any], baseline_path: Path) -> None:
+    """Render RESULTS.md from `result`, compared with the baseline when there is one."""
+    baseline: dict[str, Any] | None = None
+    if baseline_path.is_file():
+        baseline = orjson.loads(baseline_path.read_bytes())
+    results_md.write(path, result, baseline, baseline_path)
+    print(f"wrote {path}")
 
 
 def build_profile(args: argparse.Namespace) -> Profile:
@@ -639,10 +741,60 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # unwinds through the finally blocks that stop the children
 
 
+def streams_rss(count: int, workdir: Path, payload: Payload) -> dict[str, Any]:
+    """The streams_rss scenario on its own mesh (slow engine); see bench/streams.py."""
+    fd_limit = streams.raise_fd_limit(count + 1024)
+    started = time.monotonic()
+    delay = streams.STREAM_TOKEN_DELAY_MS
+    print(
+        f"streams_rss: {count} streams through meshgate (engine token_delay_ms {delay:g}) ...",
+        flush=True,
+    )
+    out: dict[str, Any] = {
+        "requested": count,
+        "token_delay_ms": delay,
+        "max_tokens": payload.max_tokens,
+        "fd_limit": fd_limit,
+        "memory_basis": streams.MEMORY_BASIS,
+    }
+    mesh = MeshProcess(workdir, delay, name="meshgate-streams")
+    try:
+        out["idle_memory"] = streams.tree_memory(mesh.processes())
+        out.update(
+            streams.hold_streams(
+                mesh.base_url,
+                mesh.key,
+                payload.json_body("chat_stream"),
+                count,
+                lambda: streams.tree_memory(mesh.processes()),
+            )
+        )
+    finally:
+        out["meshgate_exit_code"] = mesh.stop()
+    out["elapsed_s"] = round(time.monotonic() - started, 1)
+    print(f"  {report.streams_summary(out)}", flush=True)
+    return out
+
+
+def render_only(args: argparse.Namespace) -> int:
+    """--render-only: RESULTS.md from an existing result, nothing started."""
+    result: dict[str, Any] = orjson.loads(Path(args.render_only).read_bytes())
+    path = results_md_path(args)
+    if path is None:
+        print("--no-results-md: nothing to do")
+        return 0
+    write_results_md(path, result, args.baseline)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render_only:
+        return render_only(args)
     profile = build_profile(args)
     endpoints: list[Endpoint] = [e for e in ENDPOINTS if e in args.endpoints.split(",")]
+    if args.only_streams:
+        endpoints = []
     payload = Payload(chat_model=args.chat_model, embed_model=args.embed_model)
     signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.monotonic()
@@ -656,6 +808,7 @@ def main(argv: list[str] | None = None) -> int:
             "payload": payload.to_dict(),
             "token_delay_ms": args.token_delay_ms,
             "generator_processes": args.gen_procs,
+            "open_streams": args.open_streams,
             "host": {
                 "cpus": os.cpu_count(),
                 "python": platform.python_version(),
@@ -671,32 +824,47 @@ def main(argv: list[str] | None = None) -> int:
     gens: Generators | None = None
     with tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp:
         workdir = Path(tmp)
-        try:
-            # What the machine does without us: on a shared box this is not zero.
-            run.meta["host"]["baseline_busy_pct"] = host_busy_pct(1.0)
-            legs = build_legs(args, workdir, run, mesh, mock)
-            print("preflight ...", flush=True)
-            preflight(legs, endpoints, payload, run)
-            if mesh:
-                print("timing each hop alone ...", flush=True)
-                run.meta["hops_p50_us"] = hops.probe_hops(
-                    mesh[0].config_path, mesh[0].key, payload.json_body("chat")
-                )
-            gens = Generators(args.gen_procs, workdir)
-            for endpoint in endpoints:
-                for concurrency in profile.concurrencies:
-                    for leg in legs:  # legs alternate, so they see the same machine
-                        _record(run, gens, leg, endpoint, "closed", concurrency, profile, payload)
-            if not args.no_open_loop and "chat" in endpoints:
-                for leg in legs:
-                    _record(run, gens, leg, "chat", "open", profile.open_rate, profile, payload)
-        finally:
-            if gens is not None:
-                gens.close()
-            for m in mesh:
-                run.meta["meshgate_exit_code"] = m.stop()
-            for k in mock:
-                k.stop()
+        # What the machine does without us: on a shared box this is not zero.
+        run.meta["host"]["baseline_busy_pct"] = host_busy_pct(1.0)
+        if endpoints:
+            try:
+                legs = build_legs(args, workdir, run, mesh, mock, payload)
+                print("preflight ...", flush=True)
+                preflight(legs, endpoints, payload, run)
+                if mesh:
+                    print("timing each hop alone ...", flush=True)
+                    run.meta["hops_p50_us"] = hops.probe_hops(
+                        mesh[0].config_path, mesh[0].key, payload.json_body("chat")
+                    )
+                gens = Generators(args.gen_procs, workdir)
+                for endpoint in endpoints:
+                    for concurrency in profile.concurrencies:
+                        for leg in legs:  # legs alternate, so they see the same machine
+                            _record(
+                                run, gens, leg, endpoint, "closed", concurrency, profile, payload
+                            )
+                if not args.no_open_loop and "chat" in endpoints:
+                    for leg in legs:
+                        _record(run, gens, leg, "chat", "open", profile.open_rate, profile, payload)
+            finally:
+                if gens is not None:
+                    gens.close()
+                for m in mesh:
+                    run.meta["meshgate_exit_code"] = m.stop()
+                for k in mock:
+                    k.stop()
+        # After the load mesh is gone, so that it neither holds memory nor takes CPU.
+        if args.open_streams:
+            try:
+                run.streams_rss = streams_rss(args.open_streams, workdir, payload)
+            except (RuntimeError, OSError) as exc:
+                # The load figures above are still worth writing; the note says what failed.
+                what, _, log = str(exc).partition("\n")
+                run.streams_rss = {
+                    "requested": args.open_streams,
+                    "token_delay_ms": streams.STREAM_TOKEN_DELAY_MS,
+                    "failure": f"{what}\n{log[-2000:]}".strip(),
+                }
 
     run.meta["elapsed_s"] = round(time.monotonic() - started, 1)
     run.meta["host"]["loadavg_at_end"] = os.getloadavg()
@@ -709,7 +877,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     print(f"\nwrote {args.out} ({run.meta['elapsed_s']} s)")
-    return 1 if any(s["errors"] for s in run.scenarios) else 0
+    md_path = results_md_path(args)
+    if md_path is not None:
+        write_results_md(md_path, result, args.baseline)
+    held = run.streams_rss or {}
+    failed = any(s["errors"] for s in run.scenarios) or held.get("errors") or held.get("failure")
+    return 1 if failed else 0
 
 
 def _progress(s: dict[str, Any]) -> None:
@@ -758,6 +931,15 @@ def _add_notes(run: Run) -> None:
     for s in run.scenarios:
         if s["errors"]:
             run.notes.append(f"{s['id']}: {s['errors']} errors, e.g. {s['error_samples']}")
+    held = run.streams_rss
+    if held and held.get("failure"):
+        reason = held["failure"].splitlines()[0] if held["failure"] else "?"
+        run.notes.append(f"streams_rss did not run: {reason} (the JSON has the log's tail)")
+    elif held and (held["errors"] or held["held"] < held["requested"]):
+        run.notes.append(
+            f"streams_rss: {held['held']} of {held['requested']} streams held, "
+            f"{held['errors']} errors, e.g. {held['error_samples']}"
+        )
 
 
 if __name__ == "__main__":

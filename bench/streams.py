@@ -155,9 +155,7 @@ async def _hold(
         first: asyncio.Future[float] = loop.create_future()
         async with gate:
             try:
-                _, stream = await loop.create_connection(
-                    lambda: HeldStream(raw, first), host, port
-                )
+                _, stream = await loop.create_connection(lambda: HeldStream(raw, first), host, port)
             except OSError as exc:
                 error(f"connect: {type(exc).__name__}: {exc}")
                 return

@@ -2,7 +2,10 @@
 
 The benchmark is only worth its figures if both legs really ran the same load
 without errors, so this checks the result's shape and sanity rather than any
-speed (which depends on the machine).
+speed (which depends on the machine). It also renders RESULTS.md from that
+result (to a temporary path, never the real bench/RESULTS.md), and holds a few
+streams open against the mock, which is the streams_rss scenario's client
+without the cost of a second mesh.
 """
 
 from __future__ import annotations
@@ -19,16 +22,20 @@ ENDPOINTS = ("chat", "chat_stream", "embeddings")
 SMOKE_CONCURRENCIES = (1, 4)
 
 
-def run_smoke(out: Path) -> subprocess.CompletedProcess[str]:
+def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHGATE_")}
     return subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(out)],
+        [sys.executable, str(ROOT / "bench" / "run.py"), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def run_smoke(out: Path) -> subprocess.CompletedProcess[str]:
+    return run_bench("--smoke", "--out", str(out))
 
 
 def test_bench_smoke(tmp_path: Path) -> None:
@@ -79,3 +86,50 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert o["gateway"] == "meshgate"
         assert o["overhead_p50_us"] is not None and o["overhead_ratio_p50"] is not None
     assert overhead[("chat_stream", 1)]["per_chunk_overhead_us"] is not None
+
+    check_results_md(out, tmp_path / "RESULTS.md")
+
+
+def check_results_md(result: Path, md: Path) -> None:
+    """--render-only writes RESULTS.md from a result and keeps the notes below the marker."""
+    proc = run_bench("--render-only", str(result), "--results-md", str(md))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    text = md.read_text()
+    assert "## Targets" in text and "## Where the time goes" in text
+    assert "chat, c=1: added latency p50" in text
+    assert "not measured" in text  # the smoke run has no c=64 and no streams_rss
+    marker = "<!-- notes: kept across runs -->"
+    assert text.count(marker) == 1
+
+    md.write_text(text + "\nprofile finding: quota's Redis round trip dominates\n")
+    proc = run_bench("--render-only", str(result), "--results-md", str(md))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    again = md.read_text()
+    assert again.count(marker) == 1
+    assert again.endswith("profile finding: quota's Redis round trip dominates\n")
+
+
+def test_streams_held_against_mock(tmp_path: Path) -> None:
+    """The streams_rss client: N streams open at once, first tokens seen, memory sampled."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from bench.payloads import Payload
+    from bench.stack import MockProcess
+    from bench.streams import hold_streams, tree_memory
+
+    mock = MockProcess(tmp_path, token_delay_ms=200)
+    try:
+        held = hold_streams(
+            mock.base_url,
+            "sk-mock",
+            Payload().json_body("chat_stream"),
+            20,
+            lambda: tree_memory({mock.pid: "mock"}),
+        )
+    finally:
+        mock.stop()
+    assert held["requested"] == held["held"] == 20, held
+    assert held["errors"] == 0 and held["ended_early"] == 0, held
+    assert held["memory"]["rss_kib_total"] > 0
+    assert held["memory"]["by_process"]["mock"]["pss_kib"] > 0
+    assert held["ttft_us"]["n"] == 20

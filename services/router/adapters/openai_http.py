@@ -167,9 +167,13 @@ class OpenAIHttpEngine:
 
 
 def _request_headers() -> dict[str, str]:
-    """The request id travels on to the engine (vLLM and others log it)."""
+    """The request id travels on to the engine under a header of our own.
+
+    Not as `x-request-id`: some engines validate that header's format (the
+    llama.cpp server wants a UUID and answers 400 otherwise).
+    """
     rid = logs.request_id.get()
-    return {"x-request-id": rid} if rid else {}
+    return {"x-meshgate-request-id": rid} if rid else {}
 
 
 async def _sse_data(response: httpx.Response) -> AsyncIterator[bytes]:
