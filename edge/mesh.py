@@ -50,6 +50,7 @@ class Mesh:
         self.validation = validation_pb2_grpc.ValidationServiceStub(self._channels["validation"])
         self.router = router_pb2_grpc.RouterServiceStub(self._channels["router"])
         self.request_timeout = config.edge.request_timeout_s
+        self.access_log = config.logging.access_log
         self.auth_cache = AuthCache(config.auth.cache_ttl_ms / 1000)
         self.max_body_bytes = config.edge.max_body_bytes
         self._background: set[asyncio.Task[None]] = set()

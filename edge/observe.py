@@ -46,11 +46,14 @@ def record(
     seconds: float,
     engine_seconds: float | None,
     request_id: str,
+    access_log: bool,
 ) -> None:
     REQUESTS.labels(route, model, str(status)).inc()
     LATENCY.labels(route, model).observe(seconds)
     if engine_seconds is not None:
         OVERHEAD.labels(route).observe(max(seconds - engine_seconds, 0.0))
+    if not access_log:
+        return
     log.info(
         "request",
         extra={

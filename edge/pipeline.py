@@ -65,13 +65,14 @@ def endpoint(handler: Endpoint) -> Endpoint:
             log.error("unhandled error", extra={"error": type(exc).__name__})
             response = error_response(errors.server_error(), rid)
         scope = request.scope
-        observe.record(
+        observe.record(  # never raises: metrics and the log line take plain values
             route,
             scope.get(observe.MODEL_KEY, ""),
             response.status_code,
             time.perf_counter() - started,
             scope.get(observe.ENGINE_KEY),
             rid,
+            request.app.state.mesh.access_log,
         )
         return response
 

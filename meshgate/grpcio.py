@@ -64,6 +64,10 @@ CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.service_config", SERVICE_CONFIG),
 )
 SERVER_OPTIONS: tuple[tuple[str, int | str], ...] = (
+    # Clients re-resolve DNS when a connection ends: ending each one after a minute
+    # (gracefully) lets replicas added by `--scale` or an HPA receive traffic.
+    ("grpc.max_connection_age_ms", 60_000),
+    ("grpc.max_connection_age_grace_ms", 30_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 0),

@@ -52,6 +52,9 @@ START_STAGES: tuple[tuple[str, ...], ...] = (
     ("edge",),
 )
 READY_TIMEOUT_S = 30.0
+# A child restarted this many times within the window is crash-looping: give up.
+RESTART_LIMIT = 5
+RESTART_WINDOW_S = 60.0
 STOP_TIMEOUT_S = 10.0
 TAIL_LINES = 20
 _POLL_S = 0.1
@@ -268,6 +271,8 @@ class Mesh:
         self.redis_url = config.redis.url
         self.children: dict[str, Child] = {}
         self._redis: Child | None = None
+        self._redis_argv: list[str] = []
+        self._restarts: dict[str, list[float]] = {}
         self._redis_dir: str | None = None
         self._stop_requested = False
         self._hurry = False
@@ -307,30 +312,49 @@ class Mesh:
             self._wait_ready(names)
 
     def wait(self) -> int:
-        """Block until a stop is requested (0) or a child dies on its own (1)."""
+        """Supervise until a stop is requested (0), restarting children that die.
+
+        A child that dies is started again at once, on the same port, while the
+        rest of the mesh keeps serving (replicas carry its load meanwhile). One
+        that dies RESTART_LIMIT times within RESTART_WINDOW_S is crash-looping:
+        the mesh stops and exits 1.
+        """
         while not self._stop_requested:
             for child in self._all_children():
-                if not child.running():
-                    # A signal to the whole group (systemd, `kill 0`) may reach us just after.
-                    time.sleep(0.2)
-                    if self._stop_requested:
-                        return 0
-                    if "#" in child.name or child.name in self.replica_ports:
-                        # One replica of several: the others carry the load while it comes back.
-                        _emit(
-                            f"meshgate: {child.name} exited with code {child.proc.returncode}; restarting it"
-                        )
-                        self._spawn(child.name)
-                        continue
+                if child.running():
+                    continue
+                # A signal to the whole group (systemd, `kill 0`) may reach us just after.
+                time.sleep(0.2)
+                if self._stop_requested:
+                    return 0
+                now = time.monotonic()
+                recent = [
+                    t for t in self._restarts.get(child.name, []) if now - t < RESTART_WINDOW_S
+                ]
+                if len(recent) >= RESTART_LIMIT:
                     error = LaunchError(
                         child.name,
-                        f"exited unexpectedly with code {child.proc.returncode}; stopping the mesh",
+                        f"exited with code {child.proc.returncode} {len(recent) + 1} times within "
+                        f"{RESTART_WINDOW_S:.0f}s; stopping the mesh",
                         child.output_tail(),
                     )
                     _emit(error.report())
                     return 1
+                self._restarts[child.name] = [*recent, now]
+                _emit(
+                    f"meshgate: {child.name} exited with code {child.proc.returncode}; restarting it"
+                )
+                self._respawn(child)
             time.sleep(_POLL_S)
         return 0
+
+    def _respawn(self, child: Child) -> None:
+        if child is self._redis:
+            self._redis = Child(
+                "redis", self._redis_argv, self.env, merge_stdout=True, forward=False
+            )
+        else:
+            self._spawn(child.name)
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM edge, router, the rest, then Redis; SIGKILL whatever is left at the deadline."""
@@ -410,6 +434,7 @@ class Mesh:
             "--appendonly", "no", "--dir", self._redis_dir, "--loglevel", "warning",
             "--daemonize", "no",
         ]  # fmt: skip
+        self._redis_argv = argv
         self._redis = Child("redis", argv, self.env, merge_stdout=True, forward=False)
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5)

@@ -22,7 +22,9 @@ def observed(start_mesh: Any) -> Iterator[RunningMesh]:
     ports = free_ports(6)
     services = {name: {"metrics_port": port} for name, port in zip(SERVICES, ports, strict=False)}
     mesh = start_mesh(
-        edge={"metrics_port": ports[5]}, services=services, logging={"level": "DEBUG"}
+        edge={"metrics_port": ports[5]},
+        services=services,
+        logging={"level": "DEBUG", "access_log": True},
     )
     yield mesh
     assert mesh.stop() == 0
