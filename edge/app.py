@@ -18,6 +18,7 @@ from starlette.routing import Route
 from edge import grpc_entry, pipeline
 from edge.cors import Cors
 from edge.errors import http_error_handler
+from edge.limits import HeaderLimit
 from edge.mesh import Mesh
 from meshgate.config import Config
 
@@ -61,7 +62,10 @@ def create_app(config: Config) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]
-    middleware = [Middleware(Cors, allow_origins=config.edge.cors_allow_origins)]
+    middleware = [
+        Middleware(HeaderLimit, max_bytes=config.edge.max_header_bytes),
+        Middleware(Cors, allow_origins=config.edge.cors_allow_origins),
+    ]
     return Starlette(
         routes=routes,
         middleware=middleware,

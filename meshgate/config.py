@@ -90,6 +90,8 @@ class EdgeConfig(_Strict):
     cors_allow_origins: tuple[str, ...] = ()
     # Largest request body accepted, in bytes.
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    # Largest total size of a request's headers, in bytes.
+    max_header_bytes: int = Field(default=32 * 1024, gt=0)
     # Port of the edge's Prometheus /metrics endpoint (on `host`); 0 turns it off.
     metrics_port: int = Field(default=0, ge=0, le=65535)
     # Port of the gRPC front door for internal consumers (meshgate.gateway.v1); 0 turns it off.

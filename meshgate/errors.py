@@ -228,6 +228,7 @@ CATALOGUE: tuple[Documented, ...] = (
     Documented(404, "invalid_request_error", None, "null", "An unknown URL (`Invalid URL (POST /v1/...)`), or an endpoint the API does not offer (fine-tuning, assistants, threads, runs, batches, files); the message names the alternative."),
     Documented(405, "invalid_request_error", None, "null", "A known URL with the wrong method."),
     Documented(413, "invalid_request_error", None, "null", "The body is larger than `edge.max_body_bytes`."),
+    Documented(431, "invalid_request_error", None, "null", "The request's headers together are larger than `edge.max_header_bytes`."),
     Documented(429, "requests", "rate_limit_exceeded", "null", "The key's requests-per-minute bucket is empty.", "Retry-After, retry-after-ms, x-ratelimit-*, doc_url"),
     Documented(429, "requests", "rate_limit_exceeded", "null", "The key already has `max_concurrency` requests in flight.", "Retry-After: 1, x-ratelimit-*, doc_url"),
     Documented(429, "tokens", "rate_limit_exceeded", "null", "The key's tokens-per-minute bucket cannot cover prompt plus `max_tokens` (or `quota.default_max_tokens` when unset).", "Retry-After, retry-after-ms, x-ratelimit-*, doc_url"),

@@ -226,3 +226,18 @@ def test_cors_allowlist(start_mesh: Any) -> None:
             assert "x-request-id" in response.headers["access-control-expose-headers"]
     finally:
         assert mesh.stop() == 0
+
+
+def test_oversized_headers_are_431(http: httpx.Client, mesh: RunningMesh) -> None:
+    limit = mesh.config.edge.max_header_bytes
+    response = http.get(
+        "/v1/models",
+        headers={"Authorization": f"Bearer {mesh.api_key}", "X-Junk": "a" * (limit + 1)},
+    )
+    assert response.status_code == 431
+    assert _envelope(response)["type"] == "invalid_request_error"
+    fine = http.get(
+        "/v1/models",
+        headers={"Authorization": f"Bearer {mesh.api_key}", "X-Junk": "a" * (limit // 2)},
+    )
+    assert fine.status_code == 200
