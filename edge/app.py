@@ -44,7 +44,7 @@ def create_app(config: Config) -> Starlette:
         gateway = None
         if config.edge.grpc_port:
             gateway = await grpc_entry.start(
-                app.state.mesh, config.edge.host, config.edge.grpc_port
+                app.state.mesh, config.edge.host, config.edge.grpc_port, config.tls
             )
         try:
             yield

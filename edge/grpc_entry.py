@@ -25,9 +25,10 @@ from edge.headers import new_request_id
 from edge.mesh import Mesh, rpc
 from meshgate import logs
 from meshgate import openai_wire as wire
+from meshgate.config import TlsConfig
 from meshgate.errors import ApiError, from_rpc_error
 from meshgate.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from meshgate.grpcio import SERVER_OPTIONS, Context
+from meshgate.grpcio import SERVER_OPTIONS, Context, listen_on
 from meshgate.v1 import common_pb2, router_pb2, validation_pb2
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
@@ -188,7 +189,7 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
         return gateway_pb2.CreateEmbeddingResponse(embeddings=response.embeddings)
 
 
-async def start(mesh: Mesh, host: str, port: int) -> grpc.aio.Server:
+async def start(mesh: Mesh, host: str, port: int, tls: TlsConfig) -> grpc.aio.Server:
     """The gateway server, with health and reflection like every meshgate gRPC service."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(Gateway(mesh), server)
@@ -200,7 +201,7 @@ async def start(mesh: Mesh, host: str, port: int) -> grpc.aio.Server:
         reflection.SERVICE_NAME,
     ]
     reflection.enable_server_reflection(names, server)
-    server.add_insecure_port(f"{host}:{port}")
+    listen_on(server, f"{host}:{port}", tls)
     await server.start()
     for service in ("", SERVICE_NAME):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -42,7 +42,7 @@ class Mesh:
     def __init__(self, config: Config) -> None:
         services = config.services
         self._channels = {
-            name: grpcio.channel(services.get(name).dial_target())
+            name: grpcio.channel(services.get(name).dial_target(), config.tls)
             for name in ("auth", "quota", "validation", "router")
         }
         self.auth = auth_pb2_grpc.AuthServiceStub(self._channels["auth"])

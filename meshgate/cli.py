@@ -145,7 +145,7 @@ def health(service: str, config_path: str | None) -> int:
         ok = http_ready(f"http://{local_host(config.edge.host)}:{config.edge.port}/readyz")
     else:
         listen = config.services.get(service)
-        ok = grpc_serving(f"{local_host(listen.host)}:{listen.port}")
+        ok = grpc_serving(f"{local_host(listen.host)}:{listen.port}", tls=config.tls)
     return 0 if ok else 1
 
 

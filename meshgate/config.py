@@ -184,6 +184,31 @@ class QuotaConfig(_Strict):
     default_max_tokens: int = Field(default=1024, gt=0)
 
 
+class TlsConfig(_Strict):
+    """Mutual TLS between the mesh's processes; all three files set, or none (plaintext).
+
+    Every process presents `cert_file` and trusts peers signed by `ca_file`, so a
+    service answers only callers of the mesh. Services bind to loopback by default.
+    """
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    # The name certificates are checked against, when it is not the target's host
+    # (one certificate for every service: `meshgate.internal`).
+    server_name: str = ""
+
+    @model_validator(mode="after")
+    def _all_or_none(self) -> TlsConfig:
+        if len({bool(self.ca_file), bool(self.cert_file), bool(self.key_file)}) > 1:
+            raise ValueError("set ca_file, cert_file and key_file together, or none of them")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ca_file)
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # One JSON line per request at the edge (route, model, status, duration, request id).
@@ -195,6 +220,7 @@ class Config(_Strict):
     edge: EdgeConfig = EdgeConfig()
     services: ServicesConfig = ServicesConfig()
     redis: RedisConfig = RedisConfig()
+    tls: TlsConfig = TlsConfig()
     auth: AuthConfig = AuthConfig()
     quota: QuotaConfig = QuotaConfig()
     logging: LoggingConfig = LoggingConfig()

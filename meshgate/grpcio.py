@@ -21,7 +21,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from meshgate import logs
-from meshgate.config import ServiceConfig
+from meshgate.config import ServiceConfig, TlsConfig
 
 log = logging.getLogger("meshgate.grpc")
 
@@ -96,16 +96,54 @@ class RequestIds(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return await continuation(details)
 
 
-def channel(target: str) -> grpc.aio.Channel:
+def _read(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def client_credentials(
+    tls: TlsConfig,
+) -> tuple[grpc.ChannelCredentials, tuple[tuple[str, str], ...]]:
+    """Credentials presenting our certificate, and the name override if one is set."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(tls.ca_file),
+        private_key=_read(tls.key_file),
+        certificate_chain=_read(tls.cert_file),
+    )
+    override = (("grpc.ssl_target_name_override", tls.server_name),) if tls.server_name else ()
+    return credentials, override
+
+
+def channel(target: str, tls: TlsConfig | None = None) -> grpc.aio.Channel:
     """One long-lived channel per target; callers keep it for the process lifetime."""
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    if tls is None or not tls.enabled:
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    credentials, override = client_credentials(tls)
+    return grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS + override)
+
+
+def listen_on(server: grpc.aio.Server, address: str, tls: TlsConfig | None) -> int:
+    """Bind plaintext, or mutual TLS that refuses any caller without a certificate from the CA."""
+    if tls is None or not tls.enabled:
+        return server.add_insecure_port(address)
+    credentials = grpc.ssl_server_credentials(
+        [(_read(tls.key_file), _read(tls.cert_file))],
+        root_certificates=_read(tls.ca_file),
+        require_client_auth=True,
+    )
+    return server.add_secure_port(address, credentials)
 
 
 Setup = Callable[[grpc.aio.Server], Awaitable[Sequence[str]]]
 
 
 async def serve(
-    name: str, listen: ServiceConfig, setup: Setup, *, grace: float = DRAIN_GRACE_S
+    name: str,
+    listen: ServiceConfig,
+    setup: Setup,
+    *,
+    tls: TlsConfig | None = None,
+    grace: float = DRAIN_GRACE_S,
 ) -> None:
     """Run a gRPC server until SIGTERM or SIGINT, then drain in-flight RPCs.
 
@@ -130,7 +168,7 @@ async def serve(
         server,
     )
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        bound = listen_on(server, f"{host}:{port}", tls)
     except RuntimeError:
         raise SystemExit(f"meshgate {name}: cannot listen on {host}:{port}") from None
     await server.start()

@@ -41,9 +41,11 @@ from meshgate.config import (
     SERVICE_NAMES,
     Config,
     ConfigError,
+    TlsConfig,
     config_file,
     load_config,
 )
+from meshgate.grpcio import client_credentials
 
 # Start order: each stage is started together and must be healthy before the next.
 START_STAGES: tuple[tuple[str, ...], ...] = (
@@ -204,9 +206,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def grpc_serving(target: str, timeout: float = 1.0) -> bool:
+def grpc_serving(target: str, timeout: float = 1.0, tls: TlsConfig | None = None) -> bool:
     """One standard health Check on a fresh channel (no reconnect backoff carried over)."""
-    with grpc.insecure_channel(target) as channel:
+    if tls is not None and tls.enabled:
+        credentials, override = client_credentials(tls)
+        opened = grpc.secure_channel(target, credentials, options=override)
+    else:
+        opened = grpc.insecure_channel(target)
+    with opened as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout
@@ -512,7 +519,7 @@ class Mesh:
         service, _, number = name.partition("#")
         listen = self.config.services.get(service)
         port = self.replica_ports[service][int(number) - 1] if number else listen.port
-        return grpc_serving(f"{local_host(listen.host)}:{port}")
+        return grpc_serving(f"{local_host(listen.host)}:{port}", tls=self.config.tls)
 
     def _wait_ready(self, names: Sequence[str]) -> None:
         pending = list(names)

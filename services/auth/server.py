@@ -194,7 +194,7 @@ async def run(config: Config) -> None:
 
     cfg = config.services.auth
     try:
-        await grpcio.serve("auth", cfg, setup)
+        await grpcio.serve("auth", cfg, setup, tls=config.tls)
     finally:
         if follower is not None:
             follower.cancel()

@@ -243,6 +243,6 @@ async def run(config: Config) -> None:
 
     cfg = config.services.quota
     try:
-        await grpcio.serve("quota", cfg, setup)
+        await grpcio.serve("quota", cfg, setup, tls=config.tls)
     finally:
         await redis.aclose()

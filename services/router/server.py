@@ -335,7 +335,7 @@ async def run(config: Config) -> None:
 
     cfg = config.services.router
     try:
-        await grpcio.serve("router", cfg, setup)
+        await grpcio.serve("router", cfg, setup, tls=config.tls)
     finally:
         health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -59,4 +59,4 @@ async def run(config: Config) -> None:
         return [validation_pb2.DESCRIPTOR.services_by_name["ValidationService"].full_name]
 
     cfg = config.services.validation
-    await grpcio.serve("validation", cfg, setup)
+    await grpcio.serve("validation", cfg, setup, tls=config.tls)

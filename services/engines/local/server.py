@@ -202,4 +202,4 @@ async def run(config: Config) -> None:
         engine_pb2_grpc.add_EngineServiceServicer_to_server(engine, server)
         return [SERVICE_NAME]
 
-    await serve("engine", config.services.engine, setup)
+    await serve("engine", config.services.engine, setup, tls=config.tls)

@@ -253,7 +253,7 @@ async def run(config: Config) -> None:
     async def setup(server: grpc.aio.Server) -> list[str]:
         return await add_to_server(server, config)
 
-    await serve("engine", cfg, setup)
+    await serve("engine", cfg, setup, tls=config.tls)
 
 
 def main() -> None:

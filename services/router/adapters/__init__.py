@@ -21,7 +21,7 @@ def connect(model: ModelConfig, engine: EngineReplica, config: Config) -> Engine
     if engine.kind == "grpc":
         from services.router.adapters.grpc_engine import GrpcEngine
 
-        return GrpcEngine(engine.target or config.services.engine.dial_target())
+        return GrpcEngine(engine.target or config.services.engine.dial_target(), config.tls)
     from services.router.adapters.openai_http import OpenAIHttpEngine
 
     return OpenAIHttpEngine(

@@ -8,6 +8,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from meshgate import errors, grpcio, logs
+from meshgate.config import TlsConfig
 from meshgate.v1 import engine_pb2, engine_pb2_grpc, inference_pb2
 from services.router.adapters.base import EngineUnavailable
 
@@ -30,9 +31,9 @@ def _translate(exc: grpc.aio.AioRpcError, target: str) -> Exception:
 
 
 class GrpcEngine:
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, tls: TlsConfig | None = None) -> None:
         self.target = target
-        self._channel = grpcio.channel(target)
+        self._channel = grpcio.channel(target, tls)
         self._stub = engine_pb2_grpc.EngineServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
