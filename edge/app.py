@@ -20,6 +20,7 @@ from edge.cors import Cors
 from edge.errors import http_error_handler
 from edge.limits import HeaderLimit
 from edge.mesh import Mesh
+from edge.openapi import openapi_json
 from meshgate.config import Config
 
 
@@ -61,6 +62,7 @@ def create_app(config: Config) -> Starlette:
         Route("/v1/models/{model_id:path}", pipeline.get_model, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
     middleware = [
         Middleware(HeaderLimit, max_bytes=config.edge.max_header_bytes),

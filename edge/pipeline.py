@@ -23,7 +23,7 @@ from edge import observe, render, sse
 from edge.errors import error_response
 from edge.headers import rate_limit_headers, request_id_of
 from edge.mesh import HOP_TIMEOUT_S, Mesh, rpc
-from meshgate import errors, logs
+from meshgate import errors, logs, tracing
 from meshgate.errors import ApiError, from_rpc_error
 from meshgate.grpcio import ENGINE_TIME_KEY
 from meshgate.v1 import (
@@ -58,7 +58,8 @@ def endpoint(handler: Endpoint) -> Endpoint:
         rid = request_id_of(request)
         logs.request_id.set(rid)
         try:
-            response = await handler(request)
+            with tracing.span(route):
+                response = await handler(request)
         except ApiError as exc:
             response = error_response(exc, rid)
         except Exception as exc:

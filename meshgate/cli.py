@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, cast
 
-from meshgate import logs
+from meshgate import logs, tracing
 from meshgate.config import Config, ConfigError, load_config
 
 # Where each process's entry point lives: `run(config)`, async for gRPC services.
@@ -188,6 +188,7 @@ def serve(service: str, config_path: str | None) -> int:
     if config is None:
         return 2
     logs.configure(service, config.logging.level)
+    tracing.configure(service, config.tracing)
     module_name = SERVICE_MODULES[service]
     if service == "engine" and config.services.engine.backend == "local":
         module_name = "services.engines.local.server"

@@ -209,6 +209,16 @@ class TlsConfig(_Strict):
         return bool(self.ca_file)
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry; off unless enabled, and then needs `pip install "meshgate[tracing]"`."""
+
+    enabled: bool = False
+    # An OTLP/gRPC collector, for example http://otel-collector:4317.
+    otlp_endpoint: str = ""
+    # A JSON-lines file every process appends its spans to (handy locally, used by the tests).
+    file: str = ""
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # One JSON line per request at the edge (route, model, status, duration, request id).
@@ -224,6 +234,7 @@ class Config(_Strict):
     auth: AuthConfig = AuthConfig()
     quota: QuotaConfig = QuotaConfig()
     logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig = TracingConfig()
     keys: tuple[KeyConfig, ...] = ()
     models: tuple[ModelConfig, ...] = ()
 
