@@ -57,7 +57,9 @@ def obj(
 
 
 def nullable(schema: JSONObject) -> JSONObject:
-    """A field the validators treat as omitted when it is JSON null."""
+    """A field the validators treat as omitted when it is JSON null (3.0: null joins an enum)."""
+    if "enum" in schema:
+        return {**schema, "enum": [*schema["enum"], None], "nullable": True}
     return {**schema, "nullable": True}
 
 
@@ -71,6 +73,9 @@ def number(minimum: float, maximum: float) -> JSONObject:
 
 STRING: JSONObject = {"type": "string"}
 INTEGER: JSONObject = {"type": "integer"}
+# The protobuf field widths behind the validators (meshgate.v1.inference).
+INT32: JSONObject = {"type": "integer", "format": "int32", "maximum": 2**31 - 1}
+INT64: JSONObject = {"type": "integer", "format": "int64", "maximum": 2**63 - 1}
 BOOLEAN: JSONObject = {"type": "boolean"}
 ANY_OBJECT: JSONObject = {"type": "object", "additionalProperties": True}
 STOP: JSONObject = nullable(
@@ -160,6 +165,14 @@ def _message(
     return obj({"role": {"type": "string", "enum": roles}, **properties}, ("role", *required))
 
 
+ASSISTANT_CONTENT = _content(TEXT_PART, REFUSAL_PART)
+ASSISTANT_FIELDS: JSONObject = {
+    "content": nullable(ASSISTANT_CONTENT),
+    "name": NAME,
+    "refusal": nullable(STRING),
+    "tool_calls": nullable({"type": "array", "items": TOOL_CALL}),
+    "function_call": nullable(ANY_OBJECT),
+}
 CHAT_MESSAGE: JSONObject = {
     "description": "One message; its role decides the content shapes allowed.",
     "anyOf": [
@@ -171,32 +184,22 @@ CHAT_MESSAGE: JSONObject = {
             {"content": _content(TEXT_PART, IMAGE_PART, AUDIO_PART, FILE_PART), "name": NAME},
             ("content",),
         ),
-        _message(
-            "assistant",
-            {
-                "content": nullable(_content(TEXT_PART, REFUSAL_PART)),
-                "name": NAME,
-                "refusal": nullable(STRING),
-                "tool_calls": nullable({"type": "array", "items": TOOL_CALL}),
-            },
-            ("content",),
-        ),
-        _message(
-            "assistant",
-            {
-                "content": nullable(_content(TEXT_PART, REFUSAL_PART)),
-                "name": NAME,
-                "refusal": nullable(STRING),
-                "tool_calls": {"type": "array", "items": TOOL_CALL, "minItems": 1},
-            },
-            ("tool_calls",),
+        # An assistant message needs content, tool calls, a refusal or a function call.
+        *(
+            _message("assistant", {**ASSISTANT_FIELDS, field: schema}, (field,))
+            for field, schema in (
+                ("content", ASSISTANT_CONTENT),
+                ("tool_calls", {"type": "array", "items": TOOL_CALL, "minItems": 1}),
+                ("refusal", STRING),
+                ("function_call", ANY_OBJECT),
+            )
         ),
         _message(
             "tool",
             {"content": _content(TEXT_PART), "tool_call_id": STRING, "name": NAME},
             ("content", "tool_call_id"),
         ),
-        _message("function", {"content": STRING, "name": STRING}, ("content", "name")),
+        _message("function", {"content": nullable(STRING), "name": STRING}, ("name",)),
     ],
 }
 NAMED_FUNCTION = obj({"name": STRING}, ("name",))
@@ -275,10 +278,10 @@ CHAT_REQUEST = obj(
         "top_p": number(0, 1),
         "presence_penalty": number(-2, 2),
         "frequency_penalty": number(-2, 2),
-        "max_tokens": nullable({"type": "integer", "minimum": 1}),
-        "max_completion_tokens": nullable({"type": "integer", "minimum": 1}),
+        "max_tokens": nullable(INT64 | {"minimum": 1}),
+        "max_completion_tokens": nullable(INT64 | {"minimum": 1}),
         "stop": STOP,
-        "seed": nullable(INTEGER),
+        "seed": nullable(INT64 | {"minimum": -(2**63)}),
         "user": nullable(STRING),
         "n": nullable(
             {"type": "integer", "minimum": 1, "maximum": 1, "description": "n > 1 is a 400."}
@@ -303,15 +306,13 @@ COMPLETION_REQUEST = obj(
     {
         "model": {"type": "string", "minLength": 1, "example": "meshgate/reference-mini"},
         "prompt": prompt_like(non_empty_strings=False),
-        "max_tokens": nullable(
-            {"type": "integer", "minimum": 0, "description": "Defaults to 16 per prompt."}
-        ),
+        "max_tokens": nullable(INT64 | {"minimum": 0, "description": "Defaults to 16 per prompt."}),
         "temperature": number(0, 2),
         "top_p": number(0, 1),
         "presence_penalty": number(-2, 2),
         "frequency_penalty": number(-2, 2),
         "stop": STOP,
-        "seed": nullable(INTEGER),
+        "seed": nullable(INT64 | {"minimum": -(2**63)}),
         "user": nullable(STRING),
         "echo": nullable(BOOLEAN),
         "suffix": nullable(STRING),
@@ -337,7 +338,7 @@ EMBEDDING_REQUEST = obj(
             "enum": ["float", "base64"],
             "description": "Omit it for floats; an explicit null is a 400.",
         },
-        "dimensions": nullable({"type": "integer", "minimum": 1}),
+        "dimensions": nullable(INT32 | {"minimum": 1}),
         "user": nullable(STRING),
     },
     ("model", "input"),
@@ -484,6 +485,21 @@ ERROR = obj(
     ("error",),
     description="OpenAI's error envelope; all four keys are always present.",
 )
+STREAM_EVENT = obj(
+    {
+        "data": {
+            "type": "string",
+            "description": (
+                "A JSON chunk (`chat.completion.chunk` or `text_completion`), a final "
+                '`{"error": {...}}` if the engine failed mid-stream, or `[DONE]`.'
+            ),
+        },
+        "event": STRING,
+        "id": STRING,
+    },
+    ("data",),
+    description="One server-sent event of a `stream: true` response.",
+)
 HEALTH = obj({"status": const("ok")}, ("status",))
 READY = obj(
     {
@@ -536,12 +552,8 @@ def error_response(status: int) -> JSONObject:
 def ok(schema: str, description: str, *, stream: bool = False) -> JSONObject:
     content: JSONObject = {"application/json": {"schema": ref(schema)}}
     if stream:
-        content["text/event-stream"] = {
-            "schema": {
-                "type": "string",
-                "description": "Server-sent events ending with `data: [DONE]` (with `stream: true`).",
-            }
-        }
+        # Before OpenAPI 3.2, an event stream's `schema` describes one event.
+        content["text/event-stream"] = {"schema": ref("StreamEvent")}
     return {
         "description": description,
         "headers": {"x-request-id": REQUEST_ID_HEADER, **RATE_LIMIT_HEADERS},
@@ -573,14 +585,17 @@ def operation(
     return op
 
 
-def public(summary: str, schema: JSONObject, extra: JSONObject | None = None) -> JSONObject:
-    """An unauthenticated probe: no bearer, no envelope on success."""
+def public(
+    operation_id: str, summary: str, schema: JSONObject, extra: JSONObject | None = None
+) -> JSONObject:
+    """An unauthenticated GET: no bearer, no envelope on success."""
     responses: JSONObject = {
         "200": {"description": "OK", "content": {"application/json": {"schema": schema}}},
         "431": error_response(431),
     }
     responses.update(extra or {})
-    return {"get": {"summary": summary, "security": [], "responses": responses}}
+    op = {"operationId": operation_id, "summary": summary, "security": [], "responses": responses}
+    return {"get": op}
 
 
 INFERENCE_ERRORS = (400, 401, 404, 413, 429, 431, 500, 503, 504)
@@ -653,8 +668,9 @@ def build() -> JSONObject:
                     parameters=[model_id],
                 )
             },
-            "/healthz": public("Liveness: the process answers.", ref("Health")),
+            "/healthz": public("healthz", "Liveness: the process answers.", ref("Health")),
             "/readyz": public(
+                "readyz",
                 "Readiness: every service the edge calls answers its health check.",
                 ref("Ready"),
                 {
@@ -664,7 +680,7 @@ def build() -> JSONObject:
                     }
                 },
             ),
-            "/openapi.json": public("This document.", ANY_OBJECT),
+            "/openapi.json": public("openapi", "This document.", ANY_OBJECT),
         },
         "components": {
             "securitySchemes": {
@@ -686,6 +702,7 @@ def build() -> JSONObject:
                 "Model": MODEL,
                 "ModelList": MODEL_LIST,
                 "Error": ERROR,
+                "StreamEvent": STREAM_EVENT,
                 "Health": HEALTH,
                 "Ready": READY,
             },
