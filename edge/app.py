@@ -18,6 +18,7 @@ from starlette.routing import Route
 from edge import grpc_entry, pipeline
 from edge.cors import Cors
 from edge.errors import http_error_handler
+from edge.headers import request_id_of
 from edge.limits import HeaderLimit
 from edge.mesh import Mesh
 from edge.openapi import openapi_json
@@ -26,7 +27,11 @@ from meshgate.config import Config
 
 async def healthz(request: Request) -> Response:
     """Liveness: the process answers."""
-    return Response(b'{"status":"ok"}', media_type="application/json")
+    return Response(
+        b'{"status":"ok"}',
+        media_type="application/json",
+        headers={"x-request-id": request_id_of(request)},
+    )
 
 
 async def readyz(request: Request) -> Response:
@@ -34,7 +39,12 @@ async def readyz(request: Request) -> Response:
     services = await request.app.state.mesh.ready()
     status = 200 if all(services.values()) else 503
     body = {"status": "ok" if status == 200 else "unavailable", "services": services}
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+    return Response(
+        orjson.dumps(body),
+        status_code=status,
+        media_type="application/json",
+        headers={"x-request-id": request_id_of(request)},
+    )
 
 
 def create_app(config: Config) -> Starlette:

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from edge import observe, render, sse
@@ -62,6 +62,11 @@ def endpoint(handler: Endpoint) -> Endpoint:
                 response = await handler(request)
         except ApiError as exc:
             response = error_response(exc, rid)
+        except ClientDisconnect:
+            # The client left while sending its body: nobody to answer, and not our failure.
+            response = error_response(
+                ApiError(499, "invalid_request_error", "The client closed the connection."), rid
+            )
         except Exception as exc:
             log.error("unhandled error", extra={"error": type(exc).__name__})
             response = error_response(errors.server_error(), rid)

@@ -19,6 +19,8 @@ from google.rpc import status_pb2
 from meshgate.v1 import common_pb2
 
 DETAILS_KEY = "grpc-status-details-bin"
+# Longest message an error carries; it travels in gRPC trailing metadata, which is bounded.
+MAX_MESSAGE = 2000
 # An error a service raises on purpose is final: a negative pushback tells gRPC's
 # retry policy (meshgate/grpcio.py) not to try another replica.
 NO_RETRY = ("grpc-retry-pushback-ms", "-1")
@@ -60,6 +62,8 @@ class ApiError(Exception):
         should_retry: bool | None = None,
         rate_limit: common_pb2.RateLimitState | None = None,
     ) -> None:
+        if len(message) > MAX_MESSAGE:  # messages may echo client values: keep them to a size
+            message = message[: MAX_MESSAGE - 20] + "... (truncated)"
         super().__init__(message)
         self.status = status
         self.type = type

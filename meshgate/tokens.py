@@ -28,9 +28,18 @@ def encoding() -> _Encoding:
     return enc
 
 
+# bpe-openai refuses very long strings at once; longer texts are counted in slices.
+_SLICE = 100_000
+
+
 def count(text: str) -> int:
-    """Tokens in text."""
-    return len(encoding().encode(text)) if text else 0
+    """Tokens in text (a slice boundary may split a token, so huge texts may count one more)."""
+    if not text:
+        return 0
+    enc = encoding()
+    if len(text) <= _SLICE:
+        return len(enc.encode(text))
+    return sum(len(enc.encode(text[i : i + _SLICE])) for i in range(0, len(text), _SLICE))
 
 
 PER_MESSAGE = 3

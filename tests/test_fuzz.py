@@ -303,12 +303,6 @@ def test_moderate_nesting_passes_through(api: httpx.Client, path: str, levels: i
     assert response.status_code == 200, describe(response)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a pass-through field nested 49 deep is a 500 (the edge cannot decode the "
-    "validation reply: protobuf's recursion limit), 50+ is a 503 from validation (DecodeError, "
-    "then RecursionError); it should be a 400 envelope or pass through",
-)
 @pytest.mark.parametrize("path", POSTS)
 def test_deep_nesting_in_a_passthrough_field(api: httpx.Client, path: str) -> None:
     for levels in (49, 50, 100, 500, 1000):
@@ -319,11 +313,6 @@ def test_deep_nesting_in_a_passthrough_field(api: httpx.Client, path: str) -> No
 # ---------------------------------------------------------------- numbers ----
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: integers beyond the protobuf field (int32 dimensions, int64 seed and "
-    "max_tokens) raise ValueError in the validation service: a 503, not a 400",
-)
 @pytest.mark.parametrize(
     ("path", "field", "value"),
     [
@@ -371,11 +360,6 @@ def test_huge_strings_under_the_limit(
         assert error["code"] == "context_length_exceeded", describe(response)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: bpe-openai refuses a string of 1,000,000+ characters or 200,000+ tokens "
-    "(ValueError in the validation service's token count): a 503, not 400 context_length_exceeded",
-)
 @pytest.mark.parametrize(
     ("path", "body"),
     [
@@ -394,11 +378,6 @@ def test_one_huge_string_is_a_context_error(
     assert error is not None and error["code"] == "context_length_exceeded", describe(response)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an error message that echoes a long client value (an unknown model id of "
-    "~10 KB, a tool_choice name) overflows gRPC's trailing-metadata limit: a 503, not the 4xx",
-)
 @pytest.mark.parametrize(
     ("method", "path", "body", "status"),
     [
@@ -652,11 +631,6 @@ def test_stalled_clients_do_not_block_others(mesh: RunningMesh, api: httpx.Clien
     check(api.get("/v1/models"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a client that disconnects mid-body makes the edge log 'unhandled error' "
-    "(ClientDisconnect) at error level and count the request as a 500",
-)
 def test_client_that_gives_up_is_not_an_error(mesh: RunningMesh, api: httpx.Client) -> None:
     rid = f"fuzz-gone-{uuid.uuid4().hex}"
     with connect(mesh.origin) as sock:
@@ -797,11 +771,6 @@ def test_random_paths_and_methods(
     check(response, head=method == "HEAD")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: /healthz and /readyz answer without x-request-id, which the README and "
-    "docs/errors.md promise on every response",
-)
 @pytest.mark.parametrize("path", ["/healthz", "/readyz"])
 def test_every_route_carries_a_request_id(api: httpx.Client, path: str) -> None:
     response = api.get(path)

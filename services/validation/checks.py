@@ -56,7 +56,7 @@ def missing(path: str) -> NoReturn:
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
-    """The request body as a JSON object."""
+    """The request body as a JSON object, no deeper than protobuf can carry."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -69,6 +69,8 @@ def parse_body(body: bytes) -> dict[str, Any]:
         raise Invalid(
             f"The request body must be a JSON object, but got {describe(data)} instead.", None
         )
+    for key, value in data.items():
+        shallow(value, key, 1)
     return data
 
 
@@ -97,15 +99,40 @@ def boolean(value: object, path: str) -> bool:
     return value
 
 
+INT32_MAX = 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# JSON nesting allowed in fields that pass through as a protobuf Struct (each level of a
+# JSON array costs protobuf two, and protobuf stops at 100).
+MAX_DEPTH = 42
+
+
 def integer(
     value: object, path: str, *, minimum: int | None = None, maximum: int | None = None
 ) -> int:
+    """An integer that also fits the int64 field it travels in."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         wrong_type(path, "an integer", value)
-    _bounds(value, path, minimum, maximum, "integer")
+    low = INT64_MIN if minimum is None else max(minimum, INT64_MIN)
+    high = INT64_MAX if maximum is None else min(maximum, INT64_MAX)
+    _bounds(value, path, low, high, "integer")
     return value
+
+
+def shallow(value: object, path: str, depth: int = 0) -> None:
+    """Refuse JSON nested deeper than MAX_DEPTH: protobuf could not carry it."""
+    if depth > MAX_DEPTH:
+        raise Invalid(
+            f"Invalid '{path}': nested too deeply. Expected at most {MAX_DEPTH} levels of arrays and objects.",
+            path,
+        )
+    if isinstance(value, dict):
+        for key, item in value.items():
+            shallow(item, join(path, str(key)), depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            shallow(item, join(path, index), depth + 1)
 
 
 def number(

@@ -34,7 +34,7 @@ def validate_embedding(body: dict[str, Any]) -> inference_pb2.EmbeddingRequest:
             c.one_of(body["encoding_format"], "encoding_format", ("float", "base64")) == "base64"
         )
     if body.get("dimensions") is not None:
-        out.dimensions = c.integer(body["dimensions"], "dimensions", minimum=1)
+        out.dimensions = c.integer(body["dimensions"], "dimensions", minimum=1, maximum=c.INT32_MAX)
     if body.get("user") is not None:
         out.user = c.string(body["user"], "user")
     extra = {k: v for k, v in body.items() if k not in MODELLED}
