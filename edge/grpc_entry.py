@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 from typing import Any
 
 import grpc
@@ -63,14 +64,15 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
         body = wire.chat_body(request, request.model, stream=stream)
         if not stream:
             body.pop("stream", None)
-        validation = mesh.validation.ValidateChatCompletion(
+        validate = partial(
+            mesh.validation.ValidateChatCompletion,
             validation_pb2.ValidateChatCompletionRequest(body=orjson.dumps(body)),
             timeout=pipeline.hop_timeout(deadline),
             metadata=pipeline.call_metadata(rid),
         )
         validated: validation_pb2.ValidateChatCompletionResponse
         principal, validated = await pipeline.authenticate_and_validate(
-            mesh, authorization, rid, deadline, validation
+            mesh, authorization, rid, deadline, validate
         )
         chat = validated.request
         max_tokens = chat.max_tokens if chat.HasField("max_tokens") else None
@@ -91,7 +93,8 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
             )
             try:
                 response = await rpc(
-                    self._mesh.router.CreateChatCompletion(
+                    partial(
+                        self._mesh.router.CreateChatCompletion,
                         router_pb2.CreateChatCompletionRequest(
                             request=validated.request, context=routed
                         ),
@@ -154,14 +157,15 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
         if r.user:
             body["user"] = r.user
         try:
-            validation = mesh.validation.ValidateEmbedding(
+            validate = partial(
+                mesh.validation.ValidateEmbedding,
                 validation_pb2.ValidateEmbeddingRequest(body=orjson.dumps(body)),
                 timeout=pipeline.hop_timeout(deadline),
                 metadata=pipeline.call_metadata(rid),
             )
             validated: validation_pb2.ValidateEmbeddingResponse
             principal, validated = await pipeline.authenticate_and_validate(
-                mesh, authorization, rid, deadline, validation
+                mesh, authorization, rid, deadline, validate
             )
             _, _, settle = await pipeline.admit(
                 mesh, rid, principal, validated, 0, deadline, r.model
@@ -171,7 +175,8 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
             )
             try:
                 response = await rpc(
-                    mesh.router.CreateEmbedding(
+                    partial(
+                        mesh.router.CreateEmbedding,
                         router_pb2.CreateEmbeddingRequest(
                             request=validated.request, context=routed
                         ),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from edge.auth_cache import AuthCache
 from meshgate import grpcio
 from meshgate.config import Config
-from meshgate.errors import ApiError, from_rpc_error
+from meshgate.errors import DETAILS_KEY, ApiError, from_rpc_error
 from meshgate.v1 import (
     auth_pb2_grpc,
     common_pb2,
@@ -30,12 +30,41 @@ HOP_TIMEOUT_S = 5.0
 SETTLE_WINDOW_S = 0.002
 
 
-async def rpc(call: Awaitable[T], service: str) -> T:
-    """Await a unary call, turning a gRPC failure into the ApiError it carries."""
+# A unary call as the generated (untyped) stubs return it.
+Call = Any
+
+
+def transient(exc: grpc.aio.AioRpcError) -> bool:
+    """The replica went away mid-call (UNAVAILABLE, and no error of ours in the details)."""
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    return not any(key == DETAILS_KEY for key, _ in exc.trailing_metadata() or ())
+
+
+async def rpc_call(
+    make: Callable[[], Call], service: str, started: Call | None = None
+) -> tuple[Any, Call]:
+    """Await a unary call, retried once on another replica if its replica died mid-call.
+
+    A service's own errors are final. Retrying here rather than with gRPC's retry
+    policy keeps the per-call cost of the policy off every request.
+    """
+    call = started if started is not None else make()
     try:
-        return await call
+        return await call, call
+    except grpc.aio.AioRpcError as exc:
+        if not transient(exc):
+            raise from_rpc_error(exc, service) from None
+    call = make()
+    try:
+        return await call, call
     except grpc.aio.AioRpcError as exc:
         raise from_rpc_error(exc, service) from None
+
+
+async def rpc(make: Callable[[], Call], service: str, started: Call | None = None) -> Any:
+    """`rpc_call`, for when only the answer matters."""
+    return (await rpc_call(make, service, started))[0]
 
 
 class Mesh:

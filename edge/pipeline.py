@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from functools import wraps
+from functools import partial, wraps
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -22,7 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from edge import observe, render, sse
 from edge.errors import error_response
 from edge.headers import rate_limit_headers, request_id_of
-from edge.mesh import HOP_TIMEOUT_S, Mesh, rpc
+from edge.mesh import HOP_TIMEOUT_S, Call, Mesh, rpc, rpc_call, transient
 from meshgate import errors, logs, tracing
 from meshgate.errors import ApiError, from_rpc_error
 from meshgate.grpcio import ENGINE_TIME_KEY
@@ -114,12 +114,14 @@ async def authenticate(
 ) -> common_pb2.Principal:
     principal = mesh.auth_cache.get(authorization)
     if principal is None:
-        call = mesh.auth.Authenticate(
-            auth_pb2.AuthenticateRequest(authorization=authorization),
-            timeout=hop_timeout(deadline),
-            metadata=call_metadata(request_id),
+        request = auth_pb2.AuthenticateRequest(authorization=authorization)
+        answer = await rpc(
+            lambda: mesh.auth.Authenticate(
+                request, timeout=hop_timeout(deadline), metadata=call_metadata(request_id)
+            ),
+            "auth",
         )
-        principal = (await rpc(call, "auth")).principal
+        principal = answer.principal
         mesh.auth_cache.put(authorization, principal)
     return principal
 
@@ -129,16 +131,17 @@ async def authenticate_and_validate(
     authorization: str,
     request_id: str,
     deadline: float,
-    validation: grpc.aio.UnaryUnaryCall[object, T_V],
+    validate: Callable[[], Call],
 ) -> tuple[common_pb2.Principal, T_V]:
     """Auth and validation run at once; an auth failure wins over a validation failure."""
+    validation = validate()
     try:
         principal = await authenticate(mesh, authorization, request_id, deadline)
     except ApiError:
         validation.cancel()
         raise
     try:
-        return principal, await rpc(validation, "validation")
+        return principal, await rpc(validate, "validation", started=validation)
     except ApiError as exc:
         if exc.rate_limit is None:  # authenticated: the 400 still carries the x-ratelimit-* headers
             exc.rate_limit = await peek(mesh, principal, request_id, deadline)
@@ -165,12 +168,12 @@ async def _described(
     principal: common_pb2.Principal,
     request_id: str,
     deadline: float,
-    call: Awaitable[T_V],
-) -> tuple[T_V, dict[str, str]]:
+    make: Callable[[], Call],
+) -> tuple[Any, dict[str, str]]:
     """A router answer plus the rate-limit headers, fetched at the same time."""
     state = asyncio.ensure_future(peek(mesh, principal, request_id, deadline))
     try:
-        response = await rpc(call, "router")
+        response = await rpc(make, "router")
     except ApiError as exc:
         exc.rate_limit = await state
         raise
@@ -193,31 +196,37 @@ async def reserve(
     if max_tokens is not None:
         request.max_tokens = max_tokens
     return await rpc(
-        mesh.quota.Reserve(
+        lambda: mesh.quota.Reserve(
             request, timeout=hop_timeout(deadline), metadata=call_metadata(request_id)
         ),
         "quota",
     )
 
 
-async def _routed(call: grpc.aio.UnaryUnaryCall[Any, T_V], request: Request) -> T_V:
+async def _routed(make: Callable[[], Call], request: Request) -> Any:
     """A unary router answer; the engine's own time (trailing metadata) goes to the overhead metric."""
-    response = await rpc(call, "router")
+    response, call = await rpc_call(make, "router")
     for key, value in await call.trailing_metadata() or ():
         if key == ENGINE_TIME_KEY:
             request.scope[observe.ENGINE_KEY] = int(value) / 1e6
     return response
 
 
-async def _first(call: grpc.aio.UnaryStreamCall[object, Chunk]) -> Chunk:
-    """The first chunk; failing here is still an HTTP error status, never a 200 stream."""
-    try:
-        chunk = await call.read()
-    except grpc.aio.AioRpcError as exc:
-        raise from_rpc_error(exc, "router") from None
-    if chunk is grpc.aio.EOF:
-        raise errors.server_error()
-    return chunk
+async def _first(make: Callable[[], Any]) -> tuple[Any, Any]:
+    """The stream and its first chunk; failing here is still an HTTP error status, never a
+    200 stream. A router replica that died before answering gets one retry elsewhere."""
+    for attempt in (1, 2):
+        call = make()
+        try:
+            chunk = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            if attempt == 2 or not transient(exc):
+                raise from_rpc_error(exc, "router") from None
+            continue
+        if chunk is grpc.aio.EOF:
+            raise errors.server_error()
+        return call, chunk
+    raise AssertionError("unreachable")
 
 
 class _Renderer(Protocol[Chunk]):  # type: ignore[misc]
@@ -300,14 +309,15 @@ async def chat_completions(request: Request) -> Response:
     rid = request_id_of(request)
     deadline = time.monotonic() + mesh.request_timeout
     body = await read_body(request, mesh.max_body_bytes)
-    validation = mesh.validation.ValidateChatCompletion(
+    validate = partial(
+        mesh.validation.ValidateChatCompletion,
         validation_pb2.ValidateChatCompletionRequest(body=body),
         timeout=hop_timeout(deadline),
         metadata=call_metadata(rid),
     )
     validated: validation_pb2.ValidateChatCompletionResponse
     principal, validated = await authenticate_and_validate(
-        mesh, request.headers.get("authorization", ""), rid, deadline, validation
+        mesh, request.headers.get("authorization", ""), rid, deadline, validate
     )
     chat = validated.request
     request.scope[observe.MODEL_KEY] = chat.model
@@ -321,19 +331,21 @@ async def chat_completions(request: Request) -> Response:
     timeout = max(deadline - time.monotonic(), 0.001)
     try:
         if chat.stream:
-            call = mesh.router.StreamChatCompletion(
+            open_stream = partial(
+                mesh.router.StreamChatCompletion,
                 router_pb2.StreamChatCompletionRequest(request=chat, context=context),
                 timeout=timeout,
                 metadata=call_metadata(rid),
             )
-            first: inference_pb2.ChatCompletionChunk = await _first(call)
+            call, first = await _first(open_stream)
             renderer = sse.ChatChunks(first, chat.include_usage)
             events = _events(
                 call, first, renderer, chat.include_usage, validated.prompt_tokens, settle
             )
             return _stream_response(events, headers)
         response: router_pb2.CreateChatCompletionResponse = await _routed(
-            mesh.router.CreateChatCompletion(
+            partial(
+                mesh.router.CreateChatCompletion,
                 router_pb2.CreateChatCompletionRequest(request=chat, context=context),
                 timeout=timeout,
                 metadata=call_metadata(rid),
@@ -353,14 +365,15 @@ async def completions(request: Request) -> Response:
     rid = request_id_of(request)
     deadline = time.monotonic() + mesh.request_timeout
     body = await read_body(request, mesh.max_body_bytes)
-    validation = mesh.validation.ValidateCompletion(
+    validate = partial(
+        mesh.validation.ValidateCompletion,
         validation_pb2.ValidateCompletionRequest(body=body),
         timeout=hop_timeout(deadline),
         metadata=call_metadata(rid),
     )
     validated: validation_pb2.ValidateCompletionResponse
     principal, validated = await authenticate_and_validate(
-        mesh, request.headers.get("authorization", ""), rid, deadline, validation
+        mesh, request.headers.get("authorization", ""), rid, deadline, validate
     )
     text = validated.request
     request.scope[observe.MODEL_KEY] = text.model
@@ -375,19 +388,21 @@ async def completions(request: Request) -> Response:
     timeout = max(deadline - time.monotonic(), 0.001)
     try:
         if text.stream:
-            call = mesh.router.StreamCompletion(
+            open_stream = partial(
+                mesh.router.StreamCompletion,
                 router_pb2.StreamCompletionRequest(request=text, context=context),
                 timeout=timeout,
                 metadata=call_metadata(rid),
             )
-            first: inference_pb2.CompletionChunk = await _first(call)
-            renderer = sse.TextChunks(first, text.include_usage)
+            text_call, text_first = await _first(open_stream)
+            renderer = sse.TextChunks(text_first, text.include_usage)
             events = _events(
-                call, first, renderer, text.include_usage, validated.prompt_tokens, settle
+                text_call, text_first, renderer, text.include_usage, validated.prompt_tokens, settle
             )
             return _stream_response(events, headers)
         response: router_pb2.CreateCompletionResponse = await _routed(
-            mesh.router.CreateCompletion(
+            partial(
+                mesh.router.CreateCompletion,
                 router_pb2.CreateCompletionRequest(request=text, context=context),
                 timeout=timeout,
                 metadata=call_metadata(rid),
@@ -407,14 +422,15 @@ async def embeddings(request: Request) -> Response:
     rid = request_id_of(request)
     deadline = time.monotonic() + mesh.request_timeout
     body = await read_body(request, mesh.max_body_bytes)
-    validation = mesh.validation.ValidateEmbedding(
+    validate = partial(
+        mesh.validation.ValidateEmbedding,
         validation_pb2.ValidateEmbeddingRequest(body=body),
         timeout=hop_timeout(deadline),
         metadata=call_metadata(rid),
     )
     validated: validation_pb2.ValidateEmbeddingResponse
     principal, validated = await authenticate_and_validate(
-        mesh, request.headers.get("authorization", ""), rid, deadline, validation
+        mesh, request.headers.get("authorization", ""), rid, deadline, validate
     )
     request.scope[observe.MODEL_KEY] = validated.request.model
     _, headers, settle = await admit(
@@ -425,7 +441,8 @@ async def embeddings(request: Request) -> Response:
     )
     try:
         response: router_pb2.CreateEmbeddingResponse = await _routed(
-            mesh.router.CreateEmbedding(
+            partial(
+                mesh.router.CreateEmbedding,
                 router_pb2.CreateEmbeddingRequest(request=validated.request, context=context),
                 timeout=max(deadline - time.monotonic(), 0.001),
                 metadata=call_metadata(rid),
@@ -450,12 +467,13 @@ async def list_models(request: Request) -> Response:
     deadline = time.monotonic() + mesh.request_timeout
     principal = await authenticate(mesh, request.headers.get("authorization", ""), rid, deadline)
     context = common_pb2.RequestContext(request_id=rid, principal=principal)
-    call = mesh.router.ListModels(
+    make = partial(
+        mesh.router.ListModels,
         router_pb2.ListModelsRequest(context=context),
         timeout=hop_timeout(deadline),
         metadata=call_metadata(rid),
     )
-    response, headers = await _described(mesh, principal, rid, deadline, call)
+    response, headers = await _described(mesh, principal, rid, deadline, make)
     return Response(render.model_list(response), headers=headers, media_type=JSON)
 
 
@@ -468,12 +486,13 @@ async def get_model(request: Request) -> Response:
     principal = await authenticate(mesh, request.headers.get("authorization", ""), rid, deadline)
     model_id = request.path_params["model_id"]
     context = common_pb2.RequestContext(request_id=rid, principal=principal)
-    call = mesh.router.GetModel(
+    make = partial(
+        mesh.router.GetModel,
         router_pb2.GetModelRequest(id=model_id, context=context),
         timeout=hop_timeout(deadline),
         metadata=call_metadata(rid),
     )
-    response, headers = await _described(mesh, principal, rid, deadline, call)
+    response, headers = await _described(mesh, principal, rid, deadline, make)
     return Response(
         orjson.dumps(render.model_card(response.model)), headers=headers, media_type=JSON
     )

@@ -21,8 +21,8 @@ from meshgate.v1 import common_pb2
 DETAILS_KEY = "grpc-status-details-bin"
 # Longest message an error carries; it travels in gRPC trailing metadata, which is bounded.
 MAX_MESSAGE = 2000
-# An error a service raises on purpose is final: a negative pushback tells gRPC's
-# retry policy (meshgate/grpcio.py) not to try another replica.
+# An error a service raises on purpose is final: a negative pushback tells any gRPC
+# retry policy not to try another replica (meshgate's own retries check the details).
 NO_RETRY = ("grpc-retry-pushback-ms", "-1")
 DOC_URL_KEYS = "https://github.com/meshgate/meshgate/blob/main/docs/errors.md#authentication"
 DOC_URL_QUOTA = (

@@ -19,7 +19,7 @@ import grpc
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from meshgate import grpcio
+from meshgate import grpcio, redis_client
 from meshgate.config import Config
 from meshgate.errors import DOC_URL_KEYS, ApiError
 from meshgate.grpcio import Context
@@ -178,9 +178,7 @@ async def run(config: Config) -> None:
     follower: asyncio.Task[None] | None = None
     if config.redis.url:
         timeout = config.redis.timeout_ms / 1000
-        redis = Redis.from_url(
-            config.redis.url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        redis = redis_client.connect(config.redis)
         cached = CachedKeyStore(RedisKeyStore(redis), config.auth.cache_ttl_ms / 1000)
         # The subscription blocks on reads, so it gets its own connection without a read timeout.
         listener = Redis.from_url(config.redis.url, socket_connect_timeout=timeout)

@@ -15,10 +15,9 @@ from collections.abc import Sequence
 
 import grpc
 import prometheus_client
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from meshgate import grpcio
+from meshgate import grpcio, redis_client
 from meshgate.config import Config
 from meshgate.errors import DOC_URL_QUOTA, ApiError
 from meshgate.grpcio import Context
@@ -226,13 +225,7 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
 async def run(config: Config) -> None:
     if not config.redis.url:
         raise SystemExit("meshgate quota: redis.url is empty (set REDIS_URL or run `meshgate up`)")
-    timeout = config.redis.timeout_ms / 1000
-    redis = Redis.from_url(
-        config.redis.url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=5,
-    )
+    redis = redis_client.connect(config.redis)
     # A lease outlives the longest request, so only a crashed request's lease lapses.
     lease_ttl_ms = int((config.edge.request_timeout_s + 5) * 1000)
     service = QuotaService(Buckets(redis), config.quota.default_max_tokens, lease_ttl_ms)

@@ -57,6 +57,14 @@ def mid_stream_failure() -> ApiError:
     return ApiError(502, "server_error", "The engine failed while streaming the response.")
 
 
+def _next(model: cat.Model, tried: list[Replica]) -> Replica | None:
+    """An untried replica, else one tried once: a replica may be a multi-address target
+    (`meshgate up --replicas engine=2`) whose next call reaches another address."""
+    return pick(model.replicas, tried) or pick(
+        model.replicas, [r for r in tried if tried.count(r) > 1]
+    )
+
+
 def _fragments(chunk: inference_pb2.ChatCompletionChunk | inference_pb2.CompletionChunk) -> int:
     """Choices in a chunk that carry generated text: about one token each on every engine we know."""
     count = 0
@@ -112,7 +120,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
     ) -> T:
         """Send to one replica; on an engine failure, retry on another within the deadline."""
         tried: list[Replica] = []
-        while (replica := pick(model.replicas, tried)) is not None:
+        while (replica := _next(model, tried)) is not None:
             replica.outstanding += 1
             started = time.perf_counter()
             try:
@@ -143,7 +151,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
         token per fragment, so that billing never depends on the engine.
         """
         tried: list[Replica] = []
-        while (replica := pick(model.replicas, tried)) is not None:
+        while (replica := _next(model, tried)) is not None:
             replica.outstanding += 1
             started = False
             fragments = 0
