@@ -14,11 +14,12 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from edge import grpc_entry, pipeline
 from edge.cors import Cors
-from edge.errors import http_error_handler
-from edge.headers import request_id_of
+from edge.errors import http_error_handler, malformed_http_response
+from edge.headers import new_request_id, request_id_of
 from edge.limits import HeaderLimit
 from edge.mesh import Mesh
 from edge.openapi import openapi_json
@@ -86,6 +87,14 @@ def create_app(config: Config) -> Starlette:
     )
 
 
+class EdgeProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, answering unparseable requests with the envelope too."""
+
+    def send_400_response(self, msg: str) -> None:
+        self.transport.write(malformed_http_response(new_request_id()))
+        self.transport.close()
+
+
 def run(config: Config) -> None:
     """Serve until SIGTERM; uvicorn then lets open responses (streams included) finish."""
     if config.edge.metrics_port:
@@ -96,7 +105,7 @@ def run(config: Config) -> None:
             host=config.edge.host,
             port=config.edge.port,
             loop="uvloop",
-            http="httptools",
+            http=EdgeProtocol,
             lifespan="on",
             access_log=False,
             log_config=None,

@@ -87,3 +87,25 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> Response
     rid = request_id_of(request)
     log.error("unhandled error", extra={"request_id": rid, "error": type(exc).__name__})
     return error_response(errors.server_error(), rid)
+
+
+def malformed_http_response(request_id: str) -> bytes:
+    """A whole HTTP/1.1 400 for bytes that are not HTTP at all, still in the envelope."""
+    body = orjson.dumps(
+        {
+            "error": {
+                "message": "The request is not valid HTTP/1.1 and could not be parsed.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
+        }
+    )
+    head = (
+        b"HTTP/1.1 400 Bad Request\r\n"
+        b"content-type: application/json\r\n"
+        b"x-request-id: " + request_id.encode() + b"\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n"
+        b"connection: close\r\n\r\n"
+    )
+    return head + body
