@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,8 +21,6 @@ from meshgate.v1 import (
     router_pb2_grpc,
     validation_pb2_grpc,
 )
-
-T = TypeVar("T")
 
 # Deadline for the quick hops (auth, validation, quota), within the request's own.
 HOP_TIMEOUT_S = 5.0

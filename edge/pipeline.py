@@ -40,7 +40,6 @@ log = logging.getLogger("meshgate.edge")
 Endpoint = Callable[[Request], Awaitable[Response]]
 Chunk = TypeVar("Chunk", inference_pb2.ChatCompletionChunk, inference_pb2.CompletionChunk)
 JSON = "application/json"
-T_V = TypeVar("T_V")
 
 
 class _Validated(Protocol):
@@ -132,7 +131,7 @@ async def authenticate_and_validate(
     request_id: str,
     deadline: float,
     validate: Callable[[], Call],
-) -> tuple[common_pb2.Principal, T_V]:
+) -> tuple[common_pb2.Principal, Any]:
     """Auth and validation run at once; an auth failure wins over a validation failure."""
     validation = validate()
     try:
