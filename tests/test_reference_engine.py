@@ -617,3 +617,25 @@ def test_module_serves_health_and_drains_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_ignore_eos_always_ends_on_the_cap() -> None:
+    """With vLLM's ignore_eos the answer is exactly max_tokens long, finishing on "length"."""
+    from meshgate.structs import from_dict
+    from meshgate.v1 import inference_pb2
+    from services.engines.reference import generator
+
+    for seed in range(60):
+        for max_tokens in (1, 7, 40, 41, 76):
+            request = inference_pb2.ChatCompletionRequest(
+                model="m",
+                messages=[inference_pb2.ChatMessage(role="user", text=f"story {seed}")],
+                seed=seed,
+                max_tokens=max_tokens,
+                extra=from_dict({"ignore_eos": True}),
+            )
+            plan = generator.plan_chat(request)
+            assert (plan.completion_tokens, plan.finish_reason) == (max_tokens, "length"), (
+                seed,
+                max_tokens,
+            )

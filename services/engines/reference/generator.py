@@ -623,7 +623,8 @@ def _minimum_length(
     """
     extra = to_dict(request.extra) if request.HasField("extra") else {}
     if extra.get("ignore_eos") is True and request.HasField("max_tokens"):
-        return int(request.max_tokens)
+        # One past the cap, so that generation always ends on it: finish_reason "length".
+        return int(request.max_tokens) + 1
     minimum = extra.get("min_tokens")
     return int(minimum) if isinstance(minimum, int | float) and minimum > 0 else 0
 
