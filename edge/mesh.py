@@ -24,6 +24,8 @@ from meshgate.v1 import (
 
 # Deadline for the quick hops (auth, validation, quota), within the request's own.
 HOP_TIMEOUT_S = 5.0
+# Extra attempts for a call whose replica died (UNAVAILABLE without an error of ours).
+RETRIES = 2
 # How long finished requests wait to be settled together.
 SETTLE_WINDOW_S = 0.002
 
@@ -42,22 +44,22 @@ def transient(exc: grpc.aio.AioRpcError) -> bool:
 async def rpc_call(
     make: Callable[[], Call], service: str, started: Call | None = None
 ) -> tuple[Any, Call]:
-    """Await a unary call, retried once on another replica if its replica died mid-call.
+    """Await a unary call, retried on another replica if its replica died mid-call.
 
-    A service's own errors are final. Retrying here rather than with gRPC's retry
-    policy keeps the per-call cost of the policy off every request.
+    A service's own errors are final. Up to RETRIES more attempts, since the first
+    retry may still meet the dying replica's connection. Retrying here rather than
+    with gRPC's retry policy keeps the policy's per-call cost off every request.
     """
     call = started if started is not None else make()
-    try:
-        return await call, call
-    except grpc.aio.AioRpcError as exc:
-        if not transient(exc):
-            raise from_rpc_error(exc, service) from None
-    call = make()
-    try:
-        return await call, call
-    except grpc.aio.AioRpcError as exc:
-        raise from_rpc_error(exc, service) from None
+    for attempt in range(RETRIES + 1):
+        if attempt:
+            call = make()
+        try:
+            return await call, call
+        except grpc.aio.AioRpcError as exc:
+            if attempt == RETRIES or not transient(exc):
+                raise from_rpc_error(exc, service) from None
+    raise AssertionError("unreachable")
 
 
 async def rpc(make: Callable[[], Call], service: str, started: Call | None = None) -> Any:

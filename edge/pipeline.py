@@ -22,7 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from edge import observe, render, sse
 from edge.errors import error_response
 from edge.headers import rate_limit_headers, request_id_of
-from edge.mesh import HOP_TIMEOUT_S, Call, Mesh, rpc, rpc_call, transient
+from edge.mesh import HOP_TIMEOUT_S, RETRIES, Call, Mesh, rpc, rpc_call, transient
 from meshgate import errors, logs, tracing
 from meshgate.errors import ApiError, from_rpc_error
 from meshgate.grpcio import ENGINE_TIME_KEY
@@ -213,13 +213,13 @@ async def _routed(make: Callable[[], Call], request: Request) -> Any:
 
 async def _first(make: Callable[[], Any]) -> tuple[Any, Any]:
     """The stream and its first chunk; failing here is still an HTTP error status, never a
-    200 stream. A router replica that died before answering gets one retry elsewhere."""
-    for attempt in (1, 2):
+    200 stream. A router replica that died before answering is retried elsewhere (RETRIES)."""
+    for attempt in range(RETRIES + 1):
         call = make()
         try:
             chunk = await call.read()
         except grpc.aio.AioRpcError as exc:
-            if attempt == 2 or not transient(exc):
+            if attempt == RETRIES or not transient(exc):
                 raise from_rpc_error(exc, "router") from None
             continue
         if chunk is grpc.aio.EOF:

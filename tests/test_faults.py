@@ -79,6 +79,17 @@ async def _phase(
     return counts
 
 
+def _wait_until_serving(origin: str, key: str) -> None:
+    body = {"model": PRO, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    deadline = time.monotonic() + 15
+    with httpx.Client(
+        base_url=origin, timeout=REQUEST_TIMEOUT_S + 2, headers={"Authorization": f"Bearer {key}"}
+    ) as http:
+        while http.post("/v1/chat/completions", json=body).status_code != 200:
+            assert time.monotonic() < deadline, "the mesh did not recover"
+            time.sleep(0.1)
+
+
 def test_kill_each_part_in_turn(tmp_path: Path) -> None:
     replicas = "auth=2,quota=2,validation=2,router=2,engine=2"
     mesh = launch_mesh(
@@ -104,6 +115,9 @@ def test_kill_each_part_in_turn(tmp_path: Path) -> None:
             while len(_pids(root, victim)) < expected:
                 assert time.monotonic() < deadline, f"{victim} did not come back"
                 time.sleep(0.1)
+            _wait_until_serving(
+                mesh.origin, mesh.api_key
+            )  # the restarted process may still be starting up
             recovered = asyncio.run(_phase(mesh.origin, mesh.api_key, seconds=1.0))
             assert set(recovered) == {"succeeded"}, (victim, recovered)
         assert mesh.proc.poll() is None, "the launcher must not have given up"
