@@ -9,12 +9,14 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Literal, TextIO
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from meshgate import redis_client
 from meshgate.config import Config
 from services.auth.keys import KeyRecord, RedisKeyStore
 
@@ -46,16 +48,26 @@ def parse_expires(text: str, now: float | None = None) -> float:
     return expires
 
 
-def _store(config: Config) -> RedisKeyStore:
+@asynccontextmanager
+async def _key_store(config: Config) -> AsyncIterator[RedisKeyStore]:
+    """The Redis key store for one command: Redis failures become one clear AdminError."""
     if not config.redis.url:
         raise AdminError(
             "the key store lives in Redis: set REDIS_URL (or redis.url in the config); "
             "`meshgate up` prints the URL of its embedded Redis"
         )
-    timeout = config.redis.timeout_ms / 1000 * 4
-    return RedisKeyStore(
-        Redis.from_url(config.redis.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    # An operator at a terminal can wait longer than a request can.
+    redis = redis_client.connect(
+        config.redis.model_copy(update={"timeout_ms": config.redis.timeout_ms * 4})
     )
+    try:
+        yield RedisKeyStore(redis)
+    except (RedisError, OSError) as exc:
+        raise AdminError(
+            f"cannot reach Redis at the configured URL: {type(exc).__name__}"
+        ) from None
+    finally:
+        await redis.aclose()
 
 
 def _when(timestamp: float) -> str:
@@ -86,8 +98,7 @@ async def create(
     redis_failure_policy: Literal["fail_closed", "fail_open"],
     out: TextIO = sys.stdout,
 ) -> None:
-    store = _store(config)
-    try:
+    async with _key_store(config) as store:
         secret, record = await store.create(
             name=name,
             tenant=tenant,
@@ -99,12 +110,6 @@ async def create(
             expires_at=parse_expires(expires) if expires else 0.0,
             redis_failure_policy=redis_failure_policy,
         )
-    except (RedisError, OSError) as exc:
-        raise AdminError(
-            f"cannot reach Redis at the configured URL: {type(exc).__name__}"
-        ) from None
-    finally:
-        await store.redis.aclose()
     out.write(f"{secret}\n")
     out.flush()
     sys.stderr.write(
@@ -113,15 +118,8 @@ async def create(
 
 
 async def list_keys(config: Config, out: TextIO = sys.stdout) -> None:
-    store = _store(config)
-    try:
+    async with _key_store(config) as store:
         records = await store.list()
-    except (RedisError, OSError) as exc:
-        raise AdminError(
-            f"cannot reach Redis at the configured URL: {type(exc).__name__}"
-        ) from None
-    finally:
-        await store.redis.aclose()
     now = time.time()
     header = (
         "KEY ID",
@@ -162,15 +160,8 @@ async def list_keys(config: Config, out: TextIO = sys.stdout) -> None:
 
 
 async def revoke(config: Config, key_identifier: str, out: TextIO = sys.stdout) -> None:
-    store = _store(config)
-    try:
+    async with _key_store(config) as store:
         record = await store.revoke(key_identifier)
-    except (RedisError, OSError) as exc:
-        raise AdminError(
-            f"cannot reach Redis at the configured URL: {type(exc).__name__}"
-        ) from None
-    finally:
-        await store.redis.aclose()
     if record is None:
         raise AdminError(f"no key with id {key_identifier!r} (see `meshgate keys list`)")
     out.write(f"revoked {record.principal.key_id} ({record.principal.name})\n")

@@ -262,6 +262,23 @@ def _response_format(raw: object) -> inference_pb2.ResponseFormat:
     return out
 
 
+def streaming(
+    body: dict[str, Any], out: inference_pb2.ChatCompletionRequest | inference_pb2.CompletionRequest
+) -> None:
+    """`stream` and `stream_options.include_usage`, the same on chat and legacy completions."""
+    if body.get("stream") is not None:
+        out.stream = c.boolean(body["stream"], "stream")
+    if body.get("stream_options") is not None:
+        options = c.obj(body["stream_options"], "stream_options")
+        if not out.stream:
+            c.unsupported(
+                "stream_options",
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            )
+        if options.get("include_usage") is not None:
+            out.include_usage = c.boolean(options["include_usage"], "stream_options.include_usage")
+
+
 def stop_sequences(raw: object) -> list[str]:
     if isinstance(raw, str):
         return [raw]
@@ -303,17 +320,7 @@ def validate_chat(body: dict[str, Any]) -> inference_pb2.ChatCompletionRequest:
     if get("top_logprobs") is not None:
         c.integer(body["top_logprobs"], "top_logprobs", minimum=0, maximum=20)
         c.unsupported("top_logprobs", "Unsupported parameter: 'top_logprobs' is not supported.")
-    if get("stream") is not None:
-        out.stream = c.boolean(body["stream"], "stream")
-    if get("stream_options") is not None:
-        options = c.obj(body["stream_options"], "stream_options")
-        if not out.stream:
-            c.unsupported(
-                "stream_options",
-                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-            )
-        if options.get("include_usage") is not None:
-            out.include_usage = c.boolean(options["include_usage"], "stream_options.include_usage")
+    streaming(body, out)
     if get("tools") is not None:
         tools = c.array(body["tools"], "tools")
         out.tools.extend(_tool(t, c.join("tools", i)) for i, t in enumerate(tools))

@@ -8,7 +8,7 @@ from meshgate import tokens
 from meshgate.structs import from_dict
 from meshgate.v1 import inference_pb2
 from services.validation import checks as c
-from services.validation.chat import stop_sequences
+from services.validation.chat import stop_sequences, streaming
 
 MODELLED = frozenset(
     {
@@ -82,17 +82,7 @@ def validate_completion(body: dict[str, Any]) -> inference_pb2.CompletionRequest
     if get("logprobs") is not None:
         c.integer(body["logprobs"], "logprobs", minimum=0, maximum=5)
         c.unsupported("logprobs", "Unsupported parameter: 'logprobs' is not supported.")
-    if get("stream") is not None:
-        out.stream = c.boolean(body["stream"], "stream")
-    if get("stream_options") is not None:
-        options = c.obj(body["stream_options"], "stream_options")
-        if not out.stream:
-            c.unsupported(
-                "stream_options",
-                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-            )
-        if options.get("include_usage") is not None:
-            out.include_usage = c.boolean(options["include_usage"], "stream_options.include_usage")
+    streaming(body, out)
     extra = {k: v for k, v in body.items() if k not in MODELLED}
     if extra:
         out.extra.CopyFrom(from_dict(extra))
