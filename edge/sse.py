@@ -27,17 +27,43 @@ def error_event(error: ApiError) -> bytes:
     return b"data: " + orjson.dumps({"error": error.body()}) + b"\n\n"
 
 
-class ChatChunks:
-    """Renders one chat stream's chunks; id, created and model come from its first chunk."""
+class _Events:
+    """What every stream's events share: id, object, created and model (from its first
+    chunk), `"usage": null` on each chunk when usage was asked for, and the usage event."""
 
-    def __init__(self, first: inference_pb2.ChatCompletionChunk, include_usage: bool) -> None:
+    def __init__(
+        self,
+        first: inference_pb2.ChatCompletionChunk | inference_pb2.CompletionChunk,
+        kind: str,
+        include_usage: bool,
+    ) -> None:
         self._head: dict[str, Any] = {
             "id": first.id,
-            "object": "chat.completion.chunk",
+            "object": kind,
             "created": first.created,
             "model": first.model,
         }
         self._include_usage = include_usage
+
+    def _event(self, choices: list[dict[str, Any]]) -> bytes:
+        event: dict[str, Any] = dict(self._head)
+        event["choices"] = choices
+        if self._include_usage:
+            event["usage"] = None
+        return b"data: " + orjson.dumps(event) + b"\n\n"
+
+    def usage(self, usage: common_pb2.Usage) -> bytes:
+        event: dict[str, Any] = dict(self._head)
+        event["choices"] = []
+        event["usage"] = render.usage(usage)
+        return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+class ChatChunks(_Events):
+    """Renders one chat stream's chunks."""
+
+    def __init__(self, first: inference_pb2.ChatCompletionChunk, include_usage: bool) -> None:
+        super().__init__(first, "chat.completion.chunk", include_usage)
         head = orjson.dumps(self._head)[:-1]
         self._content_prefix = b"data: " + head + b',"choices":[{"index":0,"delta":{"content":'
         self._content_suffix = b'},"logprobs":null,"finish_reason":null}]' + (
@@ -60,25 +86,17 @@ class ChatChunks:
         return self._render_general(chunk)
 
     def _render_general(self, chunk: inference_pb2.ChatCompletionChunk) -> bytes:
-        event: dict[str, Any] = dict(self._head)
-        event["choices"] = [
-            {
-                "index": choice.index,
-                "delta": _delta(choice.delta),
-                "logprobs": None,
-                "finish_reason": choice.finish_reason or None,
-            }
-            for choice in chunk.choices
-        ]
-        if self._include_usage:
-            event["usage"] = None
-        return b"data: " + orjson.dumps(event) + b"\n\n"
-
-    def usage(self, usage: common_pb2.Usage) -> bytes:
-        event: dict[str, Any] = dict(self._head)
-        event["choices"] = []
-        event["usage"] = render.usage(usage)
-        return b"data: " + orjson.dumps(event) + b"\n\n"
+        return self._event(
+            [
+                {
+                    "index": choice.index,
+                    "delta": _delta(choice.delta),
+                    "logprobs": None,
+                    "finish_reason": choice.finish_reason or None,
+                }
+                for choice in chunk.choices
+            ]
+        )
 
 
 def _delta(delta: inference_pb2.ChoiceDelta) -> dict[str, Any]:
@@ -109,35 +127,21 @@ def _delta(delta: inference_pb2.ChoiceDelta) -> dict[str, Any]:
     return out
 
 
-class TextChunks:
+class TextChunks(_Events):
     """Renders one legacy completions stream (`object: text_completion`)."""
 
     def __init__(self, first: inference_pb2.CompletionChunk, include_usage: bool) -> None:
-        self._head: dict[str, Any] = {
-            "id": first.id,
-            "object": "text_completion",
-            "created": first.created,
-            "model": first.model,
-        }
-        self._include_usage = include_usage
+        super().__init__(first, "text_completion", include_usage)
 
     def render(self, chunk: inference_pb2.CompletionChunk) -> bytes:
-        event: dict[str, Any] = dict(self._head)
-        event["choices"] = [
-            {
-                "text": c.text,
-                "index": c.index,
-                "logprobs": None,
-                "finish_reason": c.finish_reason or None,
-            }
-            for c in chunk.choices
-        ]
-        if self._include_usage:
-            event["usage"] = None
-        return b"data: " + orjson.dumps(event) + b"\n\n"
-
-    def usage(self, usage: common_pb2.Usage) -> bytes:
-        event: dict[str, Any] = dict(self._head)
-        event["choices"] = []
-        event["usage"] = render.usage(usage)
-        return b"data: " + orjson.dumps(event) + b"\n\n"
+        return self._event(
+            [
+                {
+                    "text": c.text,
+                    "index": c.index,
+                    "logprobs": None,
+                    "finish_reason": c.finish_reason or None,
+                }
+                for c in chunk.choices
+            ]
+        )
