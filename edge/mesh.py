@@ -94,13 +94,14 @@ class Mesh:
     ) -> None:
         """Settle off the response path, batched: the client never waits for it.
 
-        Settlements gathered within SETTLE_WINDOW_S go to quota in one SettleMany
-        call, so a busy edge pays one round trip for many finished requests. A
-        reservation without a lease has nothing to settle.
+        Settlements ride on the next Reserve (`take_settlements`); those that
+        find none within SETTLE_WINDOW_S go to quota in one SettleMany call. A
+        busy edge so pays no call of its own for settling. A reservation without
+        a lease has nothing to settle.
         """
         if not reservation.lease_id:
             return
-        self._pending.append(
+        self._queue(
             quota_pb2.SettleRequest(
                 principal=principal,
                 lease_id=reservation.lease_id,
@@ -108,8 +109,21 @@ class Mesh:
                 usage=usage,
             )
         )
+
+    def _queue(self, settlement: quota_pb2.SettleRequest) -> None:
+        self._pending.append(settlement)
         if len(self._pending) == 1:
             asyncio.get_running_loop().call_later(SETTLE_WINDOW_S, self._flush)
+
+    def take_settlements(self) -> list[quota_pb2.SettleRequest]:
+        """The waiting settlements, for a Reserve to carry (quota applies them first)."""
+        batch, self._pending = self._pending, []
+        return batch
+
+    def return_settlements(self, batch: list[quota_pb2.SettleRequest]) -> None:
+        """Settlements whose Reserve failed: they go again (settling is idempotent per lease)."""
+        for settlement in batch:
+            self._queue(settlement)
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []

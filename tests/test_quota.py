@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import httpx
 import openai
 import pytest
 
 from meshgate import tokens
-from meshgate.v1 import inference_pb2
-from services.auth.keys import RedisKeyStore
+from meshgate.v1 import common_pb2, inference_pb2, quota_pb2, quota_pb2_grpc
+from services.auth.keys import RedisKeyStore, digest
 from services.quota.buckets import keys_for
 from tests.conftest import RunningMesh, free_ports
-from tests.support import RedisServer, Replica
+from tests.support import RedisServer, Replica, metric
 
 PRO = "meshgate/reference-pro"
 TOKEN_DELAY_MS = 20
@@ -54,13 +56,13 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(start_mesh: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     redis = RedisServer().start()
-    q1, q2, a1, a2, e2 = free_ports(5)
+    q1, q2, a1, a2, e2, engine_metrics = free_ports(6)
     overrides = {
         "redis": {"url": redis.url},
         "services": {
             "quota": {"port": q1, "target": f"ipv4:127.0.0.1:{q1},127.0.0.1:{q2}"},
             "auth": {"port": a1, "target": f"ipv4:127.0.0.1:{a1},127.0.0.1:{a2}"},
-            "engine": {"token_delay_ms": TOKEN_DELAY_MS},
+            "engine": {"token_delay_ms": TOKEN_DELAY_MS, "metrics_port": engine_metrics},
         },
     }
     from tests.conftest import write_config
@@ -218,16 +220,15 @@ def test_tpm_is_exact_with_mixed_request_sizes(stack: Stack) -> None:
     assert used >= tpm - largest  # the bucket was filled, not starved: what is left fits no request
 
 
-async def _streams_with_cap(
-    origin: str, secret: str, workers: int, refusals: list[str]
-) -> list[tuple[float, float]]:
-    """Each worker retries on 429 until it has streamed one answer; returns the streams' intervals."""
-    intervals: list[tuple[float, float]] = []
+async def _streams_with_cap(origin: str, secret: str, workers: int, refusals: list[str]) -> int:
+    """Each worker retries on 429 until it has streamed one whole answer; returns how many did."""
+    streamed = 0
     async with httpx.AsyncClient(
         timeout=30, limits=httpx.Limits(max_connections=workers)
     ) as client:
 
         async def worker() -> None:
+            nonlocal streamed
             while True:
                 async with client.stream(
                     "POST",
@@ -241,43 +242,51 @@ async def _streams_with_cap(
                         await asyncio.sleep(0.05)
                         continue
                     assert response.status_code == 200
-                    began = time.monotonic()
                     body = b"".join([chunk async for chunk in response.aiter_bytes()])
-                    intervals.append((began, time.monotonic()))
                     assert body.endswith(b"data: [DONE]\n\n")
+                    streamed += 1
                     return
 
         await asyncio.gather(*(worker() for _ in range(workers)))
-    return intervals
-
-
-def _max_overlap(intervals: list[tuple[float, float]]) -> int:
-    events = sorted(
-        [(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
-        key=lambda e: (e[0], e[1]),
-    )
-    running = peak = 0
-    for _, delta in events:
-        running += delta
-        peak = max(peak, running)
-    return peak
+    return streamed
 
 
 def test_concurrency_cap_holds_for_20_parallel_streams(stack: Stack) -> None:
+    """Counted where the streams run: the engine's own gauge, sampled every few ms.
+
+    (Intervals seen by one client loop would skew: a slot freed and retaken within
+    a millisecond can look like an overlap when the loop runs late.)
+    """
     secret, _ = stack.key(max_concurrency=3)
+    port = stack.mesh.config.services.engine.metrics_port
     refusals: list[str] = []
-    intervals = asyncio.run(
-        _streams_with_cap(stack.origins[0], secret, workers=20, refusals=refusals)
-    )
-    assert len(intervals) == 20
-    peak = _max_overlap(intervals)
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(metric(port, "meshgate_engine_active_streams"))
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        streamed = asyncio.run(
+            _streams_with_cap(stack.origins[0], secret, workers=20, refusals=refusals)
+        )
+    finally:
+        done.set()
+        sampler.join()
+    assert streamed == 20
+    peak = max(samples)
     print(
-        f"\nmax_concurrency=3: peak of {peak} streams at once over 20 streams, {len(refusals)} refusals"
+        f"\nmax_concurrency=3: peak of {peak:g} streams at once in the engine "
+        f"({len(samples)} samples) over 20 streams, {len(refusals)} refusals"
     )
-    assert peak <= 3  # never more than the cap ...
+    assert peak == 3  # never more than the cap, and the cap was reached ...
     assert refusals and all(
         "Too many concurrent requests" in m for m in refusals
-    )  # ... which was reached
+    )  # ... and refused the rest
 
 
 async def _abandon_streams(origin: str, secret: str, count: int) -> None:
@@ -528,3 +537,60 @@ def test_a_crashed_edge_leaves_a_lease_that_lapses_by_ttl(start_mesh: Any) -> No
         doomed.stop()
         assert mesh.stop() == 0
         redis.kill()
+
+
+def test_settlements_ride_on_reserve_first_and_count_once(stack: Stack) -> None:
+    """A Reserve applies the settlements it carries before deciding; a repeated one is a no-op."""
+    secret, key_id = stack.key(max_concurrency=1, budget_tokens=10_000)
+    principal = asyncio.run(_principal(stack, secret))
+    spent_key = keys_for(key_id)[3]
+    with grpc.insecure_channel(f"127.0.0.1:{stack.mesh.config.services.quota.port}") as channel:
+        quota = quota_pb2_grpc.QuotaServiceStub(channel)
+
+        def reserve(*settled: quota_pb2.SettleRequest) -> quota_pb2.ReserveResponse:
+            request = quota_pb2.ReserveRequest(
+                principal=principal, prompt_tokens=10, max_tokens=90, settlements=settled
+            )
+            response: quota_pb2.ReserveResponse = quota.Reserve(request, timeout=5)
+            return response
+
+        def settlement(lease: quota_pb2.ReserveResponse, used: int) -> quota_pb2.SettleRequest:
+            return quota_pb2.SettleRequest(
+                principal=principal,
+                lease_id=lease.lease_id,
+                reserved_tokens=lease.reserved_tokens,
+                usage=common_pb2.Usage(prompt_tokens=10, completion_tokens=used - 10),
+            )
+
+        first = reserve()
+        with pytest.raises(grpc.RpcError) as refused:
+            reserve()  # the one concurrency slot is held
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        with stack.redis.client() as r:
+            assert int(r.get(spent_key)) == 100
+
+            second = reserve(settlement(first, used=15))  # frees the slot, then takes it
+            assert int(r.get(spent_key)) == 100 - 85 + 100
+
+            # Delivered again (a retried call): neither path refunds twice.
+            quota.SettleMany(quota_pb2.SettleManyRequest(settlements=[settlement(first, 15)]))
+            with pytest.raises(grpc.RpcError):
+                reserve(settlement(first, used=15))  # still full: `second` holds the slot
+            assert int(r.get(spent_key)) == 115
+
+            quota.Settle(settlement(second, used=40), timeout=5)
+            quota.Settle(settlement(second, used=40), timeout=5)
+            assert int(r.get(spent_key)) == 15 + 40
+            assert r.zcard(keys_for(key_id)[2]) == 0
+
+
+async def _principal(stack: Stack, secret: str) -> common_pb2.Principal:
+    from redis.asyncio import Redis
+
+    store = RedisKeyStore(Redis.from_url(stack.redis.url))
+    try:
+        record = await store.lookup(digest(secret))
+    finally:
+        await store.redis.aclose()
+    assert record is not None
+    return record.principal

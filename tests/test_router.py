@@ -15,20 +15,10 @@ import yaml
 
 from meshgate.config import SAMPLE_CONFIG
 from tests.conftest import RunningMesh, free_ports, write_config
-from tests.support import Replica
+from tests.support import Replica, metric
 
 PRO = "meshgate/reference-pro"
 SOLO = "meshgate/solo"  # served by replica 2 alone
-
-
-def metric(port: int, name: str, label: str = "") -> float:
-    """Sum of a Prometheus sample family, optionally only lines containing `label`."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name)] in " {" and label in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @dataclass

@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("principal", "prompt_tokens", "request_id", "max_tokens")
+    __slots__ = ("principal", "prompt_tokens", "request_id", "max_tokens", "settlements")
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SETTLEMENTS_FIELD_NUMBER: _ClassVar[int]
     principal: _common_pb2.Principal
     prompt_tokens: int
     request_id: str
     max_tokens: int
-    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., prompt_tokens: _Optional[int] = ..., request_id: _Optional[str] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+    settlements: _containers.RepeatedCompositeFieldContainer[SettleRequest]
+    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., prompt_tokens: _Optional[int] = ..., request_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., settlements: _Optional[_Iterable[_Union[SettleRequest, _Mapping]]] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
     __slots__ = ("lease_id", "reserved_tokens", "rate_limit")

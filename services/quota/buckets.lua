@@ -56,6 +56,11 @@ if op == 'peek' then
 end
 
 if op == 'settle' then
+  -- The lease makes settling idempotent: only the call that removes it refunds,
+  -- so a settlement that is delivered twice (a retried call) counts once.
+  if redis.call('ZREM', KEYS[3], ARGV[7]) == 0 then
+    return result(0, 0)
+  end
   local reserved, used = tonumber(ARGV[6]), tonumber(ARGV[8])
   if tpm > 0 and reserved ~= used then
     -- Refund what was reserved but not used; a request that used more than it
@@ -65,9 +70,6 @@ if op == 'settle' then
   end
   if budget > 0 and reserved ~= used then
     redis.call('INCRBY', KEYS[4], used - reserved)
-  end
-  if max_concurrency > 0 then
-    redis.call('ZREM', KEYS[3], ARGV[7])
   end
   return result(0, 0)
 end
@@ -80,9 +82,9 @@ if budget > 0 then
     return result(5, -1)
   end
 end
+-- Leases of crashed requests lapse by their TTL.
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 if max_concurrency > 0 then
-  -- Leases of crashed requests lapse by their TTL.
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   if redis.call('ZCARD', KEYS[3]) >= max_concurrency then
     local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
     return result(4, math.max(1, tonumber(oldest[2]) - now))
@@ -108,7 +110,9 @@ end
 if budget > 0 then
   redis.call('INCRBY', KEYS[4], cost)
 end
-if max_concurrency > 0 then
+if ARGV[7] ~= '' then
+  -- Every lease is held until settled: it counts against max_concurrency, and
+  -- it is what lets a settlement apply exactly once.
   local ttl = tonumber(ARGV[8])
   redis.call('ZADD', KEYS[3], now + ttl, ARGV[7])
   redis.call('PEXPIRE', KEYS[3], ttl + 1000)

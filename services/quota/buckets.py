@@ -7,10 +7,13 @@ the script (a restart, or SCRIPT FLUSH), so quota recovers by itself.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from meshgate.v1 import common_pb2
 
@@ -38,6 +41,28 @@ class Decision:
         return self.verdict is Verdict.ADMITTED
 
 
+# (key_id, limits, tokens reserved, lease id, tokens used)
+Settlement = tuple[str, common_pb2.Limits, int, str, int]
+
+
+def _decision(raw: list[int], limits: common_pb2.Limits) -> Decision:
+    verdict, rem_req, rem_tok, reset_req, reset_tok, wait = (int(x) for x in raw)
+    state = common_pb2.RateLimitState(
+        limit_requests=limits.requests_per_minute,
+        limit_tokens=limits.tokens_per_minute,
+        remaining_requests=rem_req,
+        remaining_tokens=rem_tok,
+        reset_requests_ms=reset_req,
+        reset_tokens_ms=reset_tok,
+    )
+    return Decision(Verdict(verdict), state, wait)
+
+
+def _settle_call(settlement: Settlement) -> tuple[list[str], list[int | str]]:
+    key_id, limits, reserved, lease_id, used = settlement
+    return keys_for(key_id), ["settle", *_limits(limits), reserved, lease_id, used]
+
+
 def keys_for(key_id: str) -> list[str]:
     tag = "{" + key_id + "}"
     return [f"mg:{tag}:requests", f"mg:{tag}:tokens", f"mg:{tag}:leases", f"mg:{tag}:spent"]
@@ -63,34 +88,48 @@ class Buckets:
         raw: list[int] = await self._script(
             keys=keys_for(key_id), args=[op, *_limits(limits), *extra]
         )
-        verdict, rem_req, rem_tok, reset_req, reset_tok, wait = (int(x) for x in raw)
-        state = common_pb2.RateLimitState(
-            limit_requests=limits.requests_per_minute,
-            limit_tokens=limits.tokens_per_minute,
-            remaining_requests=rem_req,
-            remaining_tokens=rem_tok,
-            reset_requests_ms=reset_req,
-            reset_tokens_ms=reset_tok,
-        )
-        return Decision(Verdict(verdict), state, wait)
+        return _decision(raw, limits)
 
     async def reserve(
-        self, key_id: str, limits: common_pb2.Limits, tokens: int, lease_id: str, lease_ttl_ms: int
+        self,
+        key_id: str,
+        limits: common_pb2.Limits,
+        tokens: int,
+        lease_id: str,
+        lease_ttl_ms: int,
+        settlements: Sequence[Settlement] = (),
     ) -> Decision:
-        return await self._call(key_id, limits, "reserve", tokens, lease_id, lease_ttl_ms)
+        """Settle `settlements` first, then decide, all in one round trip."""
+        if not settlements:
+            return await self._call(key_id, limits, "reserve", tokens, lease_id, lease_ttl_ms)
+        reserve: list[int | str] = ["reserve", *_limits(limits), tokens, lease_id, lease_ttl_ms]
+        calls = [*map(_settle_call, settlements), (keys_for(key_id), reserve)]
+        return _decision((await self._pipelined(calls))[-1], limits)
 
-    async def settle_many(
-        self, settlements: list[tuple[str, common_pb2.Limits, int, str, int]]
-    ) -> None:
-        """(key_id, limits, reserved, lease_id, used) each, in one pipelined round trip."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key_id, limits, reserved, lease_id, used in settlements:
-                await self._script(
-                    keys=keys_for(key_id),
-                    args=["settle", *_limits(limits), reserved, lease_id, used],
-                    client=pipe,
-                )
-            await pipe.execute()
+    async def settle_many(self, settlements: Sequence[Settlement]) -> None:
+        """All of them in one pipelined round trip."""
+        await self._pipelined([_settle_call(s) for s in settlements])
+
+    async def _pipelined(self, calls: list[tuple[list[str], list[int | str]]]) -> list[Any]:
+        """EVALSHA each call in one round trip.
+
+        redis-py's own pipelined scripts ask SCRIPT EXISTS before every batch (a
+        second round trip); instead, when Redis has lost the script (a restart,
+        SCRIPT FLUSH) the batch is sent again after loading it. Every call uses
+        the one script, so a NOSCRIPT batch ran none of them.
+        """
+        for attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+                results: list[Any] = await pipe.execute(raise_on_error=False)
+            if attempt or not any(isinstance(r, NoScriptError) for r in results):
+                break
+            await self._redis.script_load(_SCRIPT)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
 
     async def peek(self, key_id: str, limits: common_pb2.Limits) -> Decision:
         return await self._call(key_id, limits, "peek")

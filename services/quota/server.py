@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import grpc
 import prometheus_client
@@ -22,7 +22,7 @@ from meshgate.config import Config
 from meshgate.errors import DOC_URL_QUOTA, ApiError
 from meshgate.grpcio import Context
 from meshgate.v1 import common_pb2, quota_pb2, quota_pb2_grpc
-from services.quota.buckets import Buckets, Decision, Verdict
+from services.quota.buckets import Buckets, Decision, Settlement, Verdict
 
 log = logging.getLogger("meshgate.quota")
 
@@ -131,6 +131,16 @@ def _limited(limits: common_pb2.Limits) -> bool:
     )
 
 
+def _due(settlements: Iterable[quota_pb2.SettleRequest]) -> list[Settlement]:
+    """The settlements that charged something (not fail_open admissions or unlimited keys)."""
+    return [
+        (s.principal.key_id, s.principal.limits, s.reserved_tokens, s.lease_id,
+         s.usage.prompt_tokens + s.usage.completion_tokens)
+        for s in settlements
+        if s.lease_id and _settles(s.principal.limits)
+    ]  # fmt: skip
+
+
 class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
     def __init__(self, buckets: Buckets, default_max_tokens: int, lease_ttl_ms: int) -> None:
         self._buckets = buckets
@@ -148,16 +158,20 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
         cost = request.prompt_tokens + allowance
         # Only token, budget and concurrency limits need a settlement; others get no lease.
         lease_id = secrets.token_hex(8) if _settles(limits) else ""
+        settlements = _due(request.settlements)
         if not _limited(limits):
+            await self._settle(settlements)
             return quota_pb2.ReserveResponse(
                 lease_id="", reserved_tokens=cost, rate_limit=_NO_STATE
             )
         try:
             decision = await self._buckets.reserve(
-                principal.key_id, limits, cost, lease_id, self._lease_ttl_ms
+                principal.key_id, limits, cost, lease_id, self._lease_ttl_ms, settlements
             )
         except (RedisError, OSError) as exc:
             REDIS_ERRORS.labels("reserve").inc()
+            if settlements:
+                REDIS_ERRORS.labels("settle").inc(len(settlements))
             extra = {
                 "key_id": principal.key_id,
                 "request_id": request.request_id,
@@ -181,32 +195,28 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
     async def Settle(
         self, request: quota_pb2.SettleRequest, context: Context
     ) -> quota_pb2.SettleResponse:
-        await self._settle([request])
+        await self._settle(_due([request]))
         return quota_pb2.SettleResponse()
 
     async def SettleMany(
         self, request: quota_pb2.SettleManyRequest, context: Context
     ) -> quota_pb2.SettleManyResponse:
-        await self._settle(list(request.settlements))
+        await self._settle(_due(request.settlements))
         return quota_pb2.SettleManyResponse()
 
-    async def _settle(self, settlements: list[quota_pb2.SettleRequest]) -> None:
+    async def _settle(self, settlements: list[Settlement]) -> None:
         """One Redis round trip for all of them (a pipeline of script calls)."""
-        due = [s for s in settlements if s.lease_id and _settles(s.principal.limits)]
-        if not due:
-            return  # nothing was charged (no token/budget/concurrency limit, or admitted by fail_open)
+        if not settlements:
+            return
         try:
-            await self._buckets.settle_many(
-                [
-                    (s.principal.key_id, s.principal.limits, s.reserved_tokens, s.lease_id,
-                     s.usage.prompt_tokens + s.usage.completion_tokens)
-                    for s in due
-                ]
-            )  # fmt: skip
+            await self._buckets.settle_many(settlements)
         except (RedisError, OSError) as exc:
-            REDIS_ERRORS.labels("settle").inc(len(due))
+            REDIS_ERRORS.labels("settle").inc(len(settlements))
             # Leases lapse by their TTL; tokens stay charged at the reservation (never undercharged).
-            log.error("settle failed", extra={"settlements": len(due), "error": type(exc).__name__})
+            log.error(
+                "settle failed",
+                extra={"settlements": len(settlements), "error": type(exc).__name__},
+            )
 
     async def GetRateLimit(
         self, request: quota_pb2.GetRateLimitRequest, context: Context
