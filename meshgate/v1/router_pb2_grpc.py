@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from meshgate.v1 import inference_pb2 as meshgate_dot_v1_dot_inference__pb2
 from meshgate.v1 import router_pb2 as meshgate_dot_v1_dot_router__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -34,8 +33,10 @@ class RouterServiceStub:
     meshgate.v1.Error in the status details; an error after the first chunk
     ends the stream with that status.
 
-    Streaming RPCs return the shared chunk types rather than per-RPC wrappers,
-    so chunks pass from engine to edge without being copied.
+    Streaming RPCs send chunks in batches: chunks that an engine produces while
+    the previous message is still being written travel together, so a fast
+    engine costs one message per batch instead of one per token. A quiet engine
+    gives batches of one, so nothing waits for a batch to fill.
     """
 
     def __init__(self, channel):
@@ -52,7 +53,7 @@ class RouterServiceStub:
         self.StreamChatCompletion = channel.unary_stream(
                 '/meshgate.v1.RouterService/StreamChatCompletion',
                 request_serializer=meshgate_dot_v1_dot_router__pb2.StreamChatCompletionRequest.SerializeToString,
-                response_deserializer=meshgate_dot_v1_dot_inference__pb2.ChatCompletionChunk.FromString,
+                response_deserializer=meshgate_dot_v1_dot_router__pb2.StreamChatCompletionResponse.FromString,
                 _registered_method=True)
         self.CreateCompletion = channel.unary_unary(
                 '/meshgate.v1.RouterService/CreateCompletion',
@@ -62,7 +63,7 @@ class RouterServiceStub:
         self.StreamCompletion = channel.unary_stream(
                 '/meshgate.v1.RouterService/StreamCompletion',
                 request_serializer=meshgate_dot_v1_dot_router__pb2.StreamCompletionRequest.SerializeToString,
-                response_deserializer=meshgate_dot_v1_dot_inference__pb2.CompletionChunk.FromString,
+                response_deserializer=meshgate_dot_v1_dot_router__pb2.StreamCompletionResponse.FromString,
                 _registered_method=True)
         self.CreateEmbedding = channel.unary_unary(
                 '/meshgate.v1.RouterService/CreateEmbedding',
@@ -89,8 +90,10 @@ class RouterServiceServicer:
     meshgate.v1.Error in the status details; an error after the first chunk
     ends the stream with that status.
 
-    Streaming RPCs return the shared chunk types rather than per-RPC wrappers,
-    so chunks pass from engine to edge without being copied.
+    Streaming RPCs send chunks in batches: chunks that an engine produces while
+    the previous message is still being written travel together, so a fast
+    engine costs one message per batch instead of one per token. A quiet engine
+    gives batches of one, so nothing waits for a batch to fill.
     """
 
     def CreateChatCompletion(self, request, context):
@@ -153,7 +156,7 @@ def add_RouterServiceServicer_to_server(servicer, server):
             'StreamChatCompletion': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamChatCompletion,
                     request_deserializer=meshgate_dot_v1_dot_router__pb2.StreamChatCompletionRequest.FromString,
-                    response_serializer=meshgate_dot_v1_dot_inference__pb2.ChatCompletionChunk.SerializeToString,
+                    response_serializer=meshgate_dot_v1_dot_router__pb2.StreamChatCompletionResponse.SerializeToString,
             ),
             'CreateCompletion': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCompletion,
@@ -163,7 +166,7 @@ def add_RouterServiceServicer_to_server(servicer, server):
             'StreamCompletion': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamCompletion,
                     request_deserializer=meshgate_dot_v1_dot_router__pb2.StreamCompletionRequest.FromString,
-                    response_serializer=meshgate_dot_v1_dot_inference__pb2.CompletionChunk.SerializeToString,
+                    response_serializer=meshgate_dot_v1_dot_router__pb2.StreamCompletionResponse.SerializeToString,
             ),
             'CreateEmbedding': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateEmbedding,
@@ -196,8 +199,10 @@ class RouterService:
     meshgate.v1.Error in the status details; an error after the first chunk
     ends the stream with that status.
 
-    Streaming RPCs return the shared chunk types rather than per-RPC wrappers,
-    so chunks pass from engine to edge without being copied.
+    Streaming RPCs send chunks in batches: chunks that an engine produces while
+    the previous message is still being written travel together, so a fast
+    engine costs one message per batch instead of one per token. A quiet engine
+    gives batches of one, so nothing waits for a batch to fill.
     """
 
     @staticmethod
@@ -243,7 +248,7 @@ class RouterService:
             target,
             '/meshgate.v1.RouterService/StreamChatCompletion',
             meshgate_dot_v1_dot_router__pb2.StreamChatCompletionRequest.SerializeToString,
-            meshgate_dot_v1_dot_inference__pb2.ChatCompletionChunk.FromString,
+            meshgate_dot_v1_dot_router__pb2.StreamChatCompletionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -297,7 +302,7 @@ class RouterService:
             target,
             '/meshgate.v1.RouterService/StreamCompletion',
             meshgate_dot_v1_dot_router__pb2.StreamCompletionRequest.SerializeToString,
-            meshgate_dot_v1_dot_inference__pb2.CompletionChunk.FromString,
+            meshgate_dot_v1_dot_router__pb2.StreamCompletionResponse.FromString,
             options,
             channel_credentials,
             insecure,
