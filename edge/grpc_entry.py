@@ -128,12 +128,11 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
         usage: common_pb2.Usage | None = None
         fragments = 0
         try:
-            while (response := await call.read()) is not grpc.aio.EOF:
-                for chunk in response.chunks:
-                    if chunk.HasField("usage"):
-                        usage = chunk.usage
-                    fragments += bool(chunk.choices)
-                    yield gateway_pb2.StreamChatCompletionResponse(chunk=chunk)
+            while (chunk := await call.read()) is not grpc.aio.EOF:
+                if chunk.HasField("usage"):
+                    usage = chunk.usage
+                fragments += bool(chunk.choices)
+                yield gateway_pb2.StreamChatCompletionResponse(chunk=chunk)
         except grpc.aio.AioRpcError as exc:
             await from_rpc_error(exc, "router").abort(context)
         finally:

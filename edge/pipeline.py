@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial, wraps
 from typing import Any, Protocol, TypeVar
 
@@ -225,20 +225,19 @@ async def _routed(make: Callable[[], Call], request: Request) -> Any:
 
 
 async def _first(make: Callable[[], Any]) -> tuple[Any, Any]:
-    """The stream and its first batch of chunks; failing here is still an HTTP error status,
-    never a 200 stream. A router replica that died before answering is retried elsewhere
-    (RETRIES)."""
+    """The stream and its first chunk; failing here is still an HTTP error status, never a
+    200 stream. A router replica that died before answering is retried elsewhere (RETRIES)."""
     for attempt in range(RETRIES + 1):
         call = make()
         try:
-            response = await call.read()
+            chunk = await call.read()
         except grpc.aio.AioRpcError as exc:
             if attempt == RETRIES or not transient(exc):
                 raise from_rpc_error(exc, "router") from None
             continue
-        if response is grpc.aio.EOF or not response.chunks:
+        if chunk is grpc.aio.EOF:
             raise errors.server_error()
-        return call, response.chunks
+        return call, chunk
     raise AssertionError("unreachable")
 
 
@@ -248,34 +247,30 @@ class _Renderer(Protocol[Chunk]):  # type: ignore[misc]
 
 
 async def _events(
-    call: grpc.aio.UnaryStreamCall[Any, Any],
-    batch: Sequence[Chunk],
+    call: grpc.aio.UnaryStreamCall[object, Chunk],
+    first: Chunk,
     renderer: _Renderer[Chunk],
     include_usage: bool,
     prompt_tokens: int,
     on_done: Callable[[common_pb2.Usage], None],
 ) -> AsyncIterator[bytes]:
-    """Relay the router's batches as SSE, one write per batch; settle with the engine's
-    usage, or an estimate if the stream broke."""
+    """Relay chunks as SSE; settle with the engine's usage, or an estimate if the stream broke."""
     usage: common_pb2.Usage | None = None
     fragments = 0
+    chunk: object = first
     try:
-        while True:
-            events: list[bytes] = []
-            for chunk in batch:
-                if chunk.choices:
-                    fragments += 1
-                    events.append(renderer.render(chunk))
-                if chunk.HasField("usage"):
-                    usage = chunk.usage
-                    if include_usage:
-                        events.append(renderer.usage(usage))
-            if events:
-                yield b"".join(events)
-            response = await call.read()
-            if response is grpc.aio.EOF:
-                break
-            batch = response.chunks
+        while chunk is not grpc.aio.EOF:
+            assert isinstance(
+                chunk, inference_pb2.ChatCompletionChunk | inference_pb2.CompletionChunk
+            )
+            if chunk.choices:
+                fragments += 1
+                yield renderer.render(chunk)  # type: ignore[arg-type]
+            if chunk.HasField("usage"):
+                usage = chunk.usage
+                if include_usage:
+                    yield renderer.usage(usage)
+            chunk = await call.read()
         yield sse.DONE
     except grpc.aio.AioRpcError as exc:
         yield sse.error_event(from_rpc_error(exc, "router"))
@@ -350,7 +345,7 @@ async def chat_completions(request: Request) -> Response:
                 metadata=call_metadata(rid),
             )
             call, first = await _first(open_stream)
-            renderer = sse.ChatChunks(first[0], chat.include_usage)
+            renderer = sse.ChatChunks(first, chat.include_usage)
             events = _events(
                 call, first, renderer, chat.include_usage, validated.prompt_tokens, settle
             )
@@ -407,7 +402,7 @@ async def completions(request: Request) -> Response:
                 metadata=call_metadata(rid),
             )
             text_call, text_first = await _first(open_stream)
-            renderer = sse.TextChunks(text_first[0], text.include_usage)
+            renderer = sse.TextChunks(text_first, text.include_usage)
             events = _events(
                 text_call, text_first, renderer, text.include_usage, validated.prompt_tokens, settle
             )

@@ -26,7 +26,7 @@ from meshgate.v1 import common_pb2 as meshgate_dot_v1_dot_common__pb2
 from meshgate.v1 import inference_pb2 as meshgate_dot_v1_dot_inference__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meshgate/v1/router.proto\x12\x0bmeshgate.v1\x1a\x18meshgate/v1/common.proto\x1a\x1bmeshgate/v1/inference.proto\"\x80\x01\n\x1b\x43reateChatCompletionRequest\x12\x33\n\x07request\x18\x01 \x01(\x0b\x32\".meshgate.v1.ChatCompletionRequest\x12,\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1b.meshgate.v1.RequestContext\"O\n\x1c\x43reateChatCompletionResponse\x12/\n\ncompletion\x18\x01 \x01(\x0b\x32\x1b.meshgate.v1.ChatCompletion\"\x80\x01\n\x1bStreamChatCompletionRequest\x12\x33\n\x07request\x18\x01 \x01(\x0b\x32\".meshgate.v1.ChatCompletionRequest\x12,\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1b.meshgate.v1.RequestContext\"P\n\x1cStreamChatCompletionResponse\x12\x30\n\x06\x63hunks\x18\x01 \x03(\x0b\x32 .meshgate.v1.ChatCompletionChunk\"x\n\x17\x43reateCompletionRequest\x12/\n\x07request\x18\x01 \x01(\x0b\x32\x1e.meshgate.v1.CompletionRequest\x12,\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1b.meshgate.v1.RequestContext\"G\n\x18\x43reateCompletionResponse\x12+\n\ncompletion\x18\x01 \x01(\x0b\x32\x17.meshgate.v1.Completion\"x\n\x17StreamCompletionRequest\x12/\n\x07request\x18\x01 \x01(\x0b\x32\x1e.meshgate.v1.CompletionRequest\x12,\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1b.meshgate.v1.RequestContext\"H\n\x18StreamCompletionResponse\x12,\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x1c.meshgate.v1.CompletionChunk\"v\n\x16\x43reateEmbeddingRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.meshgate.v1.EmbeddingRequest\x12,\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1b.meshgate.v1.RequestContext\"I\n\x17\x43reateEmbeddingResponse\x12.\n\nembeddings\x18\x01 \x01(\x0b\x32\x1a.meshgate.v1.EmbeddingList\"A\n\x11ListModelsRequest\x12,\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1b.meshgate.v1.RequestContext\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.meshgate.v1.ModelCard\"K\n\x0fGetModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1b.meshgate.v1.RequestContext\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.meshgate.v1.ModelCard2\xa5\x05\n\rRouterService\x12k\n\x14\x43reateChatCompletion\x12(.meshgate.v1.CreateChatCompletionRequest\x1a).meshgate.v1.CreateChatCompletionResponse\x12m\n\x14StreamChatCompletion\x12(.meshgate.v1.StreamChatCompletionRequest\x1a).meshgate.v1.StreamChatCompletionResponse0\x01\x12_\n\x10\x43reateCompletion\x12$.meshgate.v1.CreateCompletionRequest\x1a%.meshgate.v1.CreateCompletionResponse\x12\x61\n\x10StreamCompletion\x12$.meshgate.v1.StreamCompletionRequest\x1a%.meshgate.v1.StreamCompletionResponse0\x01\x12\\\n\x0f\x43reateEmbedding\x12#.meshgate.v1.CreateEmbeddingRequest\x1a$.meshgate.v1.CreateEmbeddingResponse\x12M\n\nListModels\x12\x1e.meshgate.v1.ListModelsRequest\x1a\x1f.meshgate.v1.ListModelsResponse\x12G\n\x08GetModel\x12\x1c.meshgate.v1.GetModelRequest\x1a\x1d.meshgate.v1.GetModelResponseB\x12\n\x0e\x61i.meshgate.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meshgate/v1/router.proto\x12\x0bmeshgate.v1\x1a\x18meshgate/v1/common.proto\x1a\x1bmeshgate/v1/inference.proto\"\x80\x01\n\x1b\x43reateChatCompletionRequest\x12\x33\n\x07request\x18\x01 \x01(\x0b\x32\".meshgate.v1.ChatCompletionRequest\x12,\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1b.meshgate.v1.RequestContext\"O\n\x1c\x43reateChatCompletionResponse\x12/\n\ncompletion\x18\x01 \x01(\x0b\x32\x1b.meshgate.v1.ChatCompletion\"\x80\x01\n\x1bStreamChatCompletionRequest\x12\x33\n\x07request\x18\x01 \x01(\x0b\x32\".meshgate.v1.ChatCompletionRequest\x12,\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1b.meshgate.v1.RequestContext\"x\n\x17\x43reateCompletionRequest\x12/\n\x07request\x18\x01 \x01(\x0b\x32\x1e.meshgate.v1.CompletionRequest\x12,\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1b.meshgate.v1.RequestContext\"G\n\x18\x43reateCompletionResponse\x12+\n\ncompletion\x18\x01 \x01(\x0b\x32\x17.meshgate.v1.Completion\"x\n\x17StreamCompletionRequest\x12/\n\x07request\x18\x01 \x01(\x0b\x32\x1e.meshgate.v1.CompletionRequest\x12,\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1b.meshgate.v1.RequestContext\"v\n\x16\x43reateEmbeddingRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.meshgate.v1.EmbeddingRequest\x12,\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1b.meshgate.v1.RequestContext\"I\n\x17\x43reateEmbeddingResponse\x12.\n\nembeddings\x18\x01 \x01(\x0b\x32\x1a.meshgate.v1.EmbeddingList\"A\n\x11ListModelsRequest\x12,\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1b.meshgate.v1.RequestContext\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.meshgate.v1.ModelCard\"K\n\x0fGetModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1b.meshgate.v1.RequestContext\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.meshgate.v1.ModelCard2\x93\x05\n\rRouterService\x12k\n\x14\x43reateChatCompletion\x12(.meshgate.v1.CreateChatCompletionRequest\x1a).meshgate.v1.CreateChatCompletionResponse\x12\x64\n\x14StreamChatCompletion\x12(.meshgate.v1.StreamChatCompletionRequest\x1a .meshgate.v1.ChatCompletionChunk0\x01\x12_\n\x10\x43reateCompletion\x12$.meshgate.v1.CreateCompletionRequest\x1a%.meshgate.v1.CreateCompletionResponse\x12X\n\x10StreamCompletion\x12$.meshgate.v1.StreamCompletionRequest\x1a\x1c.meshgate.v1.CompletionChunk0\x01\x12\\\n\x0f\x43reateEmbedding\x12#.meshgate.v1.CreateEmbeddingRequest\x1a$.meshgate.v1.CreateEmbeddingResponse\x12M\n\nListModels\x12\x1e.meshgate.v1.ListModelsRequest\x1a\x1f.meshgate.v1.ListModelsResponse\x12G\n\x08GetModel\x12\x1c.meshgate.v1.GetModelRequest\x1a\x1d.meshgate.v1.GetModelResponseB\x12\n\x0e\x61i.meshgate.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,28 +40,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATECHATCOMPLETIONRESPONSE']._serialized_end=306
   _globals['_STREAMCHATCOMPLETIONREQUEST']._serialized_start=309
   _globals['_STREAMCHATCOMPLETIONREQUEST']._serialized_end=437
-  _globals['_STREAMCHATCOMPLETIONRESPONSE']._serialized_start=439
-  _globals['_STREAMCHATCOMPLETIONRESPONSE']._serialized_end=519
-  _globals['_CREATECOMPLETIONREQUEST']._serialized_start=521
-  _globals['_CREATECOMPLETIONREQUEST']._serialized_end=641
-  _globals['_CREATECOMPLETIONRESPONSE']._serialized_start=643
-  _globals['_CREATECOMPLETIONRESPONSE']._serialized_end=714
-  _globals['_STREAMCOMPLETIONREQUEST']._serialized_start=716
-  _globals['_STREAMCOMPLETIONREQUEST']._serialized_end=836
-  _globals['_STREAMCOMPLETIONRESPONSE']._serialized_start=838
-  _globals['_STREAMCOMPLETIONRESPONSE']._serialized_end=910
-  _globals['_CREATEEMBEDDINGREQUEST']._serialized_start=912
-  _globals['_CREATEEMBEDDINGREQUEST']._serialized_end=1030
-  _globals['_CREATEEMBEDDINGRESPONSE']._serialized_start=1032
-  _globals['_CREATEEMBEDDINGRESPONSE']._serialized_end=1105
-  _globals['_LISTMODELSREQUEST']._serialized_start=1107
-  _globals['_LISTMODELSREQUEST']._serialized_end=1172
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1174
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1234
-  _globals['_GETMODELREQUEST']._serialized_start=1236
-  _globals['_GETMODELREQUEST']._serialized_end=1311
-  _globals['_GETMODELRESPONSE']._serialized_start=1313
-  _globals['_GETMODELRESPONSE']._serialized_end=1370
-  _globals['_ROUTERSERVICE']._serialized_start=1373
-  _globals['_ROUTERSERVICE']._serialized_end=2050
+  _globals['_CREATECOMPLETIONREQUEST']._serialized_start=439
+  _globals['_CREATECOMPLETIONREQUEST']._serialized_end=559
+  _globals['_CREATECOMPLETIONRESPONSE']._serialized_start=561
+  _globals['_CREATECOMPLETIONRESPONSE']._serialized_end=632
+  _globals['_STREAMCOMPLETIONREQUEST']._serialized_start=634
+  _globals['_STREAMCOMPLETIONREQUEST']._serialized_end=754
+  _globals['_CREATEEMBEDDINGREQUEST']._serialized_start=756
+  _globals['_CREATEEMBEDDINGREQUEST']._serialized_end=874
+  _globals['_CREATEEMBEDDINGRESPONSE']._serialized_start=876
+  _globals['_CREATEEMBEDDINGRESPONSE']._serialized_end=949
+  _globals['_LISTMODELSREQUEST']._serialized_start=951
+  _globals['_LISTMODELSREQUEST']._serialized_end=1016
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1018
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1078
+  _globals['_GETMODELREQUEST']._serialized_start=1080
+  _globals['_GETMODELREQUEST']._serialized_end=1155
+  _globals['_GETMODELRESPONSE']._serialized_start=1157
+  _globals['_GETMODELRESPONSE']._serialized_end=1214
+  _globals['_ROUTERSERVICE']._serialized_start=1217
+  _globals['_ROUTERSERVICE']._serialized_end=1876
 # @@protoc_insertion_point(module_scope)

@@ -30,12 +30,6 @@ class StreamChatCompletionRequest(_message.Message):
     context: _common_pb2.RequestContext
     def __init__(self, request: _Optional[_Union[_inference_pb2.ChatCompletionRequest, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ...) -> None: ...
 
-class StreamChatCompletionResponse(_message.Message):
-    __slots__ = ("chunks",)
-    CHUNKS_FIELD_NUMBER: _ClassVar[int]
-    chunks: _containers.RepeatedCompositeFieldContainer[_inference_pb2.ChatCompletionChunk]
-    def __init__(self, chunks: _Optional[_Iterable[_Union[_inference_pb2.ChatCompletionChunk, _Mapping]]] = ...) -> None: ...
-
 class CreateCompletionRequest(_message.Message):
     __slots__ = ("request", "context")
     REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -57,12 +51,6 @@ class StreamCompletionRequest(_message.Message):
     request: _inference_pb2.CompletionRequest
     context: _common_pb2.RequestContext
     def __init__(self, request: _Optional[_Union[_inference_pb2.CompletionRequest, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ...) -> None: ...
-
-class StreamCompletionResponse(_message.Message):
-    __slots__ = ("chunks",)
-    CHUNKS_FIELD_NUMBER: _ClassVar[int]
-    chunks: _containers.RepeatedCompositeFieldContainer[_inference_pb2.CompletionChunk]
-    def __init__(self, chunks: _Optional[_Iterable[_Union[_inference_pb2.CompletionChunk, _Mapping]]] = ...) -> None: ...
 
 class CreateEmbeddingRequest(_message.Message):
     __slots__ = ("request", "context")

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from meshgate.v1 import inference_pb2 as meshgate_dot_v1_dot_inference__pb2
 from meshgate.v1 import router_pb2 as meshgate_dot_v1_dot_router__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -33,10 +34,8 @@ class RouterServiceStub:
     meshgate.v1.Error in the status details; an error after the first chunk
     ends the stream with that status.
 
-    Streaming RPCs send chunks in batches: chunks that an engine produces while
-    the previous message is still being written travel together, so a fast
-    engine costs one message per batch instead of one per token. A quiet engine
-    gives batches of one, so nothing waits for a batch to fill.
+    Streaming RPCs return the shared chunk types rather than per-RPC wrappers,
+    so chunks pass from engine to edge without being copied.
     """
 
     def __init__(self, channel):
@@ -53,7 +52,7 @@ class RouterServiceStub:
         self.StreamChatCompletion = channel.unary_stream(
                 '/meshgate.v1.RouterService/StreamChatCompletion',
                 request_serializer=meshgate_dot_v1_dot_router__pb2.StreamChatCompletionRequest.SerializeToString,
-                response_deserializer=meshgate_dot_v1_dot_router__pb2.StreamChatCompletionResponse.FromString,
+                response_deserializer=meshgate_dot_v1_dot_inference__pb2.ChatCompletionChunk.FromString,
                 _registered_method=True)
         self.CreateCompletion = channel.unary_unary(
                 '/meshgate.v1.RouterService/CreateCompletion',
@@ -63,7 +62,7 @@ class RouterServiceStub:
         self.StreamCompletion = channel.unary_stream(
                 '/meshgate.v1.RouterService/StreamCompletion',
                 request_serializer=meshgate_dot_v1_dot_router__pb2.StreamCompletionRequest.SerializeToString,
-                response_deserializer=meshgate_dot_v1_dot_router__pb2.StreamCompletionResponse.FromString,
+                response_deserializer=meshgate_dot_v1_dot_inference__pb2.CompletionChunk.FromString,
                 _registered_method=True)
         self.CreateEmbedding = channel.unary_unary(
                 '/meshgate.v1.RouterService/CreateEmbedding',
@@ -90,10 +89,8 @@ class RouterServiceServicer:
     meshgate.v1.Error in the status details; an error after the first chunk
     ends the stream with that status.
 
-    Streaming RPCs send chunks in batches: chunks that an engine produces while
-    the previous message is still being written travel together, so a fast
-    engine costs one message per batch instead of one per token. A quiet engine
-    gives batches of one, so nothing waits for a batch to fill.
+    Streaming RPCs return the shared chunk types rather than per-RPC wrappers,
+    so chunks pass from engine to edge without being copied.
     """
 
     def CreateChatCompletion(self, request, context):
@@ -156,7 +153,7 @@ def add_RouterServiceServicer_to_server(servicer, server):
             'StreamChatCompletion': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamChatCompletion,
                     request_deserializer=meshgate_dot_v1_dot_router__pb2.StreamChatCompletionRequest.FromString,
-                    response_serializer=meshgate_dot_v1_dot_router__pb2.StreamChatCompletionResponse.SerializeToString,
+                    response_serializer=meshgate_dot_v1_dot_inference__pb2.ChatCompletionChunk.SerializeToString,
             ),
             'CreateCompletion': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCompletion,
@@ -166,7 +163,7 @@ def add_RouterServiceServicer_to_server(servicer, server):
             'StreamCompletion': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamCompletion,
                     request_deserializer=meshgate_dot_v1_dot_router__pb2.StreamCompletionRequest.FromString,
-                    response_serializer=meshgate_dot_v1_dot_router__pb2.StreamCompletionResponse.SerializeToString,
+                    response_serializer=meshgate_dot_v1_dot_inference__pb2.CompletionChunk.SerializeToString,
             ),
             'CreateEmbedding': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateEmbedding,
@@ -199,10 +196,8 @@ class RouterService:
     meshgate.v1.Error in the status details; an error after the first chunk
     ends the stream with that status.
 
-    Streaming RPCs send chunks in batches: chunks that an engine produces while
-    the previous message is still being written travel together, so a fast
-    engine costs one message per batch instead of one per token. A quiet engine
-    gives batches of one, so nothing waits for a batch to fill.
+    Streaming RPCs return the shared chunk types rather than per-RPC wrappers,
+    so chunks pass from engine to edge without being copied.
     """
 
     @staticmethod
@@ -248,7 +243,7 @@ class RouterService:
             target,
             '/meshgate.v1.RouterService/StreamChatCompletion',
             meshgate_dot_v1_dot_router__pb2.StreamChatCompletionRequest.SerializeToString,
-            meshgate_dot_v1_dot_router__pb2.StreamChatCompletionResponse.FromString,
+            meshgate_dot_v1_dot_inference__pb2.ChatCompletionChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -302,7 +297,7 @@ class RouterService:
             target,
             '/meshgate.v1.RouterService/StreamCompletion',
             meshgate_dot_v1_dot_router__pb2.StreamCompletionRequest.SerializeToString,
-            meshgate_dot_v1_dot_router__pb2.StreamCompletionResponse.FromString,
+            meshgate_dot_v1_dot_inference__pb2.CompletionChunk.FromString,
             options,
             channel_credentials,
             insecure,

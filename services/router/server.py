@@ -105,51 +105,6 @@ def _request_id(context: Context) -> str:
     return ""
 
 
-async def batches(chunks: AsyncIterator[T]) -> AsyncIterator[list[T]]:
-    """Regroup a stream: what arrives while the last batch is being sent goes out together.
-
-    A task reads the engine's stream; the caller takes whatever has piled up each
-    time it is ready to send. A quiet engine gives batches of one, each sent at
-    once; a fast one costs one gRPC message per batch instead of per chunk. An
-    error from `chunks` comes out after the chunks read before it.
-    """
-    pending: list[T] = []
-    ready = asyncio.Event()
-    failure: list[BaseException] = []
-    finished = False
-
-    async def pump() -> None:
-        nonlocal finished
-        try:
-            async for chunk in chunks:
-                pending.append(chunk)
-                ready.set()
-        except Exception as exc:  # handed to the caller, after what came before it
-            failure.append(exc)
-        finally:
-            finished = True
-            ready.set()
-
-    reader = asyncio.create_task(pump())
-    try:
-        while True:
-            if not pending and not finished:
-                ready.clear()
-                await ready.wait()
-            if pending:
-                batch = pending.copy()
-                pending.clear()
-                yield batch
-            elif finished:
-                if failure:
-                    raise failure[0]
-                return
-    finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
-
-
 class RouterService(router_pb2_grpc.RouterServiceServicer):
     def __init__(
         self, catalog: cat.Catalog, replicas: Sequence[Replica], default_timeout: float
@@ -260,20 +215,19 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
 
     async def StreamChatCompletion(
         self, request: router_pb2.StreamChatCompletionRequest, context: Context
-    ) -> AsyncIterator[router_pb2.StreamChatCompletionResponse]:
+    ) -> AsyncIterator[inference_pb2.ChatCompletionChunk]:
         try:
             model = self._catalog.resolve(request.request.model, request.context.principal)
             cat.prepare_chat(model, request.request, request.context.prompt_tokens)
             timeout = _deadline(context, self._default_timeout)
-            chunks = self._stream(
+            async for chunk in self._stream(
                 model,
                 lambda a: a.stream_chat(request.request, timeout),
                 "chatcmpl",
                 request.context.prompt_tokens,
                 context,
-            )
-            async for batch in batches(chunks):
-                yield router_pb2.StreamChatCompletionResponse(chunks=batch)
+            ):
+                yield chunk
         except ApiError as exc:
             await exc.abort(context)
 
@@ -297,20 +251,19 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
 
     async def StreamCompletion(
         self, request: router_pb2.StreamCompletionRequest, context: Context
-    ) -> AsyncIterator[router_pb2.StreamCompletionResponse]:
+    ) -> AsyncIterator[inference_pb2.CompletionChunk]:
         try:
             model = self._catalog.resolve(request.request.model, request.context.principal)
             cat.prepare_text(model, request.request, request.context.prompt_tokens)
             timeout = _deadline(context, self._default_timeout)
-            chunks = self._stream(
+            async for chunk in self._stream(
                 model,
                 lambda a: a.stream_text(request.request, timeout),
                 "cmpl",
                 request.context.prompt_tokens,
                 context,
-            )
-            async for batch in batches(chunks):
-                yield router_pb2.StreamCompletionResponse(chunks=batch)
+            ):
+                yield chunk
         except ApiError as exc:
             await exc.abort(context)
 
