@@ -71,7 +71,9 @@ class QuotaServiceServicer:
 
     def Reserve(self, request, context):
         """Reserve takes one request and its worst-case tokens (prompt plus
-        completion allowance) from the key's buckets.
+        completion allowance) from the key's buckets, after applying any
+        settlements it carries. Settling is idempotent per lease, so a retried
+        Reserve never refunds twice.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,7 +81,7 @@ class QuotaServiceServicer:
 
     def Settle(self, request, context):
         """Settle replaces a reservation with the true usage, refunds the rest and
-        releases the concurrency lease.
+        releases the concurrency lease. A lease settles once; repeats are no-ops.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
