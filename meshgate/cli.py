@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -17,6 +18,9 @@ from meshgate import logs, tracing
 from meshgate.config import Config, ConfigError, load_config
 
 # Where each process's entry point lives: `run(config)`, async for gRPC services.
+# Allocations between first-generation collections (CPython's default is 700).
+GC_GEN0_THRESHOLD = 10_000
+
 SERVICE_MODULES: dict[str, str] = {
     "auth": "services.auth.server",
     "quota": "services.quota.server",
@@ -208,6 +212,7 @@ def serve(service: str, config_path: str | None) -> int:
         print(f"meshgate: {module_name} has no run(config)", file=sys.stderr)
         return 1
     _use_uvloop()
+    _tune_gc()
     try:
         if service == "edge":
             cast(Callable[[Config], None], run)(config)
@@ -219,6 +224,20 @@ def serve(service: str, config_path: str | None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before the service installed its own handler
         return 130
     return 0
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic collector's pauses out of the latency tail.
+
+    What exists once the service's modules are imported (code, protobuf
+    descriptors, tokenizer and config objects) lives as long as the process:
+    frozen, no collection walks it again. A larger first generation lets the
+    short-lived objects of a request die by reference counting before a
+    collection ever looks at them.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _use_uvloop() -> None:
