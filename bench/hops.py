@@ -68,17 +68,26 @@ async def _probe(config_path: Path, key: str, body: bytes, calls: int) -> dict[s
         )
         routed = router_pb2.CreateChatCompletionRequest(request=validated.request, context=context)
 
-        async def reserve_and_settle() -> None:
-            lease = await quota.Reserve(
-                quota_pb2.ReserveRequest(
-                    principal=principal, prompt_tokens=validated.prompt_tokens, max_tokens=16
-                )
-            )
-            await quota.Settle(
+        leases: list[quota_pb2.ReserveResponse] = []
+
+        async def reserve_settling_the_last() -> None:
+            """As the edge does: each Reserve carries the previous request's settlement."""
+            settled = [
                 quota_pb2.SettleRequest(
                     principal=principal,
                     lease_id=lease.lease_id,
                     reserved_tokens=lease.reserved_tokens,
+                )
+                for lease in leases[-1:]
+            ]
+            leases.append(
+                await quota.Reserve(
+                    quota_pb2.ReserveRequest(
+                        principal=principal,
+                        prompt_tokens=validated.prompt_tokens,
+                        max_tokens=16,
+                        settlements=settled,
+                    )
                 )
             )
 
@@ -95,7 +104,7 @@ async def _probe(config_path: Path, key: str, body: bytes, calls: int) -> dict[s
                 ),
                 calls,
             ),
-            "quota_reserve_settle": await _time(reserve_and_settle, calls),
+            "quota_reserve_and_settle": await _time(reserve_settling_the_last, calls),
             "router_and_engine": await _time(lambda: router.CreateChatCompletion(routed), calls),
         }
     finally:

@@ -300,6 +300,23 @@ def hops_text(result: dict[str, Any]) -> str:
             f"({share.get('critical_path_us', 0):.0f} µs of it on the critical path, as auth runs alongside); "
             f"{share.get('of_gateway_cpu_pct', float('nan')):.0f}% of the gateway's CPU per request"
         )
+    measured_floor = result["meta"].get("floor")
+    if measured_floor:
+        grpc_hop, tcp = measured_floor["grpc_unary"], measured_floor["asyncio_tcp"]
+        text += (
+            "\n\nThe transport's floor (bench/floor.py): one empty round trip between two "
+            "processes, c=1, uvloop\n"
+            + table(
+                ["round trip", "p50 µs", "CPU µs (both ends)"],
+                [
+                    ["grpc.aio unary", _fmt(grpc_hop["p50_us"], 0), _fmt(grpc_hop["cpu_us"], 0)],
+                    ["asyncio TCP", _fmt(tcp["p50_us"], 0), _fmt(tcp["cpu_us"], 0)],
+                ],
+            )
+            + f"\na chat crosses 3 gRPC hops the direct path does not (validation, quota, "
+            f"router): {3 * grpc_hop['p50_us']:,.0f} µs of added latency and "
+            f"{3 * grpc_hop['cpu_us']:,.0f} µs of CPU before meshgate's own code runs"
+        )
     return text
 
 

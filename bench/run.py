@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make `bench` and `meshgate` importable
     sys.path.insert(0, str(ROOT))
 
-from bench import hops, report, results_md, streams  # noqa: E402
+from bench import floor, hops, report, results_md, streams  # noqa: E402
 from bench.httpclient import split_base_url  # noqa: E402
 from bench.mock_openai import DIMENSIONS as MOCK_DIMENSIONS  # noqa: E402
 from bench.payloads import ENDPOINTS, PATHS, Endpoint, Payload  # noqa: E402
@@ -836,6 +836,8 @@ def main(argv: list[str] | None = None) -> int:
                     run.meta["hops_p50_us"] = hops.probe_hops(
                         mesh[0].config_path, mesh[0].key, payload.json_body("chat")
                     )
+                    print("timing an empty gRPC hop (the transport's floor) ...", flush=True)
+                    run.meta["floor"] = floor.probe_floor()
                 gens = Generators(args.gen_procs, workdir)
                 for endpoint in endpoints:
                     for concurrency in profile.concurrencies:

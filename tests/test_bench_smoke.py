@@ -87,6 +87,11 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert o["overhead_p50_us"] is not None and o["overhead_ratio_p50"] is not None
     assert overhead[("chat_stream", 1)]["per_chunk_overhead_us"] is not None
 
+    # The transport's floor: both round trips were timed, and gRPC's is the dearer one.
+    floor = result["meta"]["floor"]
+    assert 0 < floor["asyncio_tcp"]["p50_us"] < floor["grpc_unary"]["p50_us"], floor
+    assert floor["grpc_unary"]["cpu_us"] > 0 and floor["asyncio_tcp"]["cpu_us"] > 0
+
     check_results_md(out, tmp_path / "RESULTS.md")
 
 
@@ -97,6 +102,7 @@ def check_results_md(result: Path, md: Path) -> None:
     text = md.read_text()
     assert "## Targets" in text and "## Where the time goes" in text
     assert "chat, c=1: added latency p50" in text
+    assert "grpc.aio unary" in text  # the floor table
     assert "not measured" in text  # the smoke run has no c=64 and no streams_rss
     marker = "<!-- notes: kept across runs -->"
     assert text.count(marker) == 1
