@@ -1,9 +1,10 @@
 """Each internal hop of a chat request, timed on its own at concurrency 1.
 
-The edge runs auth and validation at the same time, then quota, then the
-router (which calls the engine), then settles off the response path. Timing
-each RPC alone shows what every hop adds, and the validation hop's share of the
-gateway's overhead, which the validation issue asks the benchmark to report.
+The edge runs validation (and auth, when its cache has no answer for the key)
+first, then quota, then the router (which calls the engine); the settlement
+rides on a later Reserve. Timing each RPC alone shows what every hop adds, and
+the validation hop's share of the gateway's overhead, which the validation
+issue asks the benchmark to report.
 """
 
 from __future__ import annotations
@@ -126,8 +127,6 @@ def validation_share(
     share: dict[str, Any] = {"validation_p50_us": round(hops["validation"], 1)}
     if overhead_us:
         share["of_c1_overhead_pct"] = round(100 * hops["validation"] / overhead_us, 1)
-        # Auth runs alongside validation: only the part of validation that outlasts auth adds latency.
-        share["critical_path_us"] = round(max(0.0, hops["validation"] - hops["auth"]), 1)
     if gateway_cpu and "validation" in cpu_by_process:
         share["of_gateway_cpu_pct"] = round(100 * cpu_by_process["validation"] / gateway_cpu, 1)
     return share
