@@ -584,6 +584,43 @@ def test_settlements_ride_on_reserve_first_and_count_once(stack: Stack) -> None:
             assert r.zcard(keys_for(key_id)[2]) == 0
 
 
+def test_a_settlement_redis_refuses_does_not_refuse_the_reservation_carrying_it(
+    stack: Stack,
+) -> None:
+    """A key whose lease set Redis cannot update (wrong type) poisons only its own settlement."""
+    bad_secret, bad_id = stack.key(max_concurrency=2)
+    good_secret, good_id = stack.key(max_concurrency=1)
+    bad, good = (
+        asyncio.run(_principal(stack, bad_secret)),
+        asyncio.run(_principal(stack, good_secret)),
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{stack.mesh.config.services.quota.port}") as channel:
+        quota = quota_pb2_grpc.QuotaServiceStub(channel)
+        lease = quota.Reserve(quota_pb2.ReserveRequest(principal=bad, prompt_tokens=5), timeout=5)
+        with stack.redis.client() as r:
+            r.delete(keys_for(bad_id)[2])
+            r.set(keys_for(bad_id)[2], "not a sorted set")  # ZREM now fails with WRONGTYPE
+        poison = quota_pb2.SettleRequest(
+            principal=bad, lease_id=lease.lease_id, reserved_tokens=lease.reserved_tokens
+        )
+        first = quota.Reserve(
+            quota_pb2.ReserveRequest(principal=good, prompt_tokens=5, settlements=[poison]),
+            timeout=5,
+        )
+        assert first.lease_id  # admitted although the settlement it carried was refused
+        settle = quota_pb2.SettleRequest(
+            principal=good, lease_id=first.lease_id, reserved_tokens=first.reserved_tokens
+        )
+        second = quota.Reserve(
+            quota_pb2.ReserveRequest(principal=good, prompt_tokens=5, settlements=[poison, settle]),
+            timeout=5,
+        )
+        assert second.lease_id  # the good settlement in the same batch still freed the slot
+    with stack.redis.client() as r:
+        assert r.zcard(keys_for(good_id)[2]) == 1
+        r.delete(keys_for(bad_id)[2])
+
+
 async def _principal(stack: Stack, secret: str) -> common_pb2.Principal:
     from redis.asyncio import Redis
 

@@ -58,6 +58,10 @@ def _decision(raw: list[int], limits: common_pb2.Limits) -> Decision:
     return Decision(Verdict(verdict), state, wait)
 
 
+def _failures(results: Sequence[Any]) -> int:
+    return sum(isinstance(r, Exception) for r in results)
+
+
 def _settle_call(settlement: Settlement) -> tuple[list[str], list[int | str]]:
     key_id, limits, reserved, lease_id, used = settlement
     return keys_for(key_id), ["settle", *_limits(limits), reserved, lease_id, used]
@@ -98,25 +102,35 @@ class Buckets:
         lease_id: str,
         lease_ttl_ms: int,
         settlements: Sequence[Settlement] = (),
-    ) -> Decision:
-        """Settle `settlements` first, then decide, all in one round trip."""
+    ) -> tuple[Decision, int]:
+        """Settle `settlements` first, then decide, all in one round trip.
+
+        Returns the decision and how many settlements Redis refused. One bad
+        settlement (a key Redis cannot update) must not refuse the reservation
+        that carried it, nor every later one that would carry it again.
+        """
         if not settlements:
-            return await self._call(key_id, limits, "reserve", tokens, lease_id, lease_ttl_ms)
+            decision = await self._call(key_id, limits, "reserve", tokens, lease_id, lease_ttl_ms)
+            return decision, 0
         reserve: list[int | str] = ["reserve", *_limits(limits), tokens, lease_id, lease_ttl_ms]
         calls = [*map(_settle_call, settlements), (keys_for(key_id), reserve)]
-        return _decision((await self._pipelined(calls))[-1], limits)
+        *settled, decided = await self._pipelined(calls)
+        if isinstance(decided, Exception):
+            raise decided
+        return _decision(decided, limits), _failures(settled)
 
-    async def settle_many(self, settlements: Sequence[Settlement]) -> None:
-        """All of them in one pipelined round trip."""
-        await self._pipelined([_settle_call(s) for s in settlements])
+    async def settle_many(self, settlements: Sequence[Settlement]) -> int:
+        """All of them in one pipelined round trip; returns how many Redis refused."""
+        return _failures(await self._pipelined([_settle_call(s) for s in settlements]))
 
     async def _pipelined(self, calls: list[tuple[list[str], list[int | str]]]) -> list[Any]:
-        """EVALSHA each call in one round trip.
+        """EVALSHA each call in one round trip; a call's error comes back in its place.
 
         redis-py's own pipelined scripts ask SCRIPT EXISTS before every batch (a
         second round trip); instead, when Redis has lost the script (a restart,
         SCRIPT FLUSH) the batch is sent again after loading it. Every call uses
-        the one script, so a NOSCRIPT batch ran none of them.
+        the one script, so a NOSCRIPT batch ran none of them. A lost connection
+        raises.
         """
         for attempt in range(2):
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -126,9 +140,6 @@ class Buckets:
             if attempt or not any(isinstance(r, NoScriptError) for r in results):
                 break
             await self._redis.script_load(_SCRIPT)
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
         return results
 
     async def peek(self, key_id: str, limits: common_pb2.Limits) -> Decision:

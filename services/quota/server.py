@@ -131,6 +131,13 @@ def _limited(limits: common_pb2.Limits) -> bool:
     )
 
 
+def _settle_refused(count: int) -> None:
+    """Settlements Redis refused one by one (a key it cannot update): counted, logged, dropped.
+    Their leases lapse by TTL; their tokens stay charged at the reservation."""
+    REDIS_ERRORS.labels("settle").inc(count)
+    log.error("settlements refused by redis", extra={"settlements": count})
+
+
 def _due(settlements: Iterable[quota_pb2.SettleRequest]) -> list[Settlement]:
     """The settlements that charged something (not fail_open admissions or unlimited keys)."""
     return [
@@ -165,7 +172,7 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
                 lease_id="", reserved_tokens=cost, rate_limit=_NO_STATE
             )
         try:
-            decision = await self._buckets.reserve(
+            decision, refused = await self._buckets.reserve(
                 principal.key_id, limits, cost, lease_id, self._lease_ttl_ms, settlements
             )
         except (RedisError, OSError) as exc:
@@ -185,6 +192,8 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
                 )
             log.error("redis unavailable, refusing (fail_closed)", extra=extra)
             await REDIS_DOWN.abort(context)
+        if refused:
+            _settle_refused(refused)
         DECISIONS.labels(decision.verdict.name.lower()).inc()
         if not decision.admitted:
             await denial(decision, limits, cost).abort(context)
@@ -209,7 +218,7 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
         if not settlements:
             return
         try:
-            await self._buckets.settle_many(settlements)
+            refused = await self._buckets.settle_many(settlements)
         except (RedisError, OSError) as exc:
             REDIS_ERRORS.labels("settle").inc(len(settlements))
             # Leases lapse by their TTL; tokens stay charged at the reservation (never undercharged).
@@ -217,6 +226,9 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
                 "settle failed",
                 extra={"settlements": len(settlements), "error": type(exc).__name__},
             )
+            return
+        if refused:
+            _settle_refused(refused)
 
     async def GetRateLimit(
         self, request: quota_pb2.GetRateLimitRequest, context: Context
