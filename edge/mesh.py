@@ -28,6 +28,8 @@ HOP_TIMEOUT_S = 5.0
 RETRIES = 2
 # How long finished requests wait to be settled together.
 SETTLE_WINDOW_S = 0.002
+# Settlements one Reserve carries at most.
+MAX_CARRIED = 64
 
 
 # A unary call as the generated (untyped) stubs return it.
@@ -116,8 +118,14 @@ class Mesh:
             asyncio.get_running_loop().call_later(SETTLE_WINDOW_S, self._flush)
 
     def take_settlements(self) -> list[quota_pb2.SettleRequest]:
-        """The waiting settlements, for a Reserve to carry (quota applies them first)."""
-        batch, self._pending = self._pending, []
+        """Waiting settlements for a Reserve to carry (quota applies them first).
+
+        At most MAX_CARRIED, so that a backlog (after a quota outage) never makes
+        one request's admission slow; the rest wait for the next Reserve or the
+        window's SettleMany, whose timer is armed while anything waits.
+        """
+        batch = self._pending[:MAX_CARRIED]
+        del self._pending[:MAX_CARRIED]
         return batch
 
     def return_settlements(self, batch: list[quota_pb2.SettleRequest]) -> None:
