@@ -418,3 +418,19 @@ def _shape(text: str) -> Any:
         return of(json.loads(text))
     except json.JSONDecodeError:
         return text
+
+
+def test_engines_behind_a_proxy_use_it_unless_no_proxy_exempts_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.router.adapters.openai_http import _env_proxy
+
+    for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert _env_proxy("https://api.example.com/v1") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,vllm")
+    assert _env_proxy("https://api.example.com/v1") == "http://proxy.internal:3128"
+    assert _env_proxy("http://api.example.com/v1") is None  # no HTTP_PROXY set
+    assert _env_proxy("http://vllm:8000/v1") is None
+    assert _env_proxy("https://127.0.0.1:8443/v1") is None

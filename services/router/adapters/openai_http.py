@@ -11,6 +11,8 @@ whole exchange.
 from __future__ import annotations
 
 import os
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -50,7 +52,9 @@ class OpenAIHttpEngine:
                 connector=aiohttp.TCPConnector(
                     limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S
                 ),
-                trust_env=True,  # HTTPS_PROXY / NO_PROXY, for hosted APIs behind a proxy
+                # The proxy is looked up once; aiohttp's trust_env would read the
+                # environment and ~/.netrc in a worker thread on every request.
+                proxy=_env_proxy(self.target),
             )
         return self._session
 
@@ -191,6 +195,14 @@ class OpenAIHttpEngine:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _env_proxy(url: str) -> str | None:
+    """HTTP(S)_PROXY for this engine unless NO_PROXY exempts it, for hosted APIs behind a proxy."""
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return urllib.request.getproxies_environment().get(parts.scheme)
 
 
 def _request_headers() -> dict[str, str]:
