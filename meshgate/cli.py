@@ -17,10 +17,10 @@ from typing import Any, cast
 from meshgate import logs, tracing
 from meshgate.config import Config, ConfigError, load_config
 
-# Where each process's entry point lives: `run(config)`, async for gRPC services.
 # Allocations between first-generation collections (CPython's default is 700).
 GC_GEN0_THRESHOLD = 10_000
 
+# Where each process's entry point lives: `run(config)`, async for gRPC services.
 SERVICE_MODULES: dict[str, str] = {
     "auth": "services.auth.server",
     "quota": "services.quota.server",
