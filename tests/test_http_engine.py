@@ -26,6 +26,7 @@ from meshgate.structs import from_dict
 from meshgate.v1 import inference_pb2
 from tests.conftest import ROOT, RunningMesh, free_ports
 from tests.fake_engine import load
+from tests.support import metric
 
 CHAT, SOLO, EMBED = "fake-chat", "fake-solo", "mock-embed"
 
@@ -64,9 +65,8 @@ class Fakes:
             time.sleep(0.2)
 
     def healthy(self, i: int) -> bool:
-        text = httpx.get(f"http://127.0.0.1:{self.router_metrics}/metrics", timeout=5).text
-        needle = f'meshgate_router_replica_healthy{{target="{self.engines[i]}/v1"}}'
-        return any(line.startswith(needle) and line.endswith(" 1.0") for line in text.splitlines())
+        target = f'target="{self.engines[i]}/v1"'
+        return metric(self.router_metrics, "meshgate_router_replica_healthy", target) == 1
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningMesh, free_ports
-from tests.support import RedisServer
+from tests.support import RedisServer, metric
 
 PRO = "meshgate/reference-pro"
 CLOSED = "sk-test-fail-closed-000000"
@@ -69,14 +69,7 @@ def _p99(latencies: list[float]) -> float:
 
 
 def _metric(mesh: RunningMesh, name: str) -> float:
-    port = mesh.config.services.quota.metrics_port
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    values = [
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith(name + " ") or line.startswith(name + "{")
-    ]
-    return sum(values)
+    return metric(mesh.config.services.quota.metrics_port, name)
 
 
 def _outage(mesh: RunningMesh, label: str) -> None:
