@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial, wraps
 from typing import Any, Protocol, TypeVar
 
@@ -310,141 +311,146 @@ async def admit(
 # ------------------------------------------------------------ endpoints ----
 
 
-@endpoint
-async def chat_completions(request: Request) -> Response:
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A request that has passed auth and validation."""
+
+    mesh: Mesh
+    rid: str
+    deadline: float
+    principal: common_pb2.Principal
+    validated: Any  # the endpoint's Validate*Response
+
+
+async def _check(
+    request: Request,
+    validate: Callable[[Mesh], Callable[..., Call]],
+    message: Callable[[bytes], Any],
+) -> _Checked:
+    """Read the body, then authenticate and validate it (at once)."""
     mesh: Mesh = request.app.state.mesh
     rid = request_id_of(request)
     deadline = time.monotonic() + mesh.request_timeout
     body = await read_body(request, mesh.max_body_bytes)
-    validate = partial(
-        mesh.validation.ValidateChatCompletion,
-        validation_pb2.ValidateChatCompletionRequest(body=body),
-        timeout=hop_timeout(deadline),
-        metadata=call_metadata(rid),
+    make = partial(
+        validate(mesh), message(body), timeout=hop_timeout(deadline), metadata=call_metadata(rid)
     )
-    validated: validation_pb2.ValidateChatCompletionResponse
     principal, validated = await authenticate_and_validate(
-        mesh, request.headers.get("authorization", ""), rid, deadline, validate
+        mesh, request.headers.get("authorization", ""), rid, deadline, make
     )
-    chat = validated.request
-    request.scope[observe.MODEL_KEY] = chat.model
-    max_tokens = chat.max_tokens if chat.HasField("max_tokens") else None
+    request.scope[observe.MODEL_KEY] = validated.request.model
+    return _Checked(mesh, rid, deadline, principal, validated)
+
+
+async def _generate(
+    request: Request,
+    checked: _Checked,
+    max_tokens: int | None,
+    stream: Callable[..., Call],
+    create: Callable[..., Call],
+    renderer: Callable[[Any, bool], _Renderer[Any]],
+    render_json: Callable[[Any], bytes],
+) -> Response:
+    """Chat and legacy completions from admission on: the same path, their own messages.
+
+    `stream` and `create` start the router call for a RequestContext.
+    """
+    mesh, rid, validated = checked.mesh, checked.rid, checked.validated
+    asked = validated.request
     _, headers, settle = await admit(
-        mesh, rid, principal, validated, max_tokens, deadline, validated.request.model
+        mesh, rid, checked.principal, validated, max_tokens, checked.deadline, asked.model
     )
     context = common_pb2.RequestContext(
-        request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens
+        request_id=rid, principal=checked.principal, prompt_tokens=validated.prompt_tokens
     )
-    timeout = max(deadline - time.monotonic(), 0.001)
+    timeout = max(checked.deadline - time.monotonic(), 0.001)
     try:
-        if chat.stream:
-            open_stream = partial(
-                mesh.router.StreamChatCompletion,
-                router_pb2.StreamChatCompletionRequest(request=chat, context=context),
-                timeout=timeout,
-                metadata=call_metadata(rid),
+        if asked.stream:
+            call, first = await _first(
+                partial(stream, context, timeout=timeout, metadata=call_metadata(rid))
             )
-            call, first = await _first(open_stream)
-            renderer = sse.ChatChunks(first, chat.include_usage)
             events = _events(
-                call, first, renderer, chat.include_usage, validated.prompt_tokens, settle
+                call,
+                first,
+                renderer(first, asked.include_usage),
+                asked.include_usage,
+                validated.prompt_tokens,
+                settle,
             )
             return sse.EventStream(events, headers, call.cancel)
-        response: router_pb2.CreateChatCompletionResponse = await _routed(
-            partial(
-                mesh.router.CreateChatCompletion,
-                router_pb2.CreateChatCompletionRequest(request=chat, context=context),
-                timeout=timeout,
-                metadata=call_metadata(rid),
-            ),
-            request,
+        response = await _routed(
+            partial(create, context, timeout=timeout, metadata=call_metadata(rid)), request
         )
     except ApiError as exc:
         settle(common_pb2.Usage())
         return error_response(exc, rid, headers)
     settle(response.completion.usage)
-    return Response(render.chat_completion(response.completion), headers=headers, media_type=JSON)
+    return Response(render_json(response.completion), headers=headers, media_type=JSON)
+
+
+@endpoint
+async def chat_completions(request: Request) -> Response:
+    checked = await _check(
+        request,
+        lambda mesh: mesh.validation.ValidateChatCompletion,
+        lambda body: validation_pb2.ValidateChatCompletionRequest(body=body),
+    )
+    chat = checked.validated.request
+    router = checked.mesh.router
+    return await _generate(
+        request,
+        checked,
+        chat.max_tokens if chat.HasField("max_tokens") else None,
+        lambda context, **kw: router.StreamChatCompletion(
+            router_pb2.StreamChatCompletionRequest(request=chat, context=context), **kw
+        ),
+        lambda context, **kw: router.CreateChatCompletion(
+            router_pb2.CreateChatCompletionRequest(request=chat, context=context), **kw
+        ),
+        sse.ChatChunks,
+        render.chat_completion,
+    )
 
 
 @endpoint
 async def completions(request: Request) -> Response:
-    mesh: Mesh = request.app.state.mesh
-    rid = request_id_of(request)
-    deadline = time.monotonic() + mesh.request_timeout
-    body = await read_body(request, mesh.max_body_bytes)
-    validate = partial(
-        mesh.validation.ValidateCompletion,
-        validation_pb2.ValidateCompletionRequest(body=body),
-        timeout=hop_timeout(deadline),
-        metadata=call_metadata(rid),
+    checked = await _check(
+        request,
+        lambda mesh: mesh.validation.ValidateCompletion,
+        lambda body: validation_pb2.ValidateCompletionRequest(body=body),
     )
-    validated: validation_pb2.ValidateCompletionResponse
-    principal, validated = await authenticate_and_validate(
-        mesh, request.headers.get("authorization", ""), rid, deadline, validate
-    )
-    text = validated.request
-    request.scope[observe.MODEL_KEY] = text.model
+    text = checked.validated.request
+    router = checked.mesh.router
     # Legacy completions default to 16 tokens per prompt.
     max_tokens = (text.max_tokens if text.HasField("max_tokens") else 16) * len(text.prompt)
-    _, headers, settle = await admit(
-        mesh, rid, principal, validated, max_tokens, deadline, validated.request.model
+    return await _generate(
+        request,
+        checked,
+        max_tokens,
+        lambda context, **kw: router.StreamCompletion(
+            router_pb2.StreamCompletionRequest(request=text, context=context), **kw
+        ),
+        lambda context, **kw: router.CreateCompletion(
+            router_pb2.CreateCompletionRequest(request=text, context=context), **kw
+        ),
+        sse.TextChunks,
+        render.completion,
     )
-    context = common_pb2.RequestContext(
-        request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens
-    )
-    timeout = max(deadline - time.monotonic(), 0.001)
-    try:
-        if text.stream:
-            open_stream = partial(
-                mesh.router.StreamCompletion,
-                router_pb2.StreamCompletionRequest(request=text, context=context),
-                timeout=timeout,
-                metadata=call_metadata(rid),
-            )
-            text_call, text_first = await _first(open_stream)
-            renderer = sse.TextChunks(text_first, text.include_usage)
-            events = _events(
-                text_call, text_first, renderer, text.include_usage, validated.prompt_tokens, settle
-            )
-            return sse.EventStream(events, headers, text_call.cancel)
-        response: router_pb2.CreateCompletionResponse = await _routed(
-            partial(
-                mesh.router.CreateCompletion,
-                router_pb2.CreateCompletionRequest(request=text, context=context),
-                timeout=timeout,
-                metadata=call_metadata(rid),
-            ),
-            request,
-        )
-    except ApiError as exc:
-        settle(common_pb2.Usage())
-        return error_response(exc, rid, headers)
-    settle(response.completion.usage)
-    return Response(render.completion(response.completion), headers=headers, media_type=JSON)
 
 
 @endpoint
 async def embeddings(request: Request) -> Response:
-    mesh: Mesh = request.app.state.mesh
-    rid = request_id_of(request)
-    deadline = time.monotonic() + mesh.request_timeout
-    body = await read_body(request, mesh.max_body_bytes)
-    validate = partial(
-        mesh.validation.ValidateEmbedding,
-        validation_pb2.ValidateEmbeddingRequest(body=body),
-        timeout=hop_timeout(deadline),
-        metadata=call_metadata(rid),
+    checked = await _check(
+        request,
+        lambda mesh: mesh.validation.ValidateEmbedding,
+        lambda body: validation_pb2.ValidateEmbeddingRequest(body=body),
     )
-    validated: validation_pb2.ValidateEmbeddingResponse
-    principal, validated = await authenticate_and_validate(
-        mesh, request.headers.get("authorization", ""), rid, deadline, validate
-    )
-    request.scope[observe.MODEL_KEY] = validated.request.model
+    mesh, rid, deadline, validated = checked.mesh, checked.rid, checked.deadline, checked.validated
     _, headers, settle = await admit(
-        mesh, rid, principal, validated, 0, deadline, validated.request.model
+        mesh, rid, checked.principal, validated, 0, deadline, validated.request.model
     )
     context = common_pb2.RequestContext(
-        request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens
+        request_id=rid, principal=checked.principal, prompt_tokens=validated.prompt_tokens
     )
     try:
         response: router_pb2.CreateEmbeddingResponse = await _routed(
