@@ -11,9 +11,9 @@ with the OpenAI error in the status details.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import orjson
@@ -50,39 +50,58 @@ def _call_facts(context: Context, mesh: Mesh) -> tuple[str, str, float]:
     return authorization, rid, time.monotonic() + budget
 
 
+class _Admitted(NamedTuple):
+    """A typed request past auth, validation and quota, ready for the router."""
+
+    rid: str
+    deadline: float
+    validated: Any  # the Validate*Response
+    settle: Callable[[common_pb2.Usage], None]
+    routed: common_pb2.RequestContext
+
+
 class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(self, mesh: Mesh) -> None:
         self._mesh = mesh
 
-    async def _admit_chat(
-        self, request: Any, context: Context, *, stream: bool
-    ) -> tuple[
-        str, float, validation_pb2.ValidateChatCompletionResponse, Any, common_pb2.RequestContext
-    ]:
+    async def _admit(
+        self,
+        context: Context,
+        validate: Callable[..., Any],
+        message: Any,
+        max_tokens_of: Callable[[Any], int | None],
+    ) -> _Admitted:
+        """The HTTP path's hops for one typed request: auth with validation, then quota."""
         mesh = self._mesh
         authorization, rid, deadline = _call_facts(context, mesh)
-        body = wire.chat_body(request, request.model, stream=stream)
-        if not stream:
-            body.pop("stream", None)
-        validate = partial(
-            mesh.validation.ValidateChatCompletion,
-            validation_pb2.ValidateChatCompletionRequest(body=orjson.dumps(body)),
+        make = partial(
+            validate,
+            message,
             timeout=pipeline.hop_timeout(deadline),
             metadata=pipeline.call_metadata(rid),
         )
-        validated: validation_pb2.ValidateChatCompletionResponse
         principal, validated = await pipeline.authenticate_and_validate(
-            mesh, authorization, rid, deadline, validate
+            mesh, authorization, rid, deadline, make
         )
-        chat = validated.request
-        max_tokens = chat.max_tokens if chat.HasField("max_tokens") else None
+        asked = validated.request
         _, _, settle = await pipeline.admit(
-            mesh, rid, principal, validated, max_tokens, deadline, chat.model
+            mesh, rid, principal, validated, max_tokens_of(asked), deadline, asked.model
         )
         routed = common_pb2.RequestContext(
             request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens
         )
-        return rid, deadline, validated, settle, routed
+        return _Admitted(rid, deadline, validated, settle, routed)
+
+    async def _admit_chat(self, request: Any, context: Context, *, stream: bool) -> _Admitted:
+        body = wire.chat_body(request, request.model, stream=stream)
+        if not stream:
+            body.pop("stream", None)
+        return await self._admit(
+            context,
+            self._mesh.validation.ValidateChatCompletion,
+            validation_pb2.ValidateChatCompletionRequest(body=orjson.dumps(body)),
+            lambda chat: chat.max_tokens if chat.HasField("max_tokens") else None,
+        )
 
     async def CreateChatCompletion(
         self, request: gateway_pb2.CreateChatCompletionRequest, context: Context
@@ -149,7 +168,6 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.CreateEmbeddingRequest, context: Context
     ) -> gateway_pb2.CreateEmbeddingResponse:
         mesh = self._mesh
-        authorization, rid, deadline = _call_facts(context, mesh)
         r = request.request
         body: dict[str, Any] = {"model": r.model, "input": list(r.input)}
         if r.HasField("dimensions"):
@@ -157,21 +175,11 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
         if r.user:
             body["user"] = r.user
         try:
-            validate = partial(
+            rid, deadline, validated, settle, routed = await self._admit(
+                context,
                 mesh.validation.ValidateEmbedding,
                 validation_pb2.ValidateEmbeddingRequest(body=orjson.dumps(body)),
-                timeout=pipeline.hop_timeout(deadline),
-                metadata=pipeline.call_metadata(rid),
-            )
-            validated: validation_pb2.ValidateEmbeddingResponse
-            principal, validated = await pipeline.authenticate_and_validate(
-                mesh, authorization, rid, deadline, validate
-            )
-            _, _, settle = await pipeline.admit(
-                mesh, rid, principal, validated, 0, deadline, r.model
-            )
-            routed = common_pb2.RequestContext(
-                request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens
+                lambda _: 0,
             )
             try:
                 response = await rpc(
