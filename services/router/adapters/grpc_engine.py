@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -50,19 +51,14 @@ class GrpcEngine:
             raise _translate(exc, self.target) from None
         return response.completion
 
-    async def stream_chat(
+    def stream_chat(
         self, request: inference_pb2.ChatCompletionRequest, timeout: float
     ) -> AsyncIterator[inference_pb2.ChatCompletionChunk]:
-        call = self._stub.StreamChat(
-            engine_pb2.StreamChatRequest(request=request), timeout=timeout, metadata=_metadata()
+        return self._relay(
+            lambda: self._stub.StreamChat(
+                engine_pb2.StreamChatRequest(request=request), timeout=timeout, metadata=_metadata()
+            )
         )
-        try:
-            async for chunk in call:
-                yield chunk
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self.target) from None
-        finally:
-            call.cancel()  # a no-op when the stream ended; stops generation when the client left
 
     async def text(
         self, request: inference_pb2.CompletionRequest, timeout: float
@@ -77,19 +73,25 @@ class GrpcEngine:
             raise _translate(exc, self.target) from None
         return response.completion
 
-    async def stream_text(
+    def stream_text(
         self, request: inference_pb2.CompletionRequest, timeout: float
     ) -> AsyncIterator[inference_pb2.CompletionChunk]:
-        call = self._stub.StreamText(
-            engine_pb2.StreamTextRequest(request=request), timeout=timeout, metadata=_metadata()
+        return self._relay(
+            lambda: self._stub.StreamText(
+                engine_pb2.StreamTextRequest(request=request), timeout=timeout, metadata=_metadata()
+            )
         )
+
+    async def _relay(self, start: Callable[[], Any]) -> AsyncIterator[Any]:
+        """The engine's stream, started on first read; its errors become ours."""
+        call = start()
         try:
             async for chunk in call:
                 yield chunk
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.target) from None
         finally:
-            call.cancel()
+            call.cancel()  # a no-op when the stream ended; stops generation when the client left
 
     async def embed(
         self, request: inference_pb2.EmbeddingRequest, timeout: float
