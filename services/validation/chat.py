@@ -297,13 +297,7 @@ def validate_chat(body: dict[str, Any]) -> inference_pb2.ChatCompletionRequest:
     out.messages.extend(_message(m, c.join("messages", i)) for i, m in enumerate(messages))
 
     get = body.get
-    if get("temperature") is not None:
-        out.temperature = c.number(body["temperature"], "temperature", minimum=0, maximum=2)
-    if get("top_p") is not None:
-        out.top_p = c.number(body["top_p"], "top_p", minimum=0, maximum=1)
-    for name in ("presence_penalty", "frequency_penalty"):
-        if get(name) is not None:
-            setattr(out, name, c.number(body[name], name, minimum=-2, maximum=2))
+    c.sampling(body, out)
     for name in ("max_tokens", "max_completion_tokens"):
         if get(name) is not None:
             out.max_tokens = c.integer(body[name], name, minimum=1)

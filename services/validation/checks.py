@@ -165,6 +165,18 @@ def _bounds(
         )
 
 
+def sampling(body: Mapping[str, Any], out: Any) -> None:
+    """temperature, top_p and the two penalties into `out`: the same ranges for chat and
+    legacy completions. A null counts as omitted."""
+    if body.get("temperature") is not None:
+        out.temperature = number(body["temperature"], "temperature", minimum=0, maximum=2)
+    if body.get("top_p") is not None:
+        out.top_p = number(body["top_p"], "top_p", minimum=0, maximum=1)
+    for name in ("presence_penalty", "frequency_penalty"):
+        if body.get(name) is not None:
+            setattr(out, name, number(body[name], name, minimum=-2, maximum=2))
+
+
 def array(
     value: object, path: str, *, min_length: int = 0, max_length: int | None = None
 ) -> list[Any]:

@@ -58,13 +58,7 @@ def validate_completion(body: dict[str, Any]) -> inference_pb2.CompletionRequest
     get = body.get
     if get("max_tokens") is not None:
         out.max_tokens = c.integer(body["max_tokens"], "max_tokens", minimum=0)
-    if get("temperature") is not None:
-        out.temperature = c.number(body["temperature"], "temperature", minimum=0, maximum=2)
-    if get("top_p") is not None:
-        out.top_p = c.number(body["top_p"], "top_p", minimum=0, maximum=1)
-    for name in ("presence_penalty", "frequency_penalty"):
-        if get(name) is not None:
-            setattr(out, name, c.number(body[name], name, minimum=-2, maximum=2))
+    c.sampling(body, out)
     if get("stop") is not None:
         out.stop.extend(stop_sequences(body["stop"]))
     if get("seed") is not None:
