@@ -13,7 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import descendants, launch_mesh, process_alive
+from bench.procstat import descendants
+from tests.conftest import launch_mesh, process_alive
 
 PRO = "meshgate/reference-pro"
 REQUEST_TIMEOUT_S = 5.0

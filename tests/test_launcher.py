@@ -15,11 +15,11 @@ import openai
 import pytest
 import yaml
 
+from bench.procstat import descendants
 from meshgate.cli import main
 from tests.conftest import (
     ROOT,
     RunningMesh,
-    descendants,
     meshgate_cmd,
     process_alive,
     processes_mentioning,

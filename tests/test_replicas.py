@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.procstat import descendants
 from meshgate.launcher import parse_replicas
-from tests.conftest import descendants, launch_mesh, process_alive
+from tests.conftest import launch_mesh, process_alive
 
 PRO = "meshgate/reference-pro"
 
