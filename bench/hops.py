@@ -27,6 +27,7 @@ from meshgate.v1 import (
     quota_pb2_grpc,
     router_pb2,
     router_pb2_grpc,
+    usage_pb2,
     validation_pb2,
     validation_pb2_grpc,
 )
@@ -70,23 +71,41 @@ async def _probe(config_path: Path, key: str, body: bytes, calls: int) -> dict[s
         routed = router_pb2.CreateChatCompletionRequest(request=validated.request, context=context)
 
         leases: list[quota_pb2.ReserveResponse] = []
+        model = validated.request.model
+
+        def record() -> usage_pb2.UsageRecord:
+            return usage_pb2.UsageRecord(
+                key_id=principal.key_id,
+                tenant=principal.tenant,
+                model=model,
+                endpoint=usage_pb2.ENDPOINT_CHAT_COMPLETIONS,
+                started_unix_us=time.time_ns() // 1000,
+            )
 
         async def reserve_settling_the_last() -> None:
             """As the edge does: each Reserve carries the previous request's settlement."""
-            settled = [
-                quota_pb2.SettleRequest(
-                    principal=principal,
-                    lease_id=lease.lease_id,
-                    reserved_tokens=lease.reserved_tokens,
+            settled = []
+            for lease in leases[-1:]:
+                finished = record()
+                finished.id = lease.lease_id
+                finished.prompt_tokens = validated.prompt_tokens
+                finished.completion_tokens = 16
+                settled.append(
+                    quota_pb2.Settlement(
+                        key_limits=principal.limits,
+                        tenant_limits=principal.tenant_limits,
+                        reserved_tokens=lease.reserved_tokens,
+                        reserved_micro_usd=lease.reserved_micro_usd,
+                        record=finished,
+                    )
                 )
-                for lease in leases[-1:]
-            ]
             leases.append(
                 await quota.Reserve(
                     quota_pb2.ReserveRequest(
                         principal=principal,
                         prompt_tokens=validated.prompt_tokens,
                         max_tokens=16,
+                        record=record(),
                         settlements=settled,
                     )
                 )

@@ -21,16 +21,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from edge import pipeline
+from edge import metering, pipeline
 from edge.headers import new_request_id
 from edge.mesh import Mesh, rpc
+from edge.metering import Meter
 from meshgate import logs
 from meshgate import openai_wire as wire
 from meshgate.config import TlsConfig
 from meshgate.errors import ApiError, from_rpc_error
 from meshgate.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from meshgate.grpcio import SERVER_OPTIONS, Context, listen_on
-from meshgate.v1 import common_pb2, router_pb2, validation_pb2
+from meshgate.v1 import common_pb2, router_pb2, usage_pb2, validation_pb2
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 
@@ -50,13 +51,20 @@ def _call_facts(context: Context, mesh: Mesh) -> tuple[str, str, float]:
     return authorization, rid, time.monotonic() + budget
 
 
+# How a record ends when the caller went away first (its call was cancelled).
+_CANCELLED: dict[str, Any] = {
+    "status": metering.CLIENT_CLOSED,
+    "outcome": usage_pb2.OUTCOME_CANCELLED,
+}
+
+
 class _Admitted(NamedTuple):
     """A typed request past auth, validation and quota, ready for the router."""
 
     rid: str
     deadline: float
     validated: Any  # the Validate*Response
-    settle: Callable[[common_pb2.Usage], None]
+    meter: Meter
     routed: common_pb2.RequestContext
 
 
@@ -70,6 +78,8 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
         validate: Callable[..., Any],
         message: Any,
         max_tokens_of: Callable[[Any], int | None],
+        endpoint: int,
+        stream: bool = False,
     ) -> _Admitted:
         """The HTTP path's hops for one typed request: auth with validation, then quota."""
         mesh = self._mesh
@@ -84,13 +94,14 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
             mesh, authorization, rid, deadline, make
         )
         asked = validated.request
-        _, _, settle = await pipeline.admit(
-            mesh, rid, principal, validated, max_tokens_of(asked), deadline, asked.model
+        record = metering.start_record(rid, principal, asked.model, endpoint, stream)
+        _, meter = await pipeline.admit(
+            mesh, rid, principal, validated, max_tokens_of(asked), deadline, record
         )
         routed = common_pb2.RequestContext(
             request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens
         )
-        return _Admitted(rid, deadline, validated, settle, routed)
+        return _Admitted(rid, deadline, validated, meter, routed)
 
     async def _admit_chat(self, request: Any, context: Context, *, stream: bool) -> _Admitted:
         body = wire.chat_body(request, request.model, stream=stream)
@@ -101,13 +112,15 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
             self._mesh.validation.ValidateChatCompletion,
             validation_pb2.ValidateChatCompletionRequest(body=orjson.dumps(body)),
             lambda chat: chat.max_tokens if chat.HasField("max_tokens") else None,
+            metering.CHAT,
+            stream,
         )
 
     async def CreateChatCompletion(
         self, request: gateway_pb2.CreateChatCompletionRequest, context: Context
     ) -> gateway_pb2.CreateChatCompletionResponse:
         try:
-            rid, deadline, validated, settle, routed = await self._admit_chat(
+            rid, deadline, validated, meter, routed = await self._admit_chat(
                 request.request, context, stream=False
             )
             try:
@@ -122,19 +135,22 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
                     ),
                     "router",
                 )
-            except ApiError:
-                settle(common_pb2.Usage())
+            except ApiError as exc:
+                meter.finish(common_pb2.Usage(), error=exc)
+                raise
+            except BaseException:
+                meter.finish(common_pb2.Usage(), **_CANCELLED)
                 raise
         except ApiError as exc:
             await exc.abort(context)
-        settle(response.completion.usage)
+        meter.finish(response.completion.usage)
         return gateway_pb2.CreateChatCompletionResponse(completion=response.completion)
 
     async def StreamChatCompletion(
         self, request: gateway_pb2.StreamChatCompletionRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.StreamChatCompletionResponse]:
         try:
-            rid, deadline, validated, settle, routed = await self._admit_chat(
+            rid, deadline, validated, meter, routed = await self._admit_chat(
                 request.request, context, stream=True
             )
         except ApiError as exc:
@@ -146,23 +162,30 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
         )
         usage: common_pb2.Usage | None = None
         fragments = 0
+        error: ApiError | None = None
+        ended = False
         try:
             while (chunk := await call.read()) is not grpc.aio.EOF:
                 if chunk.HasField("usage"):
                     usage = chunk.usage
+                if not fragments:
+                    meter.first_token()
                 fragments += bool(chunk.choices)
                 yield gateway_pb2.StreamChatCompletionResponse(chunk=chunk)
+            ended = True
         except grpc.aio.AioRpcError as exc:
-            await from_rpc_error(exc, "router").abort(context)
+            error, ended = from_rpc_error(exc, "router"), True
+            await error.abort(context)
         finally:
             if not call.done():
                 call.cancel()
-            settle(
-                usage
-                or common_pb2.Usage(
-                    prompt_tokens=validated.prompt_tokens, completion_tokens=max(fragments - 1, 0)
-                )
+            billed = usage or common_pb2.Usage(
+                prompt_tokens=validated.prompt_tokens, completion_tokens=max(fragments - 1, 0)
             )
+            if ended:
+                meter.finish(billed, error=error, status=200 if fragments else None)
+            else:
+                meter.finish(billed, **_CANCELLED)
 
     async def CreateEmbedding(
         self, request: gateway_pb2.CreateEmbeddingRequest, context: Context
@@ -175,11 +198,12 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
         if r.user:
             body["user"] = r.user
         try:
-            rid, deadline, validated, settle, routed = await self._admit(
+            rid, deadline, validated, meter, routed = await self._admit(
                 context,
                 mesh.validation.ValidateEmbedding,
                 validation_pb2.ValidateEmbeddingRequest(body=orjson.dumps(body)),
                 lambda _: 0,
+                metering.EMBEDDINGS,
             )
             try:
                 response = await rpc(
@@ -193,12 +217,15 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
                     ),
                     "router",
                 )
-            except ApiError:
-                settle(common_pb2.Usage())
+            except ApiError as exc:
+                meter.finish(common_pb2.Usage(), error=exc)
+                raise
+            except BaseException:
+                meter.finish(common_pb2.Usage(), **_CANCELLED)
                 raise
         except ApiError as exc:
             await exc.abort(context)
-        settle(response.embeddings.usage)
+        meter.finish(response.embeddings.usage)
         return gateway_pb2.CreateEmbeddingResponse(embeddings=response.embeddings)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -15,12 +16,13 @@ from meshgate.config import Config
 from meshgate.errors import DETAILS_KEY, ApiError, from_rpc_error
 from meshgate.v1 import (
     auth_pb2_grpc,
-    common_pb2,
     quota_pb2,
     quota_pb2_grpc,
     router_pb2_grpc,
     validation_pb2_grpc,
 )
+
+log = logging.getLogger("meshgate.edge")
 
 # Deadline for the quick hops (auth, validation, quota), within the request's own.
 HOP_TIMEOUT_S = 5.0
@@ -30,6 +32,14 @@ RETRIES = 2
 SETTLE_WINDOW_S = 0.002
 # Settlements one Reserve carries at most.
 MAX_CARRIED = 64
+# Settlements one SettleMany call carries at most.
+MAX_SETTLE_BATCH = 512
+# Pause before sending settlements again that quota could not apply.
+SETTLE_RETRY_S = 0.5
+# Settlements kept while quota is unreachable; beyond it the oldest leases lapse.
+MAX_BACKLOG = 200_000
+# How long a stopping edge keeps trying to hand its settlements to quota.
+CLOSE_DRAIN_S = 10.0
 
 
 # A unary call as the generated (untyped) stubs return it.
@@ -85,39 +95,33 @@ class Mesh:
         self.auth_cache = AuthCache(config.auth.cache_ttl_ms / 1000)
         self.max_body_bytes = config.edge.max_body_bytes
         self._background: set[asyncio.Task[None]] = set()
-        self._pending: list[quota_pb2.SettleRequest] = []
+        self._pending: list[quota_pb2.Settlement] = []
+        self._closing = False
         self._watch: asyncio.Task[None] | None = None
 
-    def settle(
-        self,
-        principal: common_pb2.Principal,
-        reservation: quota_pb2.ReserveResponse,
-        usage: common_pb2.Usage,
-    ) -> None:
+    def settle(self, settlement: quota_pb2.Settlement) -> None:
         """Settle off the response path, batched: the client never waits for it.
 
         Settlements ride on the next Reserve (`take_settlements`); those that
         find none within SETTLE_WINDOW_S go to quota in one SettleMany call. A
-        busy edge so pays no call of its own for settling. A reservation without
-        a lease has nothing to settle.
+        busy edge so pays no call of its own for settling. A settlement quota
+        could not apply is sent again until it is (settling is idempotent per
+        lease): it carries the request's usage record.
         """
-        if not reservation.lease_id:
-            return
-        self._queue(
-            quota_pb2.SettleRequest(
-                principal=principal,
-                lease_id=reservation.lease_id,
-                reserved_tokens=reservation.reserved_tokens,
-                usage=usage,
-            )
-        )
+        self._queue(settlement)
 
-    def _queue(self, settlement: quota_pb2.SettleRequest) -> None:
+    def _queue(self, settlement: quota_pb2.Settlement) -> None:
         self._pending.append(settlement)
+        if len(self._pending) > MAX_BACKLOG:
+            # Quota has been gone for long: the oldest leases lapse instead, and the
+            # sweep records them at their reservation (never for free, never twice).
+            dropped = len(self._pending) - MAX_BACKLOG
+            del self._pending[:dropped]
+            log.error("settlement backlog full, oldest left to lapse", extra={"dropped": dropped})
         if len(self._pending) == 1:
             asyncio.get_running_loop().call_later(SETTLE_WINDOW_S, self._flush)
 
-    def take_settlements(self) -> list[quota_pb2.SettleRequest]:
+    def take_settlements(self) -> list[quota_pb2.Settlement]:
         """Waiting settlements for a Reserve to carry (quota applies them first).
 
         At most MAX_CARRIED, so that a backlog (after a quota outage) never makes
@@ -128,25 +132,29 @@ class Mesh:
         del self._pending[:MAX_CARRIED]
         return batch
 
-    def return_settlements(self, batch: list[quota_pb2.SettleRequest]) -> None:
+    def return_settlements(self, batch: list[quota_pb2.Settlement]) -> None:
         """Settlements whose Reserve failed: they go again (settling is idempotent per lease)."""
         for settlement in batch:
             self._queue(settlement)
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        if batch:
-            task = asyncio.create_task(self._settle_many(batch))
+        for start in range(0, len(batch), MAX_SETTLE_BATCH):
+            task = asyncio.create_task(self._settle_many(batch[start : start + MAX_SETTLE_BATCH]))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _settle_many(self, batch: list[quota_pb2.SettleRequest]) -> None:
+    async def _settle_many(self, batch: list[quota_pb2.Settlement]) -> None:
         try:
             await self.quota.SettleMany(
                 quota_pb2.SettleManyRequest(settlements=batch), timeout=HOP_TIMEOUT_S
             )
-        except grpc.aio.AioRpcError:
-            pass  # quota logs its own failures; the leases lapse by their TTL
+        except grpc.aio.AioRpcError as exc:
+            # Quota (or its Redis) is unreachable: wait a moment, then send them again.
+            log.warning("settlements not applied, retrying", extra={"error": exc.code().name})
+            if not self._closing:
+                await asyncio.sleep(SETTLE_RETRY_S)
+            self.return_settlements(batch)
 
     async def ready(self) -> dict[str, bool]:
         """Each service's gRPC health, checked concurrently."""
@@ -169,11 +177,22 @@ class Mesh:
         self._watch = asyncio.create_task(self.auth_cache.watch(self.auth))
 
     async def close(self) -> None:
+        """Drain: settlements still waiting go to quota, retried until it answers or 10 s pass."""
         if self._watch is not None:
             self._watch.cancel()
-        self._flush()
-        if self._background:
-            await asyncio.wait(self._background, timeout=5)
+        self._closing = True
+        deadline = asyncio.get_running_loop().time() + CLOSE_DRAIN_S
+        while self._pending or self._background:
+            self._flush()
+            if self._background:
+                await asyncio.wait(self._background, timeout=1)
+            if asyncio.get_running_loop().time() > deadline:
+                log.error(
+                    "settlements left unsent at shutdown", extra={"settlements": len(self._pending)}
+                )
+                break
+            if self._pending:
+                await asyncio.sleep(SETTLE_RETRY_S)
         for channel in self._channels.values():
             await channel.close()
 

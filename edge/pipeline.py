@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial, wraps
 from typing import Any, Protocol, TypeVar
@@ -20,19 +20,21 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from edge import observe, render, sse
+from edge import metering, observe, render, sse
 from edge.errors import error_response
 from edge.headers import rate_limit_headers, request_id_of
 from edge.mesh import HOP_TIMEOUT_S, RETRIES, Call, Mesh, rpc, rpc_call, transient
+from edge.metering import Meter
 from meshgate import errors, logs, tracing
 from meshgate.errors import ApiError, from_rpc_error
-from meshgate.grpcio import ENGINE_TIME_KEY
+from meshgate.grpcio import ENGINE_TIME_KEY, REPLICA_KEY
 from meshgate.v1 import (
     auth_pb2,
     common_pb2,
     inference_pb2,
     quota_pb2,
     router_pb2,
+    usage_pb2,
     validation_pb2,
 )
 
@@ -189,6 +191,7 @@ async def reserve(
     max_tokens: int | None,
     request_id: str,
     deadline: float,
+    record: usage_pb2.UsageRecord,
 ) -> quota_pb2.ReserveResponse:
     """Admit the request; it carries the edge's waiting settlements to quota too."""
     settlements = mesh.take_settlements()
@@ -196,6 +199,7 @@ async def reserve(
         principal=principal,
         prompt_tokens=prompt_tokens,
         request_id=request_id,
+        record=record,
         settlements=settlements,
     )
     if max_tokens is not None:
@@ -216,13 +220,25 @@ async def reserve(
         raise
 
 
-async def _routed(make: Callable[[], Call], request: Request) -> Any:
-    """A unary router answer; the engine's own time (trailing metadata) goes to the overhead metric."""
+async def _routed(make: Callable[[], Call], request: Request) -> tuple[Any, str]:
+    """A unary router answer and the replica that gave it; the engine's own time
+    (trailing metadata) goes to the overhead metric."""
     response, call = await rpc_call(make, "router")
+    replica = ""
     for key, value in await call.trailing_metadata() or ():
         if key == ENGINE_TIME_KEY:
             request.scope[observe.ENGINE_KEY] = int(value) / 1e6
-    return response
+        elif key == REPLICA_KEY:
+            replica = value
+    return response, replica
+
+
+async def _replica_of(call: grpc.aio.Call) -> str:
+    """The replica a stream's first chunk came from (the router's initial metadata)."""
+    for key, value in await call.initial_metadata() or ():
+        if key == REPLICA_KEY:
+            return str(value)
+    return ""
 
 
 async def _first(make: Callable[[], Any]) -> tuple[Any, Any]:
@@ -253,12 +269,16 @@ async def _events(
     renderer: _Renderer[Chunk],
     include_usage: bool,
     prompt_tokens: int,
-    on_done: Callable[[common_pb2.Usage], None],
-) -> AsyncIterator[bytes]:
-    """Relay chunks as SSE; settle with the engine's usage, or an estimate if the stream broke."""
+    meter: Meter,
+) -> AsyncGenerator[bytes, None]:
+    """Relay chunks as SSE; record the engine's usage, or an estimate if the stream broke."""
     usage: common_pb2.Usage | None = None
     fragments = 0
     chunk: object = first
+    error: ApiError | None = None
+    ended = False
+    meter.first_token()
+    replica = await _replica_of(call)
     try:
         while chunk is not grpc.aio.EOF:
             assert isinstance(
@@ -273,18 +293,27 @@ async def _events(
                     yield renderer.usage(usage)
             chunk = await call.read()
         yield sse.DONE
+        ended = True
     except grpc.aio.AioRpcError as exc:
-        yield sse.error_event(from_rpc_error(exc, "router"))
+        error = from_rpc_error(exc, "router")
+        yield sse.error_event(error)
+        ended = True
     finally:
         if not call.done():
             call.cancel()
         # Without the engine's count (client gone, engine failed), bill one token per fragment.
-        on_done(
-            usage
-            or common_pb2.Usage(
-                prompt_tokens=prompt_tokens, completion_tokens=max(fragments - 1, 0)
-            )
+        billed = usage or common_pb2.Usage(
+            prompt_tokens=prompt_tokens, completion_tokens=max(fragments - 1, 0)
         )
+        if ended:
+            meter.finish(billed, replica=replica, error=error, status=200)
+        else:  # the client hung up: the generator was closed at a yield
+            meter.finish(
+                billed,
+                replica=replica,
+                status=metering.CLIENT_CLOSED,
+                outcome=usage_pb2.OUTCOME_CANCELLED,
+            )
 
 
 async def admit(
@@ -294,18 +323,14 @@ async def admit(
     validated: _Validated,
     max_tokens: int | None,
     deadline: float,
-    model: str,
-) -> tuple[quota_pb2.ReserveResponse, dict[str, str], Callable[[common_pb2.Usage], None]]:
+    record: usage_pb2.UsageRecord,
+) -> tuple[dict[str, str], Meter]:
+    """Reserve, and the meter that will settle the reservation with the request's record."""
     reservation = await reserve(
-        mesh, principal, validated.prompt_tokens, max_tokens, request_id, deadline
+        mesh, principal, validated.prompt_tokens, max_tokens, request_id, deadline, record
     )
     headers = {"x-request-id": request_id, **rate_limit_headers(reservation.rate_limit)}
-
-    def settle(usage: common_pb2.Usage) -> None:
-        mesh.settle(principal, reservation, usage)
-        observe.tokens(model, usage.prompt_tokens, usage.completion_tokens)
-
-    return reservation, headers, settle
+    return headers, Meter(mesh, principal, reservation, record)
 
 
 # ------------------------------------------------------------ endpoints ----
@@ -345,6 +370,7 @@ async def _check(
 async def _generate(
     request: Request,
     checked: _Checked,
+    endpoint: int,
     max_tokens: int | None,
     stream: Callable[..., Call],
     create: Callable[..., Call],
@@ -357,8 +383,9 @@ async def _generate(
     """
     mesh, rid, validated = checked.mesh, checked.rid, checked.validated
     asked = validated.request
-    _, headers, settle = await admit(
-        mesh, rid, checked.principal, validated, max_tokens, checked.deadline, asked.model
+    record = metering.start_record(rid, checked.principal, asked.model, endpoint, asked.stream)
+    headers, meter = await admit(
+        mesh, rid, checked.principal, validated, max_tokens, checked.deadline, record
     )
     context = common_pb2.RequestContext(
         request_id=rid, principal=checked.principal, prompt_tokens=validated.prompt_tokens
@@ -375,16 +402,32 @@ async def _generate(
                 renderer(first, asked.include_usage),
                 asked.include_usage,
                 validated.prompt_tokens,
-                settle,
+                meter,
             )
-            return sse.EventStream(events, headers, call.cancel)
-        response = await _routed(
+            # A stream that never started (the client left at once) is still recorded.
+            unstarted = common_pb2.Usage(prompt_tokens=validated.prompt_tokens)
+            return sse.EventStream(
+                events,
+                headers,
+                call.cancel,
+                lambda: meter.finish(
+                    unstarted,
+                    status=metering.CLIENT_CLOSED,
+                    outcome=usage_pb2.OUTCOME_CANCELLED,
+                ),
+            )
+        response, replica = await _routed(
             partial(create, context, timeout=timeout, metadata=call_metadata(rid)), request
         )
     except ApiError as exc:
-        settle(common_pb2.Usage())
+        meter.finish(common_pb2.Usage(), error=exc)
         return error_response(exc, rid, headers)
-    settle(response.completion.usage)
+    except BaseException:  # the client left mid-request (cancelled) or a bug: still recorded
+        meter.finish(
+            common_pb2.Usage(), status=metering.CLIENT_CLOSED, outcome=usage_pb2.OUTCOME_CANCELLED
+        )
+        raise
+    meter.finish(response.completion.usage, replica=replica)
     return Response(render_json(response.completion), headers=headers, media_type=JSON)
 
 
@@ -400,6 +443,7 @@ async def chat_completions(request: Request) -> Response:
     return await _generate(
         request,
         checked,
+        metering.CHAT,
         chat.max_tokens if chat.HasField("max_tokens") else None,
         lambda context, **kw: router.StreamChatCompletion(
             router_pb2.StreamChatCompletionRequest(request=chat, context=context), **kw
@@ -426,6 +470,7 @@ async def completions(request: Request) -> Response:
     return await _generate(
         request,
         checked,
+        metering.COMPLETIONS,
         max_tokens,
         lambda context, **kw: router.StreamCompletion(
             router_pb2.StreamCompletionRequest(request=text, context=context), **kw
@@ -446,14 +491,15 @@ async def embeddings(request: Request) -> Response:
         lambda body: validation_pb2.ValidateEmbeddingRequest(body=body),
     )
     mesh, rid, deadline, validated = checked.mesh, checked.rid, checked.deadline, checked.validated
-    _, headers, settle = await admit(
-        mesh, rid, checked.principal, validated, 0, deadline, validated.request.model
+    record = metering.start_record(
+        rid, checked.principal, validated.request.model, metering.EMBEDDINGS, False
     )
+    headers, meter = await admit(mesh, rid, checked.principal, validated, 0, deadline, record)
     context = common_pb2.RequestContext(
         request_id=rid, principal=checked.principal, prompt_tokens=validated.prompt_tokens
     )
     try:
-        response: router_pb2.CreateEmbeddingResponse = await _routed(
+        answer: tuple[router_pb2.CreateEmbeddingResponse, str] = await _routed(
             partial(
                 mesh.router.CreateEmbedding,
                 router_pb2.CreateEmbeddingRequest(request=validated.request, context=context),
@@ -463,9 +509,15 @@ async def embeddings(request: Request) -> Response:
             request,
         )
     except ApiError as exc:
-        settle(common_pb2.Usage())
+        meter.finish(common_pb2.Usage(), error=exc)
         return error_response(exc, rid, headers)
-    settle(response.embeddings.usage)
+    except BaseException:
+        meter.finish(
+            common_pb2.Usage(), status=metering.CLIENT_CLOSED, outcome=usage_pb2.OUTCOME_CANCELLED
+        )
+        raise
+    response, replica = answer
+    meter.finish(response.embeddings.usage, replica=replica)
     return Response(
         render.embeddings(response.embeddings, validated.request.base64),
         headers=headers,

@@ -13,7 +13,7 @@ per-stream prefix, the escaped fragment and a suffix: no dict is built per token
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import orjson
@@ -161,14 +161,22 @@ class EventStream(StreamingResponse):
     """
 
     def __init__(
-        self, events: AsyncIterator[bytes], headers: dict[str, str], cancel: Callable[[], object]
+        self,
+        events: AsyncGenerator[bytes, None],
+        headers: dict[str, str],
+        cancel: Callable[[], object],
+        closed: Callable[[], object],
     ) -> None:
         headers = {**headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
         super().__init__(events, headers=headers, media_type="text/event-stream")
+        self._events = events
         self._cancel = cancel
+        self._closed = closed
         self._gone = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`closed` runs last, whatever happened: the events' own ending (their finally)
+        has run by then if they ever started, and if not, it is the only one."""
         watcher = asyncio.create_task(self._watch(receive))
         try:
             await self.stream_response(send)
@@ -177,6 +185,9 @@ class EventStream(StreamingResponse):
                 raise
         finally:
             watcher.cancel()
+            self._cancel()
+            await self._events.aclose()
+            self._closed()
 
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":

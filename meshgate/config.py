@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -23,12 +24,22 @@ SAMPLE_CONFIG = Path(__file__).with_name("sample.yaml")
 BUNDLED = {"sample": SAMPLE_CONFIG, "local": Path(__file__).with_name("local.yaml")}
 CONFIG_ENV = "MESHGATE_CONFIG"
 
-ServiceName = Literal["auth", "quota", "validation", "router", "engine"]
-SERVICE_NAMES: tuple[ServiceName, ...] = ("auth", "quota", "validation", "router", "engine")
+ServiceName = Literal["auth", "quota", "validation", "router", "engine", "ledger"]
+SERVICE_NAMES: tuple[ServiceName, ...] = (
+    "auth",
+    "quota",
+    "validation",
+    "router",
+    "engine",
+    "ledger",
+)
 Category = Literal[
     "text", "code", "reasoning", "multimodal", "embeddings", "image", "audio", "video"
 ]
 Capability = Literal["tool_use", "vision", "json_schema", "prompt_caching"]
+BudgetPeriod = Literal["total", "day", "month"]
+# Dollar amounts: exact decimals, at most six places (a micro-dollar), never floats.
+Usd = Annotated[Decimal, Field(ge=0, decimal_places=6)]
 
 
 class ConfigError(Exception):
@@ -73,6 +84,7 @@ class ServicesConfig(_Strict):
     validation: ServiceConfig = ServiceConfig(port=50053)
     router: ServiceConfig = ServiceConfig(port=50054)
     engine: EngineServiceConfig = EngineServiceConfig(port=50055)
+    ledger: ServiceConfig = ServiceConfig(port=50056)
 
     def get(self, name: str) -> ServiceConfig:
         if name not in SERVICE_NAMES:
@@ -105,25 +117,42 @@ class RedisConfig(_Strict):
     timeout_ms: int = Field(default=250, gt=0)
 
 
-class KeyConfig(_Strict):
-    """A development key declared in the config file."""
+class LimitsConfig(_Strict):
+    """Limits shared by keys and tenants; 0 means unlimited."""
 
-    name: str = Field(min_length=1)
-    secret: str = Field(min_length=8)
-    tenant: str = "default"
     rpm: int = Field(default=0, ge=0)
     tpm: int = Field(default=0, ge=0)
     max_concurrency: int = Field(default=0, ge=0)
     budget_tokens: int = Field(default=0, ge=0)
+    # Dollars per `budget_period` (UTC calendar day or month, or in total); 0 means unlimited.
+    budget_usd: Usd = Decimal(0)
+    budget_period: BudgetPeriod = "total"
+
+
+class KeyConfig(LimitsConfig):
+    """A development key declared in the config file."""
+
+    name: str = Field(min_length=1)
+    secret: str = Field(min_length=8)
+    # The tenant whose limits the key shares; empty means none.
+    tenant: str = ""
     models: tuple[str, ...] = ()
     redis_failure_policy: Literal["fail_closed", "fail_open"] = "fail_closed"
 
 
-class Pricing(_Strict):
-    """USD per million tokens."""
+class TenantConfig(LimitsConfig):
+    """A development tenant declared in the config file (production ones: `meshgate tenants`)."""
 
-    input_per_mtok: float = Field(default=0.0, ge=0)
-    output_per_mtok: float = Field(default=0.0, ge=0)
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class Pricing(_Strict):
+    """USD per million tokens, exact to the micro-dollar per million."""
+
+    input_per_mtok: Usd = Decimal(0)
+    # Prompt tokens served from a prompt cache; unset means the input price.
+    cached_input_per_mtok: Usd | None = None
+    output_per_mtok: Usd = Decimal(0)
 
 
 class EngineReplica(_Strict):
@@ -182,6 +211,24 @@ class AuthConfig(_Strict):
 class QuotaConfig(_Strict):
     # Tokens reserved for the completion when a request sets no max_tokens.
     default_max_tokens: int = Field(default=1024, gt=0)
+    # Hash-tag shards of the quota state and the ledger's buffer (see docs/ledger.md). Every
+    # process of a mesh must agree; changing it moves every key's live state.
+    shards: int = Field(default=16, ge=1, le=1024)
+
+
+class LedgerConfig(_Strict):
+    """The usage ledger: every admitted request's record, written off the request path."""
+
+    # Off: no records are buffered or written (budgets in dollars still hold).
+    enabled: bool = True
+    # postgresql://user:pass@host:5432/db; empty means `meshgate up` starts an embedded PostgreSQL.
+    database_url: str = ""
+    # The embedded PostgreSQL's data directory; empty means a temporary one, removed at exit.
+    embedded_data_dir: str = ""
+    # Records one database transaction writes at most.
+    batch_size: int = Field(default=500, gt=0, le=10000)
+    # A record another ledger replica read but did not confirm is taken over after this long.
+    claim_idle_ms: int = Field(default=30000, gt=0)
 
 
 class TlsConfig(_Strict):
@@ -233,9 +280,11 @@ class Config(_Strict):
     tls: TlsConfig = TlsConfig()
     auth: AuthConfig = AuthConfig()
     quota: QuotaConfig = QuotaConfig()
+    ledger: LedgerConfig = LedgerConfig()
     logging: LoggingConfig = LoggingConfig()
     tracing: TracingConfig = TracingConfig()
     keys: tuple[KeyConfig, ...] = ()
+    tenants: tuple[TenantConfig, ...] = ()
     models: tuple[ModelConfig, ...] = ()
 
     @model_validator(mode="after")

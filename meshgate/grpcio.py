@@ -26,6 +26,8 @@ log = logging.getLogger("meshgate.grpc")
 
 # Trailing metadata in which the router reports the engine's own time, in µs.
 ENGINE_TIME_KEY = "x-engine-time-us"
+# The engine replica that served a call: trailing metadata of unary calls, initial of streams.
+REPLICA_KEY = "x-engine-replica"
 
 # The servicer context every handler receives; message types are checked at the proto layer.
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]

@@ -20,10 +20,9 @@ import httpx
 import openai
 import pytest
 
-from meshgate import tokens
-from meshgate.v1 import common_pb2, inference_pb2, quota_pb2, quota_pb2_grpc
+from meshgate import shards, tokens
+from meshgate.v1 import common_pb2, inference_pb2, quota_pb2, quota_pb2_grpc, usage_pb2
 from services.auth.keys import RedisKeyStore, digest
-from services.quota.buckets import keys_for
 from tests.conftest import RunningMesh, free_ports
 from tests.support import RedisServer, Replica, metric
 
@@ -88,6 +87,34 @@ def stack(start_mesh: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             replica.stop()
         assert mesh.stop() == 0
         redis.kill()
+
+
+def keys_for(key_id: str, tenant: str = "") -> list[str]:
+    """A key's requests, tokens, leases and spent-tokens keys (meshgate/shards.py)."""
+    prefix = shards.key_prefix(shards.shard_of(tenant, key_id, 16), key_id)
+    return [f"{prefix}:requests", f"{prefix}:tokens", f"{prefix}:leases", f"{prefix}:spent"]
+
+
+def _settlement(
+    principal: common_pb2.Principal, lease: quota_pb2.ReserveResponse, used: int = 0
+) -> quota_pb2.Settlement:
+    """What the edge sends when a request that reserved `lease` used `used` tokens (10 of prompt)."""
+    record = usage_pb2.UsageRecord(
+        id=lease.lease_id,
+        key_id=principal.key_id,
+        tenant=principal.tenant,
+        model=PRO,
+        started_unix_us=time.time_ns() // 1000,
+        prompt_tokens=min(used, 10),
+        completion_tokens=max(used - 10, 0),
+    )
+    return quota_pb2.Settlement(
+        key_limits=principal.limits,
+        tenant_limits=principal.tenant_limits,
+        reserved_tokens=lease.reserved_tokens,
+        reserved_micro_usd=lease.reserved_micro_usd,
+        record=record,
+    )
 
 
 def _chat(max_tokens: int = 1, content: str = "hi", stream: bool = False) -> dict[str, Any]:
@@ -547,20 +574,15 @@ def test_settlements_ride_on_reserve_first_and_count_once(stack: Stack) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{stack.mesh.config.services.quota.port}") as channel:
         quota = quota_pb2_grpc.QuotaServiceStub(channel)
 
-        def reserve(*settled: quota_pb2.SettleRequest) -> quota_pb2.ReserveResponse:
+        def reserve(*settled: quota_pb2.Settlement) -> quota_pb2.ReserveResponse:
             request = quota_pb2.ReserveRequest(
                 principal=principal, prompt_tokens=10, max_tokens=90, settlements=settled
             )
             response: quota_pb2.ReserveResponse = quota.Reserve(request, timeout=5)
             return response
 
-        def settlement(lease: quota_pb2.ReserveResponse, used: int) -> quota_pb2.SettleRequest:
-            return quota_pb2.SettleRequest(
-                principal=principal,
-                lease_id=lease.lease_id,
-                reserved_tokens=lease.reserved_tokens,
-                usage=common_pb2.Usage(prompt_tokens=10, completion_tokens=used - 10),
-            )
+        def settlement(lease: quota_pb2.ReserveResponse, used: int) -> quota_pb2.Settlement:
+            return _settlement(principal, lease, used)
 
         first = reserve()
         with pytest.raises(grpc.RpcError) as refused:
@@ -578,8 +600,8 @@ def test_settlements_ride_on_reserve_first_and_count_once(stack: Stack) -> None:
                 reserve(settlement(first, used=15))  # still full: `second` holds the slot
             assert int(r.get(spent_key)) == 115
 
-            quota.Settle(settlement(second, used=40), timeout=5)
-            quota.Settle(settlement(second, used=40), timeout=5)
+            quota.Settle(quota_pb2.SettleRequest(settlement=settlement(second, 40)), timeout=5)
+            quota.Settle(quota_pb2.SettleRequest(settlement=settlement(second, 40)), timeout=5)
             assert int(r.get(spent_key)) == 15 + 40
             assert r.zcard(keys_for(key_id)[2]) == 0
 
@@ -600,17 +622,13 @@ def test_a_settlement_redis_refuses_does_not_refuse_the_reservation_carrying_it(
         with stack.redis.client() as r:
             r.delete(keys_for(bad_id)[2])
             r.set(keys_for(bad_id)[2], "not a sorted set")  # ZREM now fails with WRONGTYPE
-        poison = quota_pb2.SettleRequest(
-            principal=bad, lease_id=lease.lease_id, reserved_tokens=lease.reserved_tokens
-        )
+        poison = _settlement(bad, lease)
         first = quota.Reserve(
             quota_pb2.ReserveRequest(principal=good, prompt_tokens=5, settlements=[poison]),
             timeout=5,
         )
         assert first.lease_id  # admitted although the settlement it carried was refused
-        settle = quota_pb2.SettleRequest(
-            principal=good, lease_id=first.lease_id, reserved_tokens=first.reserved_tokens
-        )
+        settle = _settlement(good, first)
         second = quota.Reserve(
             quota_pb2.ReserveRequest(principal=good, prompt_tokens=5, settlements=[poison, settle]),
             timeout=5,

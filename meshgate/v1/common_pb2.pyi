@@ -1,10 +1,22 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class BudgetPeriod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BUDGET_PERIOD_UNSPECIFIED: _ClassVar[BudgetPeriod]
+    BUDGET_PERIOD_TOTAL: _ClassVar[BudgetPeriod]
+    BUDGET_PERIOD_DAY: _ClassVar[BudgetPeriod]
+    BUDGET_PERIOD_MONTH: _ClassVar[BudgetPeriod]
+BUDGET_PERIOD_UNSPECIFIED: BudgetPeriod
+BUDGET_PERIOD_TOTAL: BudgetPeriod
+BUDGET_PERIOD_DAY: BudgetPeriod
+BUDGET_PERIOD_MONTH: BudgetPeriod
 
 class Error(_message.Message):
     __slots__ = ("http_status", "type", "message", "param", "code", "doc_url", "retry_after_seconds", "rate_limit", "should_retry", "retry_after_ms")
@@ -31,48 +43,60 @@ class Error(_message.Message):
     def __init__(self, http_status: _Optional[int] = ..., type: _Optional[str] = ..., message: _Optional[str] = ..., param: _Optional[str] = ..., code: _Optional[str] = ..., doc_url: _Optional[str] = ..., retry_after_seconds: _Optional[int] = ..., rate_limit: _Optional[_Union[RateLimitState, _Mapping]] = ..., should_retry: _Optional[bool] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class RateLimitState(_message.Message):
-    __slots__ = ("limit_requests", "limit_tokens", "remaining_requests", "remaining_tokens", "reset_requests_ms", "reset_tokens_ms")
+    __slots__ = ("limit_requests", "limit_tokens", "remaining_requests", "remaining_tokens", "reset_requests_ms", "reset_tokens_ms", "limit_budget_micro_usd", "remaining_budget_micro_usd", "reset_budget_ms")
     LIMIT_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     LIMIT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REMAINING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     REMAINING_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RESET_REQUESTS_MS_FIELD_NUMBER: _ClassVar[int]
     RESET_TOKENS_MS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_BUDGET_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_BUDGET_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
+    RESET_BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
     limit_requests: int
     limit_tokens: int
     remaining_requests: int
     remaining_tokens: int
     reset_requests_ms: int
     reset_tokens_ms: int
-    def __init__(self, limit_requests: _Optional[int] = ..., limit_tokens: _Optional[int] = ..., remaining_requests: _Optional[int] = ..., remaining_tokens: _Optional[int] = ..., reset_requests_ms: _Optional[int] = ..., reset_tokens_ms: _Optional[int] = ...) -> None: ...
+    limit_budget_micro_usd: int
+    remaining_budget_micro_usd: int
+    reset_budget_ms: int
+    def __init__(self, limit_requests: _Optional[int] = ..., limit_tokens: _Optional[int] = ..., remaining_requests: _Optional[int] = ..., remaining_tokens: _Optional[int] = ..., reset_requests_ms: _Optional[int] = ..., reset_tokens_ms: _Optional[int] = ..., limit_budget_micro_usd: _Optional[int] = ..., remaining_budget_micro_usd: _Optional[int] = ..., reset_budget_ms: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("requests_per_minute", "tokens_per_minute", "max_concurrency", "budget_tokens")
+    __slots__ = ("requests_per_minute", "tokens_per_minute", "max_concurrency", "budget_tokens", "budget_micro_usd", "budget_period")
     REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     BUDGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_PERIOD_FIELD_NUMBER: _ClassVar[int]
     requests_per_minute: int
     tokens_per_minute: int
     max_concurrency: int
     budget_tokens: int
-    def __init__(self, requests_per_minute: _Optional[int] = ..., tokens_per_minute: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., budget_tokens: _Optional[int] = ...) -> None: ...
+    budget_micro_usd: int
+    budget_period: BudgetPeriod
+    def __init__(self, requests_per_minute: _Optional[int] = ..., tokens_per_minute: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., budget_tokens: _Optional[int] = ..., budget_micro_usd: _Optional[int] = ..., budget_period: _Optional[_Union[BudgetPeriod, str]] = ...) -> None: ...
 
 class Principal(_message.Message):
-    __slots__ = ("key_id", "name", "tenant", "limits", "allowed_models", "redis_failure_policy")
+    __slots__ = ("key_id", "name", "tenant", "limits", "allowed_models", "redis_failure_policy", "tenant_limits")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     REDIS_FAILURE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    TENANT_LIMITS_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     name: str
     tenant: str
     limits: Limits
     allowed_models: _containers.RepeatedScalarFieldContainer[str]
     redis_failure_policy: str
-    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., tenant: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., redis_failure_policy: _Optional[str] = ...) -> None: ...
+    tenant_limits: Limits
+    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., tenant: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., redis_failure_policy: _Optional[str] = ..., tenant_limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_creation_tokens")

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from meshgate.v1 import common_pb2 as meshgate_dot_v1_dot_common__pb2
+from meshgate.v1 import usage_pb2 as meshgate_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17meshgate/v1/quota.proto\x12\x0bmeshgate.v1\x1a\x18meshgate/v1/common.proto\"\xbf\x01\n\x0eReserveRequest\x12)\n\tprincipal\x18\x01 \x01(\x0b\x32\x16.meshgate.v1.Principal\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x17\n\nmax_tokens\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12/\n\x0bsettlements\x18\x05 \x03(\x0b\x32\x1a.meshgate.v1.SettleRequestB\r\n\x0b_max_tokens\"m\n\x0fReserveResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x17\n\x0freserved_tokens\x18\x02 \x01(\x03\x12/\n\nrate_limit\x18\x03 \x01(\x0b\x32\x1b.meshgate.v1.RateLimitState\"\x88\x01\n\rSettleRequest\x12)\n\tprincipal\x18\x01 \x01(\x0b\x32\x16.meshgate.v1.Principal\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x17\n\x0freserved_tokens\x18\x03 \x01(\x03\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.meshgate.v1.Usage\"\x10\n\x0eSettleResponse\"@\n\x13GetRateLimitRequest\x12)\n\tprincipal\x18\x01 \x01(\x0b\x32\x16.meshgate.v1.Principal\"G\n\x14GetRateLimitResponse\x12/\n\nrate_limit\x18\x01 \x01(\x0b\x32\x1b.meshgate.v1.RateLimitState\"D\n\x11SettleManyRequest\x12/\n\x0bsettlements\x18\x01 \x03(\x0b\x32\x1a.meshgate.v1.SettleRequest\"\x14\n\x12SettleManyResponse2\xbb\x02\n\x0cQuotaService\x12\x44\n\x07Reserve\x12\x1b.meshgate.v1.ReserveRequest\x1a\x1c.meshgate.v1.ReserveResponse\x12\x41\n\x06Settle\x12\x1a.meshgate.v1.SettleRequest\x1a\x1b.meshgate.v1.SettleResponse\x12M\n\nSettleMany\x12\x1e.meshgate.v1.SettleManyRequest\x1a\x1f.meshgate.v1.SettleManyResponse\x12S\n\x0cGetRateLimit\x12 .meshgate.v1.GetRateLimitRequest\x1a!.meshgate.v1.GetRateLimitResponseB\x12\n\x0e\x61i.meshgate.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17meshgate/v1/quota.proto\x12\x0bmeshgate.v1\x1a\x18meshgate/v1/common.proto\x1a\x17meshgate/v1/usage.proto\"\xec\x01\n\x0eReserveRequest\x12)\n\tprincipal\x18\x01 \x01(\x0b\x32\x16.meshgate.v1.Principal\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x17\n\nmax_tokens\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12(\n\x06record\x18\x06 \x01(\x0b\x32\x18.meshgate.v1.UsageRecord\x12,\n\x0bsettlements\x18\x07 \x03(\x0b\x32\x17.meshgate.v1.SettlementB\r\n\x0b_max_tokensJ\x04\x08\x05\x10\x06\"\x9d\x01\n\x0fReserveResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x17\n\x0freserved_tokens\x18\x02 \x01(\x03\x12/\n\nrate_limit\x18\x03 \x01(\x0b\x32\x1b.meshgate.v1.RateLimitState\x12\x1a\n\x12reserved_micro_usd\x18\x04 \x01(\x03\x12\x12\n\nunreserved\x18\x05 \x01(\x08\"\xd4\x01\n\nSettlement\x12\'\n\nkey_limits\x18\x01 \x01(\x0b\x32\x13.meshgate.v1.Limits\x12*\n\rtenant_limits\x18\x02 \x01(\x0b\x32\x13.meshgate.v1.Limits\x12\x17\n\x0freserved_tokens\x18\x03 \x01(\x03\x12\x1a\n\x12reserved_micro_usd\x18\x04 \x01(\x03\x12(\n\x06record\x18\x05 \x01(\x0b\x32\x18.meshgate.v1.UsageRecord\x12\x12\n\nunreserved\x18\x06 \x01(\x08\"<\n\rSettleRequest\x12+\n\nsettlement\x18\x01 \x01(\x0b\x32\x17.meshgate.v1.Settlement\"\x10\n\x0eSettleResponse\"@\n\x13GetRateLimitRequest\x12)\n\tprincipal\x18\x01 \x01(\x0b\x32\x16.meshgate.v1.Principal\"G\n\x14GetRateLimitResponse\x12/\n\nrate_limit\x18\x01 \x01(\x0b\x32\x1b.meshgate.v1.RateLimitState\"A\n\x11SettleManyRequest\x12,\n\x0bsettlements\x18\x01 \x03(\x0b\x32\x17.meshgate.v1.Settlement\"\x14\n\x12SettleManyResponse2\xbb\x02\n\x0cQuotaService\x12\x44\n\x07Reserve\x12\x1b.meshgate.v1.ReserveRequest\x1a\x1c.meshgate.v1.ReserveResponse\x12\x41\n\x06Settle\x12\x1a.meshgate.v1.SettleRequest\x1a\x1b.meshgate.v1.SettleResponse\x12M\n\nSettleMany\x12\x1e.meshgate.v1.SettleManyRequest\x1a\x1f.meshgate.v1.SettleManyResponse\x12S\n\x0cGetRateLimit\x12 .meshgate.v1.GetRateLimitRequest\x1a!.meshgate.v1.GetRateLimitResponseB\x12\n\x0e\x61i.meshgate.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,22 +34,24 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshgate.v1.quota_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016ai.meshgate.v1P\001'
-  _globals['_RESERVEREQUEST']._serialized_start=67
-  _globals['_RESERVEREQUEST']._serialized_end=258
-  _globals['_RESERVERESPONSE']._serialized_start=260
-  _globals['_RESERVERESPONSE']._serialized_end=369
-  _globals['_SETTLEREQUEST']._serialized_start=372
-  _globals['_SETTLEREQUEST']._serialized_end=508
-  _globals['_SETTLERESPONSE']._serialized_start=510
-  _globals['_SETTLERESPONSE']._serialized_end=526
-  _globals['_GETRATELIMITREQUEST']._serialized_start=528
-  _globals['_GETRATELIMITREQUEST']._serialized_end=592
-  _globals['_GETRATELIMITRESPONSE']._serialized_start=594
-  _globals['_GETRATELIMITRESPONSE']._serialized_end=665
-  _globals['_SETTLEMANYREQUEST']._serialized_start=667
-  _globals['_SETTLEMANYREQUEST']._serialized_end=735
-  _globals['_SETTLEMANYRESPONSE']._serialized_start=737
-  _globals['_SETTLEMANYRESPONSE']._serialized_end=757
-  _globals['_QUOTASERVICE']._serialized_start=760
-  _globals['_QUOTASERVICE']._serialized_end=1075
+  _globals['_RESERVEREQUEST']._serialized_start=92
+  _globals['_RESERVEREQUEST']._serialized_end=328
+  _globals['_RESERVERESPONSE']._serialized_start=331
+  _globals['_RESERVERESPONSE']._serialized_end=488
+  _globals['_SETTLEMENT']._serialized_start=491
+  _globals['_SETTLEMENT']._serialized_end=703
+  _globals['_SETTLEREQUEST']._serialized_start=705
+  _globals['_SETTLEREQUEST']._serialized_end=765
+  _globals['_SETTLERESPONSE']._serialized_start=767
+  _globals['_SETTLERESPONSE']._serialized_end=783
+  _globals['_GETRATELIMITREQUEST']._serialized_start=785
+  _globals['_GETRATELIMITREQUEST']._serialized_end=849
+  _globals['_GETRATELIMITRESPONSE']._serialized_start=851
+  _globals['_GETRATELIMITRESPONSE']._serialized_end=922
+  _globals['_SETTLEMANYREQUEST']._serialized_start=924
+  _globals['_SETTLEMANYREQUEST']._serialized_end=989
+  _globals['_SETTLEMANYRESPONSE']._serialized_start=991
+  _globals['_SETTLEMANYRESPONSE']._serialized_end=1011
+  _globals['_QUOTASERVICE']._serialized_start=1014
+  _globals['_QUOTASERVICE']._serialized_end=1329
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,5 @@
 from meshgate.v1 import common_pb2 as _common_pb2
+from meshgate.v1 import usage_pb2 as _usage_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -8,40 +9,56 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("principal", "prompt_tokens", "request_id", "max_tokens", "settlements")
+    __slots__ = ("principal", "prompt_tokens", "request_id", "max_tokens", "record", "settlements")
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
     SETTLEMENTS_FIELD_NUMBER: _ClassVar[int]
     principal: _common_pb2.Principal
     prompt_tokens: int
     request_id: str
     max_tokens: int
-    settlements: _containers.RepeatedCompositeFieldContainer[SettleRequest]
-    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., prompt_tokens: _Optional[int] = ..., request_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., settlements: _Optional[_Iterable[_Union[SettleRequest, _Mapping]]] = ...) -> None: ...
+    record: _usage_pb2.UsageRecord
+    settlements: _containers.RepeatedCompositeFieldContainer[Settlement]
+    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., prompt_tokens: _Optional[int] = ..., request_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., record: _Optional[_Union[_usage_pb2.UsageRecord, _Mapping]] = ..., settlements: _Optional[_Iterable[_Union[Settlement, _Mapping]]] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
-    __slots__ = ("lease_id", "reserved_tokens", "rate_limit")
+    __slots__ = ("lease_id", "reserved_tokens", "rate_limit", "reserved_micro_usd", "unreserved")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     RESERVED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
+    UNRESERVED_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     reserved_tokens: int
     rate_limit: _common_pb2.RateLimitState
-    def __init__(self, lease_id: _Optional[str] = ..., reserved_tokens: _Optional[int] = ..., rate_limit: _Optional[_Union[_common_pb2.RateLimitState, _Mapping]] = ...) -> None: ...
+    reserved_micro_usd: int
+    unreserved: bool
+    def __init__(self, lease_id: _Optional[str] = ..., reserved_tokens: _Optional[int] = ..., rate_limit: _Optional[_Union[_common_pb2.RateLimitState, _Mapping]] = ..., reserved_micro_usd: _Optional[int] = ..., unreserved: _Optional[bool] = ...) -> None: ...
+
+class Settlement(_message.Message):
+    __slots__ = ("key_limits", "tenant_limits", "reserved_tokens", "reserved_micro_usd", "record", "unreserved")
+    KEY_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    UNRESERVED_FIELD_NUMBER: _ClassVar[int]
+    key_limits: _common_pb2.Limits
+    tenant_limits: _common_pb2.Limits
+    reserved_tokens: int
+    reserved_micro_usd: int
+    record: _usage_pb2.UsageRecord
+    unreserved: bool
+    def __init__(self, key_limits: _Optional[_Union[_common_pb2.Limits, _Mapping]] = ..., tenant_limits: _Optional[_Union[_common_pb2.Limits, _Mapping]] = ..., reserved_tokens: _Optional[int] = ..., reserved_micro_usd: _Optional[int] = ..., record: _Optional[_Union[_usage_pb2.UsageRecord, _Mapping]] = ..., unreserved: _Optional[bool] = ...) -> None: ...
 
 class SettleRequest(_message.Message):
-    __slots__ = ("principal", "lease_id", "reserved_tokens", "usage")
-    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
-    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
-    RESERVED_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    USAGE_FIELD_NUMBER: _ClassVar[int]
-    principal: _common_pb2.Principal
-    lease_id: str
-    reserved_tokens: int
-    usage: _common_pb2.Usage
-    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., lease_id: _Optional[str] = ..., reserved_tokens: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ...) -> None: ...
+    __slots__ = ("settlement",)
+    SETTLEMENT_FIELD_NUMBER: _ClassVar[int]
+    settlement: Settlement
+    def __init__(self, settlement: _Optional[_Union[Settlement, _Mapping]] = ...) -> None: ...
 
 class SettleResponse(_message.Message):
     __slots__ = ()
@@ -62,8 +79,8 @@ class GetRateLimitResponse(_message.Message):
 class SettleManyRequest(_message.Message):
     __slots__ = ("settlements",)
     SETTLEMENTS_FIELD_NUMBER: _ClassVar[int]
-    settlements: _containers.RepeatedCompositeFieldContainer[SettleRequest]
-    def __init__(self, settlements: _Optional[_Iterable[_Union[SettleRequest, _Mapping]]] = ...) -> None: ...
+    settlements: _containers.RepeatedCompositeFieldContainer[Settlement]
+    def __init__(self, settlements: _Optional[_Iterable[_Union[Settlement, _Mapping]]] = ...) -> None: ...
 
 class SettleManyResponse(_message.Message):
     __slots__ = ()

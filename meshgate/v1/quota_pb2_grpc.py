@@ -80,8 +80,9 @@ class QuotaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Settle(self, request, context):
-        """Settle replaces a reservation with the true usage, refunds the rest and
-        releases the concurrency lease. A lease settles once; repeats are no-ops.
+        """Settle replaces a reservation with the true usage, refunds the rest,
+        releases the concurrency lease and buffers the usage record for the
+        ledger, in one atomic step. A lease settles once; repeats are no-ops.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,7 +1,13 @@
 """Quota state in Redis: one atomic script call per decision (see buckets.lua).
 
-redis-py's `Script` sends EVALSHA and falls back to EVAL when Redis has lost
-the script (a restart, or SCRIPT FLUSH), so quota recovers by itself.
+A request is judged against two subjects at once, its key and the key's
+tenant, whose state shares one hash tag (meshgate/shards.py). Dollar budgets
+count micro-dollars per period; the period comes from the request's admission
+time, which the settlement carries, so a request settled after midnight
+corrects the day it was charged to.
+
+Pipelined calls send EVALSHA themselves and load the script again when Redis
+has lost it (a restart, or SCRIPT FLUSH), so quota recovers by itself.
 """
 
 from __future__ import annotations
@@ -15,9 +21,16 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from meshgate import shards
 from meshgate.v1 import common_pb2
 
 _SCRIPT = Path(__file__).with_name("buckets.lua").read_text()
+_SWEEP = Path(__file__).with_name("sweep.lua").read_text()
+
+_PERIODS = {
+    common_pb2.BUDGET_PERIOD_DAY: "day",
+    common_pb2.BUDGET_PERIOD_MONTH: "month",
+}
 
 
 class Verdict(enum.IntEnum):
@@ -27,11 +40,36 @@ class Verdict(enum.IntEnum):
     TOO_LARGE = 3
     CONCURRENCY_FULL = 4
     BUDGET_SPENT = 5
+    USD_BUDGET_SPENT = 6
+    ALREADY_SETTLED = 7
+
+
+class Subject(enum.IntEnum):
+    NONE = 0
+    KEY = 1
+    TENANT = 2
+
+
+def period_of(limits: common_pb2.Limits) -> str:
+    return _PERIODS.get(limits.budget_period, "total")
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Whose buckets a request draws on: a key, and its tenant's limits on top."""
+
+    key_id: str
+    tenant: str
+    key_limits: common_pb2.Limits
+    tenant_limits: common_pb2.Limits
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     verdict: Verdict
+    # Who refused: the key or its tenant (NONE when admitted).
+    subject: Subject
+    # The tightest of the key's and the tenant's state, for the x-ratelimit-* headers.
     state: common_pb2.RateLimitState
     # Milliseconds until the request could fit; -1 when waiting cannot help.
     wait_ms: int
@@ -41,89 +79,189 @@ class Decision:
         return self.verdict is Verdict.ADMITTED
 
 
-# (key_id, limits, tokens reserved, lease id, tokens used)
-Settlement = tuple[str, common_pb2.Limits, int, str, int]
+# One script call: its KEYS and its ARGV.
+Call = tuple[list[str], list[int | str | bytes]]
 
 
-def _decision(raw: list[int], limits: common_pb2.Limits) -> Decision:
-    verdict, rem_req, rem_tok, reset_req, reset_tok, wait = (int(x) for x in raw)
-    state = common_pb2.RateLimitState(
-        limit_requests=limits.requests_per_minute,
-        limit_tokens=limits.tokens_per_minute,
-        remaining_requests=rem_req,
-        remaining_tokens=rem_tok,
-        reset_requests_ms=reset_req,
-        reset_tokens_ms=reset_tok,
+def is_limited(limits: common_pb2.Limits) -> bool:
+    return bool(
+        limits.requests_per_minute
+        or limits.tokens_per_minute
+        or limits.max_concurrency
+        or limits.budget_tokens
+        or limits.budget_micro_usd
     )
-    return Decision(Verdict(verdict), state, wait)
+
+
+def needs_settling(limits: common_pb2.Limits) -> bool:
+    """Limits a reservation charges at the worst case, which settling corrects."""
+    return bool(
+        limits.tokens_per_minute
+        or limits.max_concurrency
+        or limits.budget_tokens
+        or limits.budget_micro_usd
+    )
+
+
+def _subject_keys(prefix: str, limits: common_pb2.Limits, at_s: float) -> list[str]:
+    usd = shards.spent_usd_key(prefix, shards.period_id(period_of(limits), at_s))
+    return [f"{prefix}:requests", f"{prefix}:tokens", f"{prefix}:leases", f"{prefix}:spent", usd]
+
+
+def _subject_args(limits: common_pb2.Limits) -> list[int | str | bytes]:
+    return [
+        limits.requests_per_minute,
+        limits.tokens_per_minute,
+        limits.max_concurrency,
+        limits.budget_tokens,
+        limits.budget_micro_usd,
+        shards.period_ttl_s(period_of(limits)),
+    ]
+
+
+class Layout:
+    """Where an owner's state lives: the shard's keys, then the key's, then the tenant's."""
+
+    def __init__(self, shard_count: int) -> None:
+        self.shard_count = shard_count
+
+    def shard(self, owner: Owner) -> int:
+        return shards.shard_of(owner.tenant, owner.key_id, self.shard_count)
+
+    def shard_keys(self, shard: int) -> list[str]:
+        tag = shards.tag(shard)
+        return [f"mg:{tag}:lease", f"mg:{tag}:open", shards.usage_stream(shard)]
+
+    def call(self, owner: Owner, at_s: float, op: str, *extra: int | str | bytes) -> Call:
+        shard = self.shard(owner)
+        keys = [
+            *self.shard_keys(shard),
+            *_subject_keys(shards.key_prefix(shard, owner.key_id), owner.key_limits, at_s),
+            *_subject_keys(shards.tenant_prefix(shard, owner.tenant), owner.tenant_limits, at_s),
+        ]
+        args = [op, *_subject_args(owner.key_limits), *_subject_args(owner.tenant_limits), *extra]
+        return keys, args
+
+
+def _tightest(
+    pairs: list[tuple[int, int, int]],
+) -> tuple[int, int, int]:
+    """(limit, remaining, reset) of the subject with the least left; all zero if none is limited."""
+    limited = [p for p in pairs if p[0] > 0]
+    return min(limited, key=lambda p: p[1]) if limited else (0, 0, 0)
+
+
+def decision(raw: list[int], owner: Owner, at_s: float) -> Decision:
+    """The script's answer, with the key's and the tenant's state folded into one."""
+    verdict, who = int(raw[0]), int(raw[1])
+    subjects = list(
+        zip((owner.key_limits, owner.tenant_limits), (raw[2:7], raw[7:12]), strict=True)
+    )
+    req = _tightest([(lim.requests_per_minute, int(p[0]), int(p[2])) for lim, p in subjects])
+    tok = _tightest([(lim.tokens_per_minute, int(p[1]), int(p[3])) for lim, p in subjects])
+    usd = _tightest(
+        [
+            (
+                lim.budget_micro_usd,
+                max(lim.budget_micro_usd - int(p[4]), 0),
+                int(shards.period_reset_s(period_of(lim), at_s) * 1000),
+            )
+            for lim, p in subjects
+        ]
+    )
+    state = common_pb2.RateLimitState(
+        limit_requests=req[0],
+        remaining_requests=req[1],
+        reset_requests_ms=req[2],
+        limit_tokens=tok[0],
+        remaining_tokens=tok[1],
+        reset_tokens_ms=tok[2],
+        limit_budget_micro_usd=usd[0],
+        remaining_budget_micro_usd=usd[1],
+        reset_budget_ms=usd[2],
+    )
+    return Decision(Verdict(verdict), Subject(who), state, int(raw[12]))
 
 
 def _failures(results: Sequence[Any]) -> int:
     return sum(isinstance(r, Exception) for r in results)
 
 
-def _settle_call(settlement: Settlement) -> tuple[list[str], list[int | str]]:
-    key_id, limits, reserved, lease_id, used = settlement
-    return keys_for(key_id), ["settle", *_limits(limits), reserved, lease_id, used]
-
-
-def keys_for(key_id: str) -> list[str]:
-    tag = "{" + key_id + "}"
-    return [f"mg:{tag}:requests", f"mg:{tag}:tokens", f"mg:{tag}:leases", f"mg:{tag}:spent"]
-
-
-def _limits(limits: common_pb2.Limits) -> list[int]:
-    return [
-        limits.requests_per_minute,
-        limits.tokens_per_minute,
-        limits.max_concurrency,
-        limits.budget_tokens,
-    ]
-
-
 class Buckets:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, layout: Layout) -> None:
         self._redis = redis
+        self.layout = layout
         self._script = redis.register_script(_SCRIPT)
+        self._sweep = redis.register_script(_SWEEP)
 
-    async def _call(
-        self, key_id: str, limits: common_pb2.Limits, op: str, *extra: int | str
-    ) -> Decision:
-        raw: list[int] = await self._script(
-            keys=keys_for(key_id), args=[op, *_limits(limits), *extra]
-        )
-        return _decision(raw, limits)
-
-    async def reserve(
+    def reserve_call(
         self,
-        key_id: str,
-        limits: common_pb2.Limits,
+        owner: Owner,
+        at_s: float,
         tokens: int,
+        micro_usd: int,
         lease_id: str,
         lease_ttl_ms: int,
-        settlements: Sequence[Settlement] = (),
+        lapse_record: bytes,
+    ) -> Call:
+        return self.layout.call(
+            owner, at_s, "reserve", tokens, micro_usd, lease_id, lease_ttl_ms, lapse_record
+        )
+
+    def settle_call(
+        self,
+        owner: Owner,
+        at_s: float,
+        lease_id: str,
+        reserved: tuple[int, int],
+        used: tuple[int, int],
+        record: bytes,
+    ) -> Call:
+        """`reserved` and `used` are (tokens, micro-dollars)."""
+        return self.layout.call(
+            owner, at_s, "settle", reserved[0], reserved[1], lease_id, used[0], used[1], record
+        )
+
+    def record_call(self, owner: Owner, at_s: float, record: bytes) -> Call:
+        """Buffer the record of a request admitted without a reservation (fail_open)."""
+        return self.layout.call(owner, at_s, "record", 0, 0, "", 0, 0, record)
+
+    async def reserve(
+        self, owner: Owner, at_s: float, call: Call, settlements: Sequence[Call] = ()
     ) -> tuple[Decision, int]:
-        """Settle `settlements` first, then decide, all in one round trip.
+        """Apply `settlements` first, then decide, all in one round trip.
 
         Returns the decision and how many settlements Redis refused. One bad
         settlement (a key Redis cannot update) must not refuse the reservation
         that carried it, nor every later one that would carry it again.
         """
         if not settlements:
-            decision = await self._call(key_id, limits, "reserve", tokens, lease_id, lease_ttl_ms)
-            return decision, 0
-        reserve: list[int | str] = ["reserve", *_limits(limits), tokens, lease_id, lease_ttl_ms]
-        calls = [*map(_settle_call, settlements), (keys_for(key_id), reserve)]
-        *settled, decided = await self._pipelined(calls)
+            keys, args = call
+            raw: list[int] = await self._script(keys=keys, args=args)
+            return decision(raw, owner, at_s), 0
+        *settled, decided = await self._pipelined([*settlements, call])
         if isinstance(decided, Exception):
             raise decided
-        return _decision(decided, limits), _failures(settled)
+        return decision(decided, owner, at_s), _failures(settled)
 
-    async def settle_many(self, settlements: Sequence[Settlement]) -> int:
+    async def settle_many(self, settlements: Sequence[Call]) -> int:
         """All of them in one pipelined round trip; returns how many Redis refused."""
-        return _failures(await self._pipelined([_settle_call(s) for s in settlements]))
+        return _failures(await self._pipelined(list(settlements)))
 
-    async def _pipelined(self, calls: list[tuple[list[str], list[int | str]]]) -> list[Any]:
+    async def peek(self, owner: Owner, at_s: float) -> Decision:
+        keys, args = self.layout.call(owner, at_s, "peek")
+        raw: list[int] = await self._script(keys=keys, args=args)
+        return decision(raw, owner, at_s)
+
+    async def sweep(self, limit: int = 500) -> int:
+        """Record every shard's lapsed leases (see sweep.lua); returns how many."""
+        swept = 0
+        for shard in range(self.layout.shard_count):
+            keys = self.layout.shard_keys(shard)
+            swept += int(await self._sweep(keys=keys, args=[limit]))
+        return swept
+
+    async def _pipelined(self, calls: list[Call]) -> list[Any]:
         """EVALSHA each call in one round trip; a call's error comes back in its place.
 
         redis-py's own pipelined scripts ask SCRIPT EXISTS before every batch (a
@@ -141,6 +279,3 @@ class Buckets:
                 break
             await self._redis.script_load(_SCRIPT)
         return results
-
-    async def peek(self, key_id: str, limits: common_pb2.Limits) -> Decision:
-        return await self._call(key_id, limits, "peek")

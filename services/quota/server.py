@@ -8,10 +8,14 @@ limits hold exactly however many quota replicas run.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import secrets
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
+from decimal import Decimal
 
 import grpc
 import prometheus_client
@@ -21,8 +25,20 @@ from meshgate import grpcio, redis_client
 from meshgate.config import Config
 from meshgate.errors import DOC_URL_QUOTA, ApiError
 from meshgate.grpcio import Context
-from meshgate.v1 import common_pb2, quota_pb2, quota_pb2_grpc
-from services.quota.buckets import Buckets, Decision, Settlement, Verdict
+from meshgate.pricing import PriceBook, micro_usd
+from meshgate.v1 import common_pb2, quota_pb2, quota_pb2_grpc, usage_pb2
+from services.quota.buckets import (
+    Buckets,
+    Call,
+    Decision,
+    Layout,
+    Owner,
+    Subject,
+    Verdict,
+    is_limited,
+    needs_settling,
+    period_of,
+)
 
 log = logging.getLogger("meshgate.quota")
 
@@ -37,6 +53,12 @@ REDIS_ERRORS = prometheus_client.Counter(
     "Redis calls that failed or timed out, by operation.",
     ["operation"],
 )
+LEASES_LAPSED = prometheus_client.Counter(
+    "meshgate_quota_leases_lapsed",
+    "Admissions whose settlement never came; recorded at their reservation.",
+)
+# How often each quota replica records lapsed leases.
+SWEEP_INTERVAL_S = 5.0
 DECISIONS = prometheus_client.Counter(
     "meshgate_quota_decisions",
     "Reserve outcomes: admitted, or the limit that refused.",
@@ -49,26 +71,55 @@ def _retry_after(wait_ms: int) -> int:
     return max(1, math.ceil(wait_ms / 1000))
 
 
-def denial(decision: Decision, limits: common_pb2.Limits, cost: int) -> ApiError:
+def _dollars(micro: int) -> str:
+    """Cents once they matter, micro-dollars below; exact either way."""
+    amount = Decimal(micro) / 10**6
+    return f"${amount:,.2f}" if micro >= 10_000 else f"${amount:.6f}"
+
+
+def _whose(decision: Decision, principal: common_pb2.Principal) -> str:
+    return f"tenant {principal.tenant!r}" if decision.subject is Subject.TENANT else "this key"
+
+
+def denial(
+    decision: Decision, principal: common_pb2.Principal, cost: int, micro_usd: int
+) -> ApiError:
     """OpenAI's 429 wording; Retry-After derives from the bucket's deficit and refill rate."""
     verdict, state = decision.verdict, decision.state
-    if verdict is Verdict.BUDGET_SPENT:
+    limits = principal.tenant_limits if decision.subject is Subject.TENANT else principal.limits
+    whose = _whose(decision, principal)
+    if verdict is Verdict.USD_BUDGET_SPENT:
+        period = {"day": " for today (UTC)", "month": " for this month (UTC)"}.get(
+            period_of(limits), ""
+        )
         return ApiError(
             429,
             "insufficient_quota",
-            f"You exceeded your current quota: this key's budget of {limits.budget_tokens} tokens is spent "
-            f"(the request needs up to {cost}).",
+            f"You exceeded your current quota: the budget of {_dollars(limits.budget_micro_usd)}"
+            f"{period} for {whose} is spent (the request could cost up to {_dollars(micro_usd)}).",
             code="insufficient_quota",
             doc_url=DOC_URL_QUOTA,
             should_retry=False,
             rate_limit=state,
         )
+    if verdict is Verdict.BUDGET_SPENT:
+        return ApiError(
+            429,
+            "insufficient_quota",
+            f"You exceeded your current quota: the budget of {limits.budget_tokens} tokens for "
+            f"{whose} is spent (the request needs up to {cost}).",
+            code="insufficient_quota",
+            doc_url=DOC_URL_QUOTA,
+            should_retry=False,
+            rate_limit=state,
+        )
+    scope = "" if decision.subject is not Subject.TENANT else f" for tenant {principal.tenant!r}"
     if verdict is Verdict.TOO_LARGE:
         return ApiError(
             429,
             "tokens",
-            f"Request too large on tokens per min (TPM): Limit {limits.tokens_per_minute}, Requested {cost}. "
-            "The input or output tokens must be reduced in order to run successfully.",
+            f"Request too large on tokens per min (TPM){scope}: Limit {limits.tokens_per_minute}, "
+            f"Requested {cost}. The input or output tokens must be reduced in order to run successfully.",
             code="rate_limit_exceeded",
             doc_url=DOC_URL_QUOTA,
             should_retry=False,
@@ -79,7 +130,8 @@ def denial(decision: Decision, limits: common_pb2.Limits, cost: int) -> ApiError
         return ApiError(
             429,
             "requests",
-            f"Too many concurrent requests: Limit {limits.max_concurrency}. Please retry when one finishes.",
+            f"Too many concurrent requests{scope}: Limit {limits.max_concurrency}. "
+            "Please retry when one finishes.",
             code="rate_limit_exceeded",
             doc_url=DOC_URL_QUOTA,
             rate_limit=state,
@@ -89,12 +141,12 @@ def denial(decision: Decision, limits: common_pb2.Limits, cost: int) -> ApiError
     seconds = decision.wait_ms / 1000
     if verdict is Verdict.REQUESTS_EMPTY:
         what, kind = (
-            f"requests per min (RPM): Limit {limits.requests_per_minute}, Requested 1",
+            f"requests per min (RPM){scope}: Limit {limits.requests_per_minute}, Requested 1",
             "requests",
         )
     else:
         what, kind = (
-            f"tokens per min (TPM): Limit {limits.tokens_per_minute}, Requested {cost}",
+            f"tokens per min (TPM){scope}: Limit {limits.tokens_per_minute}, Requested {cost}",
             "tokens",
         )
     return ApiError(
@@ -118,63 +170,120 @@ REDIS_DOWN = ApiError(
 )
 
 
-def _settles(limits: common_pb2.Limits) -> bool:
-    return bool(limits.tokens_per_minute or limits.max_concurrency or limits.budget_tokens)
-
-
-def _limited(limits: common_pb2.Limits) -> bool:
-    return bool(
-        limits.requests_per_minute
-        or limits.tokens_per_minute
-        or limits.max_concurrency
-        or limits.budget_tokens
-    )
+SETTLE_FAILED = ApiError(
+    503,
+    "server_error",
+    "Settlements cannot be applied right now (Redis is unreachable); send them again.",
+    retry_after=1,
+)
 
 
 def _settle_refused(count: int) -> None:
     """Settlements Redis refused one by one (a key it cannot update): counted, logged, dropped.
-    Their leases lapse by TTL; their tokens stay charged at the reservation."""
+    Their leases lapse by TTL and the sweep records them at the reservation."""
     REDIS_ERRORS.labels("settle").inc(count)
     log.error("settlements refused by redis", extra={"settlements": count})
 
 
-def _due(settlements: Iterable[quota_pb2.SettleRequest]) -> list[Settlement]:
-    """The settlements that charged something (not fail_open admissions or unlimited keys)."""
-    return [
-        (s.principal.key_id, s.principal.limits, s.reserved_tokens, s.lease_id,
-         s.usage.prompt_tokens + s.usage.completion_tokens)
-        for s in settlements
-        if s.lease_id and _settles(s.principal.limits)
-    ]  # fmt: skip
-
-
 class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
-    def __init__(self, buckets: Buckets, default_max_tokens: int, lease_ttl_ms: int) -> None:
+    def __init__(
+        self,
+        buckets: Buckets,
+        prices: PriceBook,
+        *,
+        default_max_tokens: int,
+        lease_ttl_ms: int,
+        recording: bool,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._buckets = buckets
+        self._prices = prices
         self._default_max_tokens = default_max_tokens
         self._lease_ttl_ms = lease_ttl_ms
+        # Whether usage records are buffered for the ledger (`ledger.enabled`).
+        self._recording = recording
+        self._clock = clock
+
+    def _settle_call(self, settlement: quota_pb2.Settlement) -> Call | None:
+        """Price the finished record, then the script call that settles and buffers it."""
+        record = settlement.record
+        if not record.id:
+            return None
+        owner = Owner(record.key_id, record.tenant, settlement.key_limits, settlement.tenant_limits)
+        at_s = record.started_unix_us / 1e6
+        price = self._prices.get(record.model)
+        pico = price.cost(record.prompt_tokens, record.cached_tokens, record.completion_tokens)
+        body = b""
+        if self._recording:
+            record.cost_pico_usd = pico
+            record.reserved_tokens = settlement.reserved_tokens
+            record.reserved_micro_usd = settlement.reserved_micro_usd
+            body = record.SerializeToString()
+        if settlement.unreserved:
+            return self._buckets.record_call(owner, at_s, body) if body else None
+        return self._buckets.settle_call(
+            owner,
+            at_s,
+            record.id,
+            (settlement.reserved_tokens, settlement.reserved_micro_usd),
+            (record.prompt_tokens + record.completion_tokens, micro_usd(pico)),
+            body,
+        )
+
+    def _settle_calls(self, settlements: Iterable[quota_pb2.Settlement]) -> list[Call]:
+        return [c for c in map(self._settle_call, settlements) if c is not None]
+
+    def _lapse_record(
+        self, request: quota_pb2.ReserveRequest, lease_id: str, cost: int, pico: int, micro: int
+    ) -> bytes:
+        """The record the sweep writes if no settlement ever comes: the reservation, charged."""
+        if not self._recording:
+            return b""
+        record = usage_pb2.UsageRecord()
+        record.CopyFrom(request.record)
+        record.id = lease_id
+        record.outcome = usage_pb2.OUTCOME_EXPIRED
+        record.error_code = "lease_expired"
+        record.prompt_tokens = request.prompt_tokens
+        record.completion_tokens = cost - request.prompt_tokens
+        record.cost_pico_usd = pico
+        record.reserved_tokens = cost
+        record.reserved_micro_usd = micro
+        return record.SerializeToString()
 
     async def Reserve(
         self, request: quota_pb2.ReserveRequest, context: Context
     ) -> quota_pb2.ReserveResponse:
         principal = request.principal
-        limits = principal.limits
+        owner = Owner(principal.key_id, principal.tenant, principal.limits, principal.tenant_limits)
         allowance = (
             request.max_tokens if request.HasField("max_tokens") else self._default_max_tokens
         )
         cost = request.prompt_tokens + allowance
-        # Only token, budget and concurrency limits need a settlement; others get no lease.
-        lease_id = secrets.token_hex(8) if _settles(limits) else ""
-        settlements = _due(request.settlements)
-        if not _limited(limits):
+        pico = self._prices.get(request.record.model).worst_case(request.prompt_tokens, allowance)
+        micro = micro_usd(pico)
+        limited = is_limited(owner.key_limits) or is_limited(owner.tenant_limits)
+        settles = needs_settling(owner.key_limits) or needs_settling(owner.tenant_limits)
+        # A lease makes settling exact once; a recorded request always needs one.
+        lease_id = secrets.token_hex(12) if settles or self._recording else ""
+        settlements = self._settle_calls(request.settlements)
+        if not (limited or self._recording):
             await self._settle(settlements)
             return quota_pb2.ReserveResponse(
-                lease_id="", reserved_tokens=cost, rate_limit=_NO_STATE
+                lease_id="", reserved_tokens=cost, reserved_micro_usd=micro, rate_limit=_NO_STATE
             )
+        at_s = request.record.started_unix_us / 1e6 or self._clock()
+        call = self._buckets.reserve_call(
+            owner,
+            at_s,
+            cost,
+            micro,
+            lease_id,
+            self._lease_ttl_ms,
+            self._lapse_record(request, lease_id, cost, pico, micro),
+        )
         try:
-            decision, refused = await self._buckets.reserve(
-                principal.key_id, limits, cost, lease_id, self._lease_ttl_ms, settlements
-            )
+            decision, refused = await self._buckets.reserve(owner, at_s, call, settlements)
         except (RedisError, OSError) as exc:
             REDIS_ERRORS.labels("reserve").inc()
             if settlements:
@@ -187,8 +296,12 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
             if principal.redis_failure_policy == "fail_open":
                 FAIL_OPEN_ADMISSIONS.inc()
                 log.warning("redis unavailable, admitting (fail_open)", extra=extra)
+                # Nothing was reserved; the settlement still brings the record.
                 return quota_pb2.ReserveResponse(
-                    lease_id="", reserved_tokens=0, rate_limit=_NO_STATE
+                    lease_id=lease_id if self._recording else "",
+                    reserved_tokens=0,
+                    rate_limit=_NO_STATE,
+                    unreserved=True,
                 )
             log.error("redis unavailable, refusing (fail_closed)", extra=extra)
             await REDIS_DOWN.abort(context)
@@ -196,52 +309,74 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
             _settle_refused(refused)
         DECISIONS.labels(decision.verdict.name.lower()).inc()
         if not decision.admitted:
-            await denial(decision, limits, cost).abort(context)
+            await denial(decision, principal, cost, micro).abort(context)
         return quota_pb2.ReserveResponse(
-            lease_id=lease_id, reserved_tokens=cost, rate_limit=decision.state
+            lease_id=lease_id,
+            reserved_tokens=cost,
+            reserved_micro_usd=micro,
+            rate_limit=decision.state,
         )
 
     async def Settle(
         self, request: quota_pb2.SettleRequest, context: Context
     ) -> quota_pb2.SettleResponse:
-        await self._settle(_due([request]))
+        if not await self._settle(self._settle_calls([request.settlement])):
+            await SETTLE_FAILED.abort(context)
         return quota_pb2.SettleResponse()
 
     async def SettleMany(
         self, request: quota_pb2.SettleManyRequest, context: Context
     ) -> quota_pb2.SettleManyResponse:
-        await self._settle(_due(request.settlements))
+        if not await self._settle(self._settle_calls(request.settlements)):
+            await SETTLE_FAILED.abort(context)
         return quota_pb2.SettleManyResponse()
 
-    async def _settle(self, settlements: list[Settlement]) -> None:
-        """One Redis round trip for all of them (a pipeline of script calls)."""
+    async def _settle(self, settlements: list[Call]) -> bool:
+        """One Redis round trip for all of them; False when Redis could not be reached,
+        so that the caller keeps them and sends them again (settling is idempotent)."""
         if not settlements:
-            return
+            return True
         try:
             refused = await self._buckets.settle_many(settlements)
         except (RedisError, OSError) as exc:
             REDIS_ERRORS.labels("settle").inc(len(settlements))
-            # Leases lapse by their TTL; tokens stay charged at the reservation (never undercharged).
             log.error(
                 "settle failed",
                 extra={"settlements": len(settlements), "error": type(exc).__name__},
             )
-            return
+            return False
         if refused:
             _settle_refused(refused)
+        return True
 
     async def GetRateLimit(
         self, request: quota_pb2.GetRateLimitRequest, context: Context
     ) -> quota_pb2.GetRateLimitResponse:
         principal = request.principal
-        if not (principal.limits.requests_per_minute or principal.limits.tokens_per_minute):
+        owner = Owner(principal.key_id, principal.tenant, principal.limits, principal.tenant_limits)
+        if not (is_limited(owner.key_limits) or is_limited(owner.tenant_limits)):
             return quota_pb2.GetRateLimitResponse(rate_limit=_NO_STATE)
         try:
-            decision = await self._buckets.peek(principal.key_id, principal.limits)
+            decision = await self._buckets.peek(owner, self._clock())
         except (RedisError, OSError):
             REDIS_ERRORS.labels("peek").inc()
             return quota_pb2.GetRateLimitResponse(rate_limit=_NO_STATE)
         return quota_pb2.GetRateLimitResponse(rate_limit=decision.state)
+
+
+async def sweep_forever(buckets: Buckets, interval_s: float) -> None:
+    """Record lapsed leases now and then; every replica may, the script is atomic."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            swept = await buckets.sweep()
+        except (RedisError, OSError) as exc:
+            REDIS_ERRORS.labels("sweep").inc()
+            log.warning("sweep failed", extra={"error": type(exc).__name__})
+            continue
+        if swept:
+            LEASES_LAPSED.inc(swept)
+            log.warning("lapsed leases recorded at their reservation", extra={"leases": swept})
 
 
 async def run(config: Config) -> None:
@@ -250,7 +385,15 @@ async def run(config: Config) -> None:
     redis = redis_client.connect(config.redis)
     # A lease outlives the longest request, so only a crashed request's lease lapses.
     lease_ttl_ms = int((config.edge.request_timeout_s + 5) * 1000)
-    service = QuotaService(Buckets(redis), config.quota.default_max_tokens, lease_ttl_ms)
+    buckets = Buckets(redis, Layout(config.quota.shards))
+    service = QuotaService(
+        buckets,
+        PriceBook(config.models),
+        default_max_tokens=config.quota.default_max_tokens,
+        lease_ttl_ms=lease_ttl_ms,
+        recording=config.ledger.enabled,
+    )
+    sweeper = asyncio.create_task(sweep_forever(buckets, SWEEP_INTERVAL_S))
 
     async def setup(server: grpc.aio.Server) -> Sequence[str]:
         quota_pb2_grpc.add_QuotaServiceServicer_to_server(service, server)
@@ -260,4 +403,7 @@ async def run(config: Config) -> None:
     try:
         await grpcio.serve("quota", cfg, setup, tls=config.tls)
     finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
         await redis.aclose()

@@ -16,7 +16,7 @@ import prometheus_client
 from meshgate import grpcio, tokens
 from meshgate.config import Config
 from meshgate.errors import ApiError
-from meshgate.grpcio import ENGINE_TIME_KEY, Context
+from meshgate.grpcio import ENGINE_TIME_KEY, REPLICA_KEY, Context
 from meshgate.v1 import common_pb2, inference_pb2, router_pb2, router_pb2_grpc
 from services.router import catalog as cat
 from services.router.adapters.base import EngineAdapter, EngineUnavailable
@@ -126,7 +126,9 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
             try:
                 answer = await send(replica.adapter)
                 engine_us = int((time.perf_counter() - started) * 1e6)
-                context.set_trailing_metadata(((ENGINE_TIME_KEY, str(engine_us)),))
+                context.set_trailing_metadata(
+                    ((ENGINE_TIME_KEY, str(engine_us)), (REPLICA_KEY, replica.target))
+                )
                 return answer
             except EngineUnavailable as exc:
                 self._eject(replica, exc, context)
@@ -163,6 +165,8 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                         chunk.id = f"{prefix}-{secrets.token_hex(12)}"
                         chunk.created = int(time.time())
                         chunk.model = model.id
+                        # Who serves it, for the usage record; with the first chunk, never a retry.
+                        await context.send_initial_metadata(((REPLICA_KEY, replica.target),))
                     fragments += _fragments(chunk)
                     usage_seen = usage_seen or chunk.HasField("usage")
                     yield chunk
