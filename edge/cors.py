@@ -18,7 +18,8 @@ ALLOW_HEADERS = b"authorization, content-type, x-request-id, openai-organization
 EXPOSE_HEADERS = (
     b"x-request-id, retry-after, x-ratelimit-limit-requests, x-ratelimit-limit-tokens, "
     b"x-ratelimit-remaining-requests, x-ratelimit-remaining-tokens, "
-    b"x-ratelimit-reset-requests, x-ratelimit-reset-tokens"
+    b"x-ratelimit-reset-requests, x-ratelimit-reset-tokens, x-ratelimit-limit-budget-usd, "
+    b"x-ratelimit-remaining-budget-usd, x-ratelimit-reset-budget, retry-after-ms, x-should-retry"
 )
 
 

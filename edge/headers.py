@@ -42,11 +42,22 @@ def go_duration(ms: int) -> str:
     return out + f"{seconds}s"
 
 
+def usd(micro: int) -> str:
+    """Micro-dollars as an exact decimal amount of dollars: `12.500000`."""
+    whole, fraction = divmod(max(micro, 0), 1_000_000)
+    return f"{whole}.{fraction:06d}"
+
+
 def rate_limit_headers(state: common_pb2.RateLimitState) -> dict[str, str]:
-    """The six `x-ratelimit-*` headers; empty for an unlimited key."""
-    if not state.limit_requests and not state.limit_tokens:
-        return {}
+    """OpenAI's six `x-ratelimit-*` headers, and meshgate's three for a dollar budget
+    (`x-ratelimit-limit-budget-usd`, `-remaining-budget-usd`, `-reset-budget`, this
+    last only for a daily or monthly budget); empty for an unlimited key."""
     headers: dict[str, str] = {}
+    if state.limit_budget_micro_usd:
+        headers["x-ratelimit-limit-budget-usd"] = usd(state.limit_budget_micro_usd)
+        headers["x-ratelimit-remaining-budget-usd"] = usd(state.remaining_budget_micro_usd)
+        if state.reset_budget_ms:
+            headers["x-ratelimit-reset-budget"] = go_duration(state.reset_budget_ms)
     if state.limit_requests:
         headers["x-ratelimit-limit-requests"] = str(state.limit_requests)
         headers["x-ratelimit-remaining-requests"] = str(max(state.remaining_requests, 0))

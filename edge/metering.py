@@ -9,6 +9,7 @@ for the ledger in the same atomic step that settles the lease.
 
 from __future__ import annotations
 
+import secrets
 import time
 
 from edge import observe
@@ -27,6 +28,9 @@ def start_record(
     request_id: str, principal: common_pb2.Principal, model: str, endpoint: int, stream: bool
 ) -> usage_pb2.UsageRecord:
     return usage_pb2.UsageRecord(
+        # The admission's id, named here so that a Reserve retried on another quota
+        # replica (after a lost answer) is the same admission, not a second one.
+        id=secrets.token_hex(12),
         request_id=request_id,
         started_unix_us=time.time_ns() // 1000,
         key_id=principal.key_id,
@@ -89,7 +93,6 @@ class Meter:
         reservation = self._reservation
         if not reservation.lease_id:
             return  # nothing to settle and nothing to record (an unlimited key, recording off)
-        record.id = reservation.lease_id
         self._mesh.settle(
             quota_pb2.Settlement(
                 key_limits=self._principal.limits,

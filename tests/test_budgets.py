@@ -235,3 +235,18 @@ def test_a_lapsed_lease_is_recorded_by_the_sweep_once_and_its_settlement_ignored
         assert await _stream(buckets, owner) == [lapse]
 
     run(scenario)
+
+
+def test_a_reservation_retried_with_its_lease_is_the_same_admission(run: Run) -> None:
+    """An edge that lost quota's answer asks again with the same lease: one charge, one lease."""
+
+    async def scenario(buckets: Buckets) -> None:
+        owner = _owner(common_pb2.Limits(requests_per_minute=5, budget_micro_usd=1_000))
+        call = buckets.reserve_call(owner, BEFORE_MIDNIGHT, 10, 400, "lease-x", 60_000, b"r")
+        for _ in range(3):
+            decision, _ = await buckets.reserve(owner, BEFORE_MIDNIGHT, call)
+            assert decision.admitted
+        state = (await buckets.peek(owner, BEFORE_MIDNIGHT)).state
+        assert (state.remaining_requests, state.remaining_budget_micro_usd) == (4, 600)
+
+    run(scenario)

@@ -18,7 +18,8 @@
 -- ARGV[2..7]  the key's limits:    rpm, tpm, max_concurrency, budget_tokens,
 --                                  budget_micro_usd, seconds the period counter lives (0: forever)
 -- ARGV[8..13] the tenant's limits: the same
--- reserve: ARGV[14] token cost, ARGV[15] micro-dollar cost, ARGV[16] lease id ('' takes none),
+-- reserve: ARGV[14] token cost, ARGV[15] micro-dollar cost, ARGV[16] lease id ('' takes none;
+--          one that is held already is admitted again without a charge: retries are safe),
 --          ARGV[17] lease ttl ms, ARGV[18] the record to write if the lease lapses ('' none)
 -- settle:  ARGV[14] tokens reserved, ARGV[15] micro-dollars reserved, ARGV[16] lease id,
 --          ARGV[17] tokens used, ARGV[18] micro-dollars used, ARGV[19] the record ('' none)
@@ -139,6 +140,12 @@ end
 
 -- reserve: every check on both subjects first, then every charge, so a refusal charges nothing.
 local cost, usd_cost = tonumber(ARGV[14]), tonumber(ARGV[15])
+local lease, ttl = ARGV[16], tonumber(ARGV[17])
+if lease ~= '' and redis.call('HEXISTS', KEYS[1], lease) == 1 then
+  -- The same admission again (the caller retried after losing our answer):
+  -- it holds its lease already, so it is admitted without a second charge.
+  return result(0, 0, 0)
+end
 for i, s in ipairs(subjects) do
   if s.budget > 0 and counter(s.spent, s.budget) + cost > s.budget then
     return result(5, i, -1)
@@ -170,7 +177,6 @@ for i, s in ipairs(subjects) do
     return result(2, i, math.ceil((cost - s.tokens_level) * 60000 / s.tpm))
   end
 end
-local lease, ttl = ARGV[16], tonumber(ARGV[17])
 for _, s in ipairs(subjects) do
   if s.rpm > 0 then
     s.requests_level = s.requests_level - 1

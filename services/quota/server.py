@@ -264,8 +264,11 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
         micro = micro_usd(pico)
         limited = is_limited(owner.key_limits) or is_limited(owner.tenant_limits)
         settles = needs_settling(owner.key_limits) or needs_settling(owner.tenant_limits)
-        # A lease makes settling exact once; a recorded request always needs one.
-        lease_id = secrets.token_hex(12) if settles or self._recording else ""
+        # A lease makes settling exact once; a recorded request always needs one. The
+        # edge names it (the record's id), so that a retried Reserve is the same admission.
+        lease_id = (
+            (request.record.id or secrets.token_hex(12)) if settles or self._recording else ""
+        )
         settlements = self._settle_calls(request.settlements)
         if not (limited or self._recording):
             await self._settle(settlements)
