@@ -2,9 +2,11 @@
 
 Most traffic reuses a few keys, so asking auth on every request costs a gRPC
 round trip for nothing new. The edge keeps a principal for `ttl` seconds, but
-only while its watch on auth's key events is live: a revocation evicts the key
-the moment auth announces it, and a broken watch empties the cache and turns it
-off until the watch is back. Failed authentications are never cached.
+only while its watch on auth's key events is live: a revocation or an update
+evicts the key the moment auth announces it, a tenant's update evicts every
+principal of that tenant (each carries the tenant's limits), and a broken watch
+empties the cache and turns it off until the watch is back. Failed
+authentications are never cached.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class AuthCache:
         for slot in [s for s, (_, p) in self._entries.items() if p.key_id == key_id]:
             del self._entries[slot]
 
+    def evict_tenant(self, tenant: str) -> None:
+        for slot in [s for s, (_, p) in self._entries.items() if p.tenant == tenant]:
+            del self._entries[slot]
+
     def suspend(self) -> None:
         self.live = False
         self._entries.clear()
@@ -64,6 +70,8 @@ class AuthCache:
                 async for event in call:
                     if event.key_id:
                         self.evict(event.key_id)
+                    elif event.tenant:
+                        self.evict_tenant(event.tenant)
                     else:
                         self.live = True
             except grpc.aio.AioRpcError as exc:

@@ -12,10 +12,14 @@ import gc
 import importlib
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, cast
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from meshgate import logs, tracing
 from meshgate.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from services.auth.keys import LimitsChange
 
 # Allocations between first-generation collections (CPython's default is 700).
 GC_GEN0_THRESHOLD = 10_000
@@ -27,6 +31,7 @@ SERVICE_MODULES: dict[str, str] = {
     "validation": "services.validation.server",
     "router": "services.router.server",
     "engine": "services.engines.reference.server",
+    "ledger": "services.ledger.server",
     "edge": "edge.app",
 }
 
@@ -64,24 +69,72 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("service", choices=list(SERVICE_MODULES), metavar="SERVICE")
     health.add_argument("--config", metavar="FILE", help="config file (default: the sample)")
 
+    _add_keys(commands)
+    _add_tenants(commands)
+    _add_usage(commands)
+    return parser
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """A subcommand parser whose usage errors are one `meshgate: ...` line, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"meshgate: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_limits(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The limits keys and tenants share; without defaults, an option left out is unchanged."""
+
+    def default(value: object) -> object:
+        return value if defaults else None
+
+    parser.add_argument(
+        "--rpm", type=_non_negative, default=default(0), help="requests per minute (0: unlimited)"
+    )
+    parser.add_argument(
+        "--tpm", type=_non_negative, default=default(0), help="tokens per minute (0: unlimited)"
+    )
+    parser.add_argument(
+        "--max-concurrency",
+        type=_non_negative,
+        default=default(0),
+        help="requests in flight (0: unlimited)",
+    )
+    parser.add_argument(
+        "--budget-tokens",
+        type=_non_negative,
+        default=default(0),
+        help="lifetime tokens (0: unlimited)",
+    )
+    parser.add_argument(
+        "--budget-usd",
+        type=_usd,
+        default=default(Decimal(0)),
+        metavar="DOLLARS",
+        help="dollars per --budget-period, at most 6 decimals (0: unlimited)",
+    )
+    parser.add_argument(
+        "--budget-period",
+        choices=["total", "day", "month"],
+        default=default("total"),
+        help="what --budget-usd covers: in total, or per UTC calendar day or month",
+    )
+
+
+def _add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = commands.add_parser("keys", help="manage API keys in the Redis key store")
     keys.add_argument("--config", metavar="FILE", help="config file (its redis.url, or REDIS_URL)")
-    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    key_commands = keys.add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION", parser_class=_OneLineParser
+    )
     create = key_commands.add_parser("create", help="create a key and print its secret once")
     create.add_argument("--name", required=True, help="a label for people")
-    create.add_argument("--tenant", default="default", help="the tenant the key belongs to")
     create.add_argument(
-        "--rpm", type=_non_negative, default=0, help="requests per minute (0: unlimited)"
+        "--tenant",
+        default="",
+        help="an existing tenant whose limits the key shares (default: none)",
     )
-    create.add_argument(
-        "--tpm", type=_non_negative, default=0, help="tokens per minute (0: unlimited)"
-    )
-    create.add_argument(
-        "--max-concurrency", type=_non_negative, default=0, help="requests in flight (0: unlimited)"
-    )
-    create.add_argument(
-        "--budget-tokens", type=_non_negative, default=0, help="lifetime tokens (0: unlimited)"
-    )
+    _add_limits(create, defaults=True)
     create.add_argument(
         "--models", default="", help="comma-separated model ids the key may use (default: all)"
     )
@@ -92,19 +145,73 @@ def build_parser() -> argparse.ArgumentParser:
         default="fail_closed",
         help="when Redis is down: refuse with 503 (fail_closed) or admit and count it (fail_open)",
     )
-    key_commands.add_parser("list", help="list keys (ids, names and limits, never secrets)")
+    update = key_commands.add_parser(
+        "update", help="change a key's limits in place (same secret); replicas see it at once"
+    )
+    update.add_argument("key_id", help="the key's id, as `keys list` shows it")
+    _add_limits(update, defaults=False)
+    update.add_argument("--models", help="comma-separated model ids; an empty string allows all")
+    update.add_argument("--expires", help="a duration, an ISO date/time, or `never`")
+    listing = key_commands.add_parser(
+        "list", help="list keys: ids, names, limits, remaining budget; never secrets"
+    )
+    _add_format(listing)
     revoke = key_commands.add_parser(
         "revoke", help="revoke a key by id; every replica stops accepting it"
     )
     revoke.add_argument("key_id", help="the key's id, as `keys list` shows it")
-    return parser
+
+
+def _add_tenants(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tenants = commands.add_parser(
+        "tenants", help="manage tenants (teams), whose limits their keys share"
+    )
+    tenants.add_argument(
+        "--config", metavar="FILE", help="config file (its redis.url, or REDIS_URL)"
+    )
+    tenant_commands = tenants.add_subparsers(
+        dest="tenants_command", required=True, metavar="ACTION", parser_class=_OneLineParser
+    )
+    create = tenant_commands.add_parser("create", help="create a tenant in Redis")
+    create.add_argument("--id", required=True, dest="tenant_id", help="the tenant's id")
+    _add_limits(create, defaults=True)
+    update = tenant_commands.add_parser(
+        "update", help="change a tenant's limits; replicas see it at once"
+    )
+    update.add_argument("tenant_id", metavar="TENANT", help="the tenant's id")
+    _add_limits(update, defaults=False)
+    listing = tenant_commands.add_parser(
+        "list", help="list tenants (config and Redis) with limits and remaining budget"
+    )
+    _add_format(listing)
+
+
+def _add_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        choices=["table", "json"],
+        default="table",
+        help="a table for people, or a JSON array for scripts",
+    )
 
 
 def _non_negative(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
     return value
+
+
+def _usd(text: str) -> Decimal:
+    from services.auth.keys import parse_usd
+
+    try:
+        return parse_usd(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,6 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args.service, args.config)
     if args.command == "health":
         return health(args.service, args.config)
+    if args.command == "tenants":
+        return tenants(args)
+    if args.command == "usage":
+        return usage(args)
     return keys(args)
 
 
@@ -153,6 +264,23 @@ def health(service: str, config_path: str | None) -> int:
     return 0 if ok else 1
 
 
+def _limits_change(args: argparse.Namespace) -> LimitsChange:
+    from services.auth.keys import LimitsChange
+
+    return LimitsChange(
+        rpm=args.rpm,
+        tpm=args.tpm,
+        max_concurrency=args.max_concurrency,
+        budget_tokens=args.budget_tokens,
+        budget_usd=args.budget_usd,
+        budget_period=args.budget_period,
+    )
+
+
+def _models(text: str) -> tuple[str, ...]:
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
 def keys(args: argparse.Namespace) -> int:
     from services.auth import admin
 
@@ -161,7 +289,6 @@ def keys(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.keys_command == "create":
-            models = tuple(m.strip() for m in args.models.split(",") if m.strip())
             asyncio.run(
                 admin.create(
                     config,
@@ -171,15 +298,43 @@ def keys(args: argparse.Namespace) -> int:
                     tpm=args.tpm,
                     max_concurrency=args.max_concurrency,
                     budget_tokens=args.budget_tokens,
-                    models=models,
+                    budget_usd=args.budget_usd,
+                    budget_period=args.budget_period,
+                    models=_models(args.models),
                     expires=args.expires,
                     redis_failure_policy=args.redis_failure_policy,
                 )
             )
+        elif args.keys_command == "update":
+            models = None if args.models is None else _models(args.models)
+            asyncio.run(
+                admin.update(
+                    config, args.key_id, _limits_change(args), models=models, expires=args.expires
+                )
+            )
         elif args.keys_command == "list":
-            asyncio.run(admin.list_keys(config))
+            asyncio.run(admin.list_keys(config, args.format))
         else:
             asyncio.run(admin.revoke(config, args.key_id))
+    except admin.AdminError as exc:
+        print(f"meshgate: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def tenants(args: argparse.Namespace) -> int:
+    from services.auth import admin
+
+    config = _config(args.config)
+    if config is None:
+        return 2
+    try:
+        if args.tenants_command == "create":
+            asyncio.run(admin.create_tenant(config, args.tenant_id, _limits_change(args)))
+        elif args.tenants_command == "update":
+            asyncio.run(admin.update_tenant(config, args.tenant_id, _limits_change(args)))
+        else:
+            asyncio.run(admin.list_tenants(config, args.format))
     except admin.AdminError as exc:
         print(f"meshgate: {exc}", file=sys.stderr)
         return 1
@@ -247,3 +402,68 @@ def _use_uvloop() -> None:
     except ImportError:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+# ------------------------------------------------------------------ usage ----
+
+
+def _add_usage(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    usage = commands.add_parser(
+        "usage", help="usage and spend from the ledger: summaries or the raw records"
+    )
+    usage.add_argument("--config", metavar="FILE", help="config file (its services.ledger)")
+    usage.add_argument("--key", default="", metavar="KEY_ID", help="only this key's usage")
+    usage.add_argument("--tenant", default="", help="only this tenant's usage")
+    usage.add_argument("--model", default="", help="only this model's usage")
+    usage.add_argument("--since", help="from: an ISO date/time (UTC) or a duration ago: 24h, 7d")
+    usage.add_argument("--until", help="until (exclusive): the same forms as --since")
+    usage.add_argument(
+        "--group-by",
+        default="key,model",
+        metavar="DIMS",
+        help="any of key,tenant,model (and hour or day); default key,model",
+    )
+    usage.add_argument(
+        "--bucket", choices=["hour", "day", "none"], help="a row per UTC hour or day (or none)"
+    )
+    usage.add_argument(
+        "--records", action="store_true", help="the raw records, newest first, not a summary"
+    )
+    usage.add_argument(
+        "--limit", type=_positive, default=100, help="records at most with --records (100)"
+    )
+    usage.add_argument("--format", choices=["table", "json", "csv"], default="table")
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def usage(args: argparse.Namespace) -> int:
+    """Ask the ledger's UsageService; a one-line error (never a traceback) when it cannot."""
+    from services.ledger import report
+
+    config = _config(args.config)
+    if config is None:
+        return 2
+    try:
+        query = report.build_query(
+            key=args.key,
+            tenant=args.tenant,
+            model=args.model,
+            since=args.since,
+            until=args.until,
+            group_by=args.group_by,
+            bucket=args.bucket,
+            records=args.records,
+            limit=args.limit,
+            fmt=args.format,
+        )
+        asyncio.run(report.usage(config, query, sys.stdout))
+    except report.ReportError as exc:
+        print(f"meshgate: {exc}", file=sys.stderr)
+        return exc.code
+    return 0

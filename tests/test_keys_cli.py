@@ -1,7 +1,10 @@
-"""`meshgate keys create|list|revoke` against a real Redis and a real mesh."""
+"""`meshgate keys create|list|revoke` against a real Redis and a real mesh.
+
+Tenants, dollar budgets and `keys update` are in tests/test_tenants.py."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -70,7 +73,16 @@ def test_create_list_use_revoke(world: tuple[RunningMesh, RedisServer]) -> None:
         and "meshgate/reference-mini" in listed.stdout
     )
     assert secret not in listed.stdout and secret[6:20] not in listed.stdout
-    key_id = next(line.split()[0] for line in listed.stdout.splitlines() if "team-a" in line)
+    row = next(line.split() for line in listed.stdout.splitlines() if "team-a" in line)
+    key_id = row[0]
+    assert row[2] == "-"  # no --tenant: the key has none
+
+    as_json = keys(redis, "list", "--format", "json")
+    assert as_json.returncode == 0 and secret[6:20] not in as_json.stdout
+    (listed_key,) = [k for k in json.loads(as_json.stdout) if k["key_id"] == key_id]
+    assert listed_key["tenant"] is None and listed_key["rpm"] == 100
+    assert listed_key["models"] == ["meshgate/reference-mini"]
+    assert (listed_key["budget_usd"], listed_key["remaining_usd"]) == ("0.000000", None)
 
     with httpx.Client(
         base_url=mesh.origin, timeout=10, headers={"Authorization": f"Bearer {secret}"}
@@ -106,6 +118,7 @@ def test_expiry_and_bad_arguments(world: tuple[RunningMesh, RedisServer]) -> Non
     assert keys(redis, "create", "--name", "x", "--expires", "30d").returncode == 0
     missing = keys(redis, "revoke", "key_0000000000000000")
     assert missing.returncode == 1 and "no key" in missing.stderr
+    assert keys(redis, "list", "--format", "yaml").returncode == 2
 
 
 def test_unreachable_redis_is_a_clear_error() -> None:

@@ -23,7 +23,9 @@ class WatchKeyEventsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WatchKeyEventsResponse(_message.Message):
-    __slots__ = ("key_id",)
+    __slots__ = ("key_id", "tenant")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     key_id: str
-    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+    tenant: str
+    def __init__(self, key_id: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...

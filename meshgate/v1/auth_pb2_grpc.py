@@ -65,9 +65,10 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchKeyEvents(self, request, context):
-        """WatchKeyEvents streams key changes (revocations) to callers that cache
-        Authenticate results, such as the edge, so that a revoke reaches them at
-        once. The stream starts with an empty event, sent once the watch is live.
+        """WatchKeyEvents streams key and tenant changes (revocations, updates) to
+        callers that cache Authenticate results, such as the edge, so that a
+        change reaches them at once. The stream starts with an empty event, sent
+        once the watch is live.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,39 +1,92 @@
-"""The key store: secrets are looked up by their SHA-256, never kept in the clear.
+"""The key store: secrets are looked up by their SHA-256, never kept in the clear; and tenants.
 
 Two stores implement `KeyStore`: the config file's development keys, in
 memory, and the production keys in Redis (`meshgate keys create`). Lookups go
 by digest, so timing says nothing about the secret, and the final equality
 check is `hmac.compare_digest`.
 
-Redis layout (every key is reachable from the digest alone, so Redis Cluster works):
-  mg:key:<digest hex>   hash: key_id, name, tenant, rpm, tpm, max_concurrency,
-                        budget_tokens, models (JSON), expires_at, revoked_at,
-                        created_at, redis_failure_policy
-  mg:key-ids            hash: key_id -> digest hex (for list and revoke)
-  mg:key-events         pub/sub channel: a digest hex whenever a key changes
+Tenants (teams) come from the same two places: `tenants:` in the config file
+and `meshgate tenants create` in Redis. A tenant's limits apply across all of
+its keys, on top of each key's own; a config tenant wins over a Redis one of
+the same id, as config keys do.
+
+Redis layout. Every Redis key is read and written by name, one key per
+command (or per single-key script), so Redis Cluster works as it is:
+  mg:key:<digest hex>   hash: key_id, name, tenant ("" = none), rpm, tpm,
+                        max_concurrency, budget_tokens, budget_usd (a decimal
+                        string, 6 places), budget_period (total|day|month),
+                        models (JSON), expires_at, revoked_at, created_at,
+                        redis_failure_policy
+  mg:key-ids            hash: key_id -> digest hex (for list, update and revoke)
+  mg:tenant:<id>        hash: id, rpm, tpm, max_concurrency, budget_tokens,
+                        budget_usd, budget_period, created_at
+  mg:tenant-ids         set: every tenant id (for list); added before the hash,
+                        so a listed id may lack its hash, never the reverse
+  mg:key-events         pub/sub channel, one message per change:
+                          <digest hex>   a key was revoked or updated
+                          tenant:<id>    a tenant was created or updated
+                        every auth replica evicts what it cached, and passes
+                        the event on to the edges (`WatchKeyEvents`).
+
+What quota spends against these limits lives elsewhere, under the shard's hash
+tag (`meshgate/shards.py`).
 """
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
+from decimal import Decimal, InvalidOperation
 from typing import Literal, Protocol
 
 from redis.asyncio import Redis
 
-from meshgate.config import KeyConfig
+from meshgate.config import BudgetPeriod, KeyConfig, LimitsConfig, TenantConfig
 from meshgate.v1 import common_pb2
 
 KEY_PREFIX = "mg:key:"
 KEY_INDEX = "mg:key-ids"
+TENANT_PREFIX = "mg:tenant:"
+TENANT_INDEX = "mg:tenant-ids"
 KEY_EVENTS = "mg:key-events"
+TENANT_EVENT_PREFIX = "tenant:"
 SECRET_PREFIX = "sk-mg-"
 
+MICRO_PER_USD = 10**6
+# The largest budget a Limits message can carry (int64 micro-dollars).
+MAX_MICRO_USD = 2**63 - 1
+
 Policy = Literal["fail_closed", "fail_open"]
+
+PERIODS: dict[str, common_pb2.BudgetPeriod] = {
+    "total": common_pb2.BUDGET_PERIOD_TOTAL,
+    "day": common_pb2.BUDGET_PERIOD_DAY,
+    "month": common_pb2.BUDGET_PERIOD_MONTH,
+}
+PERIOD_NAMES: dict[int, BudgetPeriod] = {
+    common_pb2.BUDGET_PERIOD_UNSPECIFIED: "total",
+    common_pb2.BUDGET_PERIOD_TOTAL: "total",
+    common_pb2.BUDGET_PERIOD_DAY: "day",
+    common_pb2.BUDGET_PERIOD_MONTH: "month",
+}
+
+# HSET the fields only if the hash exists (ARGV[1] = "1") or only if it does not
+# ("0"): one key, one atomic step, so an update never resurrects a hash and a
+# create never overwrites one. Returns 1 if it wrote.
+_HSET_IF = """
+if redis.call('EXISTS', KEYS[1]) == tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+  return 1
+end
+return 0
+"""
 
 
 def digest(secret: str) -> bytes:
@@ -49,9 +102,139 @@ def new_secret() -> str:
     return SECRET_PREFIX + secrets.token_urlsafe(32)
 
 
+# ------------------------------------------------------------- dollars ----
+
+
+def to_micro_usd(dollars: Decimal) -> int:
+    """Exact micro-dollars; a value finer than a micro-dollar is a ValueError, never rounded."""
+    micro = dollars * MICRO_PER_USD
+    if not micro.is_finite() or micro != micro.to_integral_value():
+        raise ValueError(f"{dollars} is not a whole number of micro-dollars")
+    return int(micro)
+
+
+def parse_usd(text: str) -> Decimal:
+    """A dollar amount as an operator types it: `12.5`, `0.000125`; at most 6 places, >= 0."""
+    try:
+        value = Decimal(text.strip().removeprefix("$"))
+    except InvalidOperation:
+        raise ValueError(f"{text!r} is not a dollar amount (use digits, like 12.50)") from None
+    if not value.is_finite():
+        raise ValueError(f"{text!r} is not a dollar amount (use digits, like 12.50)")
+    if value < 0:
+        raise ValueError(f"{text!r} is negative (0 means unlimited)")
+    try:
+        micro = to_micro_usd(value)
+    except ValueError:
+        raise ValueError(f"{text!r} has more than 6 decimal places (a micro-dollar)") from None
+    if micro > MAX_MICRO_USD:
+        raise ValueError(f"{text!r} is too large")
+    return Decimal(micro).scaleb(-6)
+
+
+def usd_text(micro: int) -> str:
+    """Dollars exactly, with at least 2 places and no needless zeros: 12.50, 0.000125."""
+    text = f"{Decimal(micro).scaleb(-6):.6f}"
+    whole, _, fraction = text.partition(".")
+    return f"{whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
+
+def _stored_usd(dollars: Decimal) -> str:
+    """The hash's form of a dollar amount: exactly 6 places, so it reads back unchanged."""
+    return f"{Decimal(to_micro_usd(dollars)).scaleb(-6):.6f}"
+
+
+# -------------------------------------------------------------- limits ----
+
+
+def limits(config: LimitsConfig) -> common_pb2.Limits:
+    """The wire form of a key's or tenant's limits (dollars become exact micro-dollars)."""
+    return common_pb2.Limits(
+        requests_per_minute=config.rpm,
+        tokens_per_minute=config.tpm,
+        max_concurrency=config.max_concurrency,
+        budget_tokens=config.budget_tokens,
+        budget_micro_usd=to_micro_usd(config.budget_usd),
+        budget_period=PERIODS[config.budget_period],
+    )
+
+
+def period_name(limits: common_pb2.Limits) -> BudgetPeriod:
+    return PERIOD_NAMES.get(limits.budget_period, "total")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsChange:
+    """Limits to change; None leaves one as it is. Shared by `keys update` and `tenants update`."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrency: int | None = None
+    budget_tokens: int | None = None
+    budget_usd: Decimal | None = None
+    budget_period: BudgetPeriod | None = None
+
+    def fields(self) -> dict[str, str]:
+        """The changed fields in the hashes' stored form."""
+        changed: dict[str, str] = {}
+        for field in dataclass_fields(self):
+            value = getattr(self, field.name)
+            if value is None:
+                continue
+            changed[field.name] = _stored_usd(value) if field.name == "budget_usd" else str(value)
+        return changed
+
+
+def _limit_fields(config: LimitsConfig) -> dict[str, str]:
+    """Every limit of `config` in the hashes' stored form."""
+    return LimitsChange(
+        rpm=config.rpm,
+        tpm=config.tpm,
+        max_concurrency=config.max_concurrency,
+        budget_tokens=config.budget_tokens,
+        budget_usd=config.budget_usd,
+        budget_period=config.budget_period,
+    ).fields()
+
+
+class _Fields:
+    """A Redis hash as read back (bytes to bytes), with typed getters and defaults."""
+
+    def __init__(self, raw: Mapping[bytes, bytes]) -> None:
+        self._raw = raw
+
+    def text(self, name: str, default: str = "") -> str:
+        value = self._raw.get(name.encode())
+        return default if value is None else value.decode()
+
+    def integer(self, name: str) -> int:
+        return int(self.text(name, "0") or 0)
+
+    def number(self, name: str) -> float:
+        return float(self.text(name, "0") or 0)
+
+    def limits(self) -> common_pb2.Limits:
+        period = self.text("budget_period", "total")
+        return common_pb2.Limits(
+            requests_per_minute=self.integer("rpm"),
+            tokens_per_minute=self.integer("tpm"),
+            max_concurrency=self.integer("max_concurrency"),
+            budget_tokens=self.integer("budget_tokens"),
+            budget_micro_usd=to_micro_usd(Decimal(self.text("budget_usd", "0") or "0")),
+            budget_period=PERIODS.get(period, common_pb2.BUDGET_PERIOD_TOTAL),
+        )
+
+
+# ---------------------------------------------------------------- keys ----
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
-    """A key as stored: who it is, and whether it may still be used."""
+    """A key as stored: who it is, and whether it may still be used.
+
+    `principal.tenant_limits` is left empty here: auth fills it in per request
+    from the tenant store, so a tenant update needs no key to be rewritten.
+    """
 
     digest: bytes
     principal: common_pb2.Principal
@@ -68,10 +251,7 @@ def principal(
     *,
     name: str,
     tenant: str,
-    rpm: int,
-    tpm: int,
-    max_concurrency: int,
-    budget_tokens: int,
+    key_limits: common_pb2.Limits,
     models: list[str] | tuple[str, ...],
     redis_failure_policy: str,
 ) -> common_pb2.Principal:
@@ -79,12 +259,7 @@ def principal(
         key_id=key_id(secret_digest),
         name=name,
         tenant=tenant,
-        limits=common_pb2.Limits(
-            requests_per_minute=rpm,
-            tokens_per_minute=tpm,
-            max_concurrency=max_concurrency,
-            budget_tokens=budget_tokens,
-        ),
+        limits=key_limits,
         allowed_models=list(models),
         redis_failure_policy=redis_failure_policy,
     )
@@ -107,10 +282,7 @@ class ConfigKeyStore:
                     d,
                     name=key.name,
                     tenant=key.tenant,
-                    rpm=key.rpm,
-                    tpm=key.tpm,
-                    max_concurrency=key.max_concurrency,
-                    budget_tokens=key.budget_tokens,
+                    key_limits=limits(key),
                     models=key.models,
                     redis_failure_policy=key.redis_failure_policy,
                 ),
@@ -120,48 +292,106 @@ class ConfigKeyStore:
         return self._by_digest.get(secret_digest)
 
 
-def _record(secret_digest: bytes, fields: dict[bytes, bytes]) -> KeyRecord:
-    def text(name: str, default: str = "") -> str:
-        return fields.get(name.encode(), default.encode()).decode()
-
+def _record(secret_digest: bytes, raw: Mapping[bytes, bytes]) -> KeyRecord:
+    stored = _Fields(raw)
     return KeyRecord(
         secret_digest,
         principal(
             secret_digest,
-            name=text("name"),
-            tenant=text("tenant", "default"),
-            rpm=int(text("rpm", "0")),
-            tpm=int(text("tpm", "0")),
-            max_concurrency=int(text("max_concurrency", "0")),
-            budget_tokens=int(text("budget_tokens", "0")),
-            models=json.loads(text("models", "[]")),
-            redis_failure_policy=text("redis_failure_policy", "fail_closed"),
+            name=stored.text("name"),
+            tenant=stored.text("tenant"),
+            key_limits=stored.limits(),
+            models=json.loads(stored.text("models", "[]")),
+            redis_failure_policy=stored.text("redis_failure_policy", "fail_closed"),
         ),
-        expires_at=float(text("expires_at", "0")),
-        revoked_at=float(text("revoked_at", "0")),
-        created_at=float(text("created_at", "0")),
+        expires_at=stored.number("expires_at"),
+        revoked_at=stored.number("revoked_at"),
+        created_at=stored.number("created_at"),
     )
 
 
+# ------------------------------------------------------------- tenants ----
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    """A tenant: its id, the limits its keys share, and where it was declared."""
+
+    id: str
+    limits: common_pb2.Limits
+    created_at: float = 0.0
+    source: Literal["redis", "config"] = "redis"
+
+
+def config_tenants(tenants: tuple[TenantConfig, ...]) -> dict[str, TenantRecord]:
+    """The config file's tenants by id (a later duplicate wins, as YAML mappings do)."""
+    return {t.id: TenantRecord(t.id, limits(t), source="config") for t in tenants}
+
+
+def _tenant(tenant_id: str, raw: Mapping[bytes, bytes]) -> TenantRecord:
+    stored = _Fields(raw)
+    return TenantRecord(tenant_id, stored.limits(), created_at=stored.number("created_at"))
+
+
+def key_event(hex_digest: str) -> str:
+    return hex_digest
+
+
+def tenant_event(tenant_id: str) -> str:
+    return TENANT_EVENT_PREFIX + tenant_id
+
+
+def parse_event(data: bytes | str) -> tuple[Literal["key"], bytes] | tuple[Literal["tenant"], str]:
+    """One `mg:key-events` message: ("key", digest) or ("tenant", id); ValueError otherwise."""
+    text = data.decode() if isinstance(data, bytes) else data
+    if text.startswith(TENANT_EVENT_PREFIX):
+        tenant_id = text.removeprefix(TENANT_EVENT_PREFIX)
+        if not tenant_id:
+            raise ValueError("empty tenant event")
+        return "tenant", tenant_id
+    secret_digest = bytes.fromhex(text)
+    if len(secret_digest) != hashlib.sha256().digest_size:
+        raise ValueError("not a key digest")
+    return "key", secret_digest
+
+
+# ------------------------------------------------------- the Redis store ----
+
+
 class RedisKeyStore:
-    """Production keys, stored hashed in Redis; also the admin operations behind `meshgate keys`."""
+    """Production keys (stored hashed) and tenants in Redis; also the admin operations
+    behind `meshgate keys` and `meshgate tenants`."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._hset_if = redis.register_script(_HSET_IF)
 
     async def lookup(self, secret_digest: bytes) -> KeyRecord | None:
-        fields: dict[bytes, bytes] = await self.redis.hgetall(KEY_PREFIX + secret_digest.hex())  # type: ignore[assignment]
-        return _record(secret_digest, fields) if fields else None
+        raw: dict[bytes, bytes] = await self.redis.hgetall(KEY_PREFIX + secret_digest.hex())  # type: ignore[assignment]
+        return _record(secret_digest, raw) if raw else None
+
+    async def _digest_of(self, key_identifier: str) -> str | None:
+        raw = await self.redis.hget(KEY_INDEX, key_identifier)
+        if raw is None:
+            return None
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    async def find(self, key_identifier: str) -> KeyRecord | None:
+        """A key by its id (as `keys list` shows it)."""
+        hex_digest = await self._digest_of(key_identifier)
+        return None if hex_digest is None else await self.lookup(bytes.fromhex(hex_digest))
 
     async def create(
         self,
         *,
         name: str,
-        tenant: str = "default",
+        tenant: str = "",
         rpm: int = 0,
         tpm: int = 0,
         max_concurrency: int = 0,
         budget_tokens: int = 0,
+        budget_usd: Decimal = Decimal(0),
+        budget_period: BudgetPeriod = "total",
         models: tuple[str, ...] = (),
         expires_at: float = 0.0,
         redis_failure_policy: Policy = "fail_closed",
@@ -169,18 +399,23 @@ class RedisKeyStore:
         """A new key; the secret is returned once and never stored."""
         secret = new_secret()
         d = digest(secret)
+        key_limits = LimitsConfig(
+            rpm=rpm,
+            tpm=tpm,
+            max_concurrency=max_concurrency,
+            budget_tokens=budget_tokens,
+            budget_usd=budget_usd,
+            budget_period=budget_period,
+        )
         mapping = {
             "key_id": key_id(d),
             "name": name,
             "tenant": tenant,
-            "rpm": rpm,
-            "tpm": tpm,
-            "max_concurrency": max_concurrency,
-            "budget_tokens": budget_tokens,
+            **_limit_fields(key_limits),
             "models": json.dumps(list(models)),
-            "expires_at": expires_at,
-            "revoked_at": 0,
-            "created_at": time.time(),
+            "expires_at": str(expires_at),
+            "revoked_at": "0",
+            "created_at": str(time.time()),
             "redis_failure_policy": redis_failure_policy,
         }
         await self.redis.hset(KEY_PREFIX + d.hex(), mapping=mapping)  # type: ignore[arg-type]
@@ -198,12 +433,71 @@ class RedisKeyStore:
                 records.append(record)
         return sorted(records, key=lambda r: r.created_at)
 
+    async def update(
+        self,
+        key_identifier: str,
+        change: LimitsChange,
+        *,
+        models: tuple[str, ...] | None = None,
+        expires_at: float | None = None,
+    ) -> KeyRecord | None:
+        """Change a key's limits in place (same secret) and tell every replica; None if unknown."""
+        hex_digest = await self._digest_of(key_identifier)
+        if hex_digest is None:
+            return None
+        mapping = change.fields()
+        if models is not None:
+            mapping["models"] = json.dumps(list(models))
+        if expires_at is not None:
+            mapping["expires_at"] = str(expires_at)
+        if mapping and not await self._write(KEY_PREFIX + hex_digest, mapping, exists=True):
+            return None
+        await self.redis.publish(KEY_EVENTS, key_event(hex_digest))
+        return await self.lookup(bytes.fromhex(hex_digest))
+
     async def revoke(self, key_identifier: str) -> KeyRecord | None:
         """Mark a key revoked and tell every auth replica to drop it from its cache."""
-        raw = await self.redis.hget(KEY_INDEX, key_identifier)
-        if raw is None:
+        hex_digest = await self._digest_of(key_identifier)
+        if hex_digest is None:
             return None
-        hex_digest = raw.decode() if isinstance(raw, bytes) else raw
         await self.redis.hset(KEY_PREFIX + hex_digest, "revoked_at", time.time())
-        await self.redis.publish(KEY_EVENTS, hex_digest)
+        await self.redis.publish(KEY_EVENTS, key_event(hex_digest))
         return await self.lookup(bytes.fromhex(hex_digest))
+
+    async def _write(self, name: str, mapping: Mapping[str, str], *, exists: bool) -> bool:
+        """HSET `mapping` into hash `name` only if it exists (or only if not); True if written."""
+        flat = [part for pair in mapping.items() for part in pair]
+        written = await self._hset_if(keys=[name], args=["1" if exists else "0", *flat])
+        return bool(written)
+
+    # tenants
+
+    async def tenant(self, tenant_id: str) -> TenantRecord | None:
+        raw: dict[bytes, bytes] = await self.redis.hgetall(TENANT_PREFIX + tenant_id)  # type: ignore[assignment]
+        return _tenant(tenant_id, raw) if raw else None
+
+    async def create_tenant(self, tenant: TenantConfig) -> TenantRecord | None:
+        """A new tenant; None if the id is taken. Announced, so no replica keeps a stale miss."""
+        await self.redis.sadd(TENANT_INDEX, tenant.id)
+        mapping = {"id": tenant.id, **_limit_fields(tenant), "created_at": str(time.time())}
+        if not await self._write(TENANT_PREFIX + tenant.id, mapping, exists=False):
+            return None
+        await self.redis.publish(KEY_EVENTS, tenant_event(tenant.id))
+        return await self.tenant(tenant.id)
+
+    async def update_tenant(self, tenant_id: str, change: LimitsChange) -> TenantRecord | None:
+        """Change a tenant's limits and evict every cached principal of its keys; None if unknown."""
+        mapping = change.fields()
+        if mapping and not await self._write(TENANT_PREFIX + tenant_id, mapping, exists=True):
+            return None
+        await self.redis.publish(KEY_EVENTS, tenant_event(tenant_id))
+        return await self.tenant(tenant_id)
+
+    async def list_tenants(self) -> builtins.list[TenantRecord]:
+        ids = await self.redis.smembers(TENANT_INDEX)
+        records = []
+        for raw_id in ids:
+            record = await self.tenant(raw_id.decode() if isinstance(raw_id, bytes) else raw_id)
+            if record is not None:
+                records.append(record)
+        return sorted(records, key=lambda r: (r.created_at, r.id))

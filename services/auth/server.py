@@ -1,10 +1,13 @@
-"""The auth service: Bearer parsing and key lookup, with a revocation-aware cache.
+"""The auth service: Bearer parsing, key lookup and tenant limits, with an event-aware cache.
 
-Config-file keys are checked in memory; production keys come from Redis and
-are cached for `auth.cache_ttl_ms`. A revocation publishes the key's digest on
-`mg:key-events`; every auth replica evicts it at once, and the TTL bounds the
-staleness should a message be missed (the cache is also cleared whenever the
-subscription reconnects).
+Config-file keys and tenants are checked in memory; production ones come from
+Redis and are cached for `auth.cache_ttl_ms`. Every change publishes on
+`mg:key-events` (`services/auth/keys.py`): a key's digest when it is revoked
+or updated, `tenant:<id>` when a tenant is created or updated. Every auth
+replica evicts at once and passes the event on to `WatchKeyEvents` streams, so
+the edges evict the principals they cache too (by key id, or every principal of
+the tenant). The TTL bounds the staleness should a message be missed (the
+cache is also cleared whenever the subscription reconnects).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import grpc
 from redis.asyncio import Redis
@@ -23,8 +27,22 @@ from meshgate import grpcio, redis_client
 from meshgate.config import Config
 from meshgate.errors import DOC_URL_KEYS, ApiError
 from meshgate.grpcio import Context
-from meshgate.v1 import auth_pb2, auth_pb2_grpc
-from services.auth.keys import KEY_EVENTS, ConfigKeyStore, KeyRecord, RedisKeyStore, digest, key_id
+from meshgate.v1 import auth_pb2, auth_pb2_grpc, common_pb2
+from services.auth.keys import (
+    KEY_EVENTS,
+    ConfigKeyStore,
+    KeyRecord,
+    RedisKeyStore,
+    TenantRecord,
+    config_tenants,
+    digest,
+    key_id,
+    parse_event,
+)
+
+Event = auth_pb2.WatchKeyEventsResponse
+_K = TypeVar("_K", bytes, str)
+_T = TypeVar("_T")
 
 log = logging.getLogger("meshgate.auth")
 
@@ -74,70 +92,117 @@ def parse_bearer(header: str) -> str | ApiError:
 
 
 class CachedKeyStore:
-    """Redis lookups cached briefly; misses are never cached, so a new key works at once."""
+    """Redis lookups of keys and tenants, cached briefly.
+
+    Key misses are never cached, so a new key works at once; tenant misses are,
+    since creating a tenant announces it. An eviction that lands while a
+    lookup is in flight wins: the answer read before it is not cached.
+    """
 
     def __init__(self, store: RedisKeyStore, ttl_s: float) -> None:
         self._store = store
         self._ttl = ttl_s
-        self._cache: dict[bytes, tuple[float, KeyRecord]] = {}
+        self._keys: dict[bytes, tuple[float, KeyRecord | None]] = {}
+        self._tenants: dict[str, tuple[float, TenantRecord | None]] = {}
+        self._evictions = 0  # bumped by every eviction, to spot one during a lookup
 
     async def lookup(self, secret_digest: bytes) -> KeyRecord | None:
-        now = time.monotonic()
-        hit = self._cache.get(secret_digest)
-        if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
-        try:
-            record = await self._store.lookup(secret_digest)
-        except (RedisError, OSError):
-            if hit is not None:
-                return hit[1]  # Redis is down: a key seen recently stays usable
-            raise
+        record = await self._cached(self._keys, secret_digest, self._store.lookup)
         if record is None:
-            self._cache.pop(secret_digest, None)
-        else:
-            self._cache[secret_digest] = (now, record)
+            self._keys.pop(secret_digest, None)
         return record
 
-    def evict(self, secret_digest: bytes) -> None:
-        self._cache.pop(secret_digest, None)
+    async def tenant(self, tenant_id: str) -> TenantRecord | None:
+        return await self._cached(self._tenants, tenant_id, self._store.tenant)
 
-    async def follow_revocations(self, redis: Redis, announce: Callable[[str], None]) -> None:
-        """Evict keys as `mg:key-events` announces changes, tell watchers; reconnect forever."""
+    async def _cached(
+        self,
+        cache: dict[_K, tuple[float, _T]],
+        name: _K,
+        fetch: Callable[[_K], Awaitable[_T]],
+    ) -> _T:
+        now = time.monotonic()
+        hit = cache.get(name)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        evictions = self._evictions
+        try:
+            value = await fetch(name)
+        except (RedisError, OSError):
+            if hit is not None:
+                return hit[1]  # Redis is down: what was seen recently stays usable
+            raise
+        if evictions == self._evictions:
+            cache[name] = (now, value)
+        return value
+
+    def evict(self, secret_digest: bytes) -> None:
+        self._evictions += 1
+        self._keys.pop(secret_digest, None)
+
+    def evict_tenant(self, tenant_id: str) -> None:
+        self._evictions += 1
+        self._tenants.pop(tenant_id, None)
+
+    def clear(self) -> None:
+        self._evictions += 1
+        self._keys.clear()
+        self._tenants.clear()
+
+    async def follow_key_events(self, redis: Redis, announce: Callable[[Event], None]) -> None:
+        """Evict as `mg:key-events` announces changes, tell watchers; reconnect forever."""
         while True:
             try:
                 async with redis.pubsub() as pubsub:
                     await pubsub.subscribe(KEY_EVENTS)
-                    self._cache.clear()  # anything announced while unsubscribed is gone
+                    self.clear()  # anything announced while unsubscribed is gone
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
-                            secret_digest = bytes.fromhex(message["data"].decode())
-                            self.evict(secret_digest)
-                            announce(key_id(secret_digest))
-            except (RedisError, OSError, ValueError):
-                self._cache.clear()
+                            self._apply(message["data"], announce)
+            except (RedisError, OSError):
+                self.clear()
                 await asyncio.sleep(0.5)
+
+    def _apply(self, data: bytes, announce: Callable[[Event], None]) -> None:
+        try:
+            event = parse_event(data)
+        except ValueError:
+            log.warning("ignored a malformed key event")
+            return
+        if event[0] == "tenant":
+            self.evict_tenant(event[1])
+            announce(Event(tenant=event[1]))
+        else:
+            self.evict(event[1])
+            announce(Event(key_id=key_id(event[1])))
 
 
 class AuthService(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self, config_keys: ConfigKeyStore, redis_keys: CachedKeyStore | None) -> None:
+    def __init__(
+        self,
+        config_keys: ConfigKeyStore,
+        redis_keys: CachedKeyStore | None,
+        tenants: dict[str, TenantRecord] | None = None,
+    ) -> None:
         self._config_keys = config_keys
         self._redis_keys = redis_keys
-        self._watchers: set[asyncio.Queue[str]] = set()
+        self._config_tenants = tenants or {}
+        self._watchers: set[asyncio.Queue[Event]] = set()
 
-    def announce(self, changed_key_id: str) -> None:
-        """Pass a key change on to every WatchKeyEvents stream."""
+    def announce(self, event: Event) -> None:
+        """Pass a key or tenant change on to every WatchKeyEvents stream."""
         for queue in self._watchers:
-            queue.put_nowait(changed_key_id)
+            queue.put_nowait(event)
 
     async def WatchKeyEvents(
         self, request: auth_pb2.WatchKeyEventsRequest, context: Context
-    ) -> AsyncIterator[auth_pb2.WatchKeyEventsResponse]:
-        queue: asyncio.Queue[str] = asyncio.Queue()
+    ) -> AsyncIterator[Event]:
+        queue: asyncio.Queue[Event] = asyncio.Queue()
         self._watchers.add(queue)
         try:
-            yield auth_pb2.WatchKeyEventsResponse()  # the watch is live
+            yield Event()  # the watch is live
             while True:
-                yield auth_pb2.WatchKeyEventsResponse(key_id=await queue.get())
+                yield await queue.get()
         finally:
             self._watchers.discard(queue)
 
@@ -146,6 +211,25 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         if record is None and self._redis_keys is not None:
             record = await self._redis_keys.lookup(secret_digest)
         return record
+
+    async def _tenant(self, tenant_id: str) -> TenantRecord | None:
+        """The config file's tenant of that id, else Redis's; None if neither has one."""
+        tenant = self._config_tenants.get(tenant_id)
+        if tenant is None and self._redis_keys is not None:
+            tenant = await self._redis_keys.tenant(tenant_id)
+        return tenant
+
+    async def _principal(self, record: KeyRecord) -> common_pb2.Principal:
+        """The key's principal with its tenant's limits; zero limits for a tenant that is gone."""
+        if not record.principal.tenant:
+            return record.principal
+        tenant = await self._tenant(record.principal.tenant)
+        if tenant is None:
+            return record.principal
+        principal = common_pb2.Principal()
+        principal.CopyFrom(record.principal)
+        principal.tenant_limits.CopyFrom(tenant.limits)
+        return principal
 
     async def Authenticate(
         self,
@@ -160,16 +244,17 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         secret_digest = digest(token)
         try:
             record = await self._record(secret_digest)
+            if record is None or not record.matches(secret_digest):
+                await INVALID.abort(context)
+            if record.revoked_at:
+                await REVOKED.abort(context)
+            if record.expires_at and time.time() >= record.expires_at:
+                await EXPIRED.abort(context)
+            principal = await self._principal(record)
         except (RedisError, OSError) as exc:
             log.error("key store unreachable", extra={"error": type(exc).__name__})
             await UNAVAILABLE.abort(context)
-        if record is None or not record.matches(secret_digest):
-            await INVALID.abort(context)
-        if record.revoked_at:
-            await REVOKED.abort(context)
-        if record.expires_at and time.time() >= record.expires_at:
-            await EXPIRED.abort(context)
-        return auth_pb2.AuthenticateResponse(principal=record.principal)
+        return auth_pb2.AuthenticateResponse(principal=principal)
 
 
 async def run(config: Config) -> None:
@@ -182,9 +267,9 @@ async def run(config: Config) -> None:
         cached = CachedKeyStore(RedisKeyStore(redis), config.auth.cache_ttl_ms / 1000)
         # The subscription blocks on reads, so it gets its own connection without a read timeout.
         listener = Redis.from_url(config.redis.url, socket_connect_timeout=timeout)
-    service = AuthService(ConfigKeyStore(config.keys), cached)
+    service = AuthService(ConfigKeyStore(config.keys), cached, config_tenants(config.tenants))
     if cached is not None:
-        follower = asyncio.create_task(cached.follow_revocations(listener, service.announce))
+        follower = asyncio.create_task(cached.follow_key_events(listener, service.announce))
 
     async def setup(server: grpc.aio.Server) -> Sequence[str]:
         auth_pb2_grpc.add_AuthServiceServicer_to_server(service, server)
