@@ -460,7 +460,7 @@ def preflight(legs: list[Leg], endpoints: list[Endpoint], payload: Payload, run:
 
 
 def meshgate_over_mock_leg(
-    mock: MockProcess, workdir: Path, payload: Payload, meshes: list[MeshProcess]
+    mock: MockProcess, workdir: Path, payload: Payload, meshes: list[MeshProcess], ledger: bool
 ) -> Leg:
     """meshgate in front of the mock upstream, through the HTTP engine adapter.
 
@@ -474,7 +474,7 @@ def meshgate_over_mock_leg(
         mock.base_url, payload.chat_model, payload.embed_model, MOCK_DIMENSIONS
     )
     print("starting meshgate (meshgate up) in front of the mock ...", flush=True)
-    mesh = MeshProcess(workdir, 0.0, models=models)
+    mesh = MeshProcess(workdir, 0.0, models=models, ledger=ledger)
     meshes.append(mesh)
     mock_pid = mock.pid
 
@@ -508,7 +508,7 @@ def build_legs(
     legs: list[Leg] = []
     if args.upstream == "reference":
         print("starting meshgate (meshgate up) ...", flush=True)
-        mesh = MeshProcess(workdir, args.token_delay_ms)
+        mesh = MeshProcess(workdir, args.token_delay_ms, ledger=args.ledger == "on")
         meshes.append(mesh)
         engine_pid = mesh.engine_pid()
         if engine_pid is None:
@@ -555,7 +555,7 @@ def build_legs(
             )
         )
         run.meta["mock_url"] = mock.base_url
-        legs.append(meshgate_over_mock_leg(mock, workdir, payload, meshes))
+        legs.append(meshgate_over_mock_leg(mock, workdir, payload, meshes, args.ledger == "on"))
         run.meta["meshgate_url"] = meshes[-1].base_url
     if args.gateway_url:
         legs.append(external_gateway_leg(args.gateway_url, args.gateway_key, args.gateway_pid))
@@ -629,6 +629,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=1,
         help=f"load generator processes (split only at concurrency >= {SPLIT_MIN_CONCURRENCY})",
+    )
+    parser.add_argument(
+        "--ledger",
+        choices=["on", "off"],
+        default="on",
+        help="usage recording (ledger.enabled); its processes are measured with the mesh",
     )
     parser.add_argument("--chat-model", default=Payload.chat_model)
     parser.add_argument("--embed-model", default=Payload.embed_model)

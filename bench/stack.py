@@ -89,11 +89,13 @@ def write_config(
     key: str,
     models: list[dict[str, Any]] | None = None,
     name: str = "meshgate",
+    ledger: bool = True,
 ) -> Path:
     """The sample config on free loopback ports, with one bench key.
 
     `models` replaces the sample's catalog (e.g. models served by the mock over
     `kind: openai_http`); None keeps the sample's reference-engine models.
+    `ledger` False turns usage recording off (no embedded PostgreSQL, no ledger).
     """
     sample = ROOT / "meshgate" / "sample.yaml"
     raw: dict[str, Any] = yaml.safe_load(sample.read_text())
@@ -105,6 +107,8 @@ def write_config(
         raw["services"][service]["port"] = port
     raw["services"]["engine"]["token_delay_ms"] = token_delay_ms
     raw["redis"]["url"] = ""  # the embedded redis-server, part of the measured tree
+    # The embedded PostgreSQL and the ledger are part of the measured tree too.
+    raw["ledger"] = {**raw.get("ledger", {}), "enabled": ledger, "database_url": ""}
     raw["keys"] = [{"name": "bench", "secret": key, "rpm": BENCH_RPM, "tpm": BENCH_TPM}]
     if models is not None:
         raw["models"] = models
@@ -220,9 +224,10 @@ class MeshProcess:
         token_delay_ms: float,
         models: list[dict[str, Any]] | None = None,
         name: str = "meshgate",
+        ledger: bool = True,
     ) -> None:
         self.key = f"sk-bench-{secrets.token_hex(12)}"
-        self.config_path = write_config(workdir, token_delay_ms, self.key, models, name)
+        self.config_path = write_config(workdir, token_delay_ms, self.key, models, name, ledger)
         config = yaml.safe_load(self.config_path.read_text())
         engine = config["services"]["engine"]
         self.engine_target = f"{engine['host']}:{engine['port']}"

@@ -8,11 +8,14 @@ burst; the overshoot beyond that must be 0.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -21,9 +24,10 @@ import openai
 import pytest
 
 from meshgate import shards, tokens
+from meshgate.config import TenantConfig
 from meshgate.v1 import common_pb2, inference_pb2, quota_pb2, quota_pb2_grpc, usage_pb2
 from services.auth.keys import RedisKeyStore, digest
-from tests.conftest import RunningMesh, free_ports
+from tests.conftest import RunningMesh, free_ports, meshgate_cmd, subprocess_env
 from tests.support import RedisServer, Replica, metric
 
 PRO = "meshgate/reference-pro"
@@ -649,3 +653,110 @@ async def _principal(stack: Stack, secret: str) -> common_pb2.Principal:
         await store.redis.aclose()
     assert record is not None
     return record.principal
+
+
+def _worst_case_micro_usd(body: dict[str, Any]) -> int:
+    """What admission reserves for `body` on the sample's reference-pro: input $0.5, output
+    $1.5 per million tokens, i.e. 500,000 and 1,500,000 pico-dollars a token, rounded up."""
+    prompt = _cost(body) - int(body["max_tokens"])
+    pico = prompt * 500_000 + int(body["max_tokens"]) * 1_500_000
+    return -(-pico // 1_000_000)
+
+
+def _ledger_spend(stack: Stack, key_id: str, expected: int) -> Decimal:
+    """The key's spend as `meshgate usage` reports it, once `expected` records are in."""
+    deadline = time.monotonic() + 20
+    while True:
+        out = subprocess.run(
+            meshgate_cmd(
+                "usage", "--config", str(stack.mesh.config_path), "--key", key_id,
+                "--records", "--format", "json", "--limit", "1000",
+            ),
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        records = json.loads(out.stdout)
+        if len(records) >= expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(records) == expected
+    return sum((Decimal(str(r["cost_usd"])) for r in records), Decimal(0))
+
+
+def _budget_burst(stack: Stack, secrets: list[str]) -> list[httpx.Response]:
+    """100 requests at once over both edges, whose true cost is their worst case
+    (`ignore_eos`: always `max_tokens` tokens), so no refund can make room mid-burst."""
+    body = {**_chat(max_tokens=8), "ignore_eos": True}
+
+    async def burst() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            return list(
+                await asyncio.gather(
+                    *(
+                        client.post(
+                            f"{stack.origins[i % 2]}/v1/chat/completions",
+                            json=body,
+                            headers={"Authorization": f"Bearer {secrets[i % len(secrets)]}"},
+                        )
+                        for i in range(100)
+                    )
+                )
+            )
+
+    return asyncio.run(burst())
+
+
+def _check_budget_verdicts(responses: list[httpx.Response], k: int) -> None:
+    admitted = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code == 429]
+    print(f"\ndollar budget for {k} requests: {len(admitted)} admitted, {len(refused)} refused")
+    assert (len(admitted), len(refused)) == (k, 100 - k)
+    for response in refused:
+        error = response.json()["error"]
+        assert (error["type"], error["code"]) == ("insufficient_quota", "insufficient_quota")
+        assert response.headers["x-should-retry"] == "false"
+        assert error["doc_url"]
+
+
+def test_a_dollar_budget_admits_exactly_what_fits_across_replicas(stack: Stack) -> None:
+    k = 7
+    body = {**_chat(max_tokens=8), "ignore_eos": True}
+    budget = Decimal(k * _worst_case_micro_usd(body)) / 10**6
+    secret, key_id = stack.key(budget_usd=budget)
+    responses = _budget_burst(stack, [secret])
+    _check_budget_verdicts(responses, k)
+    ok = next(r for r in responses if r.status_code == 200)
+    assert ok.headers["x-ratelimit-limit-budget-usd"] == f"{budget:.6f}"
+    spend = _ledger_spend(stack, key_id, k)
+    print(f"ledger spend {spend} of a budget of {budget}")
+    assert spend <= budget
+    assert spend == budget  # the true cost was the worst case, to the pico-dollar
+
+
+def test_a_tenant_dollar_budget_holds_across_its_keys(stack: Stack) -> None:
+    k = 5
+    body = {**_chat(max_tokens=8), "ignore_eos": True}
+    budget = Decimal(k * _worst_case_micro_usd(body)) / 10**6
+
+    async def tenant() -> str:
+        from redis.asyncio import Redis
+
+        store = RedisKeyStore(Redis.from_url(stack.redis.url))
+        tenant_id = f"team-{time.monotonic_ns()}"
+        try:
+            await store.create_tenant(TenantConfig(id=tenant_id, budget_usd=budget))
+        finally:
+            await store.redis.aclose()
+        return tenant_id
+
+    tenant_id = asyncio.run(tenant())
+    (a, a_id), (b, b_id) = stack.key(tenant=tenant_id), stack.key(tenant=tenant_id)
+    responses = _budget_burst(stack, [a, b])
+    _check_budget_verdicts(responses, k)
+    admitted = sum(r.status_code == 200 for r in responses[0::2])
+    spend = _ledger_spend(stack, a_id, admitted) + _ledger_spend(stack, b_id, k - admitted)
+    assert spend == budget
