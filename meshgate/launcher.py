@@ -50,7 +50,7 @@ from meshgate.postgres import EmbeddedPostgres, find_binaries
 
 # Start order: each stage is started together and must be healthy before the next.
 START_STAGES: tuple[tuple[str, ...], ...] = (
-    ("engine", "auth", "quota", "validation"),
+    ("engine", "auth", "quota", "validation", "ledger"),
     ("router",),
     ("edge",),
 )
@@ -320,7 +320,12 @@ class Mesh:
         if self.config.ledger.enabled and not self.config.ledger.database_url:
             self._start_postgres()
         for stage in START_STAGES:
-            names = [child for service in stage for child in self._child_names(service)]
+            names = [
+                child
+                for service in stage
+                if self.runs(service)
+                for child in self._child_names(service)
+            ]
             for name in names:
                 self._spawn(name)
             self._wait_ready(names)
@@ -421,8 +426,14 @@ class Mesh:
         stores = [child for child in (self._redis, self._postgres) if child is not None]
         return [*stores, *self.children.values()]
 
+    def runs(self, service: str) -> bool:
+        """Whether this mesh runs `service`: all of them, but the ledger only when enabled."""
+        return service != "ledger" or self.config.ledger.enabled
+
     def _listeners(self) -> list[tuple[str, str, int]]:
-        services = [(name, self.config.services.get(name)) for name in SERVICE_NAMES]
+        services = [
+            (name, self.config.services.get(name)) for name in SERVICE_NAMES if self.runs(name)
+        ]
         found = [(name, svc.host, svc.port) for name, svc in services]
         return [*found, ("edge", self.config.edge.host, self.config.edge.port)]
 

@@ -41,6 +41,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 K8S_DIR = ROOT / "deploy" / "kubernetes"
 REDIS_PORT = 6379  # the port the redis image listens on
+# Compose services that are not meshgate processes: the stores, from their own images.
+STORES = {"redis", "postgres"}
 # The services each meshgate process calls, so must be healthy before it starts
 # (edge/mesh.py, services/router/adapters, services/auth and services/quota's Redis).
 NEEDS: dict[str, set[str]] = {
@@ -48,6 +50,7 @@ NEEDS: dict[str, set[str]] = {
     "router": {"engine"},
     "auth": {"redis"},
     "quota": {"redis"},
+    "ledger": {"redis", "postgres"},
 }
 DNS_TARGET = re.compile(r"dns:///(?P<host>[A-Za-z0-9.-]+):(?P<port>\d+)")
 
@@ -294,7 +297,7 @@ def _compose_runs() -> dict[str, str]:
     """meshgate service -> the compose service that runs it; each runs exactly once."""
     runs = []
     for name, service in _compose_services().items():
-        if name == "redis":
+        if name in STORES:
             continue
         assert service.get("entrypoint") is None, f"{name} overrides the image's entrypoint"
         runs.append((_served_service([*_entrypoint(), *service["command"]]), name))
@@ -337,7 +340,7 @@ def test_docker_compose_config_accepts_the_file_offline() -> None:
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     services = resolved["services"]
-    assert set(services) == {"redis", *_compose_runs().values()}
+    assert set(services) == {*STORES, *_compose_runs().values()}
     for name, service in services.items():
         assert service.get("healthcheck", {}).get("test"), f"{name} lost its health check"
         for dependency in service.get("depends_on", {}).values():
@@ -361,6 +364,7 @@ def test_compose_runs_each_meshgate_service_once() -> None:
     assert set(runs) == set(SERVICE_MODULES)
     redis = _compose_services()["redis"]
     assert str(redis["image"]).startswith("redis:")
+    assert str(_compose_services()["postgres"]["image"]).startswith("postgres:")
 
 
 @pytest.mark.parametrize("served", list(SERVICE_MODULES))
@@ -374,6 +378,17 @@ def test_compose_environment_is_a_valid_mesh_config(served: str) -> None:
     assert "MESHGATE_CONFIG" not in environ  # the sample config, with these overrides
     config = load_config(environ=environ)
     _check_mesh_config(config, served_by=runs, redis_host="redis")
+    if served == "ledger":  # the one process that connects to the database
+        database = urlsplit(config.ledger.database_url)
+        postgres = _compose_services()["postgres"]["environment"]
+        assert (database.scheme, database.hostname, database.port) == (
+            "postgresql",
+            "postgres",
+            5432,
+        )
+        assert database.username == postgres["POSTGRES_USER"]
+        assert database.password == postgres["POSTGRES_PASSWORD"]
+        assert database.path == "/" + postgres["POSTGRES_DB"]
 
 
 def test_compose_health_checks_probe_their_own_service() -> None:
@@ -390,7 +405,7 @@ def test_compose_health_checks_probe_their_own_service() -> None:
 def test_compose_depends_on_waits_for_healthy_dependencies() -> None:
     runs = _compose_runs()
     services = _compose_services()
-    compose_name = {**runs, "redis": "redis"}
+    compose_name = {**runs, **{store: store for store in STORES}}
     for served, name in runs.items():
         depends_on = services[name].get("depends_on", {})
         assert isinstance(depends_on, dict), f"{name}: depends_on needs conditions"
@@ -569,6 +584,16 @@ def test_kubernetes_config_is_a_valid_mesh_config(served: str, tmp_path: Path) -
         name: _service_for(deployments[runs[name]])["metadata"]["name"] for name in SERVICE_NAMES
     }
     _check_mesh_config(config, served_by=served_by, redis_host="redis")
+
+
+def test_the_ledger_reads_its_database_url_from_a_secret() -> None:
+    """Not from the ConfigMap, which every pod mounts and anyone with read access sees."""
+    ledger = _container(_of_kind("Deployment")[_k8s_runs()["ledger"]])
+    assert [source["secretRef"]["name"] for source in ledger["envFrom"]] == [
+        "meshgate-ledger-database"
+    ]
+    text = _of_kind("ConfigMap")["meshgate-config"]["data"]["meshgate.yaml"]
+    assert not yaml.safe_load(text).get("ledger", {}).get("database_url")
 
 
 def test_grpc_services_are_headless_on_the_configured_ports(tmp_path: Path) -> None:
