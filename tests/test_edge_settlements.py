@@ -1,41 +1,46 @@
-"""How the edge hands settlements to quota: carried by Reserves, a bounded number at a time.
+"""How the edge hands settlements to quota: carried by Reserves, a bounded number at a time,
+and never dropped when quota cannot take them.
 
 The Mesh object alone, on its own event loop; its channels point at nothing, so
-the window's SettleMany fails quietly, as it does when quota is away.
+the window's SettleMany fails, as it does when quota is away.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from edge.mesh import MAX_CARRIED, SETTLE_WINDOW_S, Mesh
+from edge.mesh import MAX_CARRIED, SETTLE_RETRY_S, SETTLE_WINDOW_S, Mesh
 from meshgate.config import SAMPLE_CONFIG, load_config
-from meshgate.v1 import common_pb2, quota_pb2
+from meshgate.v1 import quota_pb2, usage_pb2
+
+
+def _settlement(lease: str) -> quota_pb2.Settlement:
+    return quota_pb2.Settlement(
+        reserved_tokens=10, record=usage_pb2.UsageRecord(id=lease, completion_tokens=3)
+    )
 
 
 def test_reserves_carry_settlements_in_bounded_batches_and_failed_ones_come_back() -> None:
-    async def run() -> tuple[list[int], int, int]:
+    async def run() -> tuple[list[int], int, list[int]]:
         mesh = Mesh(load_config(SAMPLE_CONFIG, environ={}))
-        principal = common_pb2.Principal(key_id="key_test")
         for i in range(MAX_CARRIED + 36):
-            reservation = quota_pb2.ReserveResponse(lease_id=f"lease-{i}", reserved_tokens=10)
-            mesh.settle(principal, reservation, common_pb2.Usage(completion_tokens=3))
-        mesh.settle(principal, quota_pb2.ReserveResponse(), common_pb2.Usage())  # no lease
+            mesh.settle(_settlement(f"lease-{i}"))
         sizes = [len(mesh.take_settlements()), len(mesh.take_settlements())]
         batch = mesh.take_settlements()
-        mesh.return_settlements(
-            [quota_pb2.SettleRequest(principal=principal, lease_id="lease-again")]
-        )
+        mesh.return_settlements([_settlement("lease-again")])
         returned = len(mesh.take_settlements())
-        mesh.return_settlements(
-            [quota_pb2.SettleRequest(principal=principal, lease_id="lease-late")]
-        )
-        await asyncio.sleep(SETTLE_WINDOW_S * 5)  # the window passes: SettleMany takes it
-        left = len(mesh.take_settlements())
+        mesh.return_settlements([_settlement("lease-late")])
+        # The window passes: SettleMany takes it and fails (no quota); it is sent again
+        # and again, never dropped: it carries the request's usage record.
+        await asyncio.sleep(SETTLE_WINDOW_S * 5)
+        unsettled = [mesh.unsettled]
+        for _ in range(3):
+            await asyncio.sleep(SETTLE_RETRY_S)
+            unsettled.append(mesh.unsettled)
         await mesh.close()
-        return [*sizes, len(batch)], returned, left
+        return [*sizes, len(batch)], returned, unsettled
 
-    sizes, returned, left = asyncio.run(run())
-    assert sizes == [MAX_CARRIED, 36, 0]  # a lease-less reservation has nothing to settle
+    sizes, returned, unsettled = asyncio.run(run())
+    assert sizes == [MAX_CARRIED, 36, 0]
     assert returned == 1
-    assert left == 0
+    assert unsettled == [1, 1, 1, 1]

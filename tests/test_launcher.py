@@ -202,9 +202,13 @@ def test_keys_need_redis(
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("up", "serve", "keys"):
+    for command in ("up", "serve", "keys", "tenants", "usage"):
         assert command in out
     assert main(["keys", "--help"]) == 0
     out = capsys.readouterr().out
-    for action in ("create", "list", "revoke"):
+    for action in ("create", "list", "update", "revoke"):
+        assert action in out
+    assert main(["tenants", "--help"]) == 0
+    out = capsys.readouterr().out
+    for action in ("create", "list", "update"):
         assert action in out

@@ -25,6 +25,7 @@ FULL_NAMES = {
     "validation": "meshgate.v1.ValidationService",
     "router": "meshgate.v1.RouterService",
     "engine": "meshgate.v1.EngineService",
+    "ledger": "meshgate.v1.UsageService",
 }
 
 

@@ -226,7 +226,7 @@ class Consumer:
         batch_size: int,
         claim_idle_ms: int,
         name: str | None = None,
-        idle_poll_s: float = 0.05,
+        idle_poll_s: float = 0.1,
         max_backoff_s: float = 5.0,
         forget_idle_ms: int = 3_600_000,
     ) -> None:
@@ -299,6 +299,10 @@ class Consumer:
                 if not await self._write(chunk):
                     return  # stopping while the database is down: the entries stay pending
                 await self._acknowledge(chunk)
+            if len(entries) < self._batch_size:
+                # Caught up: let records gather for a moment, so that a busy mesh is
+                # written in batches (one read, insert and ack per poll), not one by one.
+                await self._pause(self._idle_poll_s)
 
     # -- reading --------------------------------------------------------------
 
