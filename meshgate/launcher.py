@@ -49,8 +49,10 @@ from meshgate.grpcio import client_credentials
 from meshgate.postgres import EmbeddedPostgres, find_binaries
 
 # Start order: each stage is started together and must be healthy before the next.
+# The ledger starts first and so stops last: it writes what quota buffered until the end.
 START_STAGES: tuple[tuple[str, ...], ...] = (
-    ("engine", "auth", "quota", "validation", "ledger"),
+    ("ledger",),
+    ("engine", "auth", "quota", "validation"),
     ("router",),
     ("edge",),
 )

@@ -214,6 +214,10 @@ class _Throttled:
         return ended
 
 
+# How long a stopping replica keeps writing what is already buffered.
+DRAIN_S = 5.0
+
+
 class Consumer:
     """One ledger replica's reader of every shard's stream."""
 
@@ -303,6 +307,16 @@ class Consumer:
                 # Caught up: let records gather for a moment, so that a busy mesh is
                 # written in batches (one read, insert and ack per poll), not one by one.
                 await self._pause(self._idle_poll_s)
+        await self._drain()
+
+    async def _drain(self) -> None:
+        """On stop, write what is already buffered (quota's last records), for a few seconds."""
+        deadline = time.monotonic() + DRAIN_S
+        with contextlib.suppress(RedisError, OSError):
+            while time.monotonic() < deadline and (entries := await self._read()):
+                if not await self._write(entries[: self._batch_size]):
+                    return
+                await self._acknowledge(entries[: self._batch_size])
 
     # -- reading --------------------------------------------------------------
 
