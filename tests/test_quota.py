@@ -541,7 +541,7 @@ def test_a_crashed_edge_leaves_a_lease_that_lapses_by_ttl(start_mesh: Any) -> No
     try:
         doomed.wait_http(f"http://127.0.0.1:{edge_port}/readyz")
         stack = Stack(mesh, redis, [mesh.origin])
-        secret, _ = stack.key(max_concurrency=1)
+        secret, key_id = stack.key(max_concurrency=1)
         headers = {"Authorization": f"Bearer {secret}"}
         with httpx.Client(timeout=30, headers=headers) as http:
             with http.stream(
@@ -550,6 +550,7 @@ def test_a_crashed_edge_leaves_a_lease_that_lapses_by_ttl(start_mesh: Any) -> No
                 json=_chat(max_tokens=30, stream=True),
             ) as held:
                 assert held.status_code == 200
+                orphan = held.headers["x-request-id"]
                 next(held.iter_bytes())
                 doomed.proc.kill()
                 doomed.proc.wait()
@@ -564,6 +565,12 @@ def test_a_crashed_edge_leaves_a_lease_that_lapses_by_ttl(start_mesh: Any) -> No
             lapsed = time.monotonic() - crashed_at
         print(f"\nlease of a crashed edge lapsed after {lapsed:.1f}s (ttl 7 s)")
         assert lapsed > 3  # it was held by the TTL, not released early
+        # Nobody settled it, yet it is on the record once: the sweep wrote what was reserved.
+        deadline = time.monotonic() + 15
+        while not (records := _records_of(mesh, key_id, orphan)):
+            assert time.monotonic() < deadline, "the crashed edge's request was never recorded"
+            time.sleep(0.5)
+        assert [(r["outcome"], r["completion_tokens"]) for r in records] == [("expired", 30)]
     finally:
         doomed.stop()
         assert mesh.stop() == 0
@@ -663,24 +670,32 @@ def _worst_case_micro_usd(body: dict[str, Any]) -> int:
     return -(-pico // 1_000_000)
 
 
+def _usage_records(mesh: RunningMesh, key_id: str) -> list[dict[str, Any]]:
+    """The key's records, as `meshgate usage --records --format json` prints them."""
+    out = subprocess.run(
+        meshgate_cmd(
+            "usage", "--config", str(mesh.config_path), "--key", key_id,
+            "--records", "--format", "json", "--limit", "1000",
+        ),
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    records: list[dict[str, Any]] = json.loads(out.stdout)
+    return records
+
+
+def _records_of(mesh: RunningMesh, key_id: str, request_id: str) -> list[dict[str, Any]]:
+    return [r for r in _usage_records(mesh, key_id) if r["request_id"] == request_id]
+
+
 def _ledger_spend(stack: Stack, key_id: str, expected: int) -> Decimal:
     """The key's spend as `meshgate usage` reports it, once `expected` records are in."""
     deadline = time.monotonic() + 20
-    while True:
-        out = subprocess.run(
-            meshgate_cmd(
-                "usage", "--config", str(stack.mesh.config_path), "--key", key_id,
-                "--records", "--format", "json", "--limit", "1000",
-            ),
-            env=subprocess_env(),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )  # fmt: skip
-        assert out.returncode == 0, out.stderr
-        records = json.loads(out.stdout)
-        if len(records) >= expected or time.monotonic() > deadline:
-            break
+    while len(records := _usage_records(stack.mesh, key_id)) < expected:
+        assert time.monotonic() < deadline, f"{len(records)} of {expected} records"
         time.sleep(0.5)
     assert len(records) == expected
     return sum((Decimal(str(r["cost_usd"])) for r in records), Decimal(0))
