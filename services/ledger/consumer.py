@@ -230,7 +230,7 @@ class Consumer:
         batch_size: int,
         claim_idle_ms: int,
         name: str | None = None,
-        idle_poll_s: float = 0.1,
+        idle_poll_s: float = 0.25,
         max_backoff_s: float = 5.0,
         forget_idle_ms: int = 3_600_000,
     ) -> None:

@@ -239,17 +239,17 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
         """The record the sweep writes if no settlement ever comes: the reservation, charged."""
         if not self._recording:
             return b""
-        record = usage_pb2.UsageRecord()
-        record.CopyFrom(request.record)
-        record.id = lease_id
-        record.outcome = usage_pb2.OUTCOME_EXPIRED
-        record.error_code = "lease_expired"
-        record.prompt_tokens = request.prompt_tokens
-        record.completion_tokens = cost - request.prompt_tokens
-        record.cost_pico_usd = pico
-        record.reserved_tokens = cost
-        record.reserved_micro_usd = micro
-        return record.SerializeToString()
+        # Serialized messages concatenate as a merge: the edge's fields, then these.
+        return request.record.SerializeToString() + usage_pb2.UsageRecord(
+            id=lease_id,
+            outcome=usage_pb2.OUTCOME_EXPIRED,
+            error_code="lease_expired",
+            prompt_tokens=request.prompt_tokens,
+            completion_tokens=cost - request.prompt_tokens,
+            cost_pico_usd=pico,
+            reserved_tokens=cost,
+            reserved_micro_usd=micro,
+        ).SerializeToString()
 
     async def Reserve(
         self, request: quota_pb2.ReserveRequest, context: Context
