@@ -240,16 +240,19 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
         if not self._recording:
             return b""
         # Serialized messages concatenate as a merge: the edge's fields, then these.
-        return request.record.SerializeToString() + usage_pb2.UsageRecord(
-            id=lease_id,
-            outcome=usage_pb2.OUTCOME_EXPIRED,
-            error_code="lease_expired",
-            prompt_tokens=request.prompt_tokens,
-            completion_tokens=cost - request.prompt_tokens,
-            cost_pico_usd=pico,
-            reserved_tokens=cost,
-            reserved_micro_usd=micro,
-        ).SerializeToString()
+        return (
+            request.record.SerializeToString()
+            + usage_pb2.UsageRecord(
+                id=lease_id,
+                outcome=usage_pb2.OUTCOME_EXPIRED,
+                error_code="lease_expired",
+                prompt_tokens=request.prompt_tokens,
+                completion_tokens=cost - request.prompt_tokens,
+                cost_pico_usd=pico,
+                reserved_tokens=cost,
+                reserved_micro_usd=micro,
+            ).SerializeToString()
+        )
 
     async def Reserve(
         self, request: quota_pb2.ReserveRequest, context: Context
