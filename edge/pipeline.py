@@ -277,7 +277,6 @@ async def _events(
     chunk: object = first
     error: ApiError | None = None
     ended = False
-    meter.first_token()
     replica = await _replica_of(call)
     try:
         while chunk is not grpc.aio.EOF:
@@ -396,6 +395,7 @@ async def _generate(
             call, first = await _first(
                 partial(stream, context, timeout=timeout, metadata=call_metadata(rid))
             )
+            meter.first_token()
             events = _events(
                 call,
                 first,
