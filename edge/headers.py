@@ -7,6 +7,7 @@ import secrets
 
 from starlette.requests import Request
 
+from meshgate.pricing import micro_text
 from meshgate.v1 import common_pb2
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -42,20 +43,15 @@ def go_duration(ms: int) -> str:
     return out + f"{seconds}s"
 
 
-def usd(micro: int) -> str:
-    """Micro-dollars as an exact decimal amount of dollars: `12.500000`."""
-    whole, fraction = divmod(max(micro, 0), 1_000_000)
-    return f"{whole}.{fraction:06d}"
-
-
 def rate_limit_headers(state: common_pb2.RateLimitState) -> dict[str, str]:
     """OpenAI's six `x-ratelimit-*` headers, and meshgate's three for a dollar budget
     (`x-ratelimit-limit-budget-usd`, `-remaining-budget-usd`, `-reset-budget`, this
     last only for a daily or monthly budget); empty for an unlimited key."""
     headers: dict[str, str] = {}
     if state.limit_budget_micro_usd:
-        headers["x-ratelimit-limit-budget-usd"] = usd(state.limit_budget_micro_usd)
-        headers["x-ratelimit-remaining-budget-usd"] = usd(state.remaining_budget_micro_usd)
+        remaining = max(state.remaining_budget_micro_usd, 0)
+        headers["x-ratelimit-limit-budget-usd"] = micro_text(state.limit_budget_micro_usd)
+        headers["x-ratelimit-remaining-budget-usd"] = micro_text(remaining)
         if state.reset_budget_ms:
             headers["x-ratelimit-reset-budget"] = go_duration(state.reset_budget_ms)
     if state.limit_requests:

@@ -15,7 +15,7 @@ from decimal import Decimal
 from meshgate.config import ModelConfig, Pricing
 
 PICO_PER_MICRO = 10**6
-PICO_PER_USD = 10**12
+MICRO_PER_USD = 10**6
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +60,17 @@ def micro_usd(pico: int) -> int:
     return -(-pico // PICO_PER_MICRO)
 
 
-def usd(pico: int | Decimal) -> Decimal:
-    """Dollars, exactly."""
-    return Decimal(pico) / PICO_PER_USD
+def to_micro_usd(dollars: Decimal) -> int:
+    """Exact micro-dollars; a value finer than a micro-dollar is a ValueError, never rounded."""
+    micro = dollars * MICRO_PER_USD
+    if not micro.is_finite() or micro != micro.to_integral_value():
+        raise ValueError(f"{dollars} is not a whole number of micro-dollars")
+    return int(micro)
+
+
+def micro_text(micro: int) -> str:
+    """Micro-dollars as dollars with all six places (`12.500000`), so no reader rounds them."""
+    return f"{Decimal(micro).scaleb(-6):.6f}"
 
 
 class PriceBook:

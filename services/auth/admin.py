@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from meshgate import redis_client
 from meshgate.config import BudgetPeriod, Config, TenantConfig
+from meshgate.pricing import micro_text, to_micro_usd
 from meshgate.shards import key_prefix, period_id, shard_of, spent_usd_key, tenant_prefix
 from meshgate.v1 import common_pb2
 from services.auth.keys import (
@@ -34,7 +35,6 @@ from services.auth.keys import (
     TenantRecord,
     config_tenants,
     period_name,
-    to_micro_usd,
     usd_text,
 )
 
@@ -119,11 +119,6 @@ def _write_json(items: list[dict[str, Any]], out: TextIO) -> None:
     out.write(json.dumps(items, indent=2) + "\n")
 
 
-def _exact_usd(micro: int) -> str:
-    """The JSON form of dollars: a string with all 6 places, so no reader rounds it."""
-    return f"{Decimal(micro).scaleb(-6):.6f}"
-
-
 @dataclass(frozen=True, slots=True)
 class Budget:
     """A dollar budget in the current period: its limit and what quota has counted against it."""
@@ -150,10 +145,10 @@ class Budget:
         """The same for JSON; remaining_usd is null without a budget."""
         remaining = self.remaining_micro_usd
         return {
-            "budget_usd": _exact_usd(self.limit_micro_usd),
+            "budget_usd": micro_text(self.limit_micro_usd),
             "budget_period": self.period,
-            "spent_usd": _exact_usd(self.spent_micro_usd),
-            "remaining_usd": None if remaining is None else _exact_usd(remaining),
+            "spent_usd": micro_text(self.spent_micro_usd),
+            "remaining_usd": None if remaining is None else micro_text(remaining),
         }
 
 

@@ -49,6 +49,7 @@ from typing import Literal, Protocol
 from redis.asyncio import Redis
 
 from meshgate.config import BudgetPeriod, KeyConfig, LimitsConfig, TenantConfig
+from meshgate.pricing import micro_text, to_micro_usd
 from meshgate.v1 import common_pb2
 
 KEY_PREFIX = "mg:key:"
@@ -59,7 +60,6 @@ KEY_EVENTS = "mg:key-events"
 TENANT_EVENT_PREFIX = "tenant:"
 SECRET_PREFIX = "sk-mg-"
 
-MICRO_PER_USD = 10**6
 # The largest budget a Limits message can carry (int64 micro-dollars).
 MAX_MICRO_USD = 2**63 - 1
 
@@ -105,14 +105,6 @@ def new_secret() -> str:
 # ------------------------------------------------------------- dollars ----
 
 
-def to_micro_usd(dollars: Decimal) -> int:
-    """Exact micro-dollars; a value finer than a micro-dollar is a ValueError, never rounded."""
-    micro = dollars * MICRO_PER_USD
-    if not micro.is_finite() or micro != micro.to_integral_value():
-        raise ValueError(f"{dollars} is not a whole number of micro-dollars")
-    return int(micro)
-
-
 def parse_usd(text: str) -> Decimal:
     """A dollar amount as an operator types it: `12.5`, `0.000125`; at most 6 places, >= 0."""
     try:
@@ -134,14 +126,13 @@ def parse_usd(text: str) -> Decimal:
 
 def usd_text(micro: int) -> str:
     """Dollars exactly, with at least 2 places and no needless zeros: 12.50, 0.000125."""
-    text = f"{Decimal(micro).scaleb(-6):.6f}"
-    whole, _, fraction = text.partition(".")
+    whole, _, fraction = micro_text(micro).partition(".")
     return f"{whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
 def _stored_usd(dollars: Decimal) -> str:
     """The hash's form of a dollar amount: exactly 6 places, so it reads back unchanged."""
-    return f"{Decimal(to_micro_usd(dollars)).scaleb(-6):.6f}"
+    return micro_text(to_micro_usd(dollars))
 
 
 # -------------------------------------------------------------- limits ----
