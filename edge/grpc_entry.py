@@ -31,7 +31,7 @@ from meshgate.config import TlsConfig
 from meshgate.errors import ApiError, from_rpc_error
 from meshgate.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from meshgate.grpcio import SERVER_OPTIONS, Context, listen_on
-from meshgate.v1 import common_pb2, router_pb2, usage_pb2, validation_pb2
+from meshgate.v1 import common_pb2, router_pb2, validation_pb2
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 
@@ -49,13 +49,6 @@ def _call_facts(context: Context, mesh: Mesh) -> tuple[str, str, float]:
     remaining = context.time_remaining()
     budget = mesh.request_timeout if remaining is None else min(remaining, mesh.request_timeout)
     return authorization, rid, time.monotonic() + budget
-
-
-# How a record ends when the caller went away first (its call was cancelled).
-_CANCELLED: dict[str, Any] = {
-    "status": metering.CLIENT_CLOSED,
-    "outcome": usage_pb2.OUTCOME_CANCELLED,
-}
 
 
 class _Admitted(NamedTuple):
@@ -139,7 +132,7 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
                 meter.finish(common_pb2.Usage(), error=exc)
                 raise
             except BaseException:
-                meter.finish(common_pb2.Usage(), **_CANCELLED)
+                meter.cancel(common_pb2.Usage())
                 raise
         except ApiError as exc:
             await exc.abort(context)
@@ -185,7 +178,7 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
             if ended:
                 meter.finish(billed, error=error, status=200 if fragments else None)
             else:
-                meter.finish(billed, **_CANCELLED)
+                meter.cancel(billed)
 
     async def CreateEmbedding(
         self, request: gateway_pb2.CreateEmbeddingRequest, context: Context
@@ -221,7 +214,7 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
                 meter.finish(common_pb2.Usage(), error=exc)
                 raise
             except BaseException:
-                meter.finish(common_pb2.Usage(), **_CANCELLED)
+                meter.cancel(common_pb2.Usage())
                 raise
         except ApiError as exc:
             await exc.abort(context)

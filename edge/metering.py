@@ -62,6 +62,12 @@ class Meter:
         if not self.record.ttft_us:
             self.record.ttft_us = max(int((time.perf_counter() - self._started) * 1e6), 1)
 
+    def cancel(self, usage: common_pb2.Usage, *, replica: str = "") -> None:
+        """The client went away before the answer ended: charged what it was sent."""
+        self.finish(
+            usage, replica=replica, status=CLIENT_CLOSED, outcome=usage_pb2.OUTCOME_CANCELLED
+        )
+
     def finish(
         self,
         usage: common_pb2.Usage,

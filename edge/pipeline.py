@@ -307,12 +307,7 @@ async def _events(
         if ended:
             meter.finish(billed, replica=replica, error=error, status=200)
         else:  # the client hung up: the generator was closed at a yield
-            meter.finish(
-                billed,
-                replica=replica,
-                status=metering.CLIENT_CLOSED,
-                outcome=usage_pb2.OUTCOME_CANCELLED,
-            )
+            meter.cancel(billed, replica=replica)
 
 
 async def admit(
@@ -410,11 +405,7 @@ async def _generate(
                 events,
                 headers,
                 call.cancel,
-                lambda: meter.finish(
-                    unstarted,
-                    status=metering.CLIENT_CLOSED,
-                    outcome=usage_pb2.OUTCOME_CANCELLED,
-                ),
+                lambda: meter.cancel(unstarted),
             )
         response, replica = await _routed(
             partial(create, context, timeout=timeout, metadata=call_metadata(rid)), request
@@ -423,9 +414,7 @@ async def _generate(
         meter.finish(common_pb2.Usage(), error=exc)
         return error_response(exc, rid, headers)
     except BaseException:  # the client left mid-request (cancelled) or a bug: still recorded
-        meter.finish(
-            common_pb2.Usage(), status=metering.CLIENT_CLOSED, outcome=usage_pb2.OUTCOME_CANCELLED
-        )
+        meter.cancel(common_pb2.Usage())
         raise
     meter.finish(response.completion.usage, replica=replica)
     return Response(render_json(response.completion), headers=headers, media_type=JSON)
@@ -512,9 +501,7 @@ async def embeddings(request: Request) -> Response:
         meter.finish(common_pb2.Usage(), error=exc)
         return error_response(exc, rid, headers)
     except BaseException:
-        meter.finish(
-            common_pb2.Usage(), status=metering.CLIENT_CLOSED, outcome=usage_pb2.OUTCOME_CANCELLED
-        )
+        meter.cancel(common_pb2.Usage())
         raise
     response, replica = answer
     meter.finish(response.embeddings.usage, replica=replica)

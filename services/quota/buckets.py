@@ -63,6 +63,14 @@ class Owner:
     key_limits: common_pb2.Limits
     tenant_limits: common_pb2.Limits
 
+    @classmethod
+    def of(cls, principal: common_pb2.Principal) -> Owner:
+        return cls(principal.key_id, principal.tenant, principal.limits, principal.tenant_limits)
+
+    @property
+    def limited(self) -> bool:
+        return is_limited(self.key_limits) or is_limited(self.tenant_limits)
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -84,13 +92,7 @@ Call = tuple[list[str], list[int | str | bytes]]
 
 
 def is_limited(limits: common_pb2.Limits) -> bool:
-    return bool(
-        limits.requests_per_minute
-        or limits.tokens_per_minute
-        or limits.max_concurrency
-        or limits.budget_tokens
-        or limits.budget_micro_usd
-    )
+    return bool(limits.requests_per_minute) or needs_settling(limits)
 
 
 def needs_settling(limits: common_pb2.Limits) -> bool:

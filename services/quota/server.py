@@ -35,7 +35,6 @@ from services.quota.buckets import (
     Owner,
     Subject,
     Verdict,
-    is_limited,
     needs_settling,
     period_of,
 )
@@ -258,14 +257,13 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
         self, request: quota_pb2.ReserveRequest, context: Context
     ) -> quota_pb2.ReserveResponse:
         principal = request.principal
-        owner = Owner(principal.key_id, principal.tenant, principal.limits, principal.tenant_limits)
+        owner = Owner.of(principal)
         allowance = (
             request.max_tokens if request.HasField("max_tokens") else self._default_max_tokens
         )
         cost = request.prompt_tokens + allowance
         pico = self._prices.get(request.record.model).worst_case(request.prompt_tokens, allowance)
         micro = micro_usd(pico)
-        limited = is_limited(owner.key_limits) or is_limited(owner.tenant_limits)
         settles = needs_settling(owner.key_limits) or needs_settling(owner.tenant_limits)
         # A lease makes settling exact once; a recorded request always needs one. The
         # edge names it (the record's id), so that a retried Reserve is the same admission.
@@ -273,7 +271,7 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
             (request.record.id or secrets.token_hex(12)) if settles or self._recording else ""
         )
         settlements = self._settle_calls(request.settlements)
-        if not (limited or self._recording):
+        if not (owner.limited or self._recording):
             await self._settle(settlements)
             return quota_pb2.ReserveResponse(
                 lease_id="", reserved_tokens=cost, reserved_micro_usd=micro, rate_limit=_NO_STATE
@@ -359,8 +357,8 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
         self, request: quota_pb2.GetRateLimitRequest, context: Context
     ) -> quota_pb2.GetRateLimitResponse:
         principal = request.principal
-        owner = Owner(principal.key_id, principal.tenant, principal.limits, principal.tenant_limits)
-        if not (is_limited(owner.key_limits) or is_limited(owner.tenant_limits)):
+        owner = Owner.of(principal)
+        if not owner.limited:
             return quota_pb2.GetRateLimitResponse(rate_limit=_NO_STATE)
         try:
             decision = await self._buckets.peek(owner, self._clock())
