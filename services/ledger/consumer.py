@@ -29,7 +29,7 @@ import os
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -39,6 +39,7 @@ import asyncpg
 import prometheus_client
 from google.protobuf.message import DecodeError
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from meshgate.shards import LEDGER_GROUP, RECORD_FIELD, usage_stream
@@ -322,44 +323,31 @@ class Consumer:
 
     async def _read(self) -> list[Entry]:
         """New entries of every shard, in one pipelined round trip."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for shard in range(self._shards):
-                pipe.xreadgroup(
-                    LEDGER_GROUP, self.name, {usage_stream(shard): ">"}, count=self._batch_size
-                )
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        replies = await self._each_shard(
+            lambda pipe, shard: pipe.xreadgroup(
+                LEDGER_GROUP, self.name, {usage_stream(shard): ">"}, count=self._batch_size
+            )
+        )
         entries: list[Entry] = []
-        for shard, reply in enumerate(replies):
-            if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
-                # The stream is gone (a Redis restarted without persistence): join it again.
-                await self._create_group(shard)
-                continue
-            if isinstance(reply, Exception):
-                raise reply
+        for shard, reply in replies:
             for _stream, messages in reply or ():
                 entries += [parse(shard, entry_id, fields) for entry_id, fields in messages]
         return entries
 
     async def _claim(self) -> list[Entry]:
         """Entries another replica read and left unconfirmed for longer than claim_idle_ms."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for shard in range(self._shards):
-                pipe.xautoclaim(
-                    usage_stream(shard),
-                    LEDGER_GROUP,
-                    self.name,
-                    self._claim_idle_ms,
-                    start_id=self._claim_cursor.get(shard, b"0-0"),
-                    count=self._batch_size,
-                )
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        replies = await self._each_shard(
+            lambda pipe, shard: pipe.xautoclaim(
+                usage_stream(shard),
+                LEDGER_GROUP,
+                self.name,
+                self._claim_idle_ms,
+                start_id=self._claim_cursor.get(shard, b"0-0"),
+                count=self._batch_size,
+            )
+        )
         entries: list[Entry] = []
-        for shard, reply in enumerate(replies):
-            if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
-                await self._create_group(shard)
-                continue
-            if isinstance(reply, Exception):
-                raise reply
+        for shard, reply in replies:
             cursor, messages = reply[0], reply[1]
             self._claim_cursor[shard] = cursor
             for entry_id, fields in messages:
@@ -374,6 +362,28 @@ class Consumer:
             REDELIVERIES.inc(claimed)
             log.info("claimed unconfirmed records", extra={"records": claimed})
         return entries
+
+    async def _each_shard(
+        self, command: Callable[[Pipeline, int], object]
+    ) -> list[tuple[int, Any]]:
+        """One command per shard's stream, all in one round trip: (shard, reply) pairs.
+
+        A shard whose stream is gone (a Redis restarted without persistence) joins
+        the group again and is left out this time; any other error raises.
+        """
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for shard in range(self._shards):
+                command(pipe, shard)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        answered = []
+        for shard, reply in enumerate(replies):
+            if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
+                await self._create_group(shard)
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            answered.append((shard, reply))
+        return answered
 
     async def ensure_groups(self) -> None:
         """Join the group on every shard's stream, creating streams and group as needed."""
