@@ -141,7 +141,10 @@ class Mesh:
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
         for start in range(0, len(batch), MAX_SETTLE_BATCH):
-            task = asyncio.create_task(self._settle_many(batch[start : start + MAX_SETTLE_BATCH]))
+            chunk = batch[start : start + MAX_SETTLE_BATCH]
+            # Counted from here, not from when the task starts: never in neither place.
+            self._in_flight += len(chunk)
+            task = asyncio.create_task(self._settle_many(chunk))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
@@ -151,7 +154,6 @@ class Mesh:
         return len(self._pending) + self._in_flight
 
     async def _settle_many(self, batch: list[quota_pb2.Settlement]) -> None:
-        self._in_flight += len(batch)
         try:
             await self.quota.SettleMany(
                 quota_pb2.SettleManyRequest(settlements=batch), timeout=HOP_TIMEOUT_S
