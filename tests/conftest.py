@@ -48,11 +48,17 @@ STOP_TIMEOUT_S = 15.0
 # ------------------------------------------------------------ config files ----
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_ports(count: int) -> list[int]:
-    """Distinct free ports below the kernel's ephemeral range.
+    """Distinct free ports below the kernel's ephemeral range, never the same one twice.
 
     Ports from bind(0) are ephemeral ones, which any outgoing connection (or an
     embedded Redis picking its own port) may take before our service binds it.
+    A port is free here only until its service binds it, so one handed out earlier
+    (to a test that starts its engines after the mesh's config is written) is
+    never handed out again in this run.
     """
     low = 20000
     with contextlib.suppress(OSError, ValueError):
@@ -60,6 +66,8 @@ def free_ports(count: int) -> list[int]:
     held: list[socket.socket] = []
     try:
         for port in random.sample(range(low - 12000, low), 200):
+            if port in _HANDED_OUT:
+                continue
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
                 sock.bind(("127.0.0.1", port))
@@ -68,7 +76,9 @@ def free_ports(count: int) -> list[int]:
                 continue
             held.append(sock)
             if len(held) == count:
-                return [s.getsockname()[1] for s in held]
+                ports = [s.getsockname()[1] for s in held]
+                _HANDED_OUT.update(ports)
+                return ports
         raise RuntimeError("no free ports")
     finally:
         for sock in held:
