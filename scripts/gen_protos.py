@@ -3,7 +3,8 @@
 The stubs are committed so that an install needs no build step;
 tests/test_protos_fresh.py regenerates them into a temporary folder and fails
 when the committed copies differ. Run `python scripts/gen_protos.py` after
-editing a .proto file.
+editing a .proto file; scripts/test.sh then runs `buf lint` and `buf breaking`
+against proto/buf.baseline.binpb (buf.yaml says when and how to refresh it).
 """
 
 from __future__ import annotations

@@ -23,4 +23,14 @@ export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+# The protos: buf lint, and buf breaking against the recorded wire (buf.yaml says
+# how to refresh proto/buf.baseline.binpb when a break is intended). buf is pinned
+# in tooling/buf/package-lock.json and installed there when missing or not the pin.
+buf=tooling/buf/node_modules/.bin/buf
+buf_pin=$(node -p 'require("./tooling/buf/package.json").devDependencies["@bufbuild/buf"]')
+if [ "$("$buf" --version 2>/dev/null)" != "$buf_pin" ]; then
+  npm ci --prefix tooling/buf --no-audit --no-fund --loglevel=error
+fi
+"$buf" lint
+"$buf" breaking --against proto/buf.baseline.binpb
 exec .venv/bin/python -m pytest "$@"

@@ -52,6 +52,8 @@ def test_create_list_use_revoke(world: tuple[RunningMesh, RedisServer]) -> None:
         "5000",
         "--models",
         "meshgate/reference-mini",
+        "--redis-failure-policy",
+        "fail_open",
     )
     assert created.returncode == 0, created.stderr
     secret = created.stdout.strip()
@@ -82,6 +84,7 @@ def test_create_list_use_revoke(world: tuple[RunningMesh, RedisServer]) -> None:
     (listed_key,) = [k for k in json.loads(as_json.stdout) if k["key_id"] == key_id]
     assert listed_key["tenant"] is None and listed_key["rpm"] == 100
     assert listed_key["models"] == ["meshgate/reference-mini"]
+    assert listed_key["redis_failure_policy"] == "fail_open"  # the principal's enum, spelled back
     assert (listed_key["budget_usd"], listed_key["remaining_usd"]) == ("0.000000", None)
 
     with httpx.Client(

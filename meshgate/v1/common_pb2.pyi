@@ -13,10 +13,19 @@ class BudgetPeriod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BUDGET_PERIOD_TOTAL: _ClassVar[BudgetPeriod]
     BUDGET_PERIOD_DAY: _ClassVar[BudgetPeriod]
     BUDGET_PERIOD_MONTH: _ClassVar[BudgetPeriod]
+
+class RedisFailurePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REDIS_FAILURE_POLICY_UNSPECIFIED: _ClassVar[RedisFailurePolicy]
+    REDIS_FAILURE_POLICY_FAIL_CLOSED: _ClassVar[RedisFailurePolicy]
+    REDIS_FAILURE_POLICY_FAIL_OPEN: _ClassVar[RedisFailurePolicy]
 BUDGET_PERIOD_UNSPECIFIED: BudgetPeriod
 BUDGET_PERIOD_TOTAL: BudgetPeriod
 BUDGET_PERIOD_DAY: BudgetPeriod
 BUDGET_PERIOD_MONTH: BudgetPeriod
+REDIS_FAILURE_POLICY_UNSPECIFIED: RedisFailurePolicy
+REDIS_FAILURE_POLICY_FAIL_CLOSED: RedisFailurePolicy
+REDIS_FAILURE_POLICY_FAIL_OPEN: RedisFailurePolicy
 
 class Error(_message.Message):
     __slots__ = ("http_status", "type", "message", "param", "code", "doc_url", "retry_after_seconds", "rate_limit", "should_retry", "retry_after_ms")
@@ -81,22 +90,22 @@ class Limits(_message.Message):
     def __init__(self, requests_per_minute: _Optional[int] = ..., tokens_per_minute: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., budget_tokens: _Optional[int] = ..., budget_micro_usd: _Optional[int] = ..., budget_period: _Optional[_Union[BudgetPeriod, str]] = ...) -> None: ...
 
 class Principal(_message.Message):
-    __slots__ = ("key_id", "name", "tenant", "limits", "allowed_models", "redis_failure_policy", "tenant_limits")
+    __slots__ = ("key_id", "name", "tenant", "limits", "allowed_models", "tenant_limits", "redis_failure_policy")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
-    REDIS_FAILURE_POLICY_FIELD_NUMBER: _ClassVar[int]
     TENANT_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    REDIS_FAILURE_POLICY_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     name: str
     tenant: str
     limits: Limits
     allowed_models: _containers.RepeatedScalarFieldContainer[str]
-    redis_failure_policy: str
     tenant_limits: Limits
-    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., tenant: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., redis_failure_policy: _Optional[str] = ..., tenant_limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    redis_failure_policy: RedisFailurePolicy
+    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., tenant: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., tenant_limits: _Optional[_Union[Limits, _Mapping]] = ..., redis_failure_policy: _Optional[_Union[RedisFailurePolicy, str]] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_creation_tokens")

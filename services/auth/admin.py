@@ -35,6 +35,7 @@ from services.auth.keys import (
     TenantRecord,
     config_tenants,
     period_name,
+    policy_name,
     usd_text,
 )
 
@@ -349,7 +350,7 @@ def _key_json(record: KeyRecord, budget: Budget, now: float) -> dict[str, Any]:
         **_limit_fields(p.limits),
         **budget.fields(),
         "models": list(p.allowed_models),
-        "redis_failure_policy": p.redis_failure_policy,
+        "redis_failure_policy": policy_name(p),
         "expires_at": _iso(record.expires_at),
         "created_at": _iso(record.created_at),
     }

@@ -76,6 +76,16 @@ PERIOD_NAMES: dict[int, BudgetPeriod] = {
     common_pb2.BUDGET_PERIOD_DAY: "day",
     common_pb2.BUDGET_PERIOD_MONTH: "month",
 }
+# The config file and the key store spell the policy as text; the principal carries the enum.
+POLICIES: dict[str, common_pb2.RedisFailurePolicy] = {
+    "fail_closed": common_pb2.REDIS_FAILURE_POLICY_FAIL_CLOSED,
+    "fail_open": common_pb2.REDIS_FAILURE_POLICY_FAIL_OPEN,
+}
+POLICY_NAMES: dict[int, Policy] = {
+    common_pb2.REDIS_FAILURE_POLICY_UNSPECIFIED: "fail_closed",
+    common_pb2.REDIS_FAILURE_POLICY_FAIL_CLOSED: "fail_closed",
+    common_pb2.REDIS_FAILURE_POLICY_FAIL_OPEN: "fail_open",
+}
 
 # HSET the fields only if the hash exists (ARGV[1] = "1") or only if it does not
 # ("0"): one key, one atomic step, so an update never resurrects a hash and a
@@ -152,6 +162,10 @@ def limits(config: LimitsConfig) -> common_pb2.Limits:
 
 def period_name(limits: common_pb2.Limits) -> BudgetPeriod:
     return PERIOD_NAMES.get(limits.budget_period, "total")
+
+
+def policy_name(principal: common_pb2.Principal) -> Policy:
+    return POLICY_NAMES.get(principal.redis_failure_policy, "fail_closed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +266,10 @@ def principal(
         tenant=tenant,
         limits=key_limits,
         allowed_models=list(models),
-        redis_failure_policy=redis_failure_policy,
+        # Any spelling but "fail_open" fails closed, the safe side.
+        redis_failure_policy=POLICIES.get(
+            redis_failure_policy, common_pb2.REDIS_FAILURE_POLICY_FAIL_CLOSED
+        ),
     )
 
 

@@ -297,7 +297,7 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
                 "request_id": request.request_id,
                 "error": type(exc).__name__,
             }
-            if principal.redis_failure_policy == "fail_open":
+            if principal.redis_failure_policy == common_pb2.REDIS_FAILURE_POLICY_FAIL_OPEN:
                 FAIL_OPEN_ADMISSIONS.inc()
                 log.warning("redis unavailable, admitting (fail_open)", extra=extra)
                 # Nothing was reserved; the settlement still brings the record.
