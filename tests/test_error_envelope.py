@@ -15,32 +15,38 @@ MINI = "meshgate/reference-mini"
 USER = [{"role": "user", "content": "hi"}]
 KEY_DOCS = "https://github.com/meshgate/meshgate/blob/main/docs/errors.md#authentication"
 
-# (name, path, body, status, type, param, code)
-CASES: list[tuple[str, str, Any, int, str, str | None, str | None]] = [
-    ("not json", "/v1/chat/completions", b"{not json", 400, "invalid_request_error", None, None),
-    ("not an object", "/v1/chat/completions", [1, 2], 400, "invalid_request_error", None, None),
-    ("missing model", "/v1/chat/completions", {"messages": USER}, 400, "invalid_request_error", "model", None),
-    ("missing messages", "/v1/chat/completions", {"model": PRO}, 400, "invalid_request_error", "messages", None),
-    ("empty messages", "/v1/chat/completions", {"model": PRO, "messages": []}, 400, "invalid_request_error", "messages", None),
-    ("bad role", "/v1/chat/completions", {"model": PRO, "messages": [{"role": "tooool", "content": "x"}]}, 400, "invalid_request_error", "messages[0].role", None),
-    ("content object", "/v1/chat/completions", {"model": PRO, "messages": [{"role": "user", "content": {}}]}, 400, "invalid_request_error", "messages[0].content", None),
-    ("image url bad", "/v1/chat/completions", {"model": PRO, "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}]}, 400, "invalid_request_error", "messages[1].content[0].image_url.url", None),
-    ("temperature high", "/v1/chat/completions", {"model": PRO, "messages": USER, "temperature": 3}, 400, "invalid_request_error", "temperature", None),
-    ("top_p type", "/v1/chat/completions", {"model": PRO, "messages": USER, "top_p": "x"}, 400, "invalid_request_error", "top_p", None),
-    ("max_tokens type", "/v1/chat/completions", {"model": PRO, "messages": USER, "max_tokens": "5"}, 400, "invalid_request_error", "max_tokens", None),
-    ("n > 1", "/v1/chat/completions", {"model": PRO, "messages": USER, "n": 2}, 400, "invalid_request_error", "n", None),
-    ("logprobs", "/v1/chat/completions", {"model": PRO, "messages": USER, "logprobs": True}, 400, "invalid_request_error", "logprobs", None),
-    ("tool name", "/v1/chat/completions", {"model": PRO, "messages": USER, "tools": [{"type": "function", "function": {"name": "bad name"}}]}, 400, "invalid_request_error", "tools[0].function.name", None),
-    ("tools on mini", "/v1/chat/completions", {"model": MINI, "messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "invalid_request_error", "tools", None),
-    ("image on mini", "/v1/chat/completions", {"model": MINI, "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": "https://e.com/a.png"}}]}]}, 400, "invalid_request_error", "messages[0].content[1]", None),
-    ("context length", "/v1/chat/completions", {"model": MINI, "messages": USER, "max_tokens": 5000}, 400, "invalid_request_error", "messages", "context_length_exceeded"),
-    ("unknown model", "/v1/chat/completions", {"model": "nope", "messages": USER}, 404, "invalid_request_error", None, "model_not_found"),
-    ("chat on embeddings model", "/v1/chat/completions", {"model": "bge-m3", "messages": USER}, 400, "invalid_request_error", "model", None),
-    ("completions missing prompt", "/v1/completions", {"model": MINI}, 400, "invalid_request_error", "prompt", None),
-    ("embeddings null format", "/v1/embeddings", {"model": "bge-m3", "input": "x", "encoding_format": None}, 400, "invalid_request_error", "encoding_format", None),
-    ("embeddings bad format", "/v1/embeddings", {"model": "bge-m3", "input": "x", "encoding_format": "int8"}, 400, "invalid_request_error", "encoding_format", None),
-    ("embeddings empty input", "/v1/embeddings", {"model": "bge-m3", "input": []}, 400, "invalid_request_error", "input", None),
-    ("embeddings on chat model", "/v1/embeddings", {"model": MINI, "input": "x"}, 400, "invalid_request_error", "model", None),
+UNPARSABLE = (
+    "We could not parse the JSON body of your request. The body must be valid JSON encoded as "
+    "UTF-8 (see https://platform.openai.com/docs/api-reference)."
+)
+
+# (name, path, body, status, type, param, code, message): the message is exact, OpenAI's
+# wording where it has one (tests/test_validation.py holds the full table).
+CASES: list[tuple[str, str, Any, int, str, str | None, str | None, str]] = [
+    ("not json", "/v1/chat/completions", b"{not json", 400, "invalid_request_error", None, None, UNPARSABLE),
+    ("not an object", "/v1/chat/completions", [1, 2], 400, "invalid_request_error", None, None, "The request body must be a JSON object, but got an array instead."),
+    ("missing model", "/v1/chat/completions", {"messages": USER}, 400, "invalid_request_error", "model", None, "Missing required parameter: 'model'."),
+    ("missing messages", "/v1/chat/completions", {"model": PRO}, 400, "invalid_request_error", "messages", None, "Missing required parameter: 'messages'."),
+    ("empty messages", "/v1/chat/completions", {"model": PRO, "messages": []}, 400, "invalid_request_error", "messages", None, "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead."),
+    ("bad role", "/v1/chat/completions", {"model": PRO, "messages": [{"role": "tooool", "content": "x"}]}, 400, "invalid_request_error", "messages[0].role", None, "Invalid value: 'tooool'. Supported values are: 'system', 'assistant', 'user', 'function', 'tool', and 'developer'."),
+    ("content object", "/v1/chat/completions", {"model": PRO, "messages": [{"role": "user", "content": {}}]}, 400, "invalid_request_error", "messages[0].content", None, "Invalid type for 'messages[0].content': expected one of a string or array of objects, but got an object instead."),
+    ("image url bad", "/v1/chat/completions", {"model": PRO, "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}]}, 400, "invalid_request_error", "messages[1].content[0].image_url.url", None, "Invalid image URL: 'messages[1].content[0].image_url.url'. Expected a base64-encoded data URL with an image MIME type (e.g. 'data:image/png;base64,aW1nIGJ5dGVzIGhlcmU='), but got a value without the 'data:' prefix."),
+    ("temperature high", "/v1/chat/completions", {"model": PRO, "messages": USER, "temperature": 3}, 400, "invalid_request_error", "temperature", None, "Invalid 'temperature': decimal above maximum value. Expected a value <= 2, but got 3 instead."),
+    ("top_p type", "/v1/chat/completions", {"model": PRO, "messages": USER, "top_p": "x"}, 400, "invalid_request_error", "top_p", None, "Invalid type for 'top_p': expected a number, but got a string instead."),
+    ("max_tokens type", "/v1/chat/completions", {"model": PRO, "messages": USER, "max_tokens": "5"}, 400, "invalid_request_error", "max_tokens", None, "Invalid type for 'max_tokens': expected an integer, but got a string instead."),
+    ("n > 1", "/v1/chat/completions", {"model": PRO, "messages": USER, "n": 2}, 400, "invalid_request_error", "n", None, "Invalid 'n': meshgate returns a single choice; n > 1 is not supported."),
+    ("logprobs", "/v1/chat/completions", {"model": PRO, "messages": USER, "logprobs": True}, 400, "invalid_request_error", "logprobs", None, "Unsupported parameter: 'logprobs' is not supported."),
+    ("tool name", "/v1/chat/completions", {"model": PRO, "messages": USER, "tools": [{"type": "function", "function": {"name": "bad name"}}]}, 400, "invalid_request_error", "tools[0].function.name", None, "Invalid 'tools[0].function.name': string does not match pattern. Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'."),
+    ("tools on mini", "/v1/chat/completions", {"model": MINI, "messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "invalid_request_error", "tools", None, "The model `meshgate/reference-mini` does not support tools."),
+    ("image on mini", "/v1/chat/completions", {"model": MINI, "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": "https://e.com/a.png"}}]}]}, 400, "invalid_request_error", "messages[0].content[1]", None, "The model `meshgate/reference-mini` does not support image inputs."),
+    ("context length", "/v1/chat/completions", {"model": MINI, "messages": USER, "max_tokens": 5000}, 400, "invalid_request_error", "messages", "context_length_exceeded", "This model's maximum context length is 4096 tokens. However, you requested 5008 tokens (8 in the messages, 5000 in the completion). Please reduce the length of the messages or completion."),
+    ("unknown model", "/v1/chat/completions", {"model": "nope", "messages": USER}, 404, "invalid_request_error", None, "model_not_found", "The model `nope` does not exist or you do not have access to it."),
+    ("chat on embeddings model", "/v1/chat/completions", {"model": "bge-m3", "messages": USER}, 400, "invalid_request_error", "model", None, "The model `bge-m3` is an embeddings model and is not supported on /v1/chat/completions."),
+    ("completions missing prompt", "/v1/completions", {"model": MINI}, 400, "invalid_request_error", "prompt", None, "Missing required parameter: 'prompt'."),
+    ("embeddings null format", "/v1/embeddings", {"model": "bge-m3", "input": "x", "encoding_format": None}, 400, "invalid_request_error", "encoding_format", None, "Invalid 'encoding_format': expected 'float' or 'base64', but got null instead. Omit the field to get floats."),
+    ("embeddings bad format", "/v1/embeddings", {"model": "bge-m3", "input": "x", "encoding_format": "int8"}, 400, "invalid_request_error", "encoding_format", None, "Invalid value: 'int8'. Supported values are: 'float' and 'base64'."),
+    ("embeddings empty input", "/v1/embeddings", {"model": "bge-m3", "input": []}, 400, "invalid_request_error", "input", None, "Invalid 'input': empty array. Expected an array with minimum length 1, but got an empty array instead."),
+    ("embeddings on chat model", "/v1/embeddings", {"model": MINI, "input": "x"}, 400, "invalid_request_error", "model", None, "The model `meshgate/reference-mini` is a text model and is not supported on /v1/embeddings."),
 ]  # fmt: skip
 
 
@@ -57,7 +63,9 @@ def _envelope(response: httpx.Response) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("name", "path", "body", "status", "type_", "param", "code"), CASES, ids=[c[0] for c in CASES]
+    ("name", "path", "body", "status", "type_", "param", "code", "message"),
+    CASES,
+    ids=[c[0] for c in CASES],
 )
 def test_bad_request(
     http: httpx.Client,
@@ -69,12 +77,14 @@ def test_bad_request(
     type_: str,
     param: str | None,
     code: str | None,
+    message: str,
 ) -> None:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     response = http.post(path, content=content, headers={"Authorization": f"Bearer {mesh.api_key}"})
     assert response.status_code == status, response.text
     error = _envelope(response)
     assert (error["type"], error["param"], error["code"]) == (type_, param, code), error
+    assert error["message"] == message
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,11 @@ from meshgate.v1 import inference_pb2
 from services.validation import checks as c
 
 ROLES = ("system", "assistant", "user", "function", "tool", "developer")
-TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+# OpenAI checks a name against this pattern and, separately, against a length of at most 64.
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]+$")
+NAME_MAX_LENGTH = 64
+# OpenAI's own example of an image data URL, quoted in its message for a URL it cannot use.
+_DATA_URL_EXAMPLE = "data:image/png;base64,aW1nIGJ5dGVzIGhlcmU="
 MODELLED = frozenset(
     {
         "model", "messages", "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop",
@@ -47,8 +51,14 @@ def _part(raw: object, path: str, role: str) -> inference_pb2.ContentPart:
         url_path = c.join(image_path, "url")
         url = c.string(c.require(image, "url", image_path), url_path)
         if not url.startswith(("https://", "http://", "data:image/")):
+            got = (
+                "a value without an image MIME type"
+                if url.startswith("data:")
+                else "a value without the 'data:' prefix"
+            )
             raise c.Invalid(
-                f"Invalid '{url_path}': expected an https URL or a base64 data URL (data:image/...;base64,...).",
+                f"Invalid image URL: '{url_path}'. Expected a base64-encoded data URL with an "
+                f"image MIME type (e.g. '{_DATA_URL_EXAMPLE}'), but got {got}.",
                 url_path,
             )
         out.image_url.url = url
@@ -102,6 +112,10 @@ def _message(raw: object, path: str) -> inference_pb2.ChatMessage:
             and message.get("refusal") is None
             and message.get("function_call") is None
         ):
+            if "content" in message:  # OpenAI names the field, not its path, for a null
+                raise c.Invalid(
+                    "Invalid value for 'content': expected a string, got null.", content_path
+                )
             c.missing(content_path)
     elif isinstance(content, str):
         out.text = content
@@ -133,19 +147,19 @@ def _message(raw: object, path: str) -> inference_pb2.ChatMessage:
     return out
 
 
+def _name(raw: object, path: str) -> str:
+    """A function or schema name: OpenAI's pattern, then its length."""
+    name = c.matches(c.string(raw, path), path, NAME_PATTERN)
+    return c.string(name, path, max_length=NAME_MAX_LENGTH)
+
+
 def _tool(raw: object, path: str) -> inference_pb2.Tool:
     tool = c.obj(raw, path)
     c.one_of(c.require(tool, "type", path), c.join(path, "type"), ("function",))
     function_path = c.join(path, "function")
     function = c.obj(c.require(tool, "function", path), function_path)
     name_path = c.join(function_path, "name")
-    name = c.string(c.require(function, "name", function_path), name_path)
-    if not TOOL_NAME.match(name):
-        raise c.Invalid(
-            f"Invalid '{name_path}': string does not match pattern. Expected a string that matches "
-            "the pattern '^[a-zA-Z0-9_-]{1,64}$'.",
-            name_path,
-        )
+    name = _name(c.require(function, "name", function_path), name_path)
     out = inference_pb2.Tool(type="function")
     out.function.name = name
     if function.get("description") is not None:
@@ -239,14 +253,9 @@ def _response_format(raw: object) -> inference_pb2.ResponseFormat:
             c.require(rf, "json_schema", "response_format"), "response_format.json_schema"
         )
         name_path = "response_format.json_schema.name"
-        name = c.string(c.require(schema, "name", "response_format.json_schema"), name_path)
-        if not TOOL_NAME.match(name):
-            raise c.Invalid(
-                f"Invalid '{name_path}': string does not match pattern. Expected a string that matches "
-                "the pattern '^[a-zA-Z0-9_-]{1,64}$'.",
-                name_path,
-            )
-        out.json_schema.name = name
+        out.json_schema.name = _name(
+            c.require(schema, "name", "response_format.json_schema"), name_path
+        )
         if schema.get("description") is not None:
             out.json_schema.description = c.string(
                 schema["description"], "response_format.json_schema.description"

@@ -6,6 +6,7 @@ Every check raises `Invalid(message, param)`; the server turns it into a 400
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn
 
@@ -85,11 +86,30 @@ def require(obj: Mapping[str, Any], key: str, path: str = "") -> Any:
     return value
 
 
-def string(value: object, path: str, *, non_empty: bool = False) -> str:
+def string(
+    value: object, path: str, *, non_empty: bool = False, max_length: int | None = None
+) -> str:
     if not isinstance(value, str):
         wrong_type(path, "a string", value)
     if non_empty and not value:
         raise Invalid(f"Invalid '{path}': empty string. Expected a non-empty string.", path)
+    if max_length is not None and len(value) > max_length:
+        raise Invalid(
+            f"Invalid '{path}': string too long. Expected a string with maximum length "
+            f"{max_length}, but got a string with length {len(value)} instead.",
+            path,
+        )
+    return value
+
+
+def matches(value: str, path: str, pattern: re.Pattern[str]) -> str:
+    """`value` if the whole of it matches `pattern`; OpenAI quotes the pattern back."""
+    if not pattern.fullmatch(value):
+        raise Invalid(
+            f"Invalid '{path}': string does not match pattern. Expected a string that matches "
+            f"the pattern '{pattern.pattern}'.",
+            path,
+        )
     return value
 
 
