@@ -102,9 +102,11 @@ def write_config(
     edge_port, *service_ports = free_ports(1 + len(SERVICE_NAMES))
     raw["edge"]["host"] = "127.0.0.1"
     raw["edge"]["port"] = edge_port
+    raw["edge"]["metrics_port"] = 0  # two stacks may run at once: no fixed ports
     for service, port in zip(SERVICE_NAMES, service_ports, strict=True):
         raw["services"][service]["host"] = "127.0.0.1"
         raw["services"][service]["port"] = port
+        raw["services"][service]["metrics_port"] = 0
     raw["services"]["engine"]["token_delay_ms"] = token_delay_ms
     raw["redis"]["url"] = ""  # the embedded redis-server, part of the measured tree
     # The embedded PostgreSQL and the ledger are part of the measured tree too.

@@ -346,7 +346,7 @@ def serve(service: str, config_path: str | None) -> int:
     config = _config(config_path)
     if config is None:
         return 2
-    logs.configure(service, config.logging.level)
+    logs.configure(service, config.logging.level, config.logging.format)
     tracing.configure(service, config.tracing)
     module_name = SERVICE_MODULES[service]
     if service == "engine" and config.services.engine.backend == "local":

@@ -6,6 +6,10 @@ file raises `ConfigError` naming the offending key path (`models[1].engines[0].w
 Environment overrides use `__` to descend: `MESHGATE_EDGE__PORT=9000`,
 `MESHGATE_SERVICES__QUOTA__PORT=6000`, `MESHGATE_REDIS__URL=redis://...`.
 `REDIS_URL` is honoured as a shorthand for `MESHGATE_REDIS__URL`.
+
+Default ports: the edge listens on 8080 and serves Prometheus metrics on 9180; the
+service whose gRPC port is 5005N serves them on 918N (auth 50051 and 9181, quota
+50052 and 9182, ... ledger 50056 and 9186). A `metrics_port` of 0 turns metrics off.
 """
 
 from __future__ import annotations
@@ -17,7 +21,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 SAMPLE_CONFIG = Path(__file__).with_name("sample.yaml")
 # Configs that ship with meshgate, usable by name: `meshgate up --config local`.
@@ -42,6 +53,14 @@ BudgetPeriod = Literal["total", "day", "month"]
 Usd = Annotated[Decimal, Field(ge=0, decimal_places=6)]
 
 
+EDGE_METRICS_PORT = 9180
+# Where the doc_url of auth and of quota errors points unless `edge.docs` says otherwise.
+DEFAULT_KEYS_URL = "https://github.com/meshgate/meshgate/blob/main/docs/errors.md#authentication"
+DEFAULT_USAGE_URL = (
+    "https://github.com/meshgate/meshgate/blob/main/docs/errors.md#rate-limits-and-quota"
+)
+
+
 class ConfigError(Exception):
     """A config file that cannot be used; the message names the key path."""
 
@@ -58,6 +77,7 @@ class ServiceConfig(_Strict):
     # gRPC target for clients; empty means host:port. In compose: dns:///quota:50052.
     target: str = ""
     # Port of this process's Prometheus /metrics endpoint (on `host`); 0 turns it off.
+    # Under `services:` it defaults to the service's own port (ServicesConfig's defaults).
     metrics_port: int = Field(default=0, ge=0, le=65535)
 
     def dial_target(self) -> str:
@@ -79,18 +99,78 @@ class EngineServiceConfig(ServiceConfig):
 
 
 class ServicesConfig(_Strict):
-    auth: ServiceConfig = ServiceConfig(port=50051)
-    quota: ServiceConfig = ServiceConfig(port=50052)
-    validation: ServiceConfig = ServiceConfig(port=50053)
-    router: ServiceConfig = ServiceConfig(port=50054)
-    engine: EngineServiceConfig = EngineServiceConfig(port=50055)
-    ledger: ServiceConfig = ServiceConfig(port=50056)
+    auth: ServiceConfig = ServiceConfig(port=50051, metrics_port=9181)
+    quota: ServiceConfig = ServiceConfig(port=50052, metrics_port=9182)
+    validation: ServiceConfig = ServiceConfig(port=50053, metrics_port=9183)
+    router: ServiceConfig = ServiceConfig(port=50054, metrics_port=9184)
+    engine: EngineServiceConfig = EngineServiceConfig(port=50055, metrics_port=9185)
+    ledger: ServiceConfig = ServiceConfig(port=50056, metrics_port=9186)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_metrics_ports(cls, data: Any) -> Any:
+        """A service given without `metrics_port` keeps its own default, not the class's 0."""
+        if not isinstance(data, dict):
+            return data
+        filled = dict(data)
+        for name in SERVICE_NAMES:
+            entry = filled.get(name)
+            if isinstance(entry, dict) and "metrics_port" not in entry:
+                default: ServiceConfig = cls.model_fields[name].default
+                filled[name] = {**entry, "metrics_port": default.metrics_port}
+        return filled
 
     def get(self, name: str) -> ServiceConfig:
         if name not in SERVICE_NAMES:
             raise KeyError(name)
         config: ServiceConfig = getattr(self, name)
         return config
+
+
+class DocsConfig(_Strict):
+    """The pages an error's `doc_url` points at, e.g. your own dashboard's."""
+
+    # Auth errors (401): where a caller creates or manages a key.
+    keys_url: str = DEFAULT_KEYS_URL
+    # Quota errors (429): where a caller sees their limits, usage and budget.
+    usage_url: str = DEFAULT_USAGE_URL
+
+    @field_validator("keys_url", "usage_url")
+    @classmethod
+    def _absolute(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s):// URL")
+        return url
+
+
+class UnsupportedConfig(_Strict):
+    """The 404 message of each endpoint this API does not offer: what, and the alternative.
+
+    Name your own services here (`fine_tuning: "Fine-tune at https://ft.example.com."`).
+    """
+
+    fine_tuning: str = Field(
+        default="Fine-tuning is not available on this API. Fine-tune elsewhere and add the "
+        "tuned model to this gateway's model catalog.",
+        min_length=1,
+    )
+    assistants: str = Field(
+        default="The Assistants API is not supported and is not planned.", min_length=1
+    )
+    threads: str = Field(
+        default="The Assistants API (threads) is not supported and is not planned.",
+        min_length=1,
+    )
+    runs: str = Field(
+        default="The Assistants API (runs) is not supported and is not planned.", min_length=1
+    )
+    batches: str = Field(
+        default="The Batch API is not supported. Use client-side fan-out instead.",
+        min_length=1,
+    )
+    files: str = Field(
+        default="The Files API is not supported. Use inline request payloads.", min_length=1
+    )
 
 
 class EdgeConfig(_Strict):
@@ -105,9 +185,13 @@ class EdgeConfig(_Strict):
     # Largest total size of a request's headers, in bytes.
     max_header_bytes: int = Field(default=32 * 1024, gt=0)
     # Port of the edge's Prometheus /metrics endpoint (on `host`); 0 turns it off.
-    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_port: int = Field(default=EDGE_METRICS_PORT, ge=0, le=65535)
     # Port of the gRPC front door for internal consumers (meshgate.gateway.v1); 0 turns it off.
     grpc_port: int = Field(default=0, ge=0, le=65535)
+    # Where errors' doc_url points (MESHGATE_EDGE__DOCS__KEYS_URL=https://...).
+    docs: DocsConfig = DocsConfig()
+    # The messages of the endpoints the API does not offer (fine-tuning, assistants, ...).
+    unsupported: UnsupportedConfig = UnsupportedConfig()
 
 
 class RedisConfig(_Strict):
@@ -266,8 +350,14 @@ class TracingConfig(_Strict):
     file: str = ""
 
 
+LogFormat = Literal["auto", "text", "json"]
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # text: one readable line per record; json: one JSON object per line (for collectors);
+    # auto: text when stderr is a terminal, else JSON (MESHGATE_LOGGING__FORMAT=json).
+    format: LogFormat = "auto"
     # One JSON line per request at the edge (route, model, status, duration, request id).
     # Off by default: the metrics carry the same numbers, and a line costs ~50 µs per request.
     access_log: bool = False

@@ -16,6 +16,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
+from meshgate.config import DEFAULT_KEYS_URL, DEFAULT_USAGE_URL, DocsConfig
 from meshgate.v1 import common_pb2
 
 DETAILS_KEY = "grpc-status-details-bin"
@@ -24,10 +25,23 @@ MAX_MESSAGE = 2000
 # An error a service raises on purpose is final: a negative pushback tells any gRPC
 # retry policy not to try another replica (meshgate's own retries check the details).
 NO_RETRY = ("grpc-retry-pushback-ms", "-1")
-DOC_URL_KEYS = "https://github.com/meshgate/meshgate/blob/main/docs/errors.md#authentication"
-DOC_URL_QUOTA = (
-    "https://github.com/meshgate/meshgate/blob/main/docs/errors.md#rate-limits-and-quota"
-)
+# The doc_url of auth errors (a keys page) and of quota errors (a usage page). Services
+# stamp these defaults; the process that renders the error maps them to the operator's
+# pages (`edge.docs`), see use_doc_pages.
+DOC_URL_KEYS = DEFAULT_KEYS_URL
+DOC_URL_QUOTA = DEFAULT_USAGE_URL
+_doc_pages: dict[str, str] = {}
+
+
+def use_doc_pages(docs: DocsConfig) -> None:
+    """Point the doc_url of every error this process renders at `docs` (the edge, at start)."""
+    _doc_pages.clear()
+    _doc_pages.update({DOC_URL_KEYS: docs.keys_url, DOC_URL_QUOTA: docs.usage_url})
+
+
+def _doc_page(url: str) -> str:
+    return _doc_pages.get(url, url)
+
 
 _GRPC_CODE_BY_STATUS: dict[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -86,7 +100,7 @@ class ApiError(Exception):
         if self.code is not None:
             error.code = self.code
         if self.doc_url is not None:
-            error.doc_url = self.doc_url
+            error.doc_url = _doc_page(self.doc_url)
         if self.retry_after is not None:
             error.retry_after_seconds = self.retry_after
         if self.retry_after_ms is not None:
@@ -123,7 +137,7 @@ class ApiError(Exception):
             "code": self.code,
         }
         if self.doc_url is not None:
-            inner["doc_url"] = self.doc_url
+            inner["doc_url"] = _doc_page(self.doc_url)
         return inner
 
     def grpc_code(self) -> grpc.StatusCode:

@@ -119,6 +119,16 @@ def listen_on(server: grpc.aio.Server, address: str, tls: TlsConfig | None) -> i
 Setup = Callable[[grpc.aio.Server], Awaitable[Sequence[str]]]
 
 
+def start_metrics(name: str, host: str, port: int) -> None:
+    """Serve Prometheus /metrics on host:port from a thread; a taken port is a clear exit."""
+    try:
+        prometheus_client.start_http_server(port, addr=host)
+    except OSError as exc:
+        raise SystemExit(
+            f"meshgate {name}: cannot serve metrics on {host}:{port}: {exc.strerror}"
+        ) from None
+
+
 async def serve(
     name: str,
     listen: ServiceConfig,
@@ -136,7 +146,7 @@ async def serve(
     """
     host, port = listen.host, listen.port
     if listen.metrics_port:
-        prometheus_client.start_http_server(listen.metrics_port, addr=host)
+        start_metrics(name, host, listen.metrics_port)
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestIds()])
     service_names = list(await setup(server))
     health = HealthServicer()

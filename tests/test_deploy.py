@@ -65,6 +65,8 @@ def _check_mesh_config(config: Config, served_by: Mapping[str, str], redis_host:
     Service) that resolves to the processes serving it.
     """
     assert config.edge.host == "0.0.0.0"
+    assert config.edge.metrics_port, "edge.metrics_port is off"
+    assert config.edge.metrics_port != config.edge.port
     for name in SERVICE_NAMES:
         service = config.services.get(name)
         assert service.host == "0.0.0.0", f"services.{name}.host"
@@ -617,7 +619,7 @@ def test_the_edge_service_reaches_the_http_port(tmp_path: Path) -> None:
     assert service["spec"].get("clusterIP") != "None"
     assert service["spec"].get("type", "ClusterIP") in {"ClusterIP", "LoadBalancer", "NodePort"}
     container_ports = {p["name"]: p["containerPort"] for p in _container(deployment)["ports"]}
-    (port,) = service["spec"]["ports"]
+    (port,) = [p for p in service["spec"]["ports"] if p["name"] == "http"]
     target = port.get("targetPort", port["port"])
     assert container_ports.get(target, target) == _k8s_config(deployment, tmp_path).edge.port
 
@@ -668,9 +670,13 @@ def test_every_container_has_probes_and_resources(tmp_path: Path) -> None:
 def test_metrics_are_scraped_where_they_are_served(tmp_path: Path) -> None:
     runs = _k8s_runs()
     deployments = _of_kind("Deployment")
-    for name in SERVICE_NAMES:
+    for name in ("edge", *SERVICE_NAMES):
         deployment = deployments[runs[name]]
-        metrics_port = _k8s_config(deployment, tmp_path).services.get(name).metrics_port
+        config = _k8s_config(deployment, tmp_path)
+        metrics_port = (
+            config.edge.metrics_port if name == "edge" else config.services.get(name).metrics_port
+        )
+        assert metrics_port, f"{name} serves no metrics"
         annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
         assert annotations.get("prometheus.io/scrape") == "true", name
         assert annotations.get("prometheus.io/port") == str(metrics_port), name

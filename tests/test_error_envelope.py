@@ -125,7 +125,7 @@ def test_auth_failure_wins_over_bad_body(http: httpx.Client) -> None:
             "Invalid URL (POST /v1/chat/completions/chat/completions)",
         ),
         ("GET", "/v2/anything", 404, None, "Invalid URL (GET /v2/anything)"),
-        ("POST", "/v1/fine-tuning/jobs", 404, None, "FlexAI Fine-Tuning"),
+        ("POST", "/v1/fine-tuning/jobs", 404, None, "Fine-tuning is not available on this API"),
         ("POST", "/v1/assistants", 404, None, "not planned"),
         ("POST", "/v1/threads/t1/runs", 404, None, "not planned"),
         ("POST", "/v1/batches", 404, None, "client-side fan-out"),

@@ -34,7 +34,11 @@ ENDPOINTS: tuple[Row, ...] = (
         "Only serving models, each with `category`, `capabilities` and `context_length`.",
     ),
     ("GET /v1/models/{id}", "Yes", "Ids may contain `/`, raw or as `%2F`."),
-    ("POST /v1/fine-tuning", "No", "404: use FlexAI Fine-Tuning instead."),
+    (
+        "POST /v1/fine-tuning",
+        "No",
+        "404: fine-tune elsewhere, then add the model to the catalog (the message is `edge.unsupported.fine_tuning`).",
+    ),
     ("POST /v1/assistants, /v1/threads, /v1/runs", "No", "404: not planned."),
     ("POST /v1/batches", "No", "404: use client-side fan-out instead."),
     ("GET /v1/files, /v1/files/*", "No", "404: use inline request payloads."),
