@@ -1,64 +1,50 @@
-"""CPU accounting from /proc: per process (utime+stime) and for the whole host.
+"""CPU and memory accounting through psutil: per process (utime+stime) and for the whole host.
 
 Latency alone hides cost: a gateway can look fast while burning a core per
-few hundred requests. So every scenario reads the CPU ticks of the processes
+few hundred requests. So every scenario reads the CPU time of the processes
 behind each leg (the whole `meshgate up` tree, Redis included) before and
-after its measurement window, and the host's /proc/stat to show how busy the
+after its measurement window, and the host's CPU times to show how busy the
 machine was, which on 2 shared cores says whether a figure is trustworthy.
+psutil reads the same kernel counters (/proc/<pid>/stat, statm, smaps_rollup
+and /proc/stat on Linux) that this module used to parse by hand.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
+# The kernel's clock tick: the resolution of every CPU figure here (psutil divides by it).
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields after the command name (which may itself contain spaces or parentheses)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()
 
 
 def cpu_seconds(pid: int) -> float | None:
     """utime + stime of one process, all its threads included; None once it is gone."""
-    fields = _stat_fields(pid)
-    if fields is None:
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    # fields[0] is the state (field 3 of proc(5)): utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return float(times.user + times.system)
 
 
 def descendants(pid: int) -> list[int]:
-    """Every process below `pid`, from the parent links in /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = _stat_fields(int(entry.name))
-        if fields is not None:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    """Every process below `pid` (children, grandchildren...); empty once it is gone."""
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def process_label(pid: int) -> str:
     """`edge`, `router`, `redis`... from the command line; `launcher` for `meshgate up`."""
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+        args = [a for a in psutil.Process(pid).cmdline() if a]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return f"pid{pid}"
-    args = [a.decode(errors="replace") for a in argv if a]
     if "serve" in args and args.index("serve") + 1 < len(args):
         return args[args.index("serve") + 1]
     if args and "redis-server" in Path(args[0]).name:
@@ -70,24 +56,26 @@ def process_label(pid: int) -> str:
 
 @dataclass(frozen=True)
 class HostCpu:
-    """Jiffies of all CPUs from the first line of /proc/stat.
+    """CPU seconds of all CPUs together, as psutil.cpu_times() sums them.
 
     `irq` (hard and soft interrupts) is kept apart: loopback TCP is largely
     processed in softirq context, which no process's utime/stime includes.
     """
 
-    busy: int
-    irq: int
-    total: int
+    busy: float
+    irq: float
+    total: float
 
     @classmethod
     def read(cls) -> HostCpu:
-        with open("/proc/stat") as stat:
-            values = [int(v) for v in stat.readline().split()[1:]]
-        values += [0] * (8 - len(values))
-        idle = values[3] + values[4]  # idle + iowait
-        total = sum(values[:8])  # guest time is already inside user and nice
-        return cls(total - idle, values[5] + values[6], total)
+        times = psutil.cpu_times()
+        idle = times.idle + getattr(times, "iowait", 0.0)
+        irq = getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
+        # user, nice, system, idle, iowait, irq, softirq, steal: guest time is already
+        # inside user and nice, so guest and guest_nice are left out.
+        parts = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+        total = sum(getattr(times, name, 0.0) for name in parts)
+        return cls(total - idle, irq, total)
 
     def busy_fraction_since(self, before: HostCpu) -> float:
         """Share of all CPUs' time that was busy, 0..1."""
@@ -102,8 +90,6 @@ class HostCpu:
 
 def host_busy_pct(seconds: float) -> float:
     """How busy the whole machine is over `seconds`, in % of all CPUs: the background load."""
-    import time
-
     before = HostCpu.read()
     time.sleep(seconds)
     return round(HostCpu.read().busy_fraction_since(before) * 100, 1)
@@ -133,28 +119,22 @@ class CpuProbe:
 
 
 def memory_kib(pid: int) -> tuple[int, int] | None:
-    """(VmRSS, Pss) of one process in KiB; None once it is gone.
+    """(RSS, Pss) of one process in KiB; None once it is gone or a zombie.
 
-    VmRSS counts every resident page the process maps, shared ones (libraries,
-    copy-on-write pages) included, so a sum over processes overstates the
-    machine's real use; Pss divides each shared page among its sharers, so it
-    sums to what the processes really occupy. Both are reported; the memory
-    target is judged on VmRSS, the stricter of the two.
+    RSS (the kernel's VmRSS) counts every resident page the process maps,
+    shared ones (libraries, copy-on-write pages) included, so a sum over
+    processes overstates the machine's real use; Pss divides each shared page
+    among its sharers, so it sums to what the processes really occupy. Both
+    are reported; the memory target is judged on RSS, the stricter of the two.
     """
-    rss = pss = None
     try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1])
-                    break
-        with open(f"/proc/{pid}/smaps_rollup") as rollup:
-            for line in rollup:
-                if line.startswith("Pss:"):
-                    pss = int(line.split()[1])
-                    break
-    except OSError:
+        process = psutil.Process(pid)
+        with process.oneshot():
+            if process.status() == psutil.STATUS_ZOMBIE:  # a zombie has no memory
+                return None
+            memory = process.memory_full_info()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    if rss is None:  # a zombie has no memory lines
-        return None
-    return rss, pss if pss is not None else rss
+    rss = memory.rss // 1024
+    pss = getattr(memory, "pss", None)  # Linux only
+    return rss, pss // 1024 if pss is not None else rss

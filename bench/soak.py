@@ -102,7 +102,7 @@ DONE_EVENT = b"data: [DONE]\n\n"
 # "length" (vLLM would say "length"). The token count is checked exactly either way.
 FINISH_REASONS = ("length", "stop")
 MEMORY_BASIS = (
-    "VmRSS from /proc/<pid>/status and Pss from /proc/<pid>/smaps_rollup per process of the "
+    "VmRSS (psutil's rss) and Pss (psutil's memory_full_info().pss) per process of the "
     "meshgate up tree; MB = 10^6 bytes; slopes are least-squares fits over the samples after "
     "the warm-up"
 )

@@ -38,8 +38,8 @@ FIRST_TOKEN_TIMEOUT_S = 30.0
 # After closing, time for the mesh to cancel the streams before it is stopped.
 SETTLE_S = 1.0
 MEMORY_BASIS = (
-    "VmRSS from /proc/<pid>/status, summed over the meshgate up tree (shared pages count "
-    "once per process, so this overstates); Pss from /proc/<pid>/smaps_rollup alongside"
+    "VmRSS (psutil's rss), summed over the meshgate up tree (shared pages count "
+    "once per process, so this overstates); Pss (psutil's memory_full_info().pss) alongside"
 )
 ERROR_SAMPLES = 5
 

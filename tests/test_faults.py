@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import psutil
 
 from bench.procstat import descendants
 from tests.conftest import launch_mesh, process_alive
@@ -25,14 +26,14 @@ def _pids(root: int, name: str) -> list[int]:
     found = []
     for pid in descendants(root):
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
+            argv = psutil.Process(pid).cmdline()
+        except psutil.Error:
             continue
         if not process_alive(pid):
             continue
-        if name == "redis" and argv and b"redis-server" in argv[0]:
+        if name == "redis" and argv and "redis-server" in argv[0]:
             found.append(pid)
-        elif b"serve" in argv and name.encode() in argv:
+        elif "serve" in argv and name in argv:
             found.append(pid)
     return found
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import openai
+import psutil
 import pytest
 import yaml
 
@@ -20,6 +21,7 @@ from meshgate.cli import main
 from tests.conftest import (
     ROOT,
     RunningMesh,
+    free_ports,
     meshgate_cmd,
     process_alive,
     processes_mentioning,
@@ -46,8 +48,8 @@ def run_cli(
 
 def cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
         return ""
 
 
@@ -157,6 +159,33 @@ def test_port_in_use_names_the_service(tmp_path: Path) -> None:
     assert not leftovers(tmp_path)
 
 
+def test_metrics_port_in_use_names_the_service(tmp_path: Path) -> None:
+    (metrics_port,) = free_ports(1)
+    path = write_config(tmp_path, {"services__router__metrics_port": metrics_port})
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", metrics_port))
+        squatter.listen()
+        result = run_cli("up", "--config", str(path), tmp=tmp_path)
+
+    assert result.returncode != 0
+    assert f"meshgate: router cannot start: metrics port {metrics_port}" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not leftovers(tmp_path)
+
+
+def test_a_metrics_port_shared_with_a_listener_is_refused(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    quota_port = yaml.safe_load(path.read_text())["services"]["quota"]["port"]
+    raw = yaml.safe_load(path.read_text())
+    raw["edge"]["metrics_port"] = quota_port
+    path.write_text(yaml.safe_dump(raw))
+    result = run_cli("up", "--config", str(path), tmp=tmp_path)
+
+    assert result.returncode != 0
+    assert f"edge uses metrics port {quota_port}, which quota uses too" in result.stderr
+    assert not leftovers(tmp_path)
+
+
 def test_a_child_that_cannot_start_stops_the_rest(tmp_path: Path) -> None:
     # 192.0.2.1 (TEST-NET-1) is never a local address: the router's bind fails in the child.
     path = write_config(tmp_path, {"services__router__host": "192.0.2.1"})
@@ -187,6 +216,18 @@ def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("meshgate: ")
     assert "edge.port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_with_a_taken_metrics_port_names_it(tmp_path: Path) -> None:
+    (metrics_port,) = free_ports(1)
+    path = write_config(tmp_path, {"services__validation__metrics_port": metrics_port})
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", metrics_port))
+        squatter.listen()
+        result = run_cli("serve", "validation", "--config", str(path), timeout=60)
+    assert result.returncode != 0
+    assert f"meshgate validation: cannot serve metrics on 127.0.0.1:{metrics_port}" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 import pytest
 
 from meshgate.postgres import EmbeddedPostgres, find_binaries
@@ -61,21 +62,20 @@ def execute(url: str, sql: str) -> None:
 
 
 def real_uid(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(status.split("\nUid:", 1)[1].split()[0])
+    return int(psutil.Process(pid).uids().real)
 
 
 def cmdline(pid: int) -> list[str]:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-    except OSError:
+        return list(psutil.Process(pid).cmdline())
+    except psutil.Error:
         return []
 
 
 def postmasters_in(workdir: Path) -> dict[int, list[str]]:
     """The PostgreSQL servers whose data directory is under `workdir`."""
     found = {pid: cmdline(pid) for pid in processes_mentioning(f"{workdir}/")}
-    return {pid: argv for pid, argv in found.items() if argv[0].endswith("/postgres")}
+    return {pid: argv for pid, argv in found.items() if argv and argv[0].endswith("/postgres")}
 
 
 # --------------------------------------------------------- the module itself ----
@@ -172,14 +172,14 @@ def test_pause_makes_new_connections_hang(
 _AS_CALLER = """
 import json, subprocess, sys
 from pathlib import Path
+import psutil
 from meshgate.postgres import EmbeddedPostgres
 server = EmbeddedPostgres(Path(sys.argv[1]), int(sys.argv[2]))
 server.init()
 proc = subprocess.Popen(server.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 try:
     server.wait_ready(30, alive=lambda: proc.poll() is None)
-    status = Path(f"/proc/{proc.pid}/status").read_text()
-    uid = int(status.split("\\nUid:", 1)[1].split()[0])
+    uid = psutil.Process(proc.pid).uids().real
     print(json.dumps({"argv0": server.argv()[0], "uid": uid, "run_as": server.run_as}))
 finally:
     proc.send_signal(2)

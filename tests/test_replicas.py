@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from bench.procstat import descendants
@@ -23,10 +24,10 @@ def _serving(root: int, service: str) -> list[int]:
     pids = []
     for pid in descendants(root):
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
+            argv = psutil.Process(pid).cmdline()
+        except psutil.Error:
             continue
-        if b"serve" in argv and service.encode() in argv and process_alive(pid):
+        if "serve" in argv and service in argv and process_alive(pid):
             pids.append(pid)
     return pids
 

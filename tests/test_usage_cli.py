@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import pytest
 import redis
 
@@ -407,8 +408,11 @@ def test_meshgate_up_runs_the_ledger_only_when_it_is_enabled(
     def served(mesh: RunningMesh) -> set[str]:
         names = set()
         for pid in processes_mentioning(str(mesh.config_path)):
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-            if "serve" in argv:
+            try:
+                argv = psutil.Process(pid).cmdline()
+            except psutil.Error:
+                continue
+            if "serve" in argv and argv.index("serve") + 1 < len(argv):
                 names.add(argv[argv.index("serve") + 1])
         return names
 

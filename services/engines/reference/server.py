@@ -1,6 +1,6 @@
 """The reference engine's gRPC service: `meshgate.v1.EngineService` over the generator.
 
-Every answer is planned in full first (generator.py, pure and fast), then
+Every answer is planned in full first (the generator package, pure and fast), then
 either sent as one message or streamed piece by piece. Streams follow the
 OpenAI chunk order the router forwards unchanged: a role-only delta, one delta
 per piece (or tool-call fragments), a finish delta, then one usage-only chunk.
@@ -25,7 +25,7 @@ from meshgate.logs import configure
 from meshgate.v1 import common_pb2, engine_pb2, engine_pb2_grpc, inference_pb2
 from services.engines.metrics import TOKENS, generating
 from services.engines.reference import generator
-from services.engines.reference.generator import ChatPlan, InvalidRequest, TextPlan
+from services.engines.reference.generator import ChatPlan, InvalidRequest, TextPlan, ToolCallPlan
 
 log = logging.getLogger("meshgate.engine")
 
@@ -56,7 +56,7 @@ def _content_chunk(piece: str) -> inference_pb2.ChatCompletionChunk:
     return chunk
 
 
-def _tool_start_chunk(call: generator.ToolCallPlan) -> inference_pb2.ChatCompletionChunk:
+def _tool_start_chunk(call: ToolCallPlan) -> inference_pb2.ChatCompletionChunk:
     chunk = _Chunk()
     call_delta = chunk.choices.add().delta.tool_calls.add()
     call_delta.id = call.id
