@@ -1,30 +1,53 @@
-"""meshgate's own HTTP surface as an OpenAPI 3.0 document, served at `GET /openapi.json`.
+"""meshgate's HTTP surface as an OpenAPI 3.1 document, served at `GET /openapi.json`.
 
-The request schemas follow the validation service (services/validation/): what
-they accept is what the schemas allow, JSON null counts as omitted except where
-the validator says otherwise (`encoding_format`), and unknown fields stay open
-because the validators pass them through to the engine. The error responses
-are the statuses in meshgate/errors.py's CATALOGUE that each endpoint can give.
-The document is built and serialized once, at import.
+The request and response schemas are not written here: they are pydantic's JSON
+Schema of openai-python's own types (the params TypedDicts the validators are
+authored against, and the response models the SDK parses), for the SDK version
+pinned in pyproject.toml and recorded in services/validation/sdk_snapshot.json.
+edge/openapi_overlay.py then applies what meshgate refuses or adds, from the
+compatibility tables in services/validation/surface.py. OpenAPI 3.1, because
+its schemas are JSON Schema 2020-12, the dialect pydantic writes.
+
+The paths, the bearer scheme, the headers and the error responses (the statuses
+in meshgate/errors.py's CATALOGUE that each endpoint can give) are meshgate's
+own and are written below. The document is built and serialized once, on first
+use (`document()`, `document_json()`), never per request.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import re
 from importlib import metadata
 from typing import Any
 
+import openai
 import orjson
+from openai.pagination import SyncPage
+from openai.types import (
+    Completion,
+    CreateEmbeddingResponse,
+    ErrorObject,
+    Model,
+    completion_create_params,
+    embedding_create_params,
+)
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import completion_create_params as chat
+from pydantic import TypeAdapter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from edge import openapi_overlay as overlay
 from edge.headers import request_id_of
+from services.validation import surface
+from services.validation.sdk_snapshot import SNAPSHOT
 
 JSONObject = dict[str, Any]
 
-OPENAPI_VERSION = "3.0.3"
-TOOL_NAME_PATTERN = "^[a-zA-Z0-9_-]{1,64}$"
-# cl100k's ordinary tokens: prompts given as token ids are decoded with it.
-MAX_TOKEN_ID = 100255
+OPENAPI_VERSION = "3.1.0"
+REF_TEMPLATE = overlay.REF_PREFIX + "{model}"
 
 
 def _version() -> str:
@@ -34,480 +57,159 @@ def _version() -> str:
         return "0.0.0"
 
 
+def pinned_sdk() -> str:
+    """The openai-python version the validators were audited against (the snapshot's)."""
+    version: str = json.loads(SNAPSHOT.read_text())["openai_version"]
+    return version
+
+
 def ref(name: str) -> JSONObject:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def obj(
-    properties: JSONObject,
-    required: tuple[str, ...] = (),
-    *,
-    description: str | None = None,
-    closed: bool = False,
-) -> JSONObject:
-    """An object schema; open (extra keys allowed) unless `closed`."""
-    schema: JSONObject = {"type": "object", "properties": properties}
-    if required:
-        schema["required"] = list(required)
-    if closed:
-        schema["additionalProperties"] = False
-    if description:
-        schema["description"] = description
-    return schema
-
-
-def nullable(schema: JSONObject) -> JSONObject:
-    """A field the validators treat as omitted when it is JSON null (3.0: null joins an enum)."""
-    if "enum" in schema:
-        return {**schema, "enum": [*schema["enum"], None], "nullable": True}
-    return {**schema, "nullable": True}
+    return {"$ref": overlay.REF_PREFIX + name}
 
 
 def const(value: str) -> JSONObject:
-    return {"type": "string", "enum": [value]}
-
-
-def number(minimum: float, maximum: float) -> JSONObject:
-    return nullable({"type": "number", "minimum": minimum, "maximum": maximum})
+    return {"type": "string", "const": value}
 
 
 STRING: JSONObject = {"type": "string"}
-INTEGER: JSONObject = {"type": "integer"}
-# The protobuf field widths behind the validators (meshgate.v1.inference).
-INT32: JSONObject = {"type": "integer", "format": "int32", "maximum": 2**31 - 1}
-INT64: JSONObject = {"type": "integer", "format": "int64", "maximum": 2**63 - 1}
 BOOLEAN: JSONObject = {"type": "boolean"}
 ANY_OBJECT: JSONObject = {"type": "object", "additionalProperties": True}
-STOP: JSONObject = nullable(
-    {
-        "description": "A string or up to 4 strings.",
-        "anyOf": [STRING, {"type": "array", "items": STRING, "maxItems": 4}],
+
+# ------------------------------------------------------------- from the SDK ----
+
+# Component name -> the SDK type whose JSON Schema it is.
+SDK_TYPES: dict[str, Any] = {
+    "CreateChatCompletionRequest": chat.CompletionCreateParams,
+    "CreateCompletionRequest": completion_create_params.CompletionCreateParams,
+    "CreateEmbeddingRequest": embedding_create_params.EmbeddingCreateParams,
+    "ChatCompletion": ChatCompletion,
+    "ChatCompletionChunk": ChatCompletionChunk,
+    "Completion": Completion,
+    "CreateEmbeddingResponse": CreateEmbeddingResponse,
+    "Model": Model,
+    "ModelList": SyncPage[Model],
+    "ErrorObject": ErrorObject,
+}
+
+
+def _short(name: str) -> str:
+    """`openai__types__chat__chat_completion__Choice` -> `ChatCompletionChoice`."""
+    parts = name.split("__")[2:]
+    if not parts:
+        return name
+    camel = [p.replace("_", " ").title().replace(" ", "") for p in parts[:-1]]
+    module = camel[-1] if camel else ""
+    prefix = "".join(camel[:-1]) if parts[-1].startswith(module) else module
+    return prefix + parts[-1]
+
+
+def _renamed(value: Any, names: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        out = {k: _renamed(v, names) for k, v in value.items()}
+        target = out.get("$ref")
+        if isinstance(target, str) and target.startswith(overlay.REF_PREFIX):
+            out["$ref"] = overlay.REF_PREFIX + names[target.removeprefix(overlay.REF_PREFIX)]
+        return out
+    if isinstance(value, list):
+        return [_renamed(v, names) for v in value]
+    return value
+
+
+def sdk_schemas() -> JSONObject:
+    """pydantic's JSON Schema of SDK_TYPES, one component per type and per nested type."""
+    adapters = [(name, "validation", TypeAdapter(tp)) for name, tp in SDK_TYPES.items()]
+    tops, defs = TypeAdapter.json_schemas(adapters, ref_template=REF_TEMPLATE)  # type: ignore[arg-type]
+    components: JSONObject = defs.get("$defs", {})
+    names = {
+        name: name if name.isidentifier() and "__" not in name else _short(name)
+        for name in components
     }
-)
-STREAM_OPTIONS: JSONObject = nullable(
-    obj(
-        {"include_usage": nullable(BOOLEAN)},
-        description="Only allowed with `stream: true` (a 400 otherwise).",
+    names = {old: (re.sub(r"\W", "", new) or old) for old, new in names.items()}
+    for (name, _), top in tops.items():
+        target = top.get("$ref", "").removeprefix(overlay.REF_PREFIX)
+        if target:
+            names[target] = name  # the type itself takes the component's name
+    assert len(set(names.values())) == len(names), "two SDK types map to one component name"
+    schemas: JSONObject = {names[old]: schema for old, schema in components.items()}
+    for (name, _), top in tops.items():
+        if "$ref" not in top:
+            schemas[name] = top
+    renamed: JSONObject = _renamed(schemas, names)
+    return renamed
+
+
+def schemas() -> JSONObject:
+    """The SDK's schemas with meshgate's overlay applied, plus meshgate's own."""
+    s = sdk_schemas()
+    overlay.chat_rules(s, s["CreateChatCompletionRequest"])
+    overlay.completion_rules(s, s["CreateCompletionRequest"])
+    overlay.embedding_rules(s, s["CreateEmbeddingRequest"])
+    overlay.requests(s, s["CreateChatCompletionRequest"], surface.CHAT_FIELDS)
+    overlay.requests(s, s["CreateCompletionRequest"], surface.COMPLETIONS_FIELDS)
+    overlay.requests(s, s["CreateEmbeddingRequest"], surface.EMBEDDINGS_FIELDS)
+    overlay.responses(
+        s,
+        (s["ChatCompletion"], s["ChatCompletionChunk"], s["Completion"]),
+        s["CompletionUsage"],
     )
-)
-
-
-def prompt_like(*, non_empty_strings: bool) -> JSONObject:
-    """`prompt` / `input`: a string, strings, token ids, or lists of token ids."""
-    text: JSONObject = {"type": "string", "minLength": 1} if non_empty_strings else STRING
-    token: JSONObject = {"type": "integer", "minimum": 0, "maximum": MAX_TOKEN_ID}
-    ids: JSONObject = {"type": "array", "items": token, "minItems": 1}
-    return {
-        "anyOf": [
-            text,
-            {"type": "array", "items": text, "minItems": 1},
-            ids,
-            {"type": "array", "items": ids, "minItems": 1},
-        ]
+    # Not Completion: it is also the shape of /v1/completions stream chunks (usage null).
+    overlay.always_usage(s, s["ChatCompletion"])
+    overlay.completion_stream_choices(s)
+    overlay.model_card(s["Model"])
+    overlay.error_object(s["ErrorObject"])
+    s["Error"] = {
+        "type": "object",
+        "properties": {"error": ref("ErrorObject")},
+        "required": ["error"],
+        "description": "OpenAI's error envelope; all four keys are always present.",
     }
+    s["StreamEvent"] = STREAM_EVENT
+    s["Health"] = HEALTH
+    s["Ready"] = READY
+    return s
 
 
-# ------------------------------------------------------------ chat requests ----
+# ------------------------------------------------------------ meshgate's own ----
 
-
-def _part(kind: str, field: str, value: JSONObject) -> JSONObject:
-    return obj({"type": const(kind), field: value}, ("type", field))
-
-
-TEXT_PART = _part("text", "text", STRING)
-REFUSAL_PART = _part("refusal", "refusal", STRING)
-IMAGE_PART = _part(
-    "image_url",
-    "image_url",
-    obj(
-        {
-            "url": {
-                "type": "string",
-                "pattern": "^(https?://|data:image/)",
-                "description": "An http(s) URL or a base64 data URL (data:image/...;base64,...).",
-            },
-            "detail": nullable({"type": "string", "enum": ["auto", "low", "high"]}),
-        },
-        ("url",),
-    ),
-)
-AUDIO_PART = _part(
-    "input_audio",
-    "input_audio",
-    obj({"data": STRING, "format": {"type": "string", "enum": ["wav", "mp3"]}}, ("data", "format")),
-)
-FILE_PART = _part(
-    "file",
-    "file",
-    obj({key: nullable(STRING) for key in ("file_data", "file_id", "filename")}),
-)
-
-
-def _content(*parts: JSONObject) -> JSONObject:
-    return {"anyOf": [STRING, {"type": "array", "items": {"anyOf": list(parts)}, "minItems": 1}]}
-
-
-TOOL_CALL = obj(
-    {
-        "id": STRING,
-        "type": const("function"),
-        "function": obj({"name": STRING, "arguments": STRING}, ("name", "arguments")),
-    },
-    ("id", "type", "function"),
-)
-NAME: JSONObject = nullable(STRING)
-
-
-def _message(
-    role: str | list[str], properties: JSONObject, required: tuple[str, ...]
-) -> JSONObject:
-    roles = [role] if isinstance(role, str) else role
-    return obj({"role": {"type": "string", "enum": roles}, **properties}, ("role", *required))
-
-
-ASSISTANT_CONTENT = _content(TEXT_PART, REFUSAL_PART)
-ASSISTANT_FIELDS: JSONObject = {
-    "content": nullable(ASSISTANT_CONTENT),
-    "name": NAME,
-    "refusal": nullable(STRING),
-    "tool_calls": nullable({"type": "array", "items": TOOL_CALL}),
-    "function_call": nullable(ANY_OBJECT),
-}
-CHAT_MESSAGE: JSONObject = {
-    "description": "One message; its role decides the content shapes allowed.",
-    "anyOf": [
-        _message(
-            ["system", "developer"], {"content": _content(TEXT_PART), "name": NAME}, ("content",)
-        ),
-        _message(
-            "user",
-            {"content": _content(TEXT_PART, IMAGE_PART, AUDIO_PART, FILE_PART), "name": NAME},
-            ("content",),
-        ),
-        # An assistant message needs content, tool calls, a refusal or a function call.
-        *(
-            _message("assistant", {**ASSISTANT_FIELDS, field: schema}, (field,))
-            for field, schema in (
-                ("content", ASSISTANT_CONTENT),
-                ("tool_calls", {"type": "array", "items": TOOL_CALL, "minItems": 1}),
-                ("refusal", STRING),
-                ("function_call", ANY_OBJECT),
-            )
-        ),
-        _message(
-            "tool",
-            {"content": _content(TEXT_PART), "tool_call_id": STRING, "name": NAME},
-            ("content", "tool_call_id"),
-        ),
-        _message("function", {"content": nullable(STRING), "name": STRING}, ("name",)),
-    ],
-}
-NAMED_FUNCTION = obj({"name": STRING}, ("name",))
-TOOL = obj(
-    {
-        "type": const("function"),
-        "function": obj(
-            {
-                "name": {"type": "string", "pattern": TOOL_NAME_PATTERN},
-                "description": nullable(STRING),
-                "parameters": nullable(ANY_OBJECT),
-                "strict": nullable(BOOLEAN),
-            },
-            ("name",),
-        ),
-    },
-    ("type", "function"),
-)
-TOOL_CHOICE: JSONObject = nullable(
-    {
-        "description": "Only allowed when `tools` is set; a named function must be one of them.",
-        "anyOf": [
-            {"type": "string", "enum": ["none", "auto", "required"]},
-            obj({"type": const("function"), "function": NAMED_FUNCTION}, ("type", "function")),
-            obj(
-                {
-                    "type": const("allowed_tools"),
-                    "allowed_tools": obj(
-                        {
-                            "mode": {"type": "string", "enum": ["auto", "required"]},
-                            "tools": {
-                                "type": "array",
-                                "minItems": 1,
-                                "items": obj(
-                                    {"type": const("function"), "function": NAMED_FUNCTION},
-                                    ("type", "function"),
-                                ),
-                            },
-                        },
-                        ("mode", "tools"),
-                    ),
-                },
-                ("type", "allowed_tools"),
-            ),
-        ],
-    }
-)
-RESPONSE_FORMAT: JSONObject = nullable(
-    {
-        "anyOf": [
-            obj({"type": const("text")}, ("type",)),
-            obj({"type": const("json_object")}, ("type",)),
-            obj(
-                {
-                    "type": const("json_schema"),
-                    "json_schema": obj(
-                        {
-                            "name": {"type": "string", "pattern": TOOL_NAME_PATTERN},
-                            "description": nullable(STRING),
-                            "schema": nullable(ANY_OBJECT),
-                            "strict": nullable(BOOLEAN),
-                        },
-                        ("name",),
-                    ),
-                },
-                ("type", "json_schema"),
-            ),
-        ]
-    }
-)
-CHAT_REQUEST = obj(
-    {
-        "model": {"type": "string", "minLength": 1, "example": "meshgate/reference-pro"},
-        "messages": {"type": "array", "minItems": 1, "items": ref("ChatMessage")},
-        "temperature": number(0, 2),
-        "top_p": number(0, 1),
-        "presence_penalty": number(-2, 2),
-        "frequency_penalty": number(-2, 2),
-        "max_tokens": nullable(INT64 | {"minimum": 1}),
-        "max_completion_tokens": nullable(INT64 | {"minimum": 1}),
-        "stop": STOP,
-        "seed": nullable(INT64 | {"minimum": -(2**63)}),
-        "user": nullable(STRING),
-        "n": nullable(
-            {"type": "integer", "minimum": 1, "maximum": 1, "description": "n > 1 is a 400."}
-        ),
-        "logprobs": nullable(
-            {"type": "boolean", "enum": [False], "description": "`true` is a 400."}
-        ),
-        "stream": nullable(BOOLEAN),
-        "stream_options": STREAM_OPTIONS,
-        "tools": nullable({"type": "array", "items": TOOL}),
-        "tool_choice": TOOL_CHOICE,
-        "response_format": RESPONSE_FORMAT,
-    },
-    ("model", "messages"),
-    description=(
-        "Fields not listed here (for example `top_k`, `metadata`) are forwarded to the engine "
-        "untouched. `top_logprobs` is not supported: any value is a 400."
-    ),
-)
-
-COMPLETION_REQUEST = obj(
-    {
-        "model": {"type": "string", "minLength": 1, "example": "meshgate/reference-mini"},
-        "prompt": prompt_like(non_empty_strings=False),
-        "max_tokens": nullable(INT64 | {"minimum": 0, "description": "Defaults to 16 per prompt."}),
-        "temperature": number(0, 2),
-        "top_p": number(0, 1),
-        "presence_penalty": number(-2, 2),
-        "frequency_penalty": number(-2, 2),
-        "stop": STOP,
-        "seed": nullable(INT64 | {"minimum": -(2**63)}),
-        "user": nullable(STRING),
-        "echo": nullable(BOOLEAN),
-        "suffix": nullable(STRING),
-        "n": nullable(
-            {"type": "integer", "minimum": 1, "maximum": 1, "description": "n > 1 is a 400."}
-        ),
-        "stream": nullable(BOOLEAN),
-        "stream_options": STREAM_OPTIONS,
-    },
-    ("model", "prompt"),
-    description=(
-        "Fields not listed here are forwarded to the engine untouched. `logprobs` is not "
-        "supported: any value is a 400."
-    ),
-)
-
-EMBEDDING_REQUEST = obj(
-    {
-        "model": {"type": "string", "minLength": 1, "example": "bge-m3"},
-        "input": prompt_like(non_empty_strings=True),
-        "encoding_format": {
-            "type": "string",
-            "enum": ["float", "base64"],
-            "description": "Omit it for floats; an explicit null is a 400.",
-        },
-        "dimensions": nullable(INT32 | {"minimum": 1}),
-        "user": nullable(STRING),
-    },
-    ("model", "input"),
-    description="Fields not listed here are forwarded to the engine untouched.",
-)
-
-# ---------------------------------------------------------------- responses ----
-
-COUNT: JSONObject = {"type": "integer", "minimum": 0}
-USAGE = obj(
-    {
-        "prompt_tokens": COUNT,
-        "completion_tokens": COUNT,
-        "total_tokens": COUNT,
-        "prompt_tokens_details": obj(
-            {"cached_tokens": COUNT, "audio_tokens": COUNT}, ("cached_tokens",)
-        ),
-        "completion_tokens_details": obj(
-            {
-                "reasoning_tokens": COUNT,
-                "audio_tokens": COUNT,
-                "accepted_prediction_tokens": COUNT,
-                "rejected_prediction_tokens": COUNT,
-            }
-        ),
-        "cache_read_input_tokens": COUNT,
-        "cache_creation_input_tokens": COUNT,
-    },
-    (
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
-        "prompt_tokens_details",
-        "cache_read_input_tokens",
-        "cache_creation_input_tokens",
-    ),
-)
-NO_LOGPROBS: JSONObject = {"type": "object", "nullable": True, "description": "Always null."}
-CHAT_COMPLETION = obj(
-    {
-        "id": STRING,
-        "object": const("chat.completion"),
-        "created": INTEGER,
-        "model": STRING,
-        "choices": {
-            "type": "array",
-            "items": obj(
-                {
-                    "index": COUNT,
-                    "message": obj(
-                        {
-                            "role": const("assistant"),
-                            "content": nullable(STRING),
-                            "refusal": nullable(STRING),
-                            "annotations": {"type": "array", "items": ANY_OBJECT},
-                            "tool_calls": {"type": "array", "items": TOOL_CALL},
-                        },
-                        ("role", "content"),
-                    ),
-                    "logprobs": NO_LOGPROBS,
-                    "finish_reason": STRING,
-                },
-                ("index", "message", "finish_reason"),
-            ),
-        },
-        "usage": ref("Usage"),
-    },
-    ("id", "object", "created", "model", "choices", "usage"),
-)
-COMPLETION = obj(
-    {
-        "id": STRING,
-        "object": const("text_completion"),
-        "created": INTEGER,
-        "model": STRING,
-        "choices": {
-            "type": "array",
-            "items": obj(
-                {
-                    "text": STRING,
-                    "index": COUNT,
-                    "logprobs": NO_LOGPROBS,
-                    "finish_reason": STRING,
-                },
-                ("text", "index", "finish_reason"),
-            ),
-        },
-        "usage": ref("Usage"),
-    },
-    ("id", "object", "created", "model", "choices", "usage"),
-)
-EMBEDDINGS = obj(
-    {
-        "object": const("list"),
+STREAM_EVENT: JSONObject = {
+    "type": "object",
+    "properties": {
         "data": {
-            "type": "array",
-            "items": obj(
+            "description": (
+                "A JSON chunk (`chat.completion.chunk`, or a `text_completion` on "
+                '/v1/completions), a final `{"error": {...}}` if the engine failed '
+                "mid-stream, or `[DONE]`."
+            ),
+            "anyOf": [
+                const("[DONE]"),
                 {
-                    "object": const("embedding"),
-                    "index": COUNT,
-                    "embedding": {
-                        "description": "Floats, or base64 of little-endian float32.",
-                        "anyOf": [{"type": "array", "items": {"type": "number"}}, STRING],
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {
+                        "anyOf": [ref("ChatCompletionChunk"), ref("Completion"), ref("Error")]
                     },
                 },
-                ("object", "index", "embedding"),
-            ),
-        },
-        "model": STRING,
-        "usage": obj(
-            {"prompt_tokens": COUNT, "total_tokens": COUNT}, ("prompt_tokens", "total_tokens")
-        ),
-    },
-    ("object", "data", "model", "usage"),
-)
-MODEL = obj(
-    {
-        "id": STRING,
-        "object": const("model"),
-        "created": INTEGER,
-        "owned_by": STRING,
-        "category": STRING,
-        "capabilities": {"type": "array", "items": STRING},
-        "context_length": COUNT,
-    },
-    ("id", "object", "created", "owned_by"),
-)
-MODEL_LIST = obj(
-    {"object": const("list"), "data": {"type": "array", "items": ref("Model")}}, ("object", "data")
-)
-ERROR = obj(
-    {
-        "error": obj(
-            {
-                "message": STRING,
-                "type": STRING,
-                "param": nullable(STRING),
-                "code": nullable(STRING),
-                "doc_url": STRING,
-            },
-            ("message", "type", "param", "code"),
-        )
-    },
-    ("error",),
-    description="OpenAI's error envelope; all four keys are always present.",
-)
-STREAM_EVENT = obj(
-    {
-        "data": {
-            "type": "string",
-            "description": (
-                "A JSON chunk (`chat.completion.chunk` or `text_completion`), a final "
-                '`{"error": {...}}` if the engine failed mid-stream, or `[DONE]`.'
-            ),
+            ],
         },
         "event": STRING,
         "id": STRING,
     },
-    ("data",),
-    description="One server-sent event of a `stream: true` response.",
-)
-HEALTH = obj({"status": const("ok")}, ("status",))
-READY = obj(
-    {
+    "required": ["data"],
+    "description": "One server-sent event of a `stream: true` response.",
+}
+HEALTH: JSONObject = {
+    "type": "object",
+    "properties": {"status": const("ok")},
+    "required": ["status"],
+}
+READY: JSONObject = {
+    "type": "object",
+    "properties": {
         "status": {"type": "string", "enum": ["ok", "unavailable"]},
         "services": {"type": "object", "additionalProperties": BOOLEAN},
     },
-    ("status", "services"),
-)
+    "required": ["status", "services"],
+}
 
 # ---------------------------------------------------------------- operations ----
 
@@ -612,15 +314,20 @@ def build() -> JSONObject:
         "schema": {"type": "string", "minLength": 1},
         "example": "meshgate/reference-mini",
     }
-    return {
+    document: JSONObject = {
         "openapi": OPENAPI_VERSION,
         "info": {
             "title": "meshgate",
             "version": _version(),
             "description": (
-                "meshgate's OpenAI-compatible surface. Every error is OpenAI's envelope "
-                '`{"error": {"message", "type", "param", "code"}}`; see docs/errors.md.'
+                "meshgate's OpenAI-compatible surface. The request and response schemas are "
+                f"openai-python {openai.__version__}'s own types, narrowed where meshgate "
+                "refuses a field (`x-meshgate-support`) and extended where it adds one; fields "
+                "marked `x-meshgate-pass-through` are forwarded to the engine untouched. Every "
+                'error is OpenAI\'s envelope `{"error": {"message", "type", "param", "code"}}`; '
+                "see docs/errors.md and docs/compatibility.md."
             ),
+            "x-openai-python": openai.__version__,
         },
         "security": [{"bearerAuth": []}],
         "paths": {
@@ -630,7 +337,7 @@ def build() -> JSONObject:
                     "Create a chat completion (JSON, or SSE with `stream: true`).",
                     ok("ChatCompletion", "The completion.", stream=True),
                     INFERENCE_ERRORS,
-                    body="ChatCompletionRequest",
+                    body="CreateChatCompletionRequest",
                 )
             },
             "/v1/completions": {
@@ -639,7 +346,7 @@ def build() -> JSONObject:
                     "Create a legacy text completion (JSON, or SSE with `stream: true`).",
                     ok("Completion", "The completion.", stream=True),
                     INFERENCE_ERRORS,
-                    body="CompletionRequest",
+                    body="CreateCompletionRequest",
                 )
             },
             "/v1/embeddings": {
@@ -648,7 +355,7 @@ def build() -> JSONObject:
                     "Create embeddings.",
                     ok("CreateEmbeddingResponse", "The embeddings."),
                     INFERENCE_ERRORS,
-                    body="EmbeddingRequest",
+                    body="CreateEmbeddingRequest",
                 )
             },
             "/v1/models": {
@@ -690,34 +397,40 @@ def build() -> JSONObject:
                     "description": "`Authorization: Bearer sk-...`",
                 }
             },
-            "schemas": {
-                "ChatMessage": CHAT_MESSAGE,
-                "ChatCompletionRequest": CHAT_REQUEST,
-                "CompletionRequest": COMPLETION_REQUEST,
-                "EmbeddingRequest": EMBEDDING_REQUEST,
-                "Usage": USAGE,
-                "ChatCompletion": CHAT_COMPLETION,
-                "Completion": COMPLETION,
-                "CreateEmbeddingResponse": EMBEDDINGS,
-                "Model": MODEL,
-                "ModelList": MODEL_LIST,
-                "Error": ERROR,
-                "StreamEvent": STREAM_EVENT,
-                "Health": HEALTH,
-                "Ready": READY,
-            },
+            "schemas": schemas(),
         },
     }
+    for path, refusals in overlay.REFUSALS.items():
+        document["paths"][path]["post"][overlay.REFUSALS_KEY] = [
+            {"match": match, "why": why} for match, why in refusals
+        ]
+    return document
 
 
-DOCUMENT: JSONObject = build()
-DOCUMENT_JSON: bytes = orjson.dumps(DOCUMENT)
+@functools.cache
+def document() -> JSONObject:
+    """The document, built on first use (about 0.1 s of pydantic) and kept."""
+    return build()
+
+
+@functools.cache
+def document_json() -> bytes:
+    return orjson.dumps(document())
+
+
+def __getattr__(name: str) -> Any:
+    """`DOCUMENT` and `DOCUMENT_JSON`, built on first access rather than at import."""
+    if name == "DOCUMENT":
+        return document()
+    if name == "DOCUMENT_JSON":
+        return document_json()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 async def openapi_json(request: Request) -> Response:
     """`GET /openapi.json`: no auth, the same bytes every time."""
     return Response(
-        DOCUMENT_JSON,
+        document_json(),
         media_type="application/json",
         headers={"x-request-id": request_id_of(request)},
     )
