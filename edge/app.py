@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import orjson
-import prometheus_client
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,20 +18,18 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from edge import grpc_entry, pipeline
 from edge.cors import Cors
 from edge.errors import http_error_handler, malformed_http_response
-from edge.headers import new_request_id, request_id_of
+from edge.headers import RequestIds, new_request_id
 from edge.limits import HeaderLimit
 from edge.mesh import Mesh
 from edge.openapi import openapi_json
+from meshgate import errors
 from meshgate.config import Config
+from meshgate.grpcio import start_metrics
 
 
 async def healthz(request: Request) -> Response:
     """Liveness: the process answers."""
-    return Response(
-        b'{"status":"ok"}',
-        media_type="application/json",
-        headers={"x-request-id": request_id_of(request)},
-    )
+    return Response(b'{"status":"ok"}', media_type="application/json")
 
 
 async def readyz(request: Request) -> Response:
@@ -44,7 +41,6 @@ async def readyz(request: Request) -> Response:
         orjson.dumps(body),
         status_code=status,
         media_type="application/json",
-        headers={"x-request-id": request_id_of(request)},
     )
 
 
@@ -76,15 +72,19 @@ def create_app(config: Config) -> Starlette:
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
     middleware = [
+        Middleware(RequestIds),
         Middleware(HeaderLimit, max_bytes=config.edge.max_header_bytes),
         Middleware(Cors, allow_origins=config.edge.cors_allow_origins),
     ]
-    return Starlette(
+    errors.use_doc_pages(config.edge.docs)
+    app = Starlette(
         routes=routes,
         middleware=middleware,
         exception_handlers={HTTPException: http_error_handler},
         lifespan=lifespan,
     )
+    app.state.unsupported = config.edge.unsupported  # edge/errors.py's 404 messages
+    return app
 
 
 class EdgeProtocol(HttpToolsProtocol):
@@ -98,7 +98,7 @@ class EdgeProtocol(HttpToolsProtocol):
 def run(config: Config) -> None:
     """Serve until SIGTERM; uvicorn then lets open responses (streams included) finish."""
     if config.edge.metrics_port:
-        prometheus_client.start_http_server(config.edge.metrics_port, addr=config.edge.host)
+        start_metrics("edge", config.edge.host, config.edge.metrics_port)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config),

@@ -10,7 +10,6 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge.errors import error_response
-from edge.headers import new_request_id
 from meshgate.errors import ApiError
 
 ALLOW_METHODS = b"GET, POST"
@@ -57,9 +56,7 @@ class Cors:
             return
         if preflight and scope["method"] == "OPTIONS":
             if not self._allowed(origin):
-                response = error_response(
-                    preflight_refused(origin.decode("latin-1")), new_request_id()
-                )
+                response = error_response(preflight_refused(origin.decode("latin-1")))
                 await response(scope, receive, send)
                 return
             await send(

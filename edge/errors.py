@@ -9,34 +9,30 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from edge.headers import rate_limit_headers, request_id_of
+from edge.headers import rate_limit_headers
 from meshgate import errors
+from meshgate.config import UnsupportedConfig
 from meshgate.errors import ApiError
 
 log = logging.getLogger("meshgate.edge")
 
-# Endpoints the page lists as unsupported, with the alternative it names.
+# Endpoints the page lists as unsupported, by URL prefix: the field of `edge.unsupported`
+# that holds each one's message (what is unsupported, and the alternative).
 UNSUPPORTED: tuple[tuple[str, str], ...] = (
-    (
-        "/v1/fine-tuning",
-        "Fine-tuning is not available on this API. Use FlexAI Fine-Tuning instead.",
-    ),
-    (
-        "/v1/fine_tuning",
-        "Fine-tuning is not available on this API. Use FlexAI Fine-Tuning instead.",
-    ),
-    ("/v1/assistants", "The Assistants API is not supported and is not planned."),
-    ("/v1/threads", "The Assistants API (threads) is not supported and is not planned."),
-    ("/v1/runs", "The Assistants API (runs) is not supported and is not planned."),
-    ("/v1/batches", "The Batch API is not supported. Use client-side fan-out instead."),
-    ("/v1/files", "The Files API is not supported. Use inline request payloads."),
+    ("/v1/fine-tuning", "fine_tuning"),
+    ("/v1/fine_tuning", "fine_tuning"),
+    ("/v1/assistants", "assistants"),
+    ("/v1/threads", "threads"),
+    ("/v1/runs", "runs"),
+    ("/v1/batches", "batches"),
+    ("/v1/files", "files"),
 )
+_DEFAULT_MESSAGES = UnsupportedConfig()
 
 
-def error_response(
-    error: ApiError, request_id: str, extra_headers: dict[str, str] | None = None
-) -> Response:
-    headers = {"x-request-id": request_id}
+def error_response(error: ApiError, extra_headers: dict[str, str] | None = None) -> Response:
+    """The envelope with the error's retry hints; `x-request-id` is added by RequestIds."""
+    headers: dict[str, str] = {}
     if error.retry_after is not None:
         headers["retry-after"] = str(error.retry_after)
     if error.retry_after_ms is not None:
@@ -55,22 +51,21 @@ def error_response(
     )
 
 
-async def api_error_handler(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return error_response(exc, request_id_of(request))
-
-
-def unsupported_or_unknown(method: str, path: str) -> ApiError:
-    for prefix, message in UNSUPPORTED:
+def unsupported_or_unknown(
+    method: str, path: str, messages: UnsupportedConfig = _DEFAULT_MESSAGES
+) -> ApiError:
+    """404 for an endpoint the API does not offer (the operator's message), or an unknown URL."""
+    for prefix, field in UNSUPPORTED:
         if path == prefix or path.startswith(prefix + "/"):
-            return ApiError(404, "invalid_request_error", message)
+            return ApiError(404, "invalid_request_error", getattr(messages, field))
     return errors.invalid_url(method, path)
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        error = unsupported_or_unknown(request.method, request.url.path)
+        messages = getattr(request.app.state, "unsupported", _DEFAULT_MESSAGES)
+        error = unsupported_or_unknown(request.method, request.url.path, messages)
     elif exc.status_code == 405:
         error = ApiError(
             405,
@@ -79,14 +74,7 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
         )
     else:
         error = ApiError(exc.status_code, "invalid_request_error", str(exc.detail))
-    return error_response(error, request_id_of(request))
-
-
-async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
-    """Last resort: log the type, answer the envelope, never a stack trace."""
-    rid = request_id_of(request)
-    log.error("unhandled error", extra={"request_id": rid, "error": type(exc).__name__})
-    return error_response(errors.server_error(), rid)
+    return error_response(error)
 
 
 def malformed_http_response(request_id: str) -> bytes:

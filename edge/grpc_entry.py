@@ -10,10 +10,9 @@ with the OpenAI error in the status details.
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from functools import partial
-from typing import Any, NamedTuple
+from collections.abc import AsyncIterator, Sequence
+from math import inf
+from typing import Any, Generic, NamedTuple
 
 import grpc
 import orjson
@@ -23,15 +22,17 @@ from grpc_reflection.v1alpha import reflection
 
 from edge import metering, pipeline
 from edge.headers import new_request_id
-from edge.mesh import Mesh, rpc
+from edge.mesh import Mesh, Message, Method, rpc
+from edge.mesh import start as start_call
 from edge.metering import Meter
 from meshgate import logs
 from meshgate import openai_wire as wire
 from meshgate.config import TlsConfig
+from meshgate.deadline import of_call
 from meshgate.errors import ApiError, from_rpc_error
 from meshgate.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from meshgate.grpcio import SERVER_OPTIONS, Context, listen_on
-from meshgate.v1 import common_pb2, router_pb2, validation_pb2
+from meshgate.v1 import common_pb2, inference_pb2, router_pb2, usage_pb2, validation_pb2
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 
@@ -46,17 +47,15 @@ def _call_facts(context: Context, mesh: Mesh) -> tuple[str, str, float]:
             rid = str(value)[:128]
     rid = rid or new_request_id()
     logs.request_id.set(rid)
-    remaining = context.time_remaining()
-    budget = mesh.request_timeout if remaining is None else min(remaining, mesh.request_timeout)
-    return authorization, rid, time.monotonic() + budget
+    return authorization, rid, of_call(context, mesh.request_timeout)
 
 
-class _Admitted(NamedTuple):
+class _Admitted(NamedTuple, Generic[pipeline.V]):
     """A typed request past auth, validation and quota, ready for the router."""
 
     rid: str
     deadline: float
-    validated: Any  # the Validate*Response
+    validated: pipeline.V
     meter: Meter
     routed: common_pb2.RequestContext
 
@@ -68,35 +67,34 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
     async def _admit(
         self,
         context: Context,
-        validate: Callable[..., Any],
-        message: Any,
-        max_tokens_of: Callable[[Any], int | None],
-        endpoint: int,
+        validate: Method,
+        body: Message,
+        max_tokens: int | None,
+        answer: type[pipeline.V],
+        endpoint: usage_pb2.Endpoint,
         stream: bool = False,
-    ) -> _Admitted:
+    ) -> _Admitted[pipeline.V]:
         """The HTTP path's hops for one typed request: auth with validation, then quota."""
         mesh = self._mesh
         authorization, rid, deadline = _call_facts(context, mesh)
-        make = partial(
-            validate,
-            message,
-            timeout=pipeline.hop_timeout(deadline),
-            metadata=pipeline.call_metadata(rid),
-        )
         principal, validated = await pipeline.authenticate_and_validate(
-            mesh, authorization, rid, deadline, make
+            mesh, authorization, rid, deadline, validate, body
         )
+        assert isinstance(validated, answer)
         asked = validated.request
         record = metering.start_record(rid, principal, asked.model, endpoint, stream)
         _, meter = await pipeline.admit(
-            mesh, rid, principal, validated, max_tokens_of(asked), deadline, record
+            mesh, rid, principal, validated, max_tokens, deadline, record
         )
         routed = common_pb2.RequestContext(
             request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens
         )
         return _Admitted(rid, deadline, validated, meter, routed)
 
-    async def _admit_chat(self, request: Any, context: Context, *, stream: bool) -> _Admitted:
+    async def _admit_chat(
+        self, request: inference_pb2.ChatCompletionRequest, context: Context, *, stream: bool
+    ) -> _Admitted[validation_pb2.ValidateChatCompletionResponse]:
+        """The typed request is checked as the JSON body it stands for."""
         body = wire.chat_body(request, request.model, stream=stream)
         if not stream:
             body.pop("stream", None)
@@ -104,7 +102,8 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
             context,
             self._mesh.validation.ValidateChatCompletion,
             validation_pb2.ValidateChatCompletionRequest(body=orjson.dumps(body)),
-            lambda chat: chat.max_tokens if chat.HasField("max_tokens") else None,
+            request.max_tokens if request.HasField("max_tokens") else None,
+            validation_pb2.ValidateChatCompletionResponse,
             metering.CHAT,
             stream,
         )
@@ -112,21 +111,17 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
     async def CreateChatCompletion(
         self, request: gateway_pb2.CreateChatCompletionRequest, context: Context
     ) -> gateway_pb2.CreateChatCompletionResponse:
+        mesh = self._mesh
         try:
             rid, deadline, validated, meter, routed = await self._admit_chat(
                 request.request, context, stream=False
             )
+            message = router_pb2.CreateChatCompletionRequest(
+                request=validated.request, context=routed
+            )
             try:
                 response = await rpc(
-                    partial(
-                        self._mesh.router.CreateChatCompletion,
-                        router_pb2.CreateChatCompletionRequest(
-                            request=validated.request, context=routed
-                        ),
-                        timeout=pipeline.hop_timeout(deadline, cap=self._mesh.request_timeout),
-                        metadata=pipeline.call_metadata(rid),
-                    ),
-                    "router",
+                    mesh.router.CreateChatCompletion, message, "router", rid, deadline, cap=inf
                 )
             except ApiError as exc:
                 meter.finish(common_pb2.Usage(), error=exc)
@@ -142,28 +137,23 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
     async def StreamChatCompletion(
         self, request: gateway_pb2.StreamChatCompletionRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.StreamChatCompletionResponse]:
+        mesh = self._mesh
         try:
             rid, deadline, validated, meter, routed = await self._admit_chat(
                 request.request, context, stream=True
             )
         except ApiError as exc:
             await exc.abort(context)
-        call = self._mesh.router.StreamChatCompletion(
-            router_pb2.StreamChatCompletionRequest(request=validated.request, context=routed),
-            timeout=pipeline.hop_timeout(deadline, cap=self._mesh.request_timeout),
-            metadata=pipeline.call_metadata(rid),
-        )
-        usage: common_pb2.Usage | None = None
-        fragments = 0
+        message = router_pb2.StreamChatCompletionRequest(request=validated.request, context=routed)
+        call = start_call(mesh.router.StreamChatCompletion, message, rid, deadline)
+        tally = metering.Tally()
         error: ApiError | None = None
         ended = False
         try:
             while (chunk := await call.read()) is not grpc.aio.EOF:
-                if chunk.HasField("usage"):
-                    usage = chunk.usage
-                if not fragments:
+                if not tally.chunks:
                     meter.first_token()
-                fragments += bool(chunk.choices)
+                tally.add(chunk)
                 yield gateway_pb2.StreamChatCompletionResponse(chunk=chunk)
             ended = True
         except grpc.aio.AioRpcError as exc:
@@ -172,11 +162,9 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
         finally:
             if not call.done():
                 call.cancel()
-            billed = usage or common_pb2.Usage(
-                prompt_tokens=validated.prompt_tokens, completion_tokens=max(fragments - 1, 0)
-            )
+            billed = tally.billed(validated.prompt_tokens)
             if ended:
-                meter.finish(billed, error=error, status=200 if fragments else None)
+                meter.finish(billed, error=error, status=200 if tally.chunks else None)
             else:
                 meter.cancel(billed)
 
@@ -195,20 +183,14 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
                 context,
                 mesh.validation.ValidateEmbedding,
                 validation_pb2.ValidateEmbeddingRequest(body=orjson.dumps(body)),
-                lambda _: 0,
+                0,
+                validation_pb2.ValidateEmbeddingResponse,
                 metering.EMBEDDINGS,
             )
+            message = router_pb2.CreateEmbeddingRequest(request=validated.request, context=routed)
             try:
                 response = await rpc(
-                    partial(
-                        mesh.router.CreateEmbedding,
-                        router_pb2.CreateEmbeddingRequest(
-                            request=validated.request, context=routed
-                        ),
-                        timeout=pipeline.hop_timeout(deadline, cap=mesh.request_timeout),
-                        metadata=pipeline.call_metadata(rid),
-                    ),
-                    "router",
+                    mesh.router.CreateEmbedding, message, "router", rid, deadline, cap=inf
                 )
             except ApiError as exc:
                 meter.finish(common_pb2.Usage(), error=exc)

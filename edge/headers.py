@@ -6,6 +6,7 @@ import re
 import secrets
 
 from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshgate.pricing import micro_text
 from meshgate.v1 import common_pb2
@@ -19,13 +20,39 @@ def new_request_id() -> str:
 
 
 def request_id_of(request: Request) -> str:
-    """This request's id: the caller's `x-request-id` if it is sane, else a new `req_...`."""
-    rid = request.scope.get(SCOPE_KEY)
-    if rid is None:
-        incoming = request.headers.get("x-request-id", "")
+    """This request's id (RequestIds): the caller's `x-request-id` if it is sane, else a new one."""
+    return str(request.scope[SCOPE_KEY])
+
+
+class RequestIds:
+    """Every HTTP response carries `x-request-id`: the one place it is set.
+
+    Outermost middleware, so the id is in the scope before any handler or other
+    middleware runs, and on every answer they give (431s, CORS refusals, 404s).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+                break
         rid = incoming if _CLIENT_ID.match(incoming) else new_request_id()
-        request.scope[SCOPE_KEY] = rid
-    return str(rid)
+        scope[SCOPE_KEY] = rid
+        header = (b"x-request-id", rid.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 def go_duration(ms: int) -> str:

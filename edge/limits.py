@@ -9,7 +9,6 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.errors import error_response
-from edge.headers import new_request_id
 from meshgate.errors import ApiError
 
 
@@ -27,6 +26,6 @@ class HeaderLimit:
                     "invalid_request_error",
                     f"Request headers too large: {size} bytes, the limit is {self.max_bytes}.",
                 )
-                await error_response(error, new_request_id())(scope, receive, send)
+                await error_response(error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

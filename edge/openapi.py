@@ -40,7 +40,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from edge import openapi_overlay as overlay
-from edge.headers import request_id_of
 from services.validation import surface
 from services.validation.sdk_snapshot import SNAPSHOT
 
@@ -429,8 +428,4 @@ def __getattr__(name: str) -> Any:
 
 async def openapi_json(request: Request) -> Response:
     """`GET /openapi.json`: no auth, the same bytes every time."""
-    return Response(
-        document_json(),
-        media_type="application/json",
-        headers={"x-request-id": request_id_of(request)},
-    )
+    return Response(document_json(), media_type="application/json")

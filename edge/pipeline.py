@@ -1,19 +1,22 @@
-"""The per-request path, one readable function per endpoint.
+"""The per-request path, read top to bottom: the hops, then one function per endpoint.
 
 chat:  body -> (auth || validation) -> quota.Reserve -> router -> JSON or SSE -> quota.Settle
-Every hop and its order is visible here, so it can be measured. Errors are
-ApiError values rendered once by edge/errors.py.
+Every hop and its order is visible here, so it can be measured. Each hop is a
+generated stub's method and its request message (edge/mesh.py's `rpc` starts,
+retries and times it). Errors are ApiError values rendered once by
+edge/errors.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial, wraps
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 import orjson
@@ -23,9 +26,20 @@ from starlette.responses import Response
 from edge import metering, observe, render, sse
 from edge.errors import error_response
 from edge.headers import rate_limit_headers, request_id_of
-from edge.mesh import HOP_TIMEOUT_S, RETRIES, Call, Mesh, rpc, rpc_call, transient
+from edge.mesh import (
+    HOP_TIMEOUT_S,
+    RETRIES,
+    Mesh,
+    Message,
+    Method,
+    rpc,
+    rpc_call,
+    start,
+    transient,
+)
 from edge.metering import Meter
 from meshgate import errors, logs, tracing
+from meshgate.access import may_use
 from meshgate.errors import ApiError, from_rpc_error
 from meshgate.grpcio import ENGINE_TIME_KEY, REPLICA_KEY
 from meshgate.v1 import (
@@ -45,8 +59,11 @@ Chunk = TypeVar("Chunk", inference_pb2.ChatCompletionChunk, inference_pb2.Comple
 JSON = "application/json"
 
 
-class _Validated(Protocol):
-    prompt_tokens: int
+ValidatedChat = validation_pb2.ValidateChatCompletionResponse
+ValidatedText = validation_pb2.ValidateCompletionResponse
+ValidatedEmbedding = validation_pb2.ValidateEmbeddingResponse
+Validated = ValidatedChat | ValidatedText | ValidatedEmbedding
+V = TypeVar("V", ValidatedChat, ValidatedText, ValidatedEmbedding)
 
 
 def endpoint(handler: Endpoint) -> Endpoint:
@@ -63,15 +80,15 @@ def endpoint(handler: Endpoint) -> Endpoint:
             with tracing.span(route):
                 response = await handler(request)
         except ApiError as exc:
-            response = error_response(exc, rid)
+            response = error_response(exc)
         except ClientDisconnect:
             # The client left while sending its body: nobody to answer, and not our failure.
             response = error_response(
-                ApiError(499, "invalid_request_error", "The client closed the connection."), rid
+                ApiError(499, "invalid_request_error", "The client closed the connection.")
             )
         except Exception as exc:
             log.error("unhandled error", extra={"error": type(exc).__name__})
-            response = error_response(errors.server_error(), rid)
+            response = error_response(errors.server_error())
         scope = request.scope
         observe.record(  # never raises: metrics and the log line take plain values
             route,
@@ -88,27 +105,23 @@ def endpoint(handler: Endpoint) -> Endpoint:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
+    """The body, copied once: pieces are kept as they arrive and joined at the end (a
+    one-piece body is not copied at all), so a 40 MB image is not held twice over."""
     declared = request.headers.get("content-length", "")
     too_large = ApiError(
         413, "invalid_request_error", f"Request body too large: the limit is {limit} bytes."
     )
     if declared.isdigit() and int(declared) > limit:
         raise too_large
-    body = bytearray()
+    pieces: list[bytes] = []
+    size = 0
     async for piece in request.stream():
-        body += piece
-        if len(body) > limit:
+        size += len(piece)
+        if size > limit:
             raise too_large
-    return bytes(body)
-
-
-def hop_timeout(deadline: float, cap: float = HOP_TIMEOUT_S) -> float:
-    """A hop's timeout: what is left of the request's one deadline, and at most `cap`."""
-    return max(min(cap, deadline - time.monotonic()), 0.001)
-
-
-def call_metadata(request_id: str) -> tuple[tuple[str, str], ...]:
-    return (("x-request-id", request_id),)
+        if piece:
+            pieces.append(piece)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 async def authenticate(
@@ -117,11 +130,8 @@ async def authenticate(
     principal = mesh.auth_cache.get(authorization)
     if principal is None:
         request = auth_pb2.AuthenticateRequest(authorization=authorization)
-        answer = await rpc(
-            lambda: mesh.auth.Authenticate(
-                request, timeout=hop_timeout(deadline), metadata=call_metadata(request_id)
-            ),
-            "auth",
+        answer: auth_pb2.AuthenticateResponse = await rpc(
+            mesh.auth.Authenticate, request, "auth", request_id, deadline
         )
         principal = answer.principal
         mesh.auth_cache.put(authorization, principal)
@@ -133,17 +143,27 @@ async def authenticate_and_validate(
     authorization: str,
     request_id: str,
     deadline: float,
-    validate: Callable[[], Call],
-) -> tuple[common_pb2.Principal, Any]:
-    """Auth and validation run at once; an auth failure wins over a validation failure."""
-    validation = validate()
+    validate: Method,
+    body: Message,
+) -> tuple[common_pb2.Principal, Validated]:
+    """Auth and validation run at once; an auth failure wins over a validation failure.
+
+    Between them every reason a request could never succeed is known here, before
+    quota: the key, the shape, the model's catalog entry, and the key's allowance.
+    """
+    validation = start(validate, body, request_id, deadline, HOP_TIMEOUT_S)
     try:
         principal = await authenticate(mesh, authorization, request_id, deadline)
     except ApiError:
         validation.cancel()
         raise
     try:
-        return principal, await rpc(validate, "validation", started=validation)
+        validated: Validated = await rpc(
+            validate, body, "validation", request_id, deadline, started=validation
+        )
+        if not may_use(principal, validated.request.model):  # as unknown, before any charge
+            raise errors.model_not_found(validated.request.model)
+        return principal, validated
     except ApiError as exc:
         if exc.rate_limit is None:  # authenticated: the 400 still carries the x-ratelimit-* headers
             exc.rate_limit = await peek(mesh, principal, request_id, deadline)
@@ -154,50 +174,29 @@ async def peek(
     mesh: Mesh, principal: common_pb2.Principal, request_id: str, deadline: float
 ) -> common_pb2.RateLimitState | None:
     """The key's rate-limit state without charging it; None if quota cannot say (headers are best effort)."""
-    call = mesh.quota.GetRateLimit(
-        quota_pb2.GetRateLimitRequest(principal=principal),
-        timeout=hop_timeout(deadline),
-        metadata=call_metadata(request_id),
-    )
+    request = quota_pb2.GetRateLimitRequest(principal=principal)
     try:
-        return (await call).rate_limit
+        answer = await start(mesh.quota.GetRateLimit, request, request_id, deadline, HOP_TIMEOUT_S)
     except grpc.aio.AioRpcError:
         return None
-
-
-async def _described(
-    mesh: Mesh,
-    principal: common_pb2.Principal,
-    request_id: str,
-    deadline: float,
-    make: Callable[[], Call],
-) -> tuple[Any, dict[str, str]]:
-    """A router answer plus the rate-limit headers, fetched at the same time."""
-    state = asyncio.ensure_future(peek(mesh, principal, request_id, deadline))
-    try:
-        response = await rpc(make, "router")
-    except ApiError as exc:
-        exc.rate_limit = await state
-        raise
-    limits = await state
-    headers = {"x-request-id": request_id, **(rate_limit_headers(limits) if limits else {})}
-    return response, headers
+    state: common_pb2.RateLimitState = answer.rate_limit
+    return state
 
 
 async def reserve(
     mesh: Mesh,
     principal: common_pb2.Principal,
-    prompt_tokens: int,
+    validated: Validated,
     max_tokens: int | None,
     request_id: str,
     deadline: float,
     record: usage_pb2.UsageRecord,
 ) -> quota_pb2.ReserveResponse:
     """Admit the request; it carries the edge's waiting settlements to quota too."""
-    settlements = mesh.take_settlements()
+    settlements = mesh.settlements.take()
     request = quota_pb2.ReserveRequest(
         principal=principal,
-        prompt_tokens=prompt_tokens,
+        prompt_tokens=validated.prompt_tokens,
         request_id=request_id,
         record=record,
         settlements=settlements,
@@ -205,25 +204,44 @@ async def reserve(
     if max_tokens is not None:
         request.max_tokens = max_tokens
     try:
-        return await rpc(
-            lambda: mesh.quota.Reserve(
-                request, timeout=hop_timeout(deadline), metadata=call_metadata(request_id)
-            ),
-            "quota",
+        answer: quota_pb2.ReserveResponse = await rpc(
+            mesh.quota.Reserve, request, "quota", request_id, deadline
         )
+        return answer
     except ApiError as exc:
         if exc.status != 429:  # a 429 is quota's own answer, given after settling
-            mesh.return_settlements(settlements)
+            mesh.settlements.give_back(settlements)
         raise
     except asyncio.CancelledError:
-        mesh.return_settlements(settlements)
+        mesh.settlements.give_back(settlements)
         raise
 
 
-async def _routed(make: Callable[[], Call], request: Request) -> tuple[Any, str]:
+async def admit(
+    mesh: Mesh,
+    request_id: str,
+    principal: common_pb2.Principal,
+    validated: Validated,
+    max_tokens: int | None,
+    deadline: float,
+    record: usage_pb2.UsageRecord,
+) -> tuple[dict[str, str], Meter]:
+    """Reserve, and the meter that will settle the reservation with the request's record."""
+    reservation = await reserve(
+        mesh, principal, validated, max_tokens, request_id, deadline, record
+    )
+    return rate_limit_headers(reservation.rate_limit), Meter(mesh, principal, reservation, record)
+
+
+# ------------------------------------------------------------ the router ----
+
+
+async def _routed(
+    request: Request, method: Method, message: Message, rid: str, deadline: float
+) -> tuple[Any, str]:
     """A unary router answer and the replica that gave it; the engine's own time
     (trailing metadata) goes to the overhead metric."""
-    response, call = await rpc_call(make, "router")
+    response, call = await rpc_call(method, message, "router", rid, deadline, cap=math.inf)
     replica = ""
     for key, value in await call.trailing_metadata() or ():
         if key == ENGINE_TIME_KEY:
@@ -233,19 +251,11 @@ async def _routed(make: Callable[[], Call], request: Request) -> tuple[Any, str]
     return response, replica
 
 
-async def _replica_of(call: grpc.aio.Call) -> str:
-    """The replica a stream's first chunk came from (the router's initial metadata)."""
-    for key, value in await call.initial_metadata() or ():
-        if key == REPLICA_KEY:
-            return str(value)
-    return ""
-
-
-async def _first(make: Callable[[], Any]) -> tuple[Any, Any]:
+async def _first(method: Method, message: Message, rid: str, deadline: float) -> tuple[Any, Any]:
     """The stream and its first chunk; failing here is still an HTTP error status, never a
     200 stream. A router replica that died before answering is retried elsewhere (RETRIES)."""
     for attempt in range(RETRIES + 1):
-        call = make()
+        call = start(method, message, rid, deadline)
         try:
             chunk = await call.read()
         except grpc.aio.AioRpcError as exc:
@@ -256,6 +266,14 @@ async def _first(make: Callable[[], Any]) -> tuple[Any, Any]:
             raise errors.server_error()
         return call, chunk
     raise AssertionError("unreachable")
+
+
+async def _replica_of(call: grpc.aio.Call) -> str:
+    """The replica a stream's first chunk came from (the router's initial metadata)."""
+    for key, value in await call.initial_metadata() or ():
+        if key == REPLICA_KEY:
+            return str(value)
+    return ""
 
 
 class _Renderer(Protocol[Chunk]):  # type: ignore[misc]
@@ -272,8 +290,7 @@ async def _events(
     meter: Meter,
 ) -> AsyncGenerator[bytes, None]:
     """Relay chunks as SSE; record the engine's usage, or an estimate if the stream broke."""
-    usage: common_pb2.Usage | None = None
-    fragments = 0
+    tally = metering.Tally()
     chunk: object = first
     error: ApiError | None = None
     ended = False
@@ -283,13 +300,11 @@ async def _events(
             assert isinstance(
                 chunk, inference_pb2.ChatCompletionChunk | inference_pb2.CompletionChunk
             )
+            tally.add(chunk)
             if chunk.choices:
-                fragments += 1
                 yield renderer.render(chunk)  # type: ignore[arg-type]
-            if chunk.HasField("usage"):
-                usage = chunk.usage
-                if include_usage:
-                    yield renderer.usage(usage)
+            if chunk.HasField("usage") and include_usage:
+                yield renderer.usage(chunk.usage)
             chunk = await call.read()
         yield sse.DONE
         ended = True
@@ -300,232 +315,213 @@ async def _events(
     finally:
         if not call.done():
             call.cancel()
-        # Without the engine's count (client gone, engine failed), bill one token per fragment.
-        billed = usage or common_pb2.Usage(
-            prompt_tokens=prompt_tokens, completion_tokens=max(fragments - 1, 0)
-        )
+        billed = tally.billed(prompt_tokens)
         if ended:
             meter.finish(billed, replica=replica, error=error, status=200)
         else:  # the client hung up: the generator was closed at a yield
             meter.cancel(billed, replica=replica)
 
 
-async def admit(
-    mesh: Mesh,
-    request_id: str,
-    principal: common_pb2.Principal,
-    validated: _Validated,
-    max_tokens: int | None,
-    deadline: float,
-    record: usage_pb2.UsageRecord,
-) -> tuple[dict[str, str], Meter]:
-    """Reserve, and the meter that will settle the reservation with the request's record."""
-    reservation = await reserve(
-        mesh, principal, validated.prompt_tokens, max_tokens, request_id, deadline, record
-    )
-    headers = {"x-request-id": request_id, **rate_limit_headers(reservation.rate_limit)}
-    return headers, Meter(mesh, principal, reservation, record)
-
-
 # ------------------------------------------------------------ endpoints ----
 
 
 @dataclass(frozen=True, slots=True)
-class _Checked:
-    """A request that has passed auth and validation."""
+class Checked(Generic[V]):
+    """A request that has passed auth and validation: nothing it asks can be refused now
+    but its limits."""
 
     mesh: Mesh
     rid: str
     deadline: float
     principal: common_pb2.Principal
-    validated: Any  # the endpoint's Validate*Response
+    validated: V
 
 
 async def _check(
-    request: Request,
-    validate: Callable[[Mesh], Callable[..., Call]],
-    message: Callable[[bytes], Any],
-) -> _Checked:
-    """Read the body, then authenticate and validate it (at once)."""
+    request: Request, validate: Method, message: Callable[..., Message], answer: type[V]
+) -> Checked[V]:
+    """Read the body, then authenticate and validate it (at once).
+
+    `validate` is the ValidationService method, `message` its request type and
+    `answer` its response type (for the reader and the type checker).
+    """
     mesh: Mesh = request.app.state.mesh
     rid = request_id_of(request)
     deadline = time.monotonic() + mesh.request_timeout
     body = await read_body(request, mesh.max_body_bytes)
-    make = partial(
-        validate(mesh), message(body), timeout=hop_timeout(deadline), metadata=call_metadata(rid)
-    )
     principal, validated = await authenticate_and_validate(
-        mesh, request.headers.get("authorization", ""), rid, deadline, make
+        mesh, request.headers.get("authorization", ""), rid, deadline, validate, message(body=body)
     )
+    assert isinstance(validated, answer)
     request.scope[observe.MODEL_KEY] = validated.request.model
-    return _Checked(mesh, rid, deadline, principal, validated)
+    return Checked(mesh, rid, deadline, principal, validated)
+
+
+@dataclass(frozen=True, slots=True)
+class _Generation:
+    """What chat and legacy completions differ in, from admission on: the router's
+    two methods with their request types, and the renderers."""
+
+    endpoint: usage_pb2.Endpoint
+    stream: Method
+    stream_request: Callable[..., Message]
+    create: Method
+    create_request: Callable[..., Message]
+    chunks: Callable[[Any, bool], _Renderer[Any]]
+    render: Callable[[Any], bytes]
 
 
 async def _generate(
     request: Request,
-    checked: _Checked,
-    endpoint: int,
+    checked: Checked[ValidatedChat] | Checked[ValidatedText],
+    how: _Generation,
     max_tokens: int | None,
-    stream: Callable[..., Call],
-    create: Callable[..., Call],
-    renderer: Callable[[Any, bool], _Renderer[Any]],
-    render_json: Callable[[Any], bytes],
 ) -> Response:
-    """Chat and legacy completions from admission on: the same path, their own messages.
-
-    `stream` and `create` start the router call for a RequestContext.
-    """
-    mesh, rid, validated = checked.mesh, checked.rid, checked.validated
+    """Chat and legacy completions from admission on: one path, their own messages."""
+    mesh, rid, deadline, validated = checked.mesh, checked.rid, checked.deadline, checked.validated
     asked = validated.request
-    record = metering.start_record(rid, checked.principal, asked.model, endpoint, asked.stream)
+    record = metering.start_record(rid, checked.principal, asked.model, how.endpoint, asked.stream)
     headers, meter = await admit(
-        mesh, rid, checked.principal, validated, max_tokens, checked.deadline, record
+        mesh, rid, checked.principal, validated, max_tokens, deadline, record
     )
     context = common_pb2.RequestContext(
         request_id=rid, principal=checked.principal, prompt_tokens=validated.prompt_tokens
     )
-    timeout = max(checked.deadline - time.monotonic(), 0.001)
     try:
         if asked.stream:
-            call, first = await _first(
-                partial(stream, context, timeout=timeout, metadata=call_metadata(rid))
-            )
+            routed = how.stream_request(request=asked, context=context)
+            call, first = await _first(how.stream, routed, rid, deadline)
             meter.first_token()
+            renderer = how.chunks(first, asked.include_usage)
             events = _events(
-                call,
-                first,
-                renderer(first, asked.include_usage),
-                asked.include_usage,
-                validated.prompt_tokens,
-                meter,
+                call, first, renderer, asked.include_usage, validated.prompt_tokens, meter
             )
             # A stream that never started (the client left at once) is still recorded.
             unstarted = common_pb2.Usage(prompt_tokens=validated.prompt_tokens)
-            return sse.EventStream(
-                events,
-                headers,
-                call.cancel,
-                lambda: meter.cancel(unstarted),
-            )
-        response, replica = await _routed(
-            partial(create, context, timeout=timeout, metadata=call_metadata(rid)), request
-        )
+            return sse.EventStream(events, headers, call.cancel, partial(meter.cancel, unstarted))
+        routed = how.create_request(request=asked, context=context)
+        response, replica = await _routed(request, how.create, routed, rid, deadline)
     except ApiError as exc:
         meter.finish(common_pb2.Usage(), error=exc)
-        return error_response(exc, rid, headers)
+        return error_response(exc, headers)
     except BaseException:  # the client left mid-request (cancelled) or a bug: still recorded
         meter.cancel(common_pb2.Usage())
         raise
     meter.finish(response.completion.usage, replica=replica)
-    return Response(render_json(response.completion), headers=headers, media_type=JSON)
+    return Response(how.render(response.completion), headers=headers, media_type=JSON)
 
 
 @endpoint
 async def chat_completions(request: Request) -> Response:
+    mesh: Mesh = request.app.state.mesh
     checked = await _check(
         request,
-        lambda mesh: mesh.validation.ValidateChatCompletion,
-        lambda body: validation_pb2.ValidateChatCompletionRequest(body=body),
+        mesh.validation.ValidateChatCompletion,
+        validation_pb2.ValidateChatCompletionRequest,
+        validation_pb2.ValidateChatCompletionResponse,
     )
     chat = checked.validated.request
-    router = checked.mesh.router
-    return await _generate(
-        request,
-        checked,
+    how = _Generation(
         metering.CHAT,
-        chat.max_tokens if chat.HasField("max_tokens") else None,
-        lambda context, **kw: router.StreamChatCompletion(
-            router_pb2.StreamChatCompletionRequest(request=chat, context=context), **kw
-        ),
-        lambda context, **kw: router.CreateChatCompletion(
-            router_pb2.CreateChatCompletionRequest(request=chat, context=context), **kw
-        ),
+        mesh.router.StreamChatCompletion,
+        router_pb2.StreamChatCompletionRequest,
+        mesh.router.CreateChatCompletion,
+        router_pb2.CreateChatCompletionRequest,
         sse.ChatChunks,
         render.chat_completion,
+    )
+    return await _generate(
+        request, checked, how, chat.max_tokens if chat.HasField("max_tokens") else None
     )
 
 
 @endpoint
 async def completions(request: Request) -> Response:
+    mesh: Mesh = request.app.state.mesh
     checked = await _check(
         request,
-        lambda mesh: mesh.validation.ValidateCompletion,
-        lambda body: validation_pb2.ValidateCompletionRequest(body=body),
+        mesh.validation.ValidateCompletion,
+        validation_pb2.ValidateCompletionRequest,
+        validation_pb2.ValidateCompletionResponse,
     )
     text = checked.validated.request
-    router = checked.mesh.router
-    # Legacy completions default to 16 tokens per prompt.
-    max_tokens = (text.max_tokens if text.HasField("max_tokens") else 16) * len(text.prompt)
-    return await _generate(
-        request,
-        checked,
+    how = _Generation(
         metering.COMPLETIONS,
-        max_tokens,
-        lambda context, **kw: router.StreamCompletion(
-            router_pb2.StreamCompletionRequest(request=text, context=context), **kw
-        ),
-        lambda context, **kw: router.CreateCompletion(
-            router_pb2.CreateCompletionRequest(request=text, context=context), **kw
-        ),
+        mesh.router.StreamCompletion,
+        router_pb2.StreamCompletionRequest,
+        mesh.router.CreateCompletion,
+        router_pb2.CreateCompletionRequest,
         sse.TextChunks,
         render.completion,
     )
+    # Validation has set the legacy allowance (16) where the body had none.
+    return await _generate(request, checked, how, text.max_tokens * len(text.prompt))
 
 
 @endpoint
 async def embeddings(request: Request) -> Response:
+    mesh: Mesh = request.app.state.mesh
     checked = await _check(
         request,
-        lambda mesh: mesh.validation.ValidateEmbedding,
-        lambda body: validation_pb2.ValidateEmbeddingRequest(body=body),
+        mesh.validation.ValidateEmbedding,
+        validation_pb2.ValidateEmbeddingRequest,
+        validation_pb2.ValidateEmbeddingResponse,
     )
-    mesh, rid, deadline, validated = checked.mesh, checked.rid, checked.deadline, checked.validated
-    record = metering.start_record(
-        rid, checked.principal, validated.request.model, metering.EMBEDDINGS, False
+    rid, deadline, principal, validated = (
+        checked.rid,
+        checked.deadline,
+        checked.principal,
+        checked.validated,
     )
-    headers, meter = await admit(mesh, rid, checked.principal, validated, 0, deadline, record)
+    asked = validated.request
+    record = metering.start_record(rid, principal, asked.model, metering.EMBEDDINGS, False)
+    headers, meter = await admit(mesh, rid, principal, validated, 0, deadline, record)
     context = common_pb2.RequestContext(
-        request_id=rid, principal=checked.principal, prompt_tokens=validated.prompt_tokens
+        request_id=rid, principal=principal, prompt_tokens=validated.prompt_tokens
     )
+    routed = router_pb2.CreateEmbeddingRequest(request=asked, context=context)
     try:
-        answer: tuple[router_pb2.CreateEmbeddingResponse, str] = await _routed(
-            partial(
-                mesh.router.CreateEmbedding,
-                router_pb2.CreateEmbeddingRequest(request=validated.request, context=context),
-                timeout=max(deadline - time.monotonic(), 0.001),
-                metadata=call_metadata(rid),
-            ),
-            request,
+        response, replica = await _routed(
+            request, mesh.router.CreateEmbedding, routed, rid, deadline
         )
     except ApiError as exc:
         meter.finish(common_pb2.Usage(), error=exc)
-        return error_response(exc, rid, headers)
+        return error_response(exc, headers)
     except BaseException:
         meter.cancel(common_pb2.Usage())
         raise
-    response, replica = answer
     meter.finish(response.embeddings.usage, replica=replica)
-    return Response(
-        render.embeddings(response.embeddings, validated.request.base64),
-        headers=headers,
-        media_type=JSON,
+    body = render.embeddings(response.embeddings, asked.base64)
+    return Response(body, headers=headers, media_type=JSON)
+
+
+async def _described(
+    request: Request, method: Method, message: Callable[..., Message], **fields: Any
+) -> tuple[Any, dict[str, str]]:
+    """A models answer (for the caller's key) plus its rate-limit headers, fetched at once."""
+    mesh: Mesh = request.app.state.mesh
+    rid = request_id_of(request)
+    deadline = time.monotonic() + mesh.request_timeout
+    principal = await authenticate(mesh, request.headers.get("authorization", ""), rid, deadline)
+    routed = message(
+        context=common_pb2.RequestContext(request_id=rid, principal=principal), **fields
     )
+    state = asyncio.ensure_future(peek(mesh, principal, rid, deadline))
+    try:
+        response = await rpc(method, routed, "router", rid, deadline)
+    except ApiError as exc:
+        exc.rate_limit = await state
+        raise
+    limits = await state
+    return response, rate_limit_headers(limits) if limits else {}
 
 
 @endpoint
 async def list_models(request: Request) -> Response:
     mesh: Mesh = request.app.state.mesh
-    rid = request_id_of(request)
-    deadline = time.monotonic() + mesh.request_timeout
-    principal = await authenticate(mesh, request.headers.get("authorization", ""), rid, deadline)
-    context = common_pb2.RequestContext(request_id=rid, principal=principal)
-    make = partial(
-        mesh.router.ListModels,
-        router_pb2.ListModelsRequest(context=context),
-        timeout=hop_timeout(deadline),
-        metadata=call_metadata(rid),
+    response, headers = await _described(
+        request, mesh.router.ListModels, router_pb2.ListModelsRequest
     )
-    response, headers = await _described(mesh, principal, rid, deadline, make)
     return Response(render.model_list(response), headers=headers, media_type=JSON)
 
 
@@ -533,18 +529,12 @@ async def list_models(request: Request) -> Response:
 async def get_model(request: Request) -> Response:
     """`/v1/models/{id}`; ids may contain '/', sent raw (SDK 1.x) or as %2F (SDK 3.x)."""
     mesh: Mesh = request.app.state.mesh
-    rid = request_id_of(request)
-    deadline = time.monotonic() + mesh.request_timeout
-    principal = await authenticate(mesh, request.headers.get("authorization", ""), rid, deadline)
-    model_id = request.path_params["model_id"]
-    context = common_pb2.RequestContext(request_id=rid, principal=principal)
-    make = partial(
+    response, headers = await _described(
+        request,
         mesh.router.GetModel,
-        router_pb2.GetModelRequest(id=model_id, context=context),
-        timeout=hop_timeout(deadline),
-        metadata=call_metadata(rid),
+        router_pb2.GetModelRequest,
+        id=request.path_params["model_id"],
     )
-    response, headers = await _described(mesh, principal, rid, deadline, make)
     return Response(
         orjson.dumps(render.model_card(response.model)), headers=headers, media_type=JSON
     )

@@ -8,12 +8,11 @@ carries OpenAI's `prompt_tokens_details.cached_tokens` and the page's
 from __future__ import annotations
 
 import base64
-import sys
-from array import array
 from typing import Any
 
 import orjson
 
+from meshgate import vectors
 from meshgate.v1 import common_pb2, inference_pb2, router_pb2
 
 
@@ -94,17 +93,6 @@ def completion(c: inference_pb2.Completion) -> bytes:
     )
 
 
-_NATIVE_LE = sys.byteorder == "little"
-
-
-def _floats(raw: bytes) -> list[float]:
-    values = array("f")
-    values.frombytes(raw)
-    if not _NATIVE_LE:
-        values.byteswap()
-    return values.tolist()
-
-
 def embeddings(e: inference_pb2.EmbeddingList, as_base64: bool) -> bytes:
     """Vectors arrive as little-endian float32, which is OpenAI's base64 payload as is."""
     data = [
@@ -113,7 +101,7 @@ def embeddings(e: inference_pb2.EmbeddingList, as_base64: bool) -> bytes:
             "index": item.index,
             "embedding": base64.b64encode(item.vector_f32le).decode()
             if as_base64
-            else _floats(item.vector_f32le),
+            else vectors.unpack(item.vector_f32le),
         }
         for item in e.data
     ]

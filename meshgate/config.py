@@ -173,6 +173,10 @@ class UnsupportedConfig(_Strict):
     )
 
 
+# The most `edge.max_body_bytes` may be: meshgate.grpcio.MAX_MESSAGE_BYTES carries it.
+MAX_BODY_BYTES = 128 * 1024 * 1024
+
+
 class EdgeConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -180,8 +184,9 @@ class EdgeConfig(_Strict):
     request_timeout_s: float = Field(default=600.0, gt=0)
     # Origins allowed by CORS; empty means no Access-Control-Allow-Origin at all.
     cors_allow_origins: tuple[str, ...] = ()
-    # Largest request body accepted, in bytes.
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    # Largest request body accepted, in bytes. OpenAI takes up to 50 MB of payload per
+    # request (image inputs), so a vision client must not meet a smaller limit here.
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0, le=MAX_BODY_BYTES)
     # Largest total size of a request's headers, in bytes.
     max_header_bytes: int = Field(default=32 * 1024, gt=0)
     # Port of the edge's Prometheus /metrics endpoint (on `host`); 0 turns it off.

@@ -32,14 +32,17 @@ REPLICA_KEY = "x-engine-replica"
 # The servicer context every handler receives; message types are checked at the proto layer.
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
+# Largest message between meshgate's processes: above the largest body the edge may
+# accept (config.MAX_BODY_BYTES), since a request travels as its raw JSON plus a little.
+MAX_MESSAGE_BYTES = 160 * 1024 * 1024
 # Keepalive lets a client notice a dead peer (kill -9) without waiting for a deadline.
 CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.lb_policy_name", "round_robin"),
     # gRPC's own retry policy costs every call (it cut throughput by a third here);
     # the edge and the router retry a call whose replica died themselves, once.
@@ -53,8 +56,8 @@ SERVER_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
 )
 # Seconds in-flight RPCs (streams included) get to finish after SIGTERM.

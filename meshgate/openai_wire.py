@@ -9,11 +9,9 @@ meshgate's envelope.
 from __future__ import annotations
 
 import base64
-import sys
-from array import array
 from typing import Any
 
-from meshgate import errors
+from meshgate import errors, vectors
 from meshgate.errors import ApiError
 from meshgate.structs import to_dict
 from meshgate.v1 import common_pb2, inference_pb2
@@ -192,7 +190,6 @@ def _tool_call(raw: dict[str, Any]) -> inference_pb2.ToolCall:
     arguments = function.get("arguments", "")
     return inference_pb2.ToolCall(
         id=str(raw.get("id") or ""),
-        type="function",
         name=str(function.get("name") or ""),
         arguments=arguments if isinstance(arguments, str) else str(arguments),
     )
@@ -276,9 +273,6 @@ def completion_chunk(raw: dict[str, Any]) -> inference_pb2.CompletionChunk:
     return out
 
 
-_LITTLE_ENDIAN = sys.byteorder == "little"
-
-
 def embeddings(raw: dict[str, Any]) -> inference_pb2.EmbeddingList:
     out = inference_pb2.EmbeddingList(usage=usage(raw.get("usage")))
     for i, item in enumerate(raw.get("data") or []):
@@ -286,10 +280,7 @@ def embeddings(raw: dict[str, Any]) -> inference_pb2.EmbeddingList:
         if isinstance(vector, str):
             packed = base64.b64decode(vector)
         else:
-            values = array("f", vector or [])
-            if not _LITTLE_ENDIAN:
-                values.byteswap()
-            packed = values.tobytes()
+            packed = vectors.pack(vector or [])
         out.data.append(
             inference_pb2.Embedding(index=int(item.get("index", i)), vector_f32le=packed)
         )

@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 import openai
+import psutil
 import pytest
 import yaml
 
@@ -139,24 +140,19 @@ def meshgate_cmd(*args: str) -> list[str]:
 def process_alive(pid: int) -> bool:
     """Running, i.e. it exists and is not a zombie waiting to be reaped."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def processes_mentioning(text: str) -> list[int]:
     """Live processes whose command line contains `text` (a test's private temp path)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid == os.getpid():
             continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline and process_alive(int(entry.name)):
-            found.append(int(entry.name))
+        if text in " ".join(proc.info["cmdline"] or ()) and process_alive(proc.pid):
+            found.append(proc.pid)
     return found
 
 

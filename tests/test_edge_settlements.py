@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from edge.mesh import MAX_CARRIED, SETTLE_RETRY_S, SETTLE_WINDOW_S, Mesh
+from edge.mesh import Mesh
+from edge.settlements import MAX_CARRIED, SETTLE_RETRY_S, SETTLE_WINDOW_S
 from meshgate.config import SAMPLE_CONFIG, load_config
 from meshgate.v1 import quota_pb2, usage_pb2
 
@@ -24,19 +25,19 @@ def test_reserves_carry_settlements_in_bounded_batches_and_failed_ones_come_back
     async def run() -> tuple[list[int], int, list[int]]:
         mesh = Mesh(load_config(SAMPLE_CONFIG, environ={}))
         for i in range(MAX_CARRIED + 36):
-            mesh.settle(_settlement(f"lease-{i}"))
-        sizes = [len(mesh.take_settlements()), len(mesh.take_settlements())]
-        batch = mesh.take_settlements()
-        mesh.return_settlements([_settlement("lease-again")])
-        returned = len(mesh.take_settlements())
-        mesh.return_settlements([_settlement("lease-late")])
+            mesh.settlements.add(_settlement(f"lease-{i}"))
+        sizes = [len(mesh.settlements.take()), len(mesh.settlements.take())]
+        batch = mesh.settlements.take()
+        mesh.settlements.give_back([_settlement("lease-again")])
+        returned = len(mesh.settlements.take())
+        mesh.settlements.give_back([_settlement("lease-late")])
         # The window passes: SettleMany takes it and fails (no quota); it is sent again
         # and again, never dropped: it carries the request's usage record.
         await asyncio.sleep(SETTLE_WINDOW_S * 5)
-        unsettled = [mesh.unsettled]
+        unsettled = [mesh.settlements.unsettled]
         for _ in range(3):
             await asyncio.sleep(SETTLE_RETRY_S)
-            unsettled.append(mesh.unsettled)
+            unsettled.append(mesh.settlements.unsettled)
         await mesh.close()
         return [*sizes, len(batch)], returned, unsettled
 

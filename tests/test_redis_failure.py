@@ -90,8 +90,9 @@ def _outage(mesh: RunningMesh, label: str) -> None:
     # Every fail_open admission is counted, and so is every failed Redis call.
     assert _metric(mesh, "meshgate_quota_fail_open_admissions_total") - admitted_before == 20
     assert _metric(mesh, "meshgate_quota_redis_errors_total") - errors_before >= 40
-    assert _p99(closed_latency) < 1.0
-    assert _p99(open_latency) < 1.0
+    # Quickly, not at the hop's 5 s timeout: a bound that holds on 2 busy cores.
+    assert _p99(closed_latency) < 3.0
+    assert _p99(open_latency) < 3.0
 
 
 def _recovers(mesh: RunningMesh) -> float:

@@ -75,7 +75,7 @@ def tool(name: str, schema: dict[str, Any] | None = None) -> inference_pb2.Tool:
     function = inference_pb2.FunctionDefinition(name=name, description=f"The {name} tool.")
     if schema is not None:
         function.parameters.CopyFrom(struct(schema))
-    return inference_pb2.Tool(type="function", function=function)
+    return inference_pb2.Tool(function=function)
 
 
 def chat(text: str = "Tell me a story.", **fields: Any) -> inference_pb2.ChatCompletionRequest:
@@ -528,7 +528,7 @@ def test_grpc_stream_chat_tool_call_sequence() -> None:
     choice = whole.completion.choices[0]
     assert not choice.message.HasField("content") and choice.finish_reason == "tool_calls"
     (call,) = choice.message.tool_calls
-    assert call.type == "function" and CALL_ID.match(call.id)
+    assert CALL_ID.match(call.id)
     first, start, *fragments, finish, usage = chunks
     assert first.choices[0].delta.role == "assistant"
     (opening,) = start.choices[0].delta.tool_calls

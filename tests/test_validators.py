@@ -286,7 +286,7 @@ def test_an_assistant_turn_with_tool_calls_needs_no_content() -> None:
     message = out.messages[0]
     assert message.WhichOneof("content") is None
     assert list(message.tool_calls) == [
-        inference_pb2.ToolCall(id="call_1", type="function", name="f", arguments='{"a":1}')
+        inference_pb2.ToolCall(id="call_1", name="f", arguments='{"a":1}')
     ]
 
 
@@ -380,11 +380,7 @@ def test_a_function_tool_keeps_its_description_parameters_and_strictness() -> No
         },
     }
     (out,) = validate_chat(chat(tools=[tool])).tools
-    assert (out.type, out.function.name, out.function.description) == (
-        "function",
-        "get-weather_2",
-        "d",
-    )
+    assert (out.function.name, out.function.description) == ("get-weather_2", "d")
     assert to_dict(out.function.parameters) == parameters
     assert out.function.HasField("strict") and out.function.strict
 
@@ -617,3 +613,19 @@ def test_embedding_input_may_be_token_ids() -> None:
 def test_embedding_refusals(body: dict[str, Any], param: str, message: str) -> None:
     error = refusal(validate_embedding, body)
     assert (error.param, error.message) == (param, message)
+
+
+def test_token_ids_may_be_written_as_whole_floats_as_json_schema_allows() -> None:
+    """`602.0` is an integer to JSON Schema (and to the SDK's types); `602.5` is not."""
+    whole = validate_completion({"model": "m", "prompt": [602.0, 1]})
+    assert list(whole.prompt) == list(
+        validate_completion({"model": "m", "prompt": [602, 1]}).prompt
+    )
+    nested = validate_embedding({"model": "m", "input": [[602.0]]})
+    assert list(nested.input) == list(validate_embedding({"model": "m", "input": [[602]]}).input)
+    with pytest.raises(c.Invalid) as caught:
+        validate_completion({"model": "m", "prompt": [602.5]})
+    assert (caught.value.param, caught.value.message) == (
+        "prompt[0]",
+        "Invalid type for 'prompt[0]': expected an integer, but got a number instead.",
+    )

@@ -26,11 +26,17 @@ if _version_not_supported:
 
 
 class ValidationServiceStub:
-    """ValidationService turns raw request JSON into typed requests.
+    """ValidationService turns raw request JSON into typed requests, and refuses
+    what the named model can never serve.
 
-    It is authored against openai-python 1.109.1. Bad input is gRPC
+    The shape is authored against openai-python 1.109.1. Bad input is gRPC
     INVALID_ARGUMENT with a meshgate.v1.Error (400, `param` set to the field
-    path, `code` null) in the details.
+    path, `code` null) in the details. The catalog checks run here too, before
+    quota charges anything: an unknown model is NOT_FOUND (404
+    `model_not_found`); a wrong category, tools or images the model lacks, and a
+    context overflow (`context_length_exceeded`) are 400s. The typed request
+    comes back as the engine should get it (the json_schema fallback, native
+    dimensions and the legacy 16-token allowance applied).
     """
 
     def __init__(self, channel):
@@ -57,11 +63,17 @@ class ValidationServiceStub:
 
 
 class ValidationServiceServicer:
-    """ValidationService turns raw request JSON into typed requests.
+    """ValidationService turns raw request JSON into typed requests, and refuses
+    what the named model can never serve.
 
-    It is authored against openai-python 1.109.1. Bad input is gRPC
+    The shape is authored against openai-python 1.109.1. Bad input is gRPC
     INVALID_ARGUMENT with a meshgate.v1.Error (400, `param` set to the field
-    path, `code` null) in the details.
+    path, `code` null) in the details. The catalog checks run here too, before
+    quota charges anything: an unknown model is NOT_FOUND (404
+    `model_not_found`); a wrong category, tools or images the model lacks, and a
+    context overflow (`context_length_exceeded`) are 400s. The typed request
+    comes back as the engine should get it (the json_schema fallback, native
+    dimensions and the legacy 16-token allowance applied).
     """
 
     def ValidateChatCompletion(self, request, context):
@@ -112,11 +124,17 @@ def add_ValidationServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ValidationService:
-    """ValidationService turns raw request JSON into typed requests.
+    """ValidationService turns raw request JSON into typed requests, and refuses
+    what the named model can never serve.
 
-    It is authored against openai-python 1.109.1. Bad input is gRPC
+    The shape is authored against openai-python 1.109.1. Bad input is gRPC
     INVALID_ARGUMENT with a meshgate.v1.Error (400, `param` set to the field
-    path, `code` null) in the details.
+    path, `code` null) in the details. The catalog checks run here too, before
+    quota charges anything: an unknown model is NOT_FOUND (404
+    `model_not_found`); a wrong category, tools or images the model lacks, and a
+    context overflow (`context_length_exceeded`) are 400s. The typed request
+    comes back as the engine should get it (the json_schema fallback, native
+    dimensions and the legacy 16-token allowance applied).
     """
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""The router service: catalog semantics, replica choice, failover and streaming relay."""
+"""The router service: replica choice, failover and the streaming relay."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from typing import TypeVar
 import grpc
 import prometheus_client
 
-from meshgate import grpcio, tokens
+from meshgate import billing, grpcio, tokens
 from meshgate.config import Config
+from meshgate.deadline import left, of_call
 from meshgate.errors import ApiError
 from meshgate.grpcio import ENGINE_TIME_KEY, REPLICA_KEY, Context
-from meshgate.v1 import common_pb2, inference_pb2, router_pb2, router_pb2_grpc
+from meshgate.v1 import inference_pb2, router_pb2, router_pb2_grpc
 from services.router import catalog as cat
 from services.router.adapters.base import EngineAdapter, EngineUnavailable
 from services.router.balancer import Replica, pick
@@ -65,23 +66,11 @@ def _next(model: cat.Model, tried: list[Replica]) -> Replica | None:
     )
 
 
-def _fragments(chunk: inference_pb2.ChatCompletionChunk | inference_pb2.CompletionChunk) -> int:
-    """Choices in a chunk that carry generated text: about one token each on every engine we know."""
-    count = 0
-    for choice in chunk.choices:
-        if isinstance(choice, inference_pb2.ChunkChoice):
-            delta = choice.delta
-            count += bool(delta.content or any(t.arguments for t in delta.tool_calls))
-        else:
-            count += bool(choice.text)
-    return count
-
-
 def _fill_usage(
     answer: inference_pb2.ChatCompletion | inference_pb2.Completion, prompt_tokens: int
 ) -> None:
-    """An engine that reported no usage is billed by our own count: never for free."""
-    if answer.usage.prompt_tokens or answer.usage.completion_tokens:
+    """An engine that reported no usage is billed by our own count of its answer."""
+    if billing.reported(answer.usage):
         return
     text = ""
     for choice in answer.choices:
@@ -89,13 +78,11 @@ def _fill_usage(
             text += choice.message.content + "".join(t.arguments for t in choice.message.tool_calls)
         else:
             text += choice.text
-    answer.usage.prompt_tokens = prompt_tokens
-    answer.usage.completion_tokens = tokens.count(text)
+    answer.usage.CopyFrom(billing.billed(None, prompt_tokens, tokens.count(text)))
 
 
 def _deadline(context: Context, default: float) -> float:
-    remaining = context.time_remaining()
-    return default if remaining is None else max(remaining, 0.001)
+    return left(of_call(context, default))
 
 
 def _request_id(context: Context) -> str:
@@ -167,14 +154,11 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                         chunk.model = model.id
                         # Who serves it, for the usage record; with the first chunk, never a retry.
                         await context.send_initial_metadata(((REPLICA_KEY, replica.target),))
-                    fragments += _fragments(chunk)
+                    fragments += billing.fragments(chunk)
                     usage_seen = usage_seen or chunk.HasField("usage")
                     yield chunk
                 if started and not usage_seen:
-                    usage = common_pb2.Usage(
-                        prompt_tokens=prompt_tokens, completion_tokens=fragments
-                    )
-                    yield type(chunk)(usage=usage)
+                    yield type(chunk)(usage=billing.billed(None, prompt_tokens, fragments))
                 return
             except EngineUnavailable as exc:
                 self._eject(replica, exc, context)
@@ -204,7 +188,6 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.CreateChatCompletionResponse:
         try:
             model = self._catalog.resolve(request.request.model, request.context.principal)
-            cat.prepare_chat(model, request.request, request.context.prompt_tokens)
             timeout = _deadline(context, self._default_timeout)
             completion = await self._unary(
                 model, lambda a: a.chat(request.request, timeout), context
@@ -222,7 +205,6 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncIterator[inference_pb2.ChatCompletionChunk]:
         try:
             model = self._catalog.resolve(request.request.model, request.context.principal)
-            cat.prepare_chat(model, request.request, request.context.prompt_tokens)
             timeout = _deadline(context, self._default_timeout)
             async for chunk in self._stream(
                 model,
@@ -240,7 +222,6 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.CreateCompletionResponse:
         try:
             model = self._catalog.resolve(request.request.model, request.context.principal)
-            cat.prepare_text(model, request.request, request.context.prompt_tokens)
             timeout = _deadline(context, self._default_timeout)
             completion = await self._unary(
                 model, lambda a: a.text(request.request, timeout), context
@@ -258,7 +239,6 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncIterator[inference_pb2.CompletionChunk]:
         try:
             model = self._catalog.resolve(request.request.model, request.context.principal)
-            cat.prepare_text(model, request.request, request.context.prompt_tokens)
             timeout = _deadline(context, self._default_timeout)
             async for chunk in self._stream(
                 model,
@@ -276,7 +256,6 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.CreateEmbeddingResponse:
         try:
             model = self._catalog.resolve(request.request.model, request.context.principal)
-            cat.prepare_embedding(model, request.request, request.context.prompt_tokens)
             timeout = _deadline(context, self._default_timeout)
             embeddings = await self._unary(
                 model, lambda a: a.embed(request.request, timeout), context

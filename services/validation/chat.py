@@ -86,12 +86,11 @@ def _part(raw: object, path: str, role: str) -> inference_pb2.ContentPart:
 
 def _tool_call(raw: object, path: str) -> inference_pb2.ToolCall:
     call = c.obj(raw, path)
-    kind = c.one_of(c.require(call, "type", path), c.join(path, "type"), ("function",))
+    c.one_of(c.require(call, "type", path), c.join(path, "type"), ("function",))
     function_path = c.join(path, "function")
     function = c.obj(c.require(call, "function", path), function_path)
     return inference_pb2.ToolCall(
         id=c.string(c.require(call, "id", path), c.join(path, "id")),
-        type=kind,
         name=c.string(c.require(function, "name", function_path), c.join(function_path, "name")),
         arguments=c.string(
             c.require(function, "arguments", function_path), c.join(function_path, "arguments")
@@ -160,7 +159,7 @@ def _tool(raw: object, path: str) -> inference_pb2.Tool:
     function = c.obj(c.require(tool, "function", path), function_path)
     name_path = c.join(function_path, "name")
     name = _name(c.require(function, "name", function_path), name_path)
-    out = inference_pb2.Tool(type="function")
+    out = inference_pb2.Tool()
     out.function.name = name
     if function.get("description") is not None:
         out.function.description = c.string(

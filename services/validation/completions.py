@@ -31,6 +31,12 @@ def _token_ids(value: list[Any], path: str) -> str:
         ) from None
 
 
+def _number(value: object) -> bool:
+    """A token id candidate: JSON Schema counts `602.0` as an integer, and so do we
+    (c.integer then refuses one that is not whole)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def prompts(raw: object, path: str) -> list[str]:
     """A prompt in any of its four OpenAI shapes, as a list of strings."""
     if isinstance(raw, str):
@@ -40,7 +46,7 @@ def prompts(raw: object, path: str) -> list[str]:
     items = c.array(raw, path, min_length=1)
     if all(isinstance(x, str) for x in items):
         return list(items)
-    if all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+    if all(_number(x) for x in items):
         return [_token_ids(items, path)]
     if all(isinstance(x, list) for x in items):
         return [

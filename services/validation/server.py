@@ -1,4 +1,8 @@
-"""The validation service: raw JSON in, typed protobuf (and a prompt token count) out."""
+"""The validation service: raw JSON in, typed protobuf (and a prompt token count) out.
+
+Shape first (is it an OpenAI request?), then the catalog (can this model serve it?),
+so that everything a request can be refused for is known before quota charges it.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,10 @@ import grpc
 
 from meshgate import grpcio, tokens
 from meshgate.config import Config
+from meshgate.errors import ApiError
 from meshgate.grpcio import Context
 from meshgate.v1 import validation_pb2, validation_pb2_grpc
+from services.validation import catalog
 from services.validation.chat import validate_chat
 from services.validation.checks import Invalid, parse_body
 from services.validation.completions import validate_completion
@@ -17,15 +23,21 @@ from services.validation.embeddings import validate_embedding
 
 
 class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
+    def __init__(self, models: catalog.Catalog) -> None:
+        self._catalog = models
+
     async def ValidateChatCompletion(
         self, request: validation_pb2.ValidateChatCompletionRequest, context: Context
     ) -> validation_pb2.ValidateChatCompletionResponse:
         try:
             typed = validate_chat(parse_body(request.body))
+            prompt_tokens = catalog.prepare_chat(self._catalog.resolve(typed.model), typed)
         except Invalid as exc:
             await exc.to_api_error().abort(context)
+        except ApiError as exc:
+            await exc.abort(context)
         return validation_pb2.ValidateChatCompletionResponse(
-            request=typed, prompt_tokens=tokens.count_messages(typed.messages)
+            request=typed, prompt_tokens=prompt_tokens
         )
 
     async def ValidateCompletion(
@@ -33,29 +45,33 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
     ) -> validation_pb2.ValidateCompletionResponse:
         try:
             typed = validate_completion(parse_body(request.body))
+            prompt_tokens = catalog.prepare_text(self._catalog.resolve(typed.model), typed)
         except Invalid as exc:
             await exc.to_api_error().abort(context)
-        return validation_pb2.ValidateCompletionResponse(
-            request=typed, prompt_tokens=sum(tokens.count(p) for p in typed.prompt)
-        )
+        except ApiError as exc:
+            await exc.abort(context)
+        return validation_pb2.ValidateCompletionResponse(request=typed, prompt_tokens=prompt_tokens)
 
     async def ValidateEmbedding(
         self, request: validation_pb2.ValidateEmbeddingRequest, context: Context
     ) -> validation_pb2.ValidateEmbeddingResponse:
         try:
             typed = validate_embedding(parse_body(request.body))
+            prompt_tokens = catalog.prepare_embedding(self._catalog.resolve(typed.model), typed)
         except Invalid as exc:
             await exc.to_api_error().abort(context)
-        return validation_pb2.ValidateEmbeddingResponse(
-            request=typed, prompt_tokens=sum(tokens.count(t) for t in typed.input)
-        )
+        except ApiError as exc:
+            await exc.abort(context)
+        return validation_pb2.ValidateEmbeddingResponse(request=typed, prompt_tokens=prompt_tokens)
 
 
 async def run(config: Config) -> None:
     tokens.encoding()  # load the tokenizer before the first request, not during it
 
     async def setup(server: grpc.aio.Server) -> Sequence[str]:
-        validation_pb2_grpc.add_ValidationServiceServicer_to_server(ValidationService(), server)
+        validation_pb2_grpc.add_ValidationServiceServicer_to_server(
+            ValidationService(catalog.Catalog(config.models)), server
+        )
         return [validation_pb2.DESCRIPTOR.services_by_name["ValidationService"].full_name]
 
     cfg = config.services.validation

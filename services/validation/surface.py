@@ -75,7 +75,8 @@ CHAT_FIELDS: tuple[Row, ...] = (
     (
         "response_format: json_schema",
         "Partial",
-        "Where the model has `json_schema`; otherwise downgraded to json_object.",
+        "Where the model has `json_schema`; otherwise downgraded to json_object, with the "
+        "schema given to the model as a system message so that it can still follow it.",
     ),
     ("logprobs", "No", '`true` is a 400 with `param: "logprobs"`.'),
     ("top_logprobs", "No", 'Any value is a 400 with `param: "top_logprobs"`.'),

@@ -77,9 +77,6 @@ class MiniLM:
         self.tokenizer.enable_truncation(max_length=max_length)
         self.tokenizer.no_padding()
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text).ids)
-
     def _linear(self, x: Array, name: str) -> Array:
         result: Array = x @ self.w[f"{name}.weight"].T + self.w[f"{name}.bias"]
         return result

@@ -106,9 +106,7 @@ def chat_completion(plan: ChatPlan) -> inference_pb2.ChatCompletion:
     message = inference_pb2.AssistantMessage()
     if plan.tool_call is not None:
         call = plan.tool_call
-        message.tool_calls.add(
-            id=call.id, type="function", name=call.name, arguments=call.arguments
-        )
+        message.tool_calls.add(id=call.id, name=call.name, arguments=call.arguments)
     else:
         message.content = plan.content or ""
     return inference_pb2.ChatCompletion(
@@ -258,7 +256,7 @@ async def run(config: Config) -> None:
 
 def main() -> None:
     config = load_config()
-    configure("engine", config.logging.level)
+    configure("engine", config.logging.level, config.logging.format)
     try:
         import uvloop
     except ImportError:

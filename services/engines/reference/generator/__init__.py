@@ -17,9 +17,9 @@ chat.py and completions.py (the two planners), embeddings.py. This package
 exports what the server plans with.
 """
 
+from meshgate.billing import LEGACY_DEFAULT_MAX_TOKENS
 from services.engines.reference.generator.chat import ChatPlan, plan_chat
 from services.engines.reference.generator.completions import (
-    LEGACY_DEFAULT_MAX_TOKENS,
     TextChoicePlan,
     TextPlan,
     plan_text,

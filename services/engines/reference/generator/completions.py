@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meshgate import tokens
+
+# The engine may be called directly (not through validation, which sets it): the same rule.
+from meshgate.billing import LEGACY_DEFAULT_MAX_TOKENS
 from meshgate.v1 import inference_pb2
 from services.engines.reference.generator.text import (
     at_least,
@@ -14,9 +17,6 @@ from services.engines.reference.generator.text import (
     optional_int,
     seeded_rng,
 )
-
-# OpenAI's default `max_tokens` for legacy completions.
-LEGACY_DEFAULT_MAX_TOKENS = 16
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,14 +8,14 @@ import sys
 from array import array
 from dataclasses import dataclass
 
-from meshgate import tokens
+from meshgate import tokens, vectors
 from meshgate.v1 import inference_pb2
 
 # Vector size when an embeddings request arrives without `dimensions`.
 DEFAULT_DIMENSIONS = 1024
 
 _U32 = "I" if array("I").itemsize == 4 else "L"
-_BIG_ENDIAN = sys.byteorder == "big"
+_BIG_ENDIAN = sys.byteorder == "big"  # the hash is read as little-endian u32s
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +41,7 @@ def embedding_vector(text: str, dimensions: int) -> bytes:
     values = [u * scale - 1.0 for u in raw]
     norm = math.sqrt(math.fsum(v * v for v in values)) or 1.0
     inv = 1.0 / norm
-    out = array("f", [v * inv for v in values])
-    if _BIG_ENDIAN:
-        out.byteswap()
-    return out.tobytes()
+    return vectors.pack(v * inv for v in values)
 
 
 def embed(request: inference_pb2.EmbeddingRequest) -> EmbedPlan:
