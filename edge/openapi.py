@@ -155,6 +155,7 @@ def schemas() -> JSONObject:
     overlay.always_usage(s, s["ChatCompletion"])
     overlay.completion_stream_choices(s)
     overlay.model_card(s["Model"])
+    overlay.base64_embedding(s["Embedding"])
     overlay.error_object(s["ErrorObject"])
     s["Error"] = {
         "type": "object",

@@ -171,6 +171,23 @@ def model_card(model: JSONObject) -> None:
     model["required"] = [*model["required"], "category", "capabilities", "context_length"]
 
 
+def base64_embedding(embedding: JSONObject) -> None:
+    """`encoding_format: "base64"` answers with a string, as OpenAI does; the SDK's type
+    has only the list because the SDK decodes the string before its users see it."""
+    floats = embedding["properties"]["embedding"]
+    embedding["properties"]["embedding"] = {
+        "anyOf": [
+            floats,
+            {
+                "type": "string",
+                "contentEncoding": "base64",
+                "description": 'Little-endian float32, for `encoding_format: "base64"`.',
+            },
+        ],
+        "title": floats.get("title", "Embedding"),
+    }
+
+
 def error_object(error: JSONObject) -> None:
     """The page's error shape: the four keys always present, and the `doc_url` extension."""
     error["properties"]["doc_url"] = {

@@ -295,3 +295,12 @@ def test_api(api_schema: Any, mesh: RunningMesh, method: str, path: str) -> None
         check_case(case, response, path)
 
     run()
+
+
+def test_an_embedding_is_floats_or_base64_as_the_api_sends_it() -> None:
+    """The SDK's type lists floats only (it decodes base64 itself); the wire has both."""
+    schema = openapi.document()["components"]["schemas"]["Embedding"]["properties"]["embedding"]
+    validator = jsonschema.Draft202012Validator(schema)
+    assert validator.is_valid([0.25, -1.0])
+    assert validator.is_valid("AACAPgAAgL8=")
+    assert not validator.is_valid({"vector": [0.25]})
