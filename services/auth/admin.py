@@ -72,15 +72,19 @@ def parse_expires(text: str, now: float | None = None) -> float:
 @asynccontextmanager
 async def _key_store(config: Config) -> AsyncIterator[RedisKeyStore]:
     """The Redis key store for one command: Redis failures become one clear AdminError."""
-    if not config.redis.url:
+    if not config.redis.configured:
         raise AdminError(
             "the key store lives in Redis: set REDIS_URL (or redis.url in the config); "
             "`meshgate up` prints the URL of its embedded Redis"
         )
     # An operator at a terminal can wait longer than a request can.
-    redis = redis_client.connect(
-        config.redis.model_copy(update={"timeout_ms": config.redis.timeout_ms * 4})
-    )
+    settings = config.redis.model_copy(update={"timeout_ms": config.redis.timeout_ms * 4})
+    try:
+        redis = await redis_client.open_client(settings)
+    except (RedisError, OSError) as exc:
+        raise AdminError(
+            f"cannot reach Redis at the configured URL: {type(exc).__name__}"
+        ) from None
     try:
         yield RedisKeyStore(redis)
     except (RedisError, OSError) as exc:

@@ -46,10 +46,9 @@ from dataclasses import fields as dataclass_fields
 from decimal import Decimal, InvalidOperation
 from typing import Literal, Protocol
 
-from redis.asyncio import Redis
-
 from meshgate.config import BudgetPeriod, KeyConfig, LimitsConfig, TenantConfig
 from meshgate.pricing import micro_text, to_micro_usd
+from meshgate.redis_client import Client
 from meshgate.v1 import common_pb2
 
 KEY_PREFIX = "mg:key:"
@@ -370,7 +369,7 @@ class RedisKeyStore:
     """Production keys (stored hashed) and tenants in Redis; also the admin operations
     behind `meshgate keys` and `meshgate tenants`."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self.redis = redis
         self._hset_if = redis.register_script(_HSET_IF)
 

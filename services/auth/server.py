@@ -149,9 +149,16 @@ class CachedKeyStore:
         self._keys.clear()
         self._tenants.clear()
 
-    async def follow_key_events(self, redis: Redis, announce: Callable[[Event], None]) -> None:
-        """Evict as `mg:key-events` announces changes, tell watchers; reconnect forever."""
+    async def follow_key_events(
+        self, connect: Callable[[], Redis], announce: Callable[[Event], None]
+    ) -> None:
+        """Evict as `mg:key-events` announces changes, tell watchers; reconnect forever.
+
+        Each reconnection opens a fresh connection (`connect`): on a cluster the
+        next node, under Sentinel the current master, so a failover is followed.
+        """
         while True:
+            redis = connect()
             try:
                 async with redis.pubsub() as pubsub:
                     await pubsub.subscribe(KEY_EVENTS)
@@ -162,6 +169,9 @@ class CachedKeyStore:
             except (RedisError, OSError):
                 self.clear()
                 await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await redis.aclose()
 
     def _apply(self, data: bytes, announce: Callable[[Event], None]) -> None:
         try:
@@ -258,18 +268,19 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
 
 
 async def run(config: Config) -> None:
-    redis: Redis | None = None
+    redis: redis_client.Client | None = None
     cached: CachedKeyStore | None = None
     follower: asyncio.Task[None] | None = None
-    if config.redis.url:
-        timeout = config.redis.timeout_ms / 1000
-        redis = redis_client.connect(config.redis)
+    subscribers: redis_client.Subscribers | None = None
+    if config.redis.configured:
+        opened = await redis_client.open_redis(config.redis, wait=True)
+        redis = opened.client
         cached = CachedKeyStore(RedisKeyStore(redis), config.auth.cache_ttl_ms / 1000)
         # The subscription blocks on reads, so it gets its own connection without a read timeout.
-        listener = Redis.from_url(config.redis.url, socket_connect_timeout=timeout)
+        subscribers = redis_client.Subscribers(opened, config.redis)
     service = AuthService(ConfigKeyStore(config.keys), cached, config_tenants(config.tenants))
-    if cached is not None:
-        follower = asyncio.create_task(cached.follow_key_events(listener, service.announce))
+    if cached is not None and subscribers is not None:
+        follower = asyncio.create_task(cached.follow_key_events(subscribers.open, service.announce))
 
     async def setup(server: grpc.aio.Server) -> Sequence[str]:
         auth_pb2_grpc.add_AuthServiceServicer_to_server(service, server)

@@ -16,7 +16,9 @@ records not yet written, and its length is the lag.
   logged whole (base64), counted, and acknowledged: it never blocks the stream.
 
 Streams are read shard by shard (pipelined, one round trip), never with one
-multi-key XREADGROUP, because the shards live in different hash slots.
+multi-key XREADGROUP, because the shards live in different hash slots. On Redis
+Cluster the pipeline goes to each shard's master at once (redis-py groups its
+commands by node), and every script call names one stream.
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ from typing import Any
 import asyncpg
 import prometheus_client
 from google.protobuf.message import DecodeError
-from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from meshgate.redis_client import Client
 from meshgate.shards import LEDGER_GROUP, RECORD_FIELD, usage_stream
 from meshgate.v1 import usage_pb2
 from services.ledger.store import Rejected, Row, Store, row_of
@@ -133,7 +136,7 @@ class _Script:
         self.source = source
         self.sha = ""
 
-    async def run(self, redis: Redis, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+    async def run(self, redis: Client, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
         """`calls` are (key, args); returns each call's reply, raising the first error."""
         if not self.sha:
             self.sha = await redis.script_load(self.source)
@@ -224,7 +227,7 @@ class Consumer:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Client,
         store: Store,
         *,
         shards: int,
@@ -364,7 +367,7 @@ class Consumer:
         return entries
 
     async def _each_shard(
-        self, command: Callable[[Pipeline, int], object]
+        self, command: Callable[[Pipeline | ClusterPipeline, int], object]
     ) -> list[tuple[int, Any]]:
         """One command per shard's stream, all in one round trip: (shard, reply) pairs.
 

@@ -210,13 +210,15 @@ async def run(config: Config) -> None:
             "meshgate ledger: ledger.database_url is empty (set MESHGATE_LEDGER__DATABASE_URL, "
             "or run `meshgate up`, which starts an embedded PostgreSQL)"
         )
-    if not config.redis.url:
+    if not config.redis.configured:
         raise SystemExit("meshgate ledger: redis.url is empty (set REDIS_URL or run `meshgate up`)")
     store = await open_store(ledger.database_url)
     # Off the request path, a slow answer is worth waiting for: a read that times out
     # after Redis delivered it leaves entries pending until they are claimed.
     timeout_ms = max(config.redis.timeout_ms, REDIS_TIMEOUT_MS)
-    redis = redis_client.connect(config.redis.model_copy(update={"timeout_ms": timeout_ms}))
+    redis = await redis_client.open_client(
+        config.redis.model_copy(update={"timeout_ms": timeout_ms}), wait=True
+    )
     consumer = Consumer(
         redis,
         store,

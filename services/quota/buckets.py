@@ -7,7 +7,9 @@ time, which the settlement carries, so a request settled after midnight
 corrects the day it was charged to.
 
 Pipelined calls send EVALSHA themselves and load the script again when Redis
-has lost it (a restart, or SCRIPT FLUSH), so quota recovers by itself.
+has lost it (a restart, a failover, or SCRIPT FLUSH), so quota recovers by
+itself. On Redis Cluster a pipeline goes to several masters at once (each call
+names keys of one slot); only the calls that found no script are sent again.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
 
 from meshgate import shards
+from meshgate.redis_client import Client
 from meshgate.v1 import common_pb2
 
 _SCRIPT = Path(__file__).with_name("buckets.lua").read_text()
@@ -189,8 +191,17 @@ def _failures(results: Sequence[Any]) -> int:
     return sum(isinstance(r, Exception) for r in results)
 
 
+def _raise_unreachable(results: Sequence[Any]) -> None:
+    """A call whose node could not be reached (a cluster master that died mid-pipeline)
+    fails the round trip, as a lost connection does on one server: its settlements are
+    kept and sent again, never counted as refused."""
+    for result in results:
+        if isinstance(result, ConnectionError | TimeoutError):
+            raise result
+
+
 class Buckets:
-    def __init__(self, redis: Redis, layout: Layout) -> None:
+    def __init__(self, redis: Client, layout: Layout) -> None:
         self._redis = redis
         self.layout = layout
         self._script = redis.register_script(_SCRIPT)
@@ -248,7 +259,9 @@ class Buckets:
 
     async def settle_many(self, settlements: Sequence[Call]) -> int:
         """All of them in one pipelined round trip; returns how many Redis refused."""
-        return _failures(await self._pipelined(list(settlements)))
+        results = await self._pipelined(list(settlements))
+        _raise_unreachable(results)
+        return _failures(results)
 
     async def peek(self, owner: Owner, at_s: float) -> Decision:
         keys, args = self.layout.call(owner, at_s, "peek")
@@ -268,16 +281,21 @@ class Buckets:
 
         redis-py's own pipelined scripts ask SCRIPT EXISTS before every batch (a
         second round trip); instead, when Redis has lost the script (a restart,
-        SCRIPT FLUSH) the batch is sent again after loading it. Every call uses
-        the one script, so a NOSCRIPT batch ran none of them. A lost connection
-        raises.
+        a failover, SCRIPT FLUSH) it is loaded and the calls that found none are
+        sent again: a NOSCRIPT call ran nothing. A lost connection raises.
         """
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
         for attempt in range(2):
             async with self._redis.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
+                for i in todo:
+                    keys, args = calls[i]
                     pipe.evalsha(self._script.sha, len(keys), *keys, *args)
-                results: list[Any] = await pipe.execute(raise_on_error=False)
-            if attempt or not any(isinstance(r, NoScriptError) for r in results):
+                answers: list[Any] = await pipe.execute(raise_on_error=False)
+            for i, answer in zip(todo, answers, strict=True):
+                results[i] = answer
+            todo = [i for i in todo if isinstance(results[i], NoScriptError)]
+            if attempt or not todo:
                 break
             await self._redis.script_load(_SCRIPT)
         return results

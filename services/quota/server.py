@@ -384,9 +384,9 @@ async def sweep_forever(buckets: Buckets, interval_s: float) -> None:
 
 
 async def run(config: Config) -> None:
-    if not config.redis.url:
+    if not config.redis.configured:
         raise SystemExit("meshgate quota: redis.url is empty (set REDIS_URL or run `meshgate up`)")
-    redis = redis_client.connect(config.redis)
+    redis = await redis_client.open_client(config.redis, wait=True)
     # A lease outlives the longest request, so only a crashed request's lease lapses.
     lease_ttl_ms = int((config.edge.request_timeout_s + 5) * 1000)
     buckets = Buckets(redis, Layout(config.quota.shards))
