@@ -143,7 +143,7 @@ class _Script:
         for attempt in range(2):
             async with redis.pipeline(transaction=False) as pipe:
                 for key, args in calls:
-                    pipe.evalsha(self.sha, 1, key, *args)
+                    pipe.execute_command("EVALSHA", self.sha, 1, key, *args)
                 results: list[Any] = await pipe.execute(raise_on_error=False)
             if not attempt and any(isinstance(r, NoScriptError) for r in results):
                 self.sha = await redis.script_load(self.source)

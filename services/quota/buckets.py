@@ -290,7 +290,7 @@ class Buckets:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for i in todo:
                     keys, args = calls[i]
-                    pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+                    pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
                 answers: list[Any] = await pipe.execute(raise_on_error=False)
             for i, answer in zip(todo, answers, strict=True):
                 results[i] = answer
