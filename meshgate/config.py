@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import (
@@ -228,6 +229,28 @@ class SentinelConfig(_Strict):
         return value
 
 
+SENTINEL_SCHEME = "redis+sentinel"
+
+
+def parse_sentinel_url(url: str) -> SentinelConfig:
+    """`redis+sentinel://[:password@]host:port[,host:port...]/master_name[/db]`."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    password = ""
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        password = unquote(userinfo.partition(":")[2] if ":" in userinfo else userinfo)
+    path = [p for p in parts.path.split("/") if p]
+    if not netloc or not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError("use redis+sentinel://[:password@]host:port[,host:port...]/master[/db]")
+    return SentinelConfig(
+        master=unquote(path[0]),
+        sentinels=tuple(netloc.split(",")),
+        password=password,
+        db=int(path[1]) if len(path) == 2 else 0,
+    )
+
+
 class RedisConfig(_Strict):
     # redis:// URL of the server, or of any node of a Redis Cluster; or
     # redis+sentinel://[:password@]host:port[,host:port...]/master_name[/db].
@@ -239,6 +262,24 @@ class RedisConfig(_Strict):
     sentinel: SentinelConfig = SentinelConfig()
     # Per-call timeout, so that a slow Redis never hangs a request.
     timeout_ms: int = Field(default=250, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if value.startswith(SENTINEL_SCHEME + "://"):
+            parse_sentinel_url(value)
+        elif value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("use redis://, rediss://, unix:// or redis+sentinel://")
+        return value
+
+    @model_validator(mode="after")
+    def _sentinel_complete(self) -> RedisConfig:
+        named = self.url.startswith(SENTINEL_SCHEME + "://")
+        if self.mode == "sentinel" and not named and not self.sentinel.sentinels:
+            raise ValueError("mode sentinel needs a redis+sentinel:// url or sentinel.sentinels")
+        if self.sentinel.sentinels and not self.sentinel.master:
+            raise ValueError("sentinel.master: name the master the sentinels monitor")
+        return self
 
     @property
     def configured(self) -> bool:

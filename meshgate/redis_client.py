@@ -25,7 +25,6 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any, TypeAlias
-from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -34,14 +33,13 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
-from meshgate.config import RedisConfig, SentinelConfig
+from meshgate.config import SENTINEL_SCHEME, RedisConfig, SentinelConfig, parse_sentinel_url
 
 log = logging.getLogger("meshgate.redis")
 
 # Every user of Redis holds one of these; both speak the same commands.
 Client: TypeAlias = Redis | RedisCluster
 
-SENTINEL_SCHEME = "redis+sentinel"
 # How often a service that waits for Redis at startup asks again, and logs.
 _PROBE_EVERY_S = 0.5
 _LOG_EVERY_S = 10.0
@@ -54,22 +52,6 @@ def sentinel_settings(config: RedisConfig) -> SentinelConfig | None:
     if config.sentinel.sentinels or config.mode == "sentinel":
         return config.sentinel
     return None
-
-
-def parse_sentinel_url(url: str) -> SentinelConfig:
-    """`redis+sentinel://[:password@]host:port[,host:port...]/master_name[/db]`."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    password = ""
-    if "@" in netloc:
-        userinfo, _, netloc = netloc.rpartition("@")
-        password = unquote(userinfo.partition(":")[2] if ":" in userinfo else userinfo)
-    sentinels = tuple(hp for hp in netloc.split(",") if hp)
-    path = [p for p in parts.path.split("/") if p]
-    if not sentinels or not path:
-        raise ValueError(f"{url!r}: use redis+sentinel://[:password@]host:port[,...]/master[/db]")
-    db = int(path[1]) if len(path) > 1 else 0
-    return SentinelConfig(master=unquote(path[0]), sentinels=sentinels, password=password, db=db)
 
 
 def _host_port(item: str) -> tuple[str, int]:

@@ -14,13 +14,16 @@ names keys of one slot); only the calls that found no script are sent again.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError, NoScriptError, RedisError, TimeoutError
 
 from meshgate import shards
 from meshgate.redis_client import Client
@@ -191,18 +194,39 @@ def _failures(results: Sequence[Any]) -> int:
     return sum(isinstance(r, Exception) for r in results)
 
 
+def _unreachable(result: Any) -> bool:
+    return isinstance(result, ConnectionError | TimeoutError)
+
+
+def _slot(call: Call) -> int:
+    """The hash slot of a call's keys (they share one tag)."""
+    return key_slot(call[0][0].encode())
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """A reservation's decision, and what became of the settlements it carried."""
+
+    decision: Decision
+    # Settlements Redis refused one by one (a key it cannot update).
+    refused: int = 0
+    # Settlements whose master could not be reached (Redis Cluster): to be sent again.
+    stranded: list[Call] = field(default_factory=list)
+
+
 def _raise_unreachable(results: Sequence[Any]) -> None:
     """A call whose node could not be reached (a cluster master that died mid-pipeline)
     fails the round trip, as a lost connection does on one server: its settlements are
     kept and sent again, never counted as refused."""
     for result in results:
-        if isinstance(result, ConnectionError | TimeoutError):
+        if _unreachable(result):
             raise result
 
 
 class Buckets:
     def __init__(self, redis: Client, layout: Layout) -> None:
         self._redis = redis
+        self._cluster = isinstance(redis, RedisCluster)
         self.layout = layout
         self._script = redis.register_script(_SCRIPT)
         self._sweep = redis.register_script(_SWEEP)
@@ -241,21 +265,47 @@ class Buckets:
 
     async def reserve(
         self, owner: Owner, at_s: float, call: Call, settlements: Sequence[Call] = ()
-    ) -> tuple[Decision, int]:
+    ) -> Reserved:
         """Apply `settlements` first, then decide, all in one round trip.
 
-        Returns the decision and how many settlements Redis refused. One bad
-        settlement (a key Redis cannot update) must not refuse the reservation
-        that carried it, nor every later one that would carry it again.
+        One bad settlement (a key Redis cannot update) must not refuse the
+        reservation that carried it, nor every later one that would carry it
+        again: it is counted as refused. On Redis Cluster the settlements of
+        other slots go in a pipeline of their own, at the same time, so that a
+        master that is down (failing over) refuses only the requests whose
+        state it holds; their settlements come back as `stranded`, to be sent
+        again (settling is idempotent).
         """
         if not settlements:
             keys, args = call
             raw: list[int] = await self._script(keys=keys, args=args)
-            return decision(raw, owner, at_s), 0
-        *settled, decided = await self._pipelined([*settlements, call])
+            return Reserved(decision(raw, owner, at_s))
+        if not self._cluster:
+            *settled, decided = await self._pipelined([*settlements, call])
+            if isinstance(decided, Exception):
+                raise decided
+            return Reserved(decision(decided, owner, at_s), _failures(settled))
+        slot = _slot(call)
+        here = [c for c in settlements if _slot(c) == slot]
+        apart = [c for c in settlements if _slot(c) != slot]
+        (*settled, decided), (refused, stranded) = await asyncio.gather(
+            self._pipelined([*here, call]), self._settle_apart(apart)
+        )
         if isinstance(decided, Exception):
             raise decided
-        return decision(decided, owner, at_s), _failures(settled)
+        return Reserved(decision(decided, owner, at_s), _failures(settled) + refused, stranded)
+
+    async def _settle_apart(self, calls: list[Call]) -> tuple[int, list[Call]]:
+        """(refused, unreachable) of settlements sent on their own; errors never raise."""
+        if not calls:
+            return 0, []
+        try:
+            results = await self._pipelined(calls)
+        except (RedisError, OSError):
+            return 0, calls
+        stranded = [c for c, r in zip(calls, results, strict=True) if _unreachable(r)]
+        refused = sum(isinstance(r, Exception) and not _unreachable(r) for r in results)
+        return refused, stranded
 
     async def settle_many(self, settlements: Sequence[Call]) -> int:
         """All of them in one pipelined round trip; returns how many Redis refused."""

@@ -58,6 +58,9 @@ LEASES_LAPSED = prometheus_client.Counter(
 )
 # How often each quota replica records lapsed leases.
 SWEEP_INTERVAL_S = 5.0
+# How often stranded settlements are sent again, and how many are kept at most.
+RESETTLE_INTERVAL_S = 0.5
+MAX_STRANDED = 100_000
 DECISIONS = prometheus_client.Counter(
     "meshgate_quota_decisions",
     "Reserve outcomes: admitted, or the limit that refused.",
@@ -202,6 +205,24 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
         # Whether usage records are buffered for the ledger (`ledger.enabled`).
         self._recording = recording
         self._clock = clock
+        # Settlements whose cluster master was unreachable when a Reserve carried them.
+        self._stranded: list[Call] = []
+
+    def strand(self, calls: Sequence[Call]) -> None:
+        """Keep settlements to send again (resettle_forever); the oldest go past the bound,
+        and their leases lapse to the sweep, which records them at the reservation."""
+        self._stranded.extend(calls)
+        excess = len(self._stranded) - MAX_STRANDED
+        if excess > 0:
+            del self._stranded[:excess]
+            REDIS_ERRORS.labels("settle").inc(excess)
+            log.error("stranded settlements dropped", extra={"settlements": excess})
+
+    async def resettle(self) -> None:
+        """Send the stranded settlements again; those Redis still cannot take stay."""
+        batch, self._stranded = self._stranded, []
+        if batch and not await self._settle(batch):
+            self.strand(batch)
 
     def _settle_call(self, settlement: quota_pb2.Settlement) -> Call | None:
         """Price the finished record, then the script call that settles and buffers it."""
@@ -287,7 +308,7 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
             self._lapse_record(request, lease_id, cost, pico, micro),
         )
         try:
-            decision, refused = await self._buckets.reserve(owner, at_s, call, settlements)
+            reserved = await self._buckets.reserve(owner, at_s, call, settlements)
         except (RedisError, OSError) as exc:
             REDIS_ERRORS.labels("reserve").inc()
             if settlements:
@@ -309,8 +330,11 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
                 )
             log.error("redis unavailable, refusing (fail_closed)", extra=extra)
             await REDIS_DOWN.abort(context)
-        if refused:
-            _settle_refused(refused)
+        decision = reserved.decision
+        if reserved.refused:
+            _settle_refused(reserved.refused)
+        if reserved.stranded:
+            self.strand(reserved.stranded)
         DECISIONS.labels(decision.verdict.name.lower()).inc()
         if not decision.admitted:
             await denial(decision, principal, cost, micro).abort(context)
@@ -368,6 +392,13 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
         return quota_pb2.GetRateLimitResponse(rate_limit=decision.state)
 
 
+async def resettle_forever(service: QuotaService, interval_s: float) -> None:
+    """Settlements stranded by a cluster master that was down go again, until they land."""
+    while True:
+        await asyncio.sleep(interval_s)
+        await service.resettle()
+
+
 async def sweep_forever(buckets: Buckets, interval_s: float) -> None:
     """Record lapsed leases now and then; every replica may, the script is atomic."""
     while True:
@@ -398,6 +429,7 @@ async def run(config: Config) -> None:
         recording=config.ledger.enabled,
     )
     sweeper = asyncio.create_task(sweep_forever(buckets, SWEEP_INTERVAL_S))
+    resettler = asyncio.create_task(resettle_forever(service, RESETTLE_INTERVAL_S))
 
     async def setup(server: grpc.aio.Server) -> Sequence[str]:
         quota_pb2_grpc.add_QuotaServiceServicer_to_server(service, server)
@@ -407,7 +439,9 @@ async def run(config: Config) -> None:
     try:
         await grpcio.serve("quota", cfg, setup, tls=config.tls)
     finally:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        for task in (sweeper, resettler):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await service.resettle()  # one last try; what is left lapses to the sweep
         await redis.aclose()

@@ -1,0 +1,96 @@
+"""Which Redis the mesh opens: one server, a cluster (asked with INFO cluster) or a Sentinel
+master, and the settings that name them."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from meshgate import redis_client
+from meshgate.config import (
+    ConfigError,
+    RedisConfig,
+    SentinelConfig,
+    load_config,
+    parse_sentinel_url,
+)
+from tests.support import RedisServer
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "redis+sentinel://10.0.0.1:26379/mymaster",
+            SentinelConfig(master="mymaster", sentinels=("10.0.0.1:26379",)),
+        ),
+        (
+            "redis+sentinel://:s%40cret@a:26379,b:26380,c:26381/cache/2",
+            SentinelConfig(
+                master="cache", sentinels=("a:26379", "b:26380", "c:26381"), password="s@cret", db=2
+            ),
+        ),
+    ],
+)
+def test_sentinel_urls(url: str, expected: SentinelConfig) -> None:
+    assert parse_sentinel_url(url) == expected
+    assert redis_client.sentinel_settings(RedisConfig(url=url)) == expected
+
+
+@pytest.mark.parametrize(
+    ("redis", "message"),
+    [
+        ({"url": "redis+sentinel://a:26379"}, "redis.url"),
+        ({"url": "redis+sentinel://a:26379/m/x"}, "redis.url"),
+        ({"url": "redis+sentinel://a/m"}, "redis.url"),
+        ({"url": "http://a:6379"}, "redis.url"),
+        ({"mode": "sharded"}, "redis.mode"),
+        ({"mode": "sentinel"}, "redis: Value error, mode sentinel needs"),
+        ({"sentinel": {"sentinels": ["a:1"]}}, "sentinel.master"),
+        ({"sentinel": {"master": "m", "sentinels": ["nohost"]}}, "redis.sentinel.sentinels"),
+    ],
+)
+def test_bad_redis_settings_name_the_key(
+    tmp_path: Path, redis: dict[str, Any], message: str
+) -> None:
+    path = tmp_path / "meshgate.yaml"
+    path.write_text(yaml.safe_dump({"extends": "sample", "redis": redis}))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, environ={})
+
+
+def test_sentinel_settings_need_no_url(tmp_path: Path) -> None:
+    path = tmp_path / "meshgate.yaml"
+    settings = {"master": "m", "sentinels": ["127.0.0.1:26379"], "password": "pw"}
+    path.write_text(yaml.safe_dump({"extends": "sample", "redis": {"sentinel": settings}}))
+    config = load_config(path, environ={})
+    assert config.redis.configured
+    assert redis_client.sentinel_settings(config.redis) == SentinelConfig(**settings)
+
+
+def test_a_single_server_is_told_apart_from_a_cluster() -> None:
+    server = RedisServer().start()
+    config = RedisConfig(url=server.url)
+
+    async def probe() -> tuple[str, str]:
+        opened = await redis_client.open_redis(config)
+        try:
+            await opened.client.set("mg:probe", "1")
+        finally:
+            await opened.client.aclose()
+        return await redis_client.probe_mode(config), opened.mode
+
+    try:
+        assert asyncio.run(probe()) == ("standalone", "standalone")
+    finally:
+        server.kill()
+
+
+def test_an_unreachable_redis_fails_the_probe_at_once() -> None:
+    config = RedisConfig(url="redis://127.0.0.1:1/0")
+    with pytest.raises(redis_client.RedisError):
+        asyncio.run(redis_client.open_redis(config))
