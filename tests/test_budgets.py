@@ -78,7 +78,7 @@ async def _reserve(
 ) -> tuple[Verdict, str]:
     lease = secrets.token_hex(12)
     call = buckets.reserve_call(owner, at_s, 10, micro_usd, lease, 60_000, record)
-    decision, _ = await buckets.reserve(owner, at_s, call)
+    decision = (await buckets.reserve(owner, at_s, call)).decision
     return decision.verdict, lease
 
 
@@ -170,10 +170,10 @@ def test_a_key_limit_and_its_tenant_limit_both_hold(run: Run) -> None:
         assert results == [Verdict.ADMITTED, Verdict.ADMITTED, Verdict.REQUESTS_EMPTY]
         lease = secrets.token_hex(12)
         call = buckets.reserve_call(b, BEFORE_MIDNIGHT, 10, 0, lease, 60_000, b"")
-        decision, _ = await buckets.reserve(b, BEFORE_MIDNIGHT, call)
+        decision = (await buckets.reserve(b, BEFORE_MIDNIGHT, call)).decision
         assert decision.verdict is Verdict.ADMITTED
         call = buckets.reserve_call(b, BEFORE_MIDNIGHT, 10, 0, lease + "2", 60_000, b"")
-        decision, _ = await buckets.reserve(b, BEFORE_MIDNIGHT, call)
+        decision = (await buckets.reserve(b, BEFORE_MIDNIGHT, call)).decision
         assert (decision.verdict, decision.subject.name) == (Verdict.REQUESTS_EMPTY, "TENANT")
 
     run(scenario)
@@ -222,7 +222,7 @@ def test_a_lapsed_lease_is_recorded_by_the_sweep_once_and_its_settlement_ignored
         call = buckets.reserve_call(
             owner, BEFORE_MIDNIGHT, 10, 0, "lease-1", 1, lapse.SerializeToString()
         )
-        decision, _ = await buckets.reserve(owner, BEFORE_MIDNIGHT, call)
+        decision = (await buckets.reserve(owner, BEFORE_MIDNIGHT, call)).decision
         assert decision.admitted
         await asyncio.sleep(0.01)  # the 1 ms lease lapses
         assert await buckets.sweep() == 1
@@ -244,7 +244,7 @@ def test_a_reservation_retried_with_its_lease_is_the_same_admission(run: Run) ->
         owner = _owner(common_pb2.Limits(requests_per_minute=5, budget_micro_usd=1_000))
         call = buckets.reserve_call(owner, BEFORE_MIDNIGHT, 10, 400, "lease-x", 60_000, b"r")
         for _ in range(3):
-            decision, _ = await buckets.reserve(owner, BEFORE_MIDNIGHT, call)
+            decision = (await buckets.reserve(owner, BEFORE_MIDNIGHT, call)).decision
             assert decision.admitted
         state = (await buckets.peek(owner, BEFORE_MIDNIGHT)).state
         assert (state.remaining_requests, state.remaining_budget_micro_usd) == (4, 600)
