@@ -389,6 +389,32 @@ class RedisClusterNodes:
                 return self.node(int(master[1]))
         raise AssertionError(f"no node serves slot {slot}")
 
+    def node_id(self, node: RedisNode) -> str:
+        raw = node.client().cluster("myid")
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    def migrate_slot(self, key: str, to: RedisNode, pause_s: float = 0.0) -> None:
+        """Move `key`'s slot to `to`, key by key, as `redis-cli --cluster reshard` does:
+        clients meanwhile get ASK (keys already moved) and then MOVED.
+
+        `pause_s` waits between the keys, so that clients see the half-moved slot."""
+        source = self.master_of(key)
+        slot = int(source.client().cluster("keyslot", key))
+        source_id, target_id = self.node_id(source), self.node_id(to)
+        to.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while names := source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1):
+            source.client().execute_command(
+                "MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *names
+            )
+            time.sleep(pause_s)
+        for node in self.live():
+            if node.client().info("replication")["role"] == "master":
+                node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+    def masters(self) -> list[RedisNode]:
+        return [n for n in self.live() if n.client().info("replication")["role"] == "master"]
+
     def client(self) -> redis.RedisCluster:
         node = self.live()[0]
         return redis.RedisCluster(host="127.0.0.1", port=node.port, socket_timeout=2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 
@@ -185,6 +186,36 @@ def test_the_ledger_drains_every_shards_stream(
         assert time.monotonic() < deadline, "the ledger did not drain the streams"
         time.sleep(0.2)
     client.close()
+
+
+def test_a_slot_moved_mid_traffic_is_followed_never_a_503(
+    world: tuple[RunningMesh, RedisClusterNodes],
+) -> None:
+    """MOVED and ASK replies (a slot migrating key by key) are followed by every service."""
+    mesh, cluster = world
+    secret = create_key(cluster, "migrant", "--rpm", "100000", "--tpm", "100000000")
+    state = state_key(secret)
+    source = cluster.master_of(state)
+    target = next(node for node in cluster.masters() if node.port != source.port)
+    stop = threading.Event()
+    codes: list[int] = []
+
+    def traffic() -> None:
+        with httpx.Client(base_url=mesh.origin, timeout=30) as http:
+            while not stop.is_set():
+                codes.append(chat(http, secret)[0].status_code)
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    try:
+        time.sleep(0.5)
+        cluster.migrate_slot(state, target, pause_s=0.02)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        worker.join()
+    assert cluster.master_of(state).port == target.port
+    assert codes and set(codes) == {200}, codes
 
 
 def test_killing_the_master_of_a_keys_state_recovers_without_a_restart(

@@ -16,14 +16,23 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 from redis.crc import key_slot
-from redis.exceptions import ConnectionError, NoScriptError, RedisError, TimeoutError
+from redis.exceptions import (
+    ClusterError,
+    ConnectionError,
+    NoScriptError,
+    RedisError,
+    TimeoutError,
+    TryAgainError,
+)
 
 from meshgate import shards
 from meshgate.redis_client import Client
@@ -194,6 +203,19 @@ def _failures(results: Sequence[Any]) -> int:
     return sum(isinstance(r, Exception) for r in results)
 
 
+# How long a call whose slot is migrating (TRYAGAIN: its keys are half moved) is asked
+# again; moving a slot takes milliseconds per batch of keys.
+MIGRATION_WAIT_S = 1.0
+_MIGRATION_POLL_S = 0.02
+
+
+def _migrating(result: Any) -> bool:
+    """TRYAGAIN, or redis-py's redirections running out while a slot migrates."""
+    if isinstance(result, TryAgainError):
+        return True
+    return isinstance(result, ClusterError) and "TTL exhausted" in str(result)
+
+
 def _unreachable(result: Any) -> bool:
     return isinstance(result, ConnectionError | TimeoutError)
 
@@ -278,7 +300,7 @@ class Buckets:
         """
         if not settlements:
             keys, args = call
-            raw: list[int] = await self._script(keys=keys, args=args)
+            raw: list[int] = await self._call(self._script, keys, args)
             return Reserved(decision(raw, owner, at_s))
         if not self._cluster:
             *settled, decided = await self._pipelined([*settlements, call])
@@ -315,7 +337,7 @@ class Buckets:
 
     async def peek(self, owner: Owner, at_s: float) -> Decision:
         keys, args = self.layout.call(owner, at_s, "peek")
-        raw: list[int] = await self._script(keys=keys, args=args)
+        raw: list[int] = await self._call(self._script, keys, args)
         return decision(raw, owner, at_s)
 
     async def sweep(self, limit: int = 500) -> int:
@@ -323,8 +345,19 @@ class Buckets:
         swept = 0
         for shard in range(self.layout.shard_count):
             keys = self.layout.shard_keys(shard)
-            swept += int(await self._sweep(keys=keys, args=[limit]))
+            swept += int(await self._call(self._sweep, keys, [limit]))
         return swept
+
+    async def _call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """One script call; while its slot migrates (TRYAGAIN), asked again for a moment."""
+        deadline = time.monotonic() + MIGRATION_WAIT_S
+        while True:
+            try:
+                return await script(keys=keys, args=args)
+            except (TryAgainError, ClusterError) as exc:
+                if not _migrating(exc) or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(_MIGRATION_POLL_S)
 
     async def _pipelined(self, calls: list[Call]) -> list[Any]:
         """EVALSHA each call in one round trip; a call's error comes back in its place.
@@ -332,11 +365,15 @@ class Buckets:
         redis-py's own pipelined scripts ask SCRIPT EXISTS before every batch (a
         second round trip); instead, when Redis has lost the script (a restart,
         a failover, SCRIPT FLUSH) it is loaded and the calls that found none are
-        sent again: a NOSCRIPT call ran nothing. A lost connection raises.
+        sent again: a NOSCRIPT call ran nothing. So are calls whose slot is
+        migrating (TRYAGAIN ran nothing either), for MIGRATION_WAIT_S at most.
+        A lost connection raises.
         """
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
-        for attempt in range(2):
+        loaded = False
+        deadline = time.monotonic() + MIGRATION_WAIT_S
+        while todo:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for i in todo:
                     keys, args = calls[i]
@@ -344,8 +381,15 @@ class Buckets:
                 answers: list[Any] = await pipe.execute(raise_on_error=False)
             for i, answer in zip(todo, answers, strict=True):
                 results[i] = answer
-            todo = [i for i in todo if isinstance(results[i], NoScriptError)]
-            if attempt or not todo:
-                break
-            await self._redis.script_load(_SCRIPT)
+            lost = [i for i in todo if isinstance(results[i], NoScriptError)]
+            moving = [i for i in todo if _migrating(results[i])]
+            todo = []
+            if lost and not loaded:
+                await self._redis.script_load(_SCRIPT)
+                loaded = True
+                todo += lost
+            if moving and time.monotonic() < deadline:
+                await asyncio.sleep(_MIGRATION_POLL_S)
+                todo += moving
+            todo.sort()
         return results
