@@ -20,7 +20,9 @@ ENV PATH=/opt/meshgate/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1
 COPY --from=build /opt/meshgate /opt/meshgate
 # A fixed numeric uid, so that Kubernetes' runAsNonRoot can verify it.
-RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+# The group first, with the same number: --user-group alone would pick a gid like 999.
+RUN groupadd --system --gid 10001 meshgate \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin meshgate
 USER 10001:10001
 WORKDIR /tmp
