@@ -49,6 +49,8 @@ Category = Literal[
 ]
 Capability = Literal["tool_use", "vision", "json_schema", "prompt_caching"]
 BudgetPeriod = Literal["total", "day", "month"]
+# What a key may call: the inference API (`/v1`), the admin API (`/admin/v1`), or both.
+RoleName = Literal["api", "admin"]
 # Dollar amounts: exact decimals, at most six places (a micro-dollar), never floats.
 Usd = Annotated[Decimal, Field(ge=0, decimal_places=6)]
 
@@ -227,6 +229,8 @@ class KeyConfig(LimitsConfig):
     tenant: str = ""
     models: tuple[str, ...] = ()
     redis_failure_policy: Literal["fail_closed", "fail_open"] = "fail_closed"
+    # What the key may call; an admin key needs "admin" (and "api" too to make requests).
+    roles: tuple[RoleName, ...] = Field(default=("api",), min_length=1)
 
 
 class TenantConfig(LimitsConfig):
