@@ -182,7 +182,7 @@ class Tenant(_Answer):
 
 
 class UsageRow(_Answer):
-    """Totals of one group (and hour or day); dimensions not grouped by are absent."""
+    """Totals of one group (and hour or day); the dimensions not grouped by are null."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
 
