@@ -9,6 +9,7 @@ refused by every auth replica within a second; changes land in the audit log.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ import pytest
 from admin.api import OPERATIONS, PREFIX
 from bench.procstat import descendants
 from meshgate.v1 import auth_pb2, auth_pb2_grpc
-from tests.conftest import RunningMesh, launch_mesh, meshgate_cmd, subprocess_env
+from tests.conftest import RunningMesh, free_ports, launch_mesh, meshgate_cmd, subprocess_env
 
 PRO = "meshgate/reference-pro"
 CHAT = {"model": PRO, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
@@ -517,3 +518,32 @@ def test_the_admin_listener_is_not_the_public_port(mesh: RunningMesh) -> None:
     assert mesh.admin_origin != mesh.origin
     assert httpx.get(mesh.origin + PREFIX + "/keys").status_code == 404
     assert Path(mesh.config_path).exists()
+
+
+def test_meshgate_serve_admin_runs_the_admin_api_as_its_own_process(
+    mesh: RunningMesh, tmp_path: Path
+) -> None:
+    """As compose and Kubernetes run it: one process, dialing the mesh's services."""
+    (port,) = free_ports(1)
+    env = subprocess_env({"MESHGATE_ADMIN__PORT": str(port)})
+    config = str(mesh.config_path)
+    with (tmp_path / "admin.stderr").open("wb") as stderr:
+        proc = subprocess.Popen(
+            meshgate_cmd("serve", "admin", "--config", config), env=env, stderr=stderr
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(
+            meshgate_cmd("health", "admin", "--config", config), env=env
+        ).returncode:
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "admin.stderr"
+            ).read_text()
+            time.sleep(0.3)
+        headers = {"Authorization": f"Bearer {mesh.admin_key}"}
+        response = httpx.get(f"http://127.0.0.1:{port}{PREFIX}/keys", headers=headers)
+        assert response.status_code == 200 and response.json()["data"]
+    finally:
+        proc.terminate()
+        # uvicorn drains, then re-raises the SIGTERM it caught (as the edge does).
+        assert proc.wait(15) in (0, -signal.SIGTERM)
