@@ -74,7 +74,12 @@ class Call:
         raise AssertionError(f"{model.__name__} is not this operation's body or query")
 
     async def rpc(self, method: Any, message: Any, service: str = "auth") -> Any:
+        """A change: sent once."""
         return await call(method, message, service, self.rid, self.deadline)
+
+    async def read(self, method: Any, message: Any, service: str = "auth") -> Any:
+        """A read: retried on another replica if its replica died mid-call."""
+        return await call(method, message, service, self.rid, self.deadline, idempotent=True)
 
     async def audit(self, action: str, target: str, details: Mapping[str, Any]) -> None:
         """Record a change in the audit log; a ledger outage is logged, never hidden as success
@@ -248,12 +253,12 @@ async def create_key(c: Call) -> Answer:
 
 
 async def list_keys(c: Call) -> Answer:
-    answer = await c.rpc(c.mesh.keys.ListKeys, admin_pb2.ListKeysRequest())
+    answer = await c.read(c.mesh.keys.ListKeys, admin_pb2.ListKeysRequest())
     return schema.KeyList(data=[key_view(k) for k in answer.keys])
 
 
 async def get_key(c: Call) -> Answer:
-    answer = await c.rpc(c.mesh.keys.GetKey, admin_pb2.GetKeyRequest(key_id=c.arg("key_id")))
+    answer = await c.read(c.mesh.keys.GetKey, admin_pb2.GetKeyRequest(key_id=c.arg("key_id")))
     return key_view(answer.key)
 
 
@@ -303,7 +308,7 @@ async def create_tenant(c: Call) -> Answer:
 
 
 async def list_tenants(c: Call) -> Answer:
-    answer = await c.rpc(c.mesh.keys.ListTenants, admin_pb2.ListTenantsRequest())
+    answer = await c.read(c.mesh.keys.ListTenants, admin_pb2.ListTenantsRequest())
     return schema.TenantList(data=[tenant_view(t) for t in answer.tenants])
 
 
@@ -389,7 +394,7 @@ async def usage(c: Call) -> Answer:
         group_by=[_DIMENSIONS[d] for d in dims],
         bucket=_GRAINS.get(grain or "", ledger_pb2.BUCKET_UNSPECIFIED),
     )
-    answer = await c.rpc(c.mesh.usage.SummarizeUsage, request, "ledger")
+    answer = await c.read(c.mesh.usage.SummarizeUsage, request, "ledger")
     rows: list[dict[str, Any]] = []
     for row in answer.rows:
         item: dict[str, Any] = {}
@@ -422,7 +427,7 @@ async def usage_records(c: Call) -> Answer:
     request = ledger_pb2.ListUsageRecordsRequest(
         filter=_filter(q), page_size=q.limit, page_token=q.page_token
     )
-    answer = await c.rpc(c.mesh.usage.ListUsageRecords, request, "ledger")
+    answer = await c.read(c.mesh.usage.ListUsageRecords, request, "ledger")
     rows = [_record(report.record_fields(r)) for r in answer.records]
     if q.format == "csv":
         return _csv(rows, list(schema.UsageRecord.model_fields), "usage-records")
@@ -436,7 +441,7 @@ async def usage_records(c: Call) -> Answer:
 
 
 async def list_models(c: Call) -> Answer:
-    answer = await c.rpc(
+    answer = await c.read(
         c.mesh.router.ListModelReplicas, router_pb2.ListModelReplicasRequest(), "router"
     )
     return schema.ModelList(
@@ -469,7 +474,7 @@ async def audit_log(c: Call) -> Answer:
     request = audit_pb2.ListAuditEventsRequest(
         target=q.target, actor_key_id=q.actor_key_id, page_size=q.limit, page_token=q.page_token
     )
-    answer = await c.rpc(c.mesh.audit.ListAuditEvents, request, "ledger")
+    answer = await c.read(c.mesh.audit.ListAuditEvents, request, "ledger")
     return schema.AuditPage(
         data=[
             schema.AuditEvent(

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from edge.mesh import Message, Method
+from edge.mesh import RETRIES, Message, Method, transient
 from meshgate import grpcio
 from meshgate.config import Config
 from meshgate.errors import DETAILS_KEY, from_rpc_error, invalid_request
@@ -62,17 +62,32 @@ class AdminMesh:
 
 
 async def call(
-    method: Method, message: Message, service: str, request_id: str, deadline: float
+    method: Method,
+    message: Message,
+    service: str,
+    request_id: str,
+    deadline: float,
+    *,
+    idempotent: bool = False,
 ) -> Any:
-    """One unary call within the admin request's deadline; failures are ApiError values."""
-    try:
-        return await method(
-            message,
-            timeout=max(deadline - time.monotonic(), 0.001),
-            metadata=(("x-request-id", request_id),),
-        )
-    except grpc.aio.AioRpcError as exc:
-        ours = any(key == DETAILS_KEY for key, _ in exc.trailing_metadata() or ())
-        if not ours and exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-            raise invalid_request(exc.details() or "invalid argument") from None
-        raise from_rpc_error(exc, service) from None
+    """One unary call within the admin request's deadline; failures are ApiError values.
+
+    An idempotent call (a read, Authenticate) whose replica died mid-call is tried
+    again on another (RETRIES, as the edge does); a change never is, since the dead
+    replica may have made it already.
+    """
+    for attempt in range(RETRIES + 1 if idempotent else 1):
+        try:
+            return await method(
+                message,
+                timeout=max(deadline - time.monotonic(), 0.001),
+                metadata=(("x-request-id", request_id),),
+            )
+        except grpc.aio.AioRpcError as exc:
+            if idempotent and attempt < RETRIES and transient(exc):
+                continue
+            ours = any(key == DETAILS_KEY for key, _ in exc.trailing_metadata() or ())
+            if not ours and exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise invalid_request(exc.details() or "invalid argument") from None
+            raise from_rpc_error(exc, service) from None
+    raise AssertionError("unreachable")
