@@ -280,6 +280,8 @@ def test_a_revoked_key_is_refused_by_every_auth_replica_within_a_second(
     while pending and time.monotonic() - started < 1.0:
         pending = {p for p in pending if _authenticate(p, key["secret"]) == grpc.StatusCode.OK}
     assert not pending, f"auth replicas on {pending} still accept the key after 1 s"
+    again = admin.delete(f"/keys/{key['id']}")  # idempotent: the first revocation's time stays
+    assert again.status_code == 200 and again.json()["revoked_at"] == revoked.json()["revoked_at"]
     with sdk(mesh, key["secret"]) as client:
         for _ in range(4):
             with pytest.raises(openai.AuthenticationError) as caught:
@@ -351,6 +353,13 @@ def test_tenants_are_created_listed_and_updated(mesh: RunningMesh, admin: httpx.
         ("POST", "/keys", b'{"name": "a", "roles": ["root"]}', "roles[0]"),
         ("POST", "/keys", b'{"name": "a", "roles": []}', "roles"),
         ("POST", "/keys", b'{"name": "a", "models": "all"}', "models"),
+        (
+            "POST",
+            "/keys",
+            b'{"name": "a", "models": ["meshgate/reference-pro", "gpt-9"]}',
+            "models[1]",
+        ),
+        ("PATCH", "/keys/key_0000000000000000", b'{"models": ["gpt-9"]}', "models[0]"),
         ("POST", "/keys", b'{"name": "a", "expires_at": "soon"}', "expires_at"),
         ("POST", "/keys", b'{"name": "a", "expires_at": "2001-01-01T00:00:00Z"}', "expires_at"),
         ("PATCH", "/keys/key_0000000000000000", b"{}", None),

@@ -138,11 +138,24 @@ def _role_names(roles: Sequence[int], where: str = "roles") -> tuple[RoleName, .
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
     def __init__(
-        self, store: RedisKeyStore | None, tenants: tuple[TenantConfig, ...], shards: int
+        self,
+        store: RedisKeyStore | None,
+        tenants: tuple[TenantConfig, ...],
+        shards: int,
+        models: Sequence[str] = (),
     ) -> None:
         self._store = store
         self._config_tenants = config_tenants(tenants)
         self._shards = shards
+        self._models = set(models)
+
+    def _check_models(self, models: Sequence[str]) -> None:
+        """A key may name only catalog models: a typo would otherwise lock it out silently."""
+        for index, model in enumerate(models):
+            if model not in self._models:
+                raise invalid_request(
+                    f"models[{index}]: {model!r} is not in the model catalog", f"models[{index}]"
+                )
 
     async def _run(self, context: Context, action: Callable[[RedisKeyStore], Awaitable[T]]) -> T:
         """Run one store operation: its ApiError, or the key store's outage, ends the RPC."""
@@ -185,6 +198,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             _check_limits(request.limits, "limits")
             if request.expires_unix_us and request.expires_unix_us <= _us(time.time()):
                 raise invalid_request("expires_at is in the past", "expires_at")
+            self._check_models(request.models)
             if request.tenant and not await self._tenant_exists(store, request.tenant):
                 raise tenant_not_found(request.tenant, "tenant")
             limits = request.limits
@@ -231,6 +245,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.UpdateKeyResponse:
         async def update(store: RedisKeyStore) -> admin_pb2.UpdateKeyResponse:
             change = _change(request.limits)
+            if request.replace_models:
+                self._check_models(request.models)
             roles = _role_names(list(request.roles)) if request.roles else None
             expires = request.expires_unix_us if request.HasField("expires_unix_us") else None
             if expires and expires <= _us(time.time()):
@@ -253,6 +269,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.RevokeKeyRequest, context: Context
     ) -> admin_pb2.RevokeKeyResponse:
         async def revoke(store: RedisKeyStore) -> admin_pb2.RevokeKeyResponse:
+            record = await store.find(request.key_id)
+            if record is not None and record.revoked_at:  # once: the first time stays on record
+                return admin_pb2.RevokeKeyResponse(key=_key(record))
             record = await store.revoke(request.key_id)
             if record is None:
                 raise key_not_found(request.key_id)

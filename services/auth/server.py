@@ -292,7 +292,10 @@ async def run(config: Config) -> None:
         follower = asyncio.create_task(cached.follow_key_events(listener, service.announce))
 
     admin = AdminService(
-        RedisKeyStore(redis) if redis is not None else None, config.tenants, config.quota.shards
+        RedisKeyStore(redis) if redis is not None else None,
+        config.tenants,
+        config.quota.shards,
+        [m.id for m in config.models],
     )
 
     async def setup(server: grpc.aio.Server) -> Sequence[str]:
