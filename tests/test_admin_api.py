@@ -26,6 +26,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis import Redis
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -38,8 +39,12 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31
 from admin import openapi as admin_openapi
 from admin.api import OPERATIONS, PREFIX
 from bench.procstat import descendants
+from meshgate.config import load_config
+from meshgate.launcher import _banner
 from meshgate.v1 import auth_pb2, auth_pb2_grpc
+from services.auth.keys import KEY_INDEX, KEY_PREFIX
 from tests.conftest import RunningMesh, free_ports, launch_mesh, meshgate_cmd, subprocess_env
+from tests.support import RedisServer
 
 PRO = "meshgate/reference-pro"
 CHAT = {"model": PRO, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
@@ -623,3 +628,38 @@ def test_generated_requests_get_documented_answers(
             assert 400 <= response.status_code < 500, (case.body, response.text)
 
     run()
+
+
+def test_the_banner_puts_the_admin_lines_next_to_the_api_key() -> None:
+    config = load_config(environ={})
+    lines = _banner(config, "http://127.0.0.1:8080", (), ("http://127.0.0.1:8081", "sk-mg-x"))
+    assert lines[:4] == [
+        "meshgate is up: http://127.0.0.1:8080/v1",
+        "api key: sk-meshgate-dev-local-only",
+        "dashboard: http://127.0.0.1:8081/",
+        "admin key: sk-mg-x",
+    ]
+    assert not [line for line in _banner(config, "http://h") if line.startswith("admin key")]
+
+
+def test_with_an_external_redis_the_development_admin_key_is_revoked_at_exit(
+    tmp_path: Path,
+) -> None:
+    """It would outlive the mesh in a Redis that outlives it."""
+    redis = RedisServer().start()
+    try:
+        other = launch_mesh(tmp_path, {"redis": {"url": redis.url}})
+        headers = {"Authorization": f"Bearer {other.admin_key}"}
+        keys = httpx.get(other.admin_origin + PREFIX + "/keys", headers=headers).json()["data"]
+        (mine,) = [k for k in keys if k["roles"] == ["admin"]]
+        assert other.stop() == 0, other.output()
+        client = Redis.from_url(redis.url)
+        try:
+            stored = client.hget(
+                KEY_PREFIX + client.hget(KEY_INDEX, mine["id"]).decode(), "revoked_at"
+            )
+        finally:
+            client.close()
+        assert stored is not None and float(stored) > 0
+    finally:
+        redis.kill()
