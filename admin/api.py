@@ -41,7 +41,15 @@ from meshgate.v1 import (
     ledger_pb2,
     router_pb2,
 )
-from services.auth.keys import PERIODS, POLICIES, POLICY_NAMES, ROLE_NAMES, ROLES, usd_text
+from services.auth.keys import (
+    PERIOD_NAMES,
+    PERIODS,
+    POLICIES,
+    POLICY_NAMES,
+    ROLE_NAMES,
+    ROLES,
+    usd_text,
+)
 from services.ledger import report
 from services.ledger.store import to_datetime, to_unix_us
 
@@ -137,7 +145,7 @@ def _budget(limits: common_pb2.Limits, spent: int) -> dict[str, Any]:
     budget = limits.budget_micro_usd
     return {
         "budget_usd": usd_text(budget),
-        "budget_period": {1: "total", 2: "day", 3: "month"}.get(limits.budget_period, "total"),
+        "budget_period": PERIOD_NAMES.get(limits.budget_period, "total"),
         "spent_usd": usd_text(spent),
         "remaining_usd": usd_text(max(budget - spent, 0)) if budget else None,
     }
@@ -551,7 +559,7 @@ async def _parse_body(request: Request, model: type[BaseModel], limit: int) -> B
         raise _invalid(exc, "body") from None
 
 
-def _parse_query(request: Request, model: type[BaseModel] | None, csv: bool) -> BaseModel | None:
+def _parse_query(request: Request, model: type[BaseModel] | None) -> BaseModel | None:
     params = dict(request.query_params)
     if model is None:
         if params:
@@ -584,7 +592,7 @@ def endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
                 deadline,
             )
             body = await _parse_body(request, op.body, mesh.max_body_bytes) if op.body else None
-            query = _parse_query(request, op.query, op.csv)
+            query = _parse_query(request, op.query)
             answer = await op.handler(
                 Call(request, mesh, rid, deadline, who.principal, body, query)
             )
