@@ -25,7 +25,7 @@ from edge.headers import new_request_id
 from edge.mesh import Mesh, Message, Method, rpc
 from edge.mesh import start as start_call
 from edge.metering import Meter
-from meshgate import logs
+from meshgate import billing, logs
 from meshgate import openai_wire as wire
 from meshgate.config import TlsConfig
 from meshgate.deadline import of_call
@@ -146,7 +146,7 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
             await exc.abort(context)
         message = router_pb2.StreamChatCompletionRequest(request=validated.request, context=routed)
         call = start_call(mesh.router.StreamChatCompletion, message, rid, deadline)
-        tally = metering.Tally()
+        tally = billing.Tally()
         error: ApiError | None = None
         ended = False
         try:

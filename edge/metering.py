@@ -14,9 +14,8 @@ import time
 
 from edge import observe
 from edge.mesh import Mesh
-from meshgate import billing
 from meshgate.errors import ApiError
-from meshgate.v1 import common_pb2, inference_pb2, quota_pb2, usage_pb2
+from meshgate.v1 import common_pb2, quota_pb2, usage_pb2
 
 CHAT = usage_pb2.ENDPOINT_CHAT_COMPLETIONS
 COMPLETIONS = usage_pb2.ENDPOINT_COMPLETIONS
@@ -40,27 +39,6 @@ def start_record(
         endpoint=endpoint,  # type: ignore[arg-type]
         stream=stream,
     )
-
-
-class Tally:
-    """What a relayed stream has carried, so that every end of it is billed by one rule."""
-
-    __slots__ = ("chunks", "generated", "usage")
-
-    def __init__(self) -> None:
-        self.chunks = 0
-        self.generated = 0
-        self.usage: common_pb2.Usage | None = None
-
-    def add(self, chunk: inference_pb2.ChatCompletionChunk | inference_pb2.CompletionChunk) -> None:
-        self.chunks += 1
-        self.generated += billing.fragments(chunk)
-        if chunk.HasField("usage"):
-            self.usage = chunk.usage
-
-    def billed(self, prompt_tokens: int) -> common_pb2.Usage:
-        """The engine's count if it came; else (client gone, engine failed) what was relayed."""
-        return billing.billed(self.usage, prompt_tokens, self.generated)
 
 
 class Meter:

@@ -38,7 +38,7 @@ from edge.mesh import (
     transient,
 )
 from edge.metering import Meter
-from meshgate import errors, logs, tracing
+from meshgate import billing, errors, logs, tracing
 from meshgate.access import may_use
 from meshgate.errors import ApiError, from_rpc_error
 from meshgate.grpcio import ENGINE_TIME_KEY, REPLICA_KEY
@@ -290,7 +290,7 @@ async def _events(
     meter: Meter,
 ) -> AsyncGenerator[bytes, None]:
     """Relay chunks as SSE; record the engine's usage, or an estimate if the stream broke."""
-    tally = metering.Tally()
+    tally = billing.Tally()
     chunk: object = first
     error: ApiError | None = None
     ended = False

@@ -43,3 +43,25 @@ def fragments(chunk: inference_pb2.ChatCompletionChunk | inference_pb2.Completio
         else:
             count += bool(choice.text)
     return count
+
+
+class Tally:
+    """What a relayed stream has carried, so that every end of it is billed by one rule
+    (the router's relay, the HTTP edge and the gRPC entry each keep one)."""
+
+    __slots__ = ("chunks", "generated", "usage")
+
+    def __init__(self) -> None:
+        self.chunks = 0
+        self.generated = 0
+        self.usage: common_pb2.Usage | None = None
+
+    def add(self, chunk: inference_pb2.ChatCompletionChunk | inference_pb2.CompletionChunk) -> None:
+        self.chunks += 1
+        self.generated += fragments(chunk)
+        if chunk.HasField("usage"):
+            self.usage = chunk.usage
+
+    def billed(self, prompt_tokens: int) -> common_pb2.Usage:
+        """The engine's count if it came; else (client gone, engine failed) what was relayed."""
+        return billed(self.usage, prompt_tokens, self.generated)

@@ -143,8 +143,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
         while (replica := _next(model, tried)) is not None:
             replica.outstanding += 1
             started = False
-            fragments = 0
-            usage_seen = False
+            tally = billing.Tally()
             try:
                 async for chunk in open_stream(replica.adapter):
                     if not started:
@@ -154,11 +153,10 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                         chunk.model = model.id
                         # Who serves it, for the usage record; with the first chunk, never a retry.
                         await context.send_initial_metadata(((REPLICA_KEY, replica.target),))
-                    fragments += billing.fragments(chunk)
-                    usage_seen = usage_seen or chunk.HasField("usage")
+                    tally.add(chunk)
                     yield chunk
-                if started and not usage_seen:
-                    yield type(chunk)(usage=billing.billed(None, prompt_tokens, fragments))
+                if started and tally.usage is None:
+                    yield type(chunk)(usage=tally.billed(prompt_tokens))
                 return
             except EngineUnavailable as exc:
                 self._eject(replica, exc, context)
