@@ -12,6 +12,7 @@ COPY pyproject.toml README.md ./
 COPY meshgate ./meshgate
 COPY services ./services
 COPY edge ./edge
+COPY admin ./admin
 RUN /opt/meshgate/bin/pip install --no-cache-dir --disable-pip-version-check .
 
 FROM python:3.11-slim

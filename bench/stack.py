@@ -103,6 +103,7 @@ def write_config(
     raw["edge"]["host"] = "127.0.0.1"
     raw["edge"]["port"] = edge_port
     raw["edge"]["metrics_port"] = 0  # two stacks may run at once: no fixed ports
+    raw["admin"]["port"] = 0  # nor the admin listener, which the benchmark never calls
     for service, port in zip(SERVICE_NAMES, service_ports, strict=True):
         raw["services"][service]["host"] = "127.0.0.1"
         raw["services"][service]["port"] = port

@@ -33,7 +33,10 @@ SERVICE_MODULES: dict[str, str] = {
     "engine": "services.engines.reference.server",
     "ledger": "services.ledger.server",
     "edge": "edge.app",
+    "admin": "admin.app",
 }
+# The HTTP listeners: a synchronous `run(config)` (uvicorn), and /readyz for `health`.
+HTTP_SERVICES = ("edge", "admin")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,6 +148,16 @@ def _add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         default="fail_closed",
         help="when Redis is down: refuse with 503 (fail_closed) or admit and count it (fail_open)",
     )
+    create.add_argument(
+        "--admin",
+        action="store_true",
+        help="an admin key (the admin API, not the inference API; add --roles api,admin for both)",
+    )
+    create.add_argument(
+        "--roles",
+        type=_roles,
+        help="comma-separated roles: api (the inference API, the default), admin, or both",
+    )
     update = key_commands.add_parser(
         "update", help="change a key's limits in place (same secret); replicas see it at once"
     )
@@ -205,6 +218,14 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _roles(text: str) -> tuple[str, ...]:
+    roles = tuple(sorted({part.strip() for part in text.split(",") if part.strip()}))
+    unknown = [r for r in roles if r not in ("api", "admin")]
+    if unknown or not roles:
+        raise argparse.ArgumentTypeError("choose from api, admin (comma-separated)")
+    return roles
+
+
 def _usd(text: str) -> Decimal:
     from services.auth.keys import parse_usd
 
@@ -256,8 +277,9 @@ def health(service: str, config_path: str | None) -> int:
     config = _config(config_path)
     if config is None:
         return 2
-    if service == "edge":
-        ok = http_ready(f"http://{local_host(config.edge.host)}:{config.edge.port}/readyz")
+    if service in HTTP_SERVICES:
+        site = config.edge if service == "edge" else config.admin
+        ok = http_ready(f"http://{local_host(site.host)}:{site.port}/readyz")
     else:
         listen = config.services.get(service)
         ok = grpc_serving(f"{local_host(listen.host)}:{listen.port}", tls=config.tls)
@@ -303,6 +325,7 @@ def keys(args: argparse.Namespace) -> int:
                     models=_models(args.models),
                     expires=args.expires,
                     redis_failure_policy=args.redis_failure_policy,
+                    roles=args.roles or (("admin",) if args.admin else ("api",)),
                 )
             )
         elif args.keys_command == "update":
@@ -369,7 +392,7 @@ def serve(service: str, config_path: str | None) -> int:
     _use_uvloop()
     _tune_gc()
     try:
-        if service == "edge":
+        if service in HTTP_SERVICES:
             cast(Callable[[Config], None], run)(config)
         else:
             asyncio.run(cast(Callable[[Config], Coroutine[Any, Any, None]], run)(config))

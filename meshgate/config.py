@@ -7,8 +7,8 @@ Environment overrides use `__` to descend: `MESHGATE_EDGE__PORT=9000`,
 `MESHGATE_SERVICES__QUOTA__PORT=6000`, `MESHGATE_REDIS__URL=redis://...`.
 `REDIS_URL` is honoured as a shorthand for `MESHGATE_REDIS__URL`.
 
-Default ports: the edge listens on 8080 and serves Prometheus metrics on 9180; the
-service whose gRPC port is 5005N serves them on 918N (auth 50051 and 9181, quota
+Default ports: the edge listens on 8080 and serves Prometheus metrics on 9180, the
+admin API listens on 8081, and the service whose gRPC port is 5005N serves them on 918N (auth 50051 and 9181, quota
 50052 and 9182, ... ledger 50056 and 9186). A `metrics_port` of 0 turns metrics off.
 """
 
@@ -50,6 +50,8 @@ Category = Literal[
 ]
 Capability = Literal["tool_use", "vision", "json_schema", "prompt_caching"]
 BudgetPeriod = Literal["total", "day", "month"]
+# What a key may call: the inference API (`/v1`), the admin API (`/admin/v1`), or both.
+RoleName = Literal["api", "admin"]
 # Dollar amounts: exact decimals, at most six places (a micro-dollar), never floats.
 Usd = Annotated[Decimal, Field(ge=0, decimal_places=6)]
 
@@ -200,6 +202,21 @@ class EdgeConfig(_Strict):
     unsupported: UnsupportedConfig = UnsupportedConfig()
 
 
+class AdminConfig(_Strict):
+    """The admin listener: the admin API (`/admin/v1`) and, later, the dashboard.
+
+    Its own host and port, never the public API's, so that operators can keep it
+    off the public network. `meshgate up` starts it unless the port is 0.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=0, le=65535)
+    # One timeout per admin request; every gRPC hop's deadline derives from it.
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    # Largest admin request body accepted, in bytes.
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+
+
 RedisMode = Literal["auto", "standalone", "cluster", "sentinel"]
 
 
@@ -308,6 +325,8 @@ class KeyConfig(LimitsConfig):
     tenant: str = ""
     models: tuple[str, ...] = ()
     redis_failure_policy: Literal["fail_closed", "fail_open"] = "fail_closed"
+    # What the key may call; an admin key needs "admin" (and "api" too to make requests).
+    roles: tuple[RoleName, ...] = Field(default=("api",), min_length=1)
 
 
 class TenantConfig(LimitsConfig):
@@ -451,6 +470,7 @@ class LoggingConfig(_Strict):
 
 class Config(_Strict):
     edge: EdgeConfig = EdgeConfig()
+    admin: AdminConfig = AdminConfig()
     services: ServicesConfig = ServicesConfig()
     redis: RedisConfig = RedisConfig()
     tls: TlsConfig = TlsConfig()

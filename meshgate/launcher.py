@@ -12,6 +12,7 @@ launcher, which then stops them in order: edge first, Redis last.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import importlib.util
@@ -37,7 +38,7 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from meshgate import logs
+from meshgate import logs, redis_client
 from meshgate.config import (
     SERVICE_NAMES,
     Config,
@@ -55,8 +56,10 @@ START_STAGES: tuple[tuple[str, ...], ...] = (
     ("ledger",),
     ("engine", "auth", "quota", "validation"),
     ("router",),
-    ("edge",),
+    ("edge", "admin"),
 )
+# The HTTP listeners, probed on /readyz rather than by gRPC health checks.
+HTTP_CHILDREN = ("edge", "admin")
 READY_TIMEOUT_S = 30.0
 # A child restarted this many times within the window is crash-looping: give up.
 RESTART_LIMIT = 5
@@ -320,6 +323,10 @@ class Stack:
     def edge_origin(self) -> str:
         return f"http://{local_host(self.config.edge.host)}:{self.config.edge.port}"
 
+    @property
+    def admin_origin(self) -> str:
+        return f"http://{local_host(self.config.admin.host)}:{self.config.admin.port}"
+
     def start(self) -> None:
         """Start the embedded stores (if any), then every service; raise LaunchError on failure."""
         self._preflight()
@@ -436,15 +443,23 @@ class Stack:
         return [*stores, *self.children.values()]
 
     def runs(self, service: str) -> bool:
-        """Whether this mesh runs `service`: all of them, but the ledger only when enabled."""
-        return service != "ledger" or self.config.ledger.enabled
+        """Whether this mesh runs `service`: all of them, but the ledger only when enabled
+        and the admin listener only when it has a port."""
+        if service == "ledger":
+            return self.config.ledger.enabled
+        if service == "admin":
+            return self.config.admin.port != 0
+        return True
 
     def _listeners(self) -> list[tuple[str, str, int]]:
         services = [
             (name, self.config.services.get(name)) for name in SERVICE_NAMES if self.runs(name)
         ]
-        found = [(name, svc.host, svc.port) for name, svc in services]
-        return [*found, ("edge", self.config.edge.host, self.config.edge.port)]
+        found: list[tuple[str, str, int]] = [(name, svc.host, svc.port) for name, svc in services]
+        found.append(("edge", self.config.edge.host, self.config.edge.port))
+        if self.runs("admin"):
+            found.append(("admin", self.config.admin.host, self.config.admin.port))
+        return found
 
     def _metrics_listeners(self) -> list[tuple[str, str, int]]:
         """(child, host, port) of every /metrics endpoint the mesh serves, replicas included."""
@@ -635,8 +650,9 @@ class Stack:
         self.children[name] = Child(name, argv, env)
 
     def _ready(self, name: str) -> bool:
-        if name == "edge":
-            return http_ready(f"{self.edge_origin}/readyz")
+        if name in HTTP_CHILDREN:
+            origin = self.edge_origin if name == "edge" else self.admin_origin
+            return http_ready(f"{origin}/readyz")
         service, _, number = name.partition("#")
         listen = self.config.services.get(service)
         port = self.replica_ports[service][int(number) - 1] if number else listen.port
@@ -696,14 +712,59 @@ def resolve_config_path(path: str | None, environ: Mapping[str, str]) -> Path:
     return config_file(path, environ).resolve()
 
 
-def _banner(config: Config, origin: str, scrape: Sequence[tuple[str, str]] = ()) -> list[str]:
+def make_admin_key(config: Config, redis_url: str) -> tuple[str, str]:
+    """A development admin key in the mesh's key store, for `meshgate up`: (secret, key id).
+
+    Bootstrap, like `meshgate keys create --admin` with REDIS_URL: the admin API
+    cannot make the first admin key, since calling it takes one.
+    """
+    from services.auth.keys import RedisKeyStore
+
+    async def create() -> tuple[str, str]:
+        client = redis_client.connect(config.redis.model_copy(update={"url": redis_url}))
+        try:
+            secret, record = await RedisKeyStore(client).create(
+                name="meshgate up (development admin)", roles=("admin",)
+            )
+        finally:
+            await client.aclose()
+        return secret, record.principal.key_id
+
+    return asyncio.run(create())
+
+
+def revoke_admin_key(config: Config, redis_url: str, key_id: str) -> None:
+    """Revoke `meshgate up`'s admin key as the mesh stops (it outlives an external Redis)."""
+    from services.auth.keys import RedisKeyStore
+
+    async def revoke() -> None:
+        client = redis_client.connect(config.redis.model_copy(update={"url": redis_url}))
+        try:
+            await RedisKeyStore(client).revoke(key_id)
+        finally:
+            await client.aclose()
+
+    with contextlib.suppress(redis.RedisError, OSError):
+        asyncio.run(revoke())
+
+
+def _banner(
+    config: Config,
+    origin: str,
+    scrape: Sequence[tuple[str, str]] = (),
+    admin: tuple[str, str] | None = None,
+) -> list[str]:
+    """What `meshgate up` prints; `admin` is the admin listener's origin and admin key."""
     lines = [f"meshgate is up: {origin}/v1"]
+    admin_lines = [f"dashboard: {admin[0]}/", f"admin key: {admin[1]}"] if admin else []
     if not config.keys:
         lines.append("api key: (none: the config declares no keys)")
+        lines += admin_lines
         lines.append(f"try: curl {origin}/v1/models")
         return [*lines, *_metrics_banner(scrape)]
     secret = config.keys[0].secret
     lines.append(f"api key: {secret}")
+    lines += admin_lines
     chat = next((m.id for m in config.models if m.category != "embeddings"), None)
     if chat is None:
         lines.append(f'try: curl {origin}/v1/models -H "Authorization: Bearer {secret}"')
@@ -761,6 +822,7 @@ def run(
         return 2
 
     stack = Stack(path, config, env=env, replicas=replicas)
+    admin_key_id = ""
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # No I/O here: the main thread may hold the stderr lock.
@@ -780,10 +842,20 @@ def run(
             _emit(f"meshgate: embedded redis at {stack.redis_url}")
         if config.ledger.enabled and not config.ledger.database_url:
             _emit(f"meshgate: embedded postgres at {stack.database_url}")
-        banner = _banner(config, stack.edge_origin, stack.scrape_targets())
+        admin: tuple[str, str] | None = None
+        if stack.runs("admin"):
+            try:
+                admin_secret, admin_key_id = make_admin_key(config, stack.redis_url)
+            except (redis.RedisError, OSError) as exc:
+                _emit(f"meshgate: cannot make the admin key in Redis: {type(exc).__name__}")
+                return 1
+            admin = (stack.admin_origin, admin_secret)
+        banner = _banner(config, stack.edge_origin, stack.scrape_targets(), admin)
         print("\n".join(banner), flush=True)
         return stack.wait()
     finally:
+        if admin_key_id and config.redis.url:
+            revoke_admin_key(config, config.redis.url, admin_key_id)
         stack.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

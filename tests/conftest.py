@@ -110,6 +110,8 @@ def write_config(directory: Path, overrides: Mapping[str, Any] | None = None) ->
     edge_port, *service_ports = free_ports(1 + len(SERVICE_NAMES))
     raw["edge"]["port"] = edge_port
     raw["edge"]["metrics_port"] = 0
+    (admin_port,) = free_ports(1)
+    raw.setdefault("admin", {})["port"] = admin_port
     for name, port in zip(SERVICE_NAMES, service_ports, strict=True):
         raw["services"][name]["port"] = port
         raw["services"][name]["metrics_port"] = 0
@@ -177,6 +179,10 @@ class RunningMesh:
     base_url: str = ""
     origin: str = ""
     api_key: str = ""
+    # The admin listener's origin and `meshgate up`'s development admin key (banner lines
+    # `dashboard:` and `admin key:`); empty when the config turns the listener off.
+    admin_origin: str = ""
+    admin_key: str = ""
     stdout_lines: list[str] = field(default_factory=list)
     stderr_path: Path = field(default_factory=Path)
 
@@ -244,7 +250,8 @@ def launch_mesh(
     ).start()
 
     deadline = time.monotonic() + UP_TIMEOUT_S
-    while not (mesh.base_url and mesh.api_key):
+    wants_admin = config.admin.port != 0
+    while not (mesh.base_url and mesh.api_key and (mesh.admin_key or not wants_admin)):
         try:
             line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
@@ -258,6 +265,10 @@ def launch_mesh(
             mesh.origin = mesh.base_url.removesuffix("/v1")
         elif line.startswith("api key: "):
             mesh.api_key = line.removeprefix("api key: ").strip()
+        elif line.startswith("dashboard: "):
+            mesh.admin_origin = line.removeprefix("dashboard: ").strip().rstrip("/")
+        elif line.startswith("admin key: "):
+            mesh.admin_key = line.removeprefix("admin key: ").strip()
     return mesh
 
 

@@ -51,6 +51,7 @@ NEEDS: dict[str, set[str]] = {
     "auth": {"redis"},
     "quota": {"redis"},
     "ledger": {"redis", "postgres"},
+    "admin": {"auth", "ledger", "router"},
 }
 DNS_TARGET = re.compile(r"dns:///(?P<host>[A-Za-z0-9.-]+):(?P<port>\d+)")
 
@@ -420,13 +421,17 @@ def test_compose_depends_on_waits_for_healthy_dependencies() -> None:
 
 
 def test_compose_services_scale_and_only_the_edge_is_published() -> None:
+    """...to the network: the admin API is published on the host's loopback only."""
     runs = _compose_runs()
     services = _compose_services()
-    edge = runs["edge"]
+    edge, admin = runs["edge"], runs["admin"]
     for name, service in services.items():
         assert "container_name" not in service, f"{name} has a fixed name: --scale fails"
-        if name != edge:
+        if name not in (edge, admin):
             assert not service.get("ports"), f"{name} publishes a port"
+    for published in services[admin]["ports"]:
+        host_ip = published["host_ip"] if isinstance(published, dict) else published.split(":")[0]
+        assert host_ip == "127.0.0.1", f"the admin API is published on {host_ip}"
     (published,) = services[edge]["ports"]
     container_port = (
         published["target"]
@@ -662,9 +667,10 @@ def test_every_container_has_probes_and_resources(tmp_path: Path) -> None:
         container = _container(deployment)
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe].get("grpc", {}).get("port") == port, f"{name} {probe}"
-    edge = _container(deployments[runs["edge"]])
-    assert edge["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert edge["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    for http in ("edge", "admin"):
+        container = _container(deployments[runs[http]])
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", http
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", http
 
 
 def test_metrics_are_scraped_where_they_are_served(tmp_path: Path) -> None:

@@ -84,6 +84,9 @@ def test_only_the_narrow_set_has_codes() -> None:
         "invalid_api_key",
         "revoked_api_key",
         "expired_api_key",
+        # auth's role codes: a valid key without the role its endpoint needs (403)
+        "api_role_required",
+        "admin_role_required",
         "rate_limit_exceeded",
         "insufficient_quota",
     }

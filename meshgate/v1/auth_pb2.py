@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from meshgate.v1 import common_pb2 as meshgate_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16meshgate/v1/auth.proto\x12\x0bmeshgate.v1\x1a\x18meshgate/v1/common.proto\",\n\x13\x41uthenticateRequest\x12\x15\n\rauthorization\x18\x01 \x01(\t\"A\n\x14\x41uthenticateResponse\x12)\n\tprincipal\x18\x01 \x01(\x0b\x32\x16.meshgate.v1.Principal\"\x17\n\x15WatchKeyEventsRequest\"8\n\x16WatchKeyEventsResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t2\xbf\x01\n\x0b\x41uthService\x12S\n\x0c\x41uthenticate\x12 .meshgate.v1.AuthenticateRequest\x1a!.meshgate.v1.AuthenticateResponse\x12[\n\x0eWatchKeyEvents\x12\".meshgate.v1.WatchKeyEventsRequest\x1a#.meshgate.v1.WatchKeyEventsResponse0\x01\x42\x12\n\x0e\x61i.meshgate.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16meshgate/v1/auth.proto\x12\x0bmeshgate.v1\x1a\x18meshgate/v1/common.proto\"M\n\x13\x41uthenticateRequest\x12\x15\n\rauthorization\x18\x01 \x01(\t\x12\x1f\n\x04role\x18\x02 \x01(\x0e\x32\x11.meshgate.v1.Role\"A\n\x14\x41uthenticateResponse\x12)\n\tprincipal\x18\x01 \x01(\x0b\x32\x16.meshgate.v1.Principal\"\x17\n\x15WatchKeyEventsRequest\"8\n\x16WatchKeyEventsResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t2\xbf\x01\n\x0b\x41uthService\x12S\n\x0c\x41uthenticate\x12 .meshgate.v1.AuthenticateRequest\x1a!.meshgate.v1.AuthenticateResponse\x12[\n\x0eWatchKeyEvents\x12\".meshgate.v1.WatchKeyEventsRequest\x1a#.meshgate.v1.WatchKeyEventsResponse0\x01\x42\x12\n\x0e\x61i.meshgate.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016ai.meshgate.v1P\001'
   _globals['_AUTHENTICATEREQUEST']._serialized_start=65
-  _globals['_AUTHENTICATEREQUEST']._serialized_end=109
-  _globals['_AUTHENTICATERESPONSE']._serialized_start=111
-  _globals['_AUTHENTICATERESPONSE']._serialized_end=176
-  _globals['_WATCHKEYEVENTSREQUEST']._serialized_start=178
-  _globals['_WATCHKEYEVENTSREQUEST']._serialized_end=201
-  _globals['_WATCHKEYEVENTSRESPONSE']._serialized_start=203
-  _globals['_WATCHKEYEVENTSRESPONSE']._serialized_end=259
-  _globals['_AUTHSERVICE']._serialized_start=262
-  _globals['_AUTHSERVICE']._serialized_end=453
+  _globals['_AUTHENTICATEREQUEST']._serialized_end=142
+  _globals['_AUTHENTICATERESPONSE']._serialized_start=144
+  _globals['_AUTHENTICATERESPONSE']._serialized_end=209
+  _globals['_WATCHKEYEVENTSREQUEST']._serialized_start=211
+  _globals['_WATCHKEYEVENTSREQUEST']._serialized_end=234
+  _globals['_WATCHKEYEVENTSRESPONSE']._serialized_start=236
+  _globals['_WATCHKEYEVENTSRESPONSE']._serialized_end=292
+  _globals['_AUTHSERVICE']._serialized_start=295
+  _globals['_AUTHSERVICE']._serialized_end=486
 # @@protoc_insertion_point(module_scope)

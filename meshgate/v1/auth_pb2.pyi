@@ -7,10 +7,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AuthenticateRequest(_message.Message):
-    __slots__ = ("authorization",)
+    __slots__ = ("authorization", "role")
     AUTHORIZATION_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     authorization: str
-    def __init__(self, authorization: _Optional[str] = ...) -> None: ...
+    role: _common_pb2.Role
+    def __init__(self, authorization: _Optional[str] = ..., role: _Optional[_Union[_common_pb2.Role, str]] = ...) -> None: ...
 
 class AuthenticateResponse(_message.Message):
     __slots__ = ("principal",)

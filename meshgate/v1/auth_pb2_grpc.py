@@ -29,7 +29,8 @@ class AuthServiceStub:
     """AuthService turns an `Authorization` header into a principal.
 
     Failures are gRPC UNAUTHENTICATED with a meshgate.v1.Error in the status
-    details (401, `invalid_api_key` and friends, with `doc_url`).
+    details (401, `invalid_api_key` and friends, with `doc_url`); a key
+    without the role the request needs is PERMISSION_DENIED (403).
     """
 
     def __init__(self, channel):
@@ -54,7 +55,8 @@ class AuthServiceServicer:
     """AuthService turns an `Authorization` header into a principal.
 
     Failures are gRPC UNAUTHENTICATED with a meshgate.v1.Error in the status
-    details (401, `invalid_api_key` and friends, with `doc_url`).
+    details (401, `invalid_api_key` and friends, with `doc_url`); a key
+    without the role the request needs is PERMISSION_DENIED (403).
     """
 
     def Authenticate(self, request, context):
@@ -99,7 +101,8 @@ class AuthService:
     """AuthService turns an `Authorization` header into a principal.
 
     Failures are gRPC UNAUTHENTICATED with a meshgate.v1.Error in the status
-    details (401, `invalid_api_key` and friends, with `doc_url`).
+    details (401, `invalid_api_key` and friends, with `doc_url`); a key
+    without the role the request needs is PERMISSION_DENIED (403).
     """
 
     @staticmethod

@@ -19,6 +19,12 @@ class RedisFailurePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REDIS_FAILURE_POLICY_UNSPECIFIED: _ClassVar[RedisFailurePolicy]
     REDIS_FAILURE_POLICY_FAIL_CLOSED: _ClassVar[RedisFailurePolicy]
     REDIS_FAILURE_POLICY_FAIL_OPEN: _ClassVar[RedisFailurePolicy]
+
+class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLE_UNSPECIFIED: _ClassVar[Role]
+    ROLE_API: _ClassVar[Role]
+    ROLE_ADMIN: _ClassVar[Role]
 BUDGET_PERIOD_UNSPECIFIED: BudgetPeriod
 BUDGET_PERIOD_TOTAL: BudgetPeriod
 BUDGET_PERIOD_DAY: BudgetPeriod
@@ -26,6 +32,9 @@ BUDGET_PERIOD_MONTH: BudgetPeriod
 REDIS_FAILURE_POLICY_UNSPECIFIED: RedisFailurePolicy
 REDIS_FAILURE_POLICY_FAIL_CLOSED: RedisFailurePolicy
 REDIS_FAILURE_POLICY_FAIL_OPEN: RedisFailurePolicy
+ROLE_UNSPECIFIED: Role
+ROLE_API: Role
+ROLE_ADMIN: Role
 
 class Error(_message.Message):
     __slots__ = ("http_status", "type", "message", "param", "code", "doc_url", "retry_after_seconds", "rate_limit", "should_retry", "retry_after_ms")
@@ -90,7 +99,7 @@ class Limits(_message.Message):
     def __init__(self, requests_per_minute: _Optional[int] = ..., tokens_per_minute: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., budget_tokens: _Optional[int] = ..., budget_micro_usd: _Optional[int] = ..., budget_period: _Optional[_Union[BudgetPeriod, str]] = ...) -> None: ...
 
 class Principal(_message.Message):
-    __slots__ = ("key_id", "name", "tenant", "limits", "allowed_models", "tenant_limits", "redis_failure_policy")
+    __slots__ = ("key_id", "name", "tenant", "limits", "allowed_models", "tenant_limits", "redis_failure_policy", "roles")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +107,7 @@ class Principal(_message.Message):
     ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     TENANT_LIMITS_FIELD_NUMBER: _ClassVar[int]
     REDIS_FAILURE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     name: str
     tenant: str
@@ -105,7 +115,8 @@ class Principal(_message.Message):
     allowed_models: _containers.RepeatedScalarFieldContainer[str]
     tenant_limits: Limits
     redis_failure_policy: RedisFailurePolicy
-    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., tenant: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., tenant_limits: _Optional[_Union[Limits, _Mapping]] = ..., redis_failure_policy: _Optional[_Union[RedisFailurePolicy, str]] = ...) -> None: ...
+    roles: _containers.RepeatedScalarFieldContainer[Role]
+    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., tenant: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., tenant_limits: _Optional[_Union[Limits, _Mapping]] = ..., redis_failure_policy: _Optional[_Union[RedisFailurePolicy, str]] = ..., roles: _Optional[_Iterable[_Union[Role, str]]] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_creation_tokens")

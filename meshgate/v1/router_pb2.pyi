@@ -91,3 +91,39 @@ class GetModelResponse(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     model: _inference_pb2.ModelCard
     def __init__(self, model: _Optional[_Union[_inference_pb2.ModelCard, _Mapping]] = ...) -> None: ...
+
+class ListModelReplicasRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReplicaHealth(_message.Message):
+    __slots__ = ("target", "healthy", "outstanding", "failed_checks", "ejections", "weight")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
+    FAILED_CHECKS_FIELD_NUMBER: _ClassVar[int]
+    EJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    healthy: bool
+    outstanding: int
+    failed_checks: int
+    ejections: int
+    weight: int
+    def __init__(self, target: _Optional[str] = ..., healthy: _Optional[bool] = ..., outstanding: _Optional[int] = ..., failed_checks: _Optional[int] = ..., ejections: _Optional[int] = ..., weight: _Optional[int] = ...) -> None: ...
+
+class ModelReplicas(_message.Message):
+    __slots__ = ("model", "serving", "replicas")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    model: _inference_pb2.ModelCard
+    serving: bool
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaHealth]
+    def __init__(self, model: _Optional[_Union[_inference_pb2.ModelCard, _Mapping]] = ..., serving: _Optional[bool] = ..., replicas: _Optional[_Iterable[_Union[ReplicaHealth, _Mapping]]] = ...) -> None: ...
+
+class ListModelReplicasResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelReplicas]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelReplicas, _Mapping]]] = ...) -> None: ...

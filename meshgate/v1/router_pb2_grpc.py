@@ -79,6 +79,11 @@ class RouterServiceStub:
                 request_serializer=meshgate_dot_v1_dot_router__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=meshgate_dot_v1_dot_router__pb2.GetModelResponse.FromString,
                 _registered_method=True)
+        self.ListModelReplicas = channel.unary_unary(
+                '/meshgate.v1.RouterService/ListModelReplicas',
+                request_serializer=meshgate_dot_v1_dot_router__pb2.ListModelReplicasRequest.SerializeToString,
+                response_deserializer=meshgate_dot_v1_dot_router__pb2.ListModelReplicasResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -142,6 +147,14 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModelReplicas(self, request, context):
+        """ListModelReplicas describes every catalog model, serving or not, with the
+        live health of each engine replica as this router replica sees it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +192,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=meshgate_dot_v1_dot_router__pb2.GetModelRequest.FromString,
                     response_serializer=meshgate_dot_v1_dot_router__pb2.GetModelResponse.SerializeToString,
+            ),
+            'ListModelReplicas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModelReplicas,
+                    request_deserializer=meshgate_dot_v1_dot_router__pb2.ListModelReplicasRequest.FromString,
+                    response_serializer=meshgate_dot_v1_dot_router__pb2.ListModelReplicasResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -379,6 +397,33 @@ class RouterService:
             '/meshgate.v1.RouterService/GetModel',
             meshgate_dot_v1_dot_router__pb2.GetModelRequest.SerializeToString,
             meshgate_dot_v1_dot_router__pb2.GetModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModelReplicas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshgate.v1.RouterService/ListModelReplicas',
+            meshgate_dot_v1_dot_router__pb2.ListModelReplicasRequest.SerializeToString,
+            meshgate_dot_v1_dot_router__pb2.ListModelReplicasResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,6 +29,7 @@ from meshgate.pricing import micro_text, to_micro_usd
 from meshgate.shards import key_prefix, period_id, shard_of, spent_usd_key, tenant_prefix
 from meshgate.v1 import common_pb2
 from services.auth.keys import (
+    ROLE_NAMES,
     KeyRecord,
     LimitsChange,
     RedisKeyStore,
@@ -36,6 +37,7 @@ from services.auth.keys import (
     config_tenants,
     period_name,
     policy_name,
+    roles_of,
     usd_text,
 )
 
@@ -225,6 +227,7 @@ async def create(
     models: tuple[str, ...],
     expires: str | None,
     redis_failure_policy: Literal["fail_closed", "fail_open"],
+    roles: Sequence[str] = ("api",),
     out: TextIO = sys.stdout,
 ) -> None:
     expires_at = parse_expires(expires) if expires else 0.0
@@ -249,6 +252,7 @@ async def create(
             models=models,
             expires_at=expires_at,
             redis_failure_policy=redis_failure_policy,
+            roles=tuple(r for r in ("api", "admin") if r in roles),
         )
     out.write(f"{secret}\n")
     out.flush()
@@ -355,6 +359,7 @@ def _key_json(record: KeyRecord, budget: Budget, now: float) -> dict[str, Any]:
         **budget.fields(),
         "models": list(p.allowed_models),
         "redis_failure_policy": policy_name(p),
+        "roles": [ROLE_NAMES[r] for r in roles_of(p)],
         "expires_at": _iso(record.expires_at),
         "created_at": _iso(record.created_at),
     }

@@ -16,7 +16,7 @@ command (or per single-key script), so Redis Cluster works as it is:
                         max_concurrency, budget_tokens, budget_usd (a decimal
                         string, 6 places), budget_period (total|day|month),
                         models (JSON), expires_at, revoked_at, created_at,
-                        redis_failure_policy
+                        redis_failure_policy, roles (JSON; absent = ["api"])
   mg:key-ids            hash: key_id -> digest hex (for list, update and revoke)
   mg:tenant:<id>        hash: id, rpm, tpm, max_concurrency, budget_tokens,
                         budget_usd, budget_period, created_at
@@ -46,7 +46,7 @@ from dataclasses import fields as dataclass_fields
 from decimal import Decimal, InvalidOperation
 from typing import Literal, Protocol
 
-from meshgate.config import BudgetPeriod, KeyConfig, LimitsConfig, TenantConfig
+from meshgate.config import BudgetPeriod, KeyConfig, LimitsConfig, RoleName, TenantConfig
 from meshgate.pricing import micro_text, to_micro_usd
 from meshgate.redis_client import Client
 from meshgate.v1 import common_pb2
@@ -85,6 +85,20 @@ POLICY_NAMES: dict[int, Policy] = {
     common_pb2.REDIS_FAILURE_POLICY_FAIL_CLOSED: "fail_closed",
     common_pb2.REDIS_FAILURE_POLICY_FAIL_OPEN: "fail_open",
 }
+
+ROLES: dict[str, common_pb2.Role] = {"api": common_pb2.ROLE_API, "admin": common_pb2.ROLE_ADMIN}
+ROLE_NAMES: dict[int, RoleName] = {common_pb2.ROLE_API: "api", common_pb2.ROLE_ADMIN: "admin"}
+
+
+def roles_of(principal: common_pb2.Principal) -> list[common_pb2.Role]:
+    """The key's roles; a key made before roles existed has ROLE_API only."""
+    return list(principal.roles) or [common_pb2.ROLE_API]
+
+
+def has_role(principal: common_pb2.Principal, role: common_pb2.Role) -> bool:
+    wanted = common_pb2.ROLE_API if role == common_pb2.ROLE_UNSPECIFIED else role
+    return wanted in roles_of(principal)
+
 
 # HSET the fields only if the hash exists (ARGV[1] = "1") or only if it does not
 # ("0"): one key, one atomic step, so an update never resurrects a hash and a
@@ -258,8 +272,10 @@ def principal(
     key_limits: common_pb2.Limits,
     models: list[str] | tuple[str, ...],
     redis_failure_policy: str,
+    roles: tuple[str, ...] | list[str] = ("api",),
 ) -> common_pb2.Principal:
     return common_pb2.Principal(
+        roles=sorted({ROLES[r] for r in roles if r in ROLES} or {common_pb2.ROLE_API}),
         key_id=key_id(secret_digest),
         name=name,
         tenant=tenant,
@@ -292,6 +308,7 @@ class ConfigKeyStore:
                     key_limits=limits(key),
                     models=key.models,
                     redis_failure_policy=key.redis_failure_policy,
+                    roles=key.roles,
                 ),
             )
 
@@ -310,6 +327,7 @@ def _record(secret_digest: bytes, raw: Mapping[bytes, bytes]) -> KeyRecord:
             key_limits=stored.limits(),
             models=json.loads(stored.text("models", "[]")),
             redis_failure_policy=stored.text("redis_failure_policy", "fail_closed"),
+            roles=json.loads(stored.text("roles", '["api"]')),
         ),
         expires_at=stored.number("expires_at"),
         revoked_at=stored.number("revoked_at"),
@@ -402,6 +420,7 @@ class RedisKeyStore:
         models: tuple[str, ...] = (),
         expires_at: float = 0.0,
         redis_failure_policy: Policy = "fail_closed",
+        roles: tuple[RoleName, ...] = ("api",),
     ) -> tuple[str, KeyRecord]:
         """A new key; the secret is returned once and never stored."""
         secret = new_secret()
@@ -424,6 +443,7 @@ class RedisKeyStore:
             "revoked_at": "0",
             "created_at": str(time.time()),
             "redis_failure_policy": redis_failure_policy,
+            "roles": json.dumps(sorted(set(roles))),
         }
         await self.redis.hset(KEY_PREFIX + d.hex(), mapping=mapping)  # type: ignore[arg-type]
         await self.redis.hset(KEY_INDEX, key_id(d), d.hex())
@@ -447,6 +467,7 @@ class RedisKeyStore:
         *,
         models: tuple[str, ...] | None = None,
         expires_at: float | None = None,
+        roles: tuple[RoleName, ...] | None = None,
     ) -> KeyRecord | None:
         """Change a key's limits in place (same secret) and tell every replica; None if unknown."""
         hex_digest = await self._digest_of(key_identifier)
@@ -457,6 +478,8 @@ class RedisKeyStore:
             mapping["models"] = json.dumps(list(models))
         if expires_at is not None:
             mapping["expires_at"] = str(expires_at)
+        if roles is not None:
+            mapping["roles"] = json.dumps(sorted(set(roles)))
         if mapping and not await self._write(KEY_PREFIX + hex_digest, mapping, exists=True):
             return None
         await self.redis.publish(KEY_EVENTS, key_event(hex_digest))

@@ -27,7 +27,8 @@ from meshgate import grpcio, redis_client
 from meshgate.config import Config
 from meshgate.errors import DOC_URL_KEYS, ApiError
 from meshgate.grpcio import Context
-from meshgate.v1 import auth_pb2, auth_pb2_grpc, common_pb2
+from meshgate.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc, common_pb2
+from services.auth.key_admin import AdminService
 from services.auth.keys import (
     KEY_EVENTS,
     ConfigKeyStore,
@@ -36,6 +37,7 @@ from services.auth.keys import (
     TenantRecord,
     config_tenants,
     digest,
+    has_role,
     key_id,
     parse_event,
 )
@@ -69,6 +71,20 @@ REVOKED = _unauthorized(
 )
 EXPIRED = _unauthorized(
     "This API key has expired. Create a new one with `meshgate keys create`.", "expired_api_key"
+)
+NOT_ADMIN = ApiError(
+    403,
+    "permission_error",
+    "This key does not have the admin role. The admin API takes admin keys only "
+    "(`meshgate keys create --admin`).",
+    code="admin_role_required",
+)
+NOT_API = ApiError(
+    403,
+    "permission_error",
+    "This key has the admin role only, which does not include the inference API. "
+    "Use an API key, or give this key the api role too.",
+    code="api_role_required",
 )
 UNAVAILABLE = ApiError(
     503,
@@ -260,6 +276,10 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
                 await REVOKED.abort(context)
             if record.expires_at and time.time() >= record.expires_at:
                 await EXPIRED.abort(context)
+            if not has_role(record.principal, request.role):
+                await (NOT_ADMIN if request.role == common_pb2.ROLE_ADMIN else NOT_API).abort(
+                    context
+                )
             principal = await self._principal(record)
         except (RedisError, OSError) as exc:
             log.error("key store unreachable", extra={"error": type(exc).__name__})
@@ -282,9 +302,20 @@ async def run(config: Config) -> None:
     if cached is not None and subscribers is not None:
         follower = asyncio.create_task(cached.follow_key_events(subscribers.open, service.announce))
 
+    admin = AdminService(
+        RedisKeyStore(redis) if redis is not None else None,
+        config.tenants,
+        config.quota.shards,
+        [m.id for m in config.models],
+    )
+
     async def setup(server: grpc.aio.Server) -> Sequence[str]:
         auth_pb2_grpc.add_AuthServiceServicer_to_server(service, server)
-        return [auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name]
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
+        return [
+            auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+        ]
 
     cfg = config.services.auth
     try:

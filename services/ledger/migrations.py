@@ -82,8 +82,28 @@ CREATE INDEX usage_hourly_tenant ON usage_hourly (tenant, hour);
 CREATE INDEX usage_hourly_model ON usage_hourly (model, hour);
 """
 
+_V2 = """
+-- The admin API's audit log: one row per change an admin made, never updated or deleted.
+-- `seq` orders the rows (and pages them) in the order they were recorded.
+CREATE TABLE audit_events (
+    seq          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id           text        NOT NULL UNIQUE,
+    recorded_at  timestamptz NOT NULL DEFAULT now(),
+    actor_key_id text        NOT NULL,
+    actor_name   text        NOT NULL,
+    source       text        NOT NULL,   -- the client's address as the admin listener saw it
+    action       text        NOT NULL,   -- key.create, key.revoke, tenant.update, ...
+    target       text        NOT NULL,   -- a key id or a tenant id
+    details      jsonb       NOT NULL,   -- the change; never a secret
+    request_id   text        NOT NULL
+);
+CREATE INDEX audit_events_target ON audit_events (target, seq);
+CREATE INDEX audit_events_actor ON audit_events (actor_key_id, seq);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "usage_records by month, usage_hourly rollup", _V1),
+    Migration(2, "audit_events for the admin API", _V2),
 )
 
 _BOOKKEEPING = """

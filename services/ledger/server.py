@@ -23,7 +23,8 @@ import grpc
 from meshgate import grpcio, redis_client
 from meshgate.config import Config
 from meshgate.grpcio import Context
-from meshgate.v1 import ledger_pb2, ledger_pb2_grpc
+from meshgate.v1 import audit_pb2, audit_pb2_grpc, ledger_pb2, ledger_pb2_grpc
+from services.ledger.audit import AuditLog, AuditService
 from services.ledger.consumer import Consumer
 from services.ledger.store import (
     Bucket,
@@ -229,10 +230,15 @@ async def run(config: Config) -> None:
     task = asyncio.create_task(consumer.run(), name="ledger-consumer")
     task.add_done_callback(_stop_if_crashed)
     service = UsageService(store)
+    audit = AuditService(AuditLog(store.pool), _UNAVAILABLE)
 
     async def setup(server: grpc.aio.Server) -> Sequence[str]:
         ledger_pb2_grpc.add_UsageServiceServicer_to_server(service, server)
-        return [ledger_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name]
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(audit, server)
+        return [
+            ledger_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
+            audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+        ]
 
     try:
         await grpcio.serve("ledger", config.services.ledger, setup, tls=config.tls)

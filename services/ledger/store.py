@@ -296,6 +296,11 @@ class Store:
             raise
         return cls(pool)
 
+    @property
+    def pool(self) -> Any:
+        """The asyncpg pool, shared with the audit log (services/ledger/audit.py)."""
+        return self._pool
+
     async def close(self) -> None:
         await self._pool.close()
 

@@ -17,6 +17,8 @@ class Replica:
     outstanding: int = 0
     # Active health checks missed in a row.
     failed_checks: int = 0
+    # Times taken out of rotation since the router started.
+    ejections: int = 0
 
     @property
     def target(self) -> str:

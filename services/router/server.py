@@ -172,6 +172,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
         """Passive health: a failed replica leaves rotation until an active check passes."""
         if replica.healthy:
             EJECTIONS.labels(replica.target).inc()
+            replica.ejections += 1
         replica.healthy = False
         REPLICA_HEALTHY.labels(replica.target).set(0)
         log.warning(
@@ -280,6 +281,30 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
             await exc.abort(context)
         return router_pb2.GetModelResponse(model=model.card())
 
+    async def ListModelReplicas(
+        self, request: router_pb2.ListModelReplicasRequest, context: Context
+    ) -> router_pb2.ListModelReplicasResponse:
+        return router_pb2.ListModelReplicasResponse(
+            models=[
+                router_pb2.ModelReplicas(
+                    model=model.card(),
+                    serving=model.serving(),
+                    replicas=[
+                        router_pb2.ReplicaHealth(
+                            target=r.target,
+                            healthy=r.healthy,
+                            outstanding=r.outstanding,
+                            failed_checks=r.failed_checks,
+                            ejections=r.ejections,
+                            weight=r.weight,
+                        )
+                        for r in model.replicas
+                    ],
+                )
+                for model in self._catalog
+            ]
+        )
+
     # ------------------------------------------------------------ health ----
 
     async def check_all(self) -> None:
@@ -303,6 +328,8 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                     message,
                     extra={"target": replica.target},
                 )
+            if replica.healthy and not healthy:
+                replica.ejections += 1
             replica.healthy = healthy
             REPLICA_HEALTHY.labels(replica.target).set(1 if healthy else 0)
 
