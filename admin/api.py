@@ -336,7 +336,6 @@ _DIMENSIONS = {
     "tenant": ledger_pb2.DIMENSION_TENANT,
     "model": ledger_pb2.DIMENSION_MODEL,
 }
-_COLUMN = {"key": "key_id", "tenant": "tenant", "model": "model"}
 _GRAINS = {"hour": ledger_pb2.BUCKET_HOUR, "day": ledger_pb2.BUCKET_DAY}
 
 
@@ -409,7 +408,7 @@ async def usage(c: Call) -> Answer:
         if grain:
             item[grain] = to_datetime(row.bucket_start_unix_us).isoformat().replace("+00:00", "Z")
         for dim in dims:
-            item[_COLUMN[dim]] = getattr(row, _COLUMN[dim])
+            item[report.COLUMN[dim]] = getattr(row, report.COLUMN[dim])
         item |= {
             "requests": row.requests,
             "prompt_tokens": row.prompt_tokens,
@@ -420,7 +419,7 @@ async def usage(c: Call) -> Answer:
         }
         rows.append(item)
     if q.format == "csv":
-        columns = [*([grain] if grain else []), *(_COLUMN[d] for d in dims)]
+        columns = [*([grain] if grain else []), *(report.COLUMN[d] for d in dims)]
         columns += ["requests", "prompt_tokens", "completion_tokens", "cached_tokens"]
         return _csv(rows, [*columns, "cost_usd", "errors"], "usage")
     return schema.UsageSummary(data=[schema.UsageRow.model_validate(r) for r in rows])

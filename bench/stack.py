@@ -104,11 +104,10 @@ def write_config(
     raw["edge"]["port"] = edge_port
     raw["edge"]["metrics_port"] = 0  # two stacks may run at once: no fixed ports
     raw["admin"]["port"] = 0  # nor the admin listener, which the benchmark never calls
+    services = raw.setdefault("services", {})
     for service, port in zip(SERVICE_NAMES, service_ports, strict=True):
-        raw["services"][service]["host"] = "127.0.0.1"
-        raw["services"][service]["port"] = port
-        raw["services"][service]["metrics_port"] = 0
-    raw["services"]["engine"]["token_delay_ms"] = token_delay_ms
+        services[service] = {"host": "127.0.0.1", "port": port, "metrics_port": 0}
+    services["engine"]["token_delay_ms"] = token_delay_ms
     raw["redis"]["url"] = ""  # the embedded redis-server, part of the measured tree
     # The embedded PostgreSQL and the ledger are part of the measured tree too.
     raw["ledger"] = {**raw.get("ledger", {}), "enabled": ledger, "database_url": ""}

@@ -76,7 +76,7 @@ def create_app(config: Config) -> Starlette:
         Middleware(HeaderLimit, max_bytes=config.edge.max_header_bytes),
         Middleware(Cors, allow_origins=config.edge.cors_allow_origins),
     ]
-    errors.use_doc_pages(config.edge.docs)
+    errors.use_doc_pages(config.doc_pages())
     app = Starlette(
         routes=routes,
         middleware=middleware,

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import gc
 import importlib
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from decimal import Decimal
@@ -19,6 +20,7 @@ from meshgate import logs, tracing
 from meshgate.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
+    from admin.client import AdminClient
     from services.auth.keys import LimitsChange
 
 # Allocations between first-generation collections (CPython's default is 700).
@@ -125,8 +127,11 @@ def _add_limits(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
 
 
 def _add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    keys = commands.add_parser("keys", help="manage API keys in the Redis key store")
+    keys = commands.add_parser(
+        "keys", help="manage API keys (through the running mesh's admin API, or in Redis)"
+    )
     keys.add_argument("--config", metavar="FILE", help="config file (its redis.url, or REDIS_URL)")
+    _add_mesh(keys)
     key_commands = keys.add_subparsers(
         dest="keys_command", required=True, metavar="ACTION", parser_class=_OneLineParser
     )
@@ -173,6 +178,8 @@ def _add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "revoke", help="revoke a key by id; every replica stops accepting it"
     )
     revoke.add_argument("key_id", help="the key's id, as `keys list` shows it")
+    for action in key_commands.choices.values():
+        _add_mesh(action, action=True)
 
 
 def _add_tenants(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -182,10 +189,11 @@ def _add_tenants(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     tenants.add_argument(
         "--config", metavar="FILE", help="config file (its redis.url, or REDIS_URL)"
     )
+    _add_mesh(tenants)
     tenant_commands = tenants.add_subparsers(
         dest="tenants_command", required=True, metavar="ACTION", parser_class=_OneLineParser
     )
-    create = tenant_commands.add_parser("create", help="create a tenant in Redis")
+    create = tenant_commands.add_parser("create", help="create a tenant")
     create.add_argument("--id", required=True, dest="tenant_id", help="the tenant's id")
     _add_limits(create, defaults=True)
     update = tenant_commands.add_parser(
@@ -197,6 +205,30 @@ def _add_tenants(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "list", help="list tenants (config and Redis) with limits and remaining budget"
     )
     _add_format(listing)
+    for action in tenant_commands.choices.values():
+        _add_mesh(action, action=True)
+
+
+def _add_mesh(parser: argparse.ArgumentParser, *, action: bool = False) -> None:
+    """Which mesh: `--url` names one; else a local `meshgate up` is found by its runtime file.
+
+    Given to the command and to each of its actions (`keys list --url ...` reads as well
+    as `keys --url ... list`); an action's copy only counts when it is used.
+    """
+    default = argparse.SUPPRESS if action else None
+    parser.add_argument(
+        "--url",
+        metavar="URL",
+        default=default,
+        help="a mesh's admin listener (https://admin.example.com); default: the local "
+        "`meshgate up`, else REDIS_URL's key store directly",
+    )
+    parser.add_argument(
+        "--admin-key",
+        metavar="KEY",
+        default=default,
+        help="the admin key for --url (better: MESHGATE_ADMIN_KEY, out of shell history)",
+    )
 
 
 def _add_format(parser: argparse.ArgumentParser) -> None:
@@ -303,6 +335,22 @@ def _models(text: str) -> tuple[str, ...]:
     return tuple(m.strip() for m in text.split(",") if m.strip())
 
 
+def _remote(args: argparse.Namespace, config: Config) -> AdminClient | None:
+    from admin.client import target
+
+    return target(
+        config,
+        url=args.url,
+        admin_key=args.admin_key,
+        config_path=args.config,
+        environ=os.environ,
+    )
+
+
+def _key_roles(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(args.roles or (("admin",) if args.admin else ("api",)))
+
+
 def keys(args: argparse.Namespace) -> int:
     from services.auth import admin
 
@@ -310,7 +358,10 @@ def keys(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     try:
-        if args.keys_command == "create":
+        client = _remote(args, config)
+        if client is not None:
+            _keys_remote(args, client)
+        elif args.keys_command == "create":
             asyncio.run(
                 admin.create(
                     config,
@@ -325,7 +376,7 @@ def keys(args: argparse.Namespace) -> int:
                     models=_models(args.models),
                     expires=args.expires,
                     redis_failure_policy=args.redis_failure_policy,
-                    roles=args.roles or (("admin",) if args.admin else ("api",)),
+                    roles=_key_roles(args),
                 )
             )
         elif args.keys_command == "update":
@@ -345,19 +396,56 @@ def keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_remote(args: argparse.Namespace, client: AdminClient) -> None:
+    from admin import client as remote
+
+    if args.keys_command == "create":
+        remote.create_key(
+            client,
+            name=args.name,
+            tenant=args.tenant,
+            change=_limits_change(args),
+            models=_models(args.models),
+            expires=args.expires,
+            redis_failure_policy=args.redis_failure_policy,
+            roles=_key_roles(args),
+        )
+    elif args.keys_command == "update":
+        models = None if args.models is None else _models(args.models)
+        remote.update_key(
+            client, args.key_id, _limits_change(args), models=models, expires=args.expires
+        )
+    elif args.keys_command == "list":
+        remote.list_keys(client, args.format)
+    else:
+        remote.revoke(client, args.key_id)
+
+
 def tenants(args: argparse.Namespace) -> int:
+    from admin import client as remote
     from services.auth import admin
 
     config = _config(args.config)
     if config is None:
         return 2
     try:
-        if args.tenants_command == "create":
-            asyncio.run(admin.create_tenant(config, args.tenant_id, _limits_change(args)))
-        elif args.tenants_command == "update":
-            asyncio.run(admin.update_tenant(config, args.tenant_id, _limits_change(args)))
+        client = _remote(args, config)
+        if args.tenants_command == "list":
+            if client is None:
+                asyncio.run(admin.list_tenants(config, args.format))
+            else:
+                remote.list_tenants(client, args.format)
+            return 0
+        change = _limits_change(args)
+        if client is not None:
+            make = (
+                remote.create_tenant if args.tenants_command == "create" else remote.update_tenant
+            )
+            make(client, args.tenant_id, change)
+        elif args.tenants_command == "create":
+            asyncio.run(admin.create_tenant(config, args.tenant_id, change))
         else:
-            asyncio.run(admin.list_tenants(config, args.format))
+            asyncio.run(admin.update_tenant(config, args.tenant_id, change))
     except admin.AdminError as exc:
         print(f"meshgate: {exc}", file=sys.stderr)
         return 1
@@ -435,6 +523,7 @@ def _add_usage(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "usage", help="usage and spend from the ledger: summaries or the raw records"
     )
     usage.add_argument("--config", metavar="FILE", help="config file (its services.ledger)")
+    _add_mesh(usage)
     usage.add_argument("--key", default="", metavar="KEY_ID", help="only this key's usage")
     usage.add_argument("--tenant", default="", help="only this tenant's usage")
     usage.add_argument("--model", default="", help="only this model's usage")
@@ -466,7 +555,10 @@ def _positive(text: str) -> int:
 
 
 def usage(args: argparse.Namespace) -> int:
-    """Ask the ledger's UsageService; a one-line error (never a traceback) when it cannot."""
+    """Ask the ledger (through the mesh's admin API, or its UsageService directly); a one-line
+    error, never a traceback, when it cannot."""
+    from admin import client as remote
+    from services.auth.admin import AdminError
     from services.ledger import report
 
     config = _config(args.config)
@@ -485,8 +577,15 @@ def usage(args: argparse.Namespace) -> int:
             limit=args.limit,
             fmt=args.format,
         )
-        asyncio.run(report.usage(config, query, sys.stdout))
+        client = _remote(args, config)
+        if client is None:
+            asyncio.run(report.usage(config, query, sys.stdout))
+        else:
+            remote.usage(client, query, sys.stdout)
     except report.ReportError as exc:
         print(f"meshgate: {exc}", file=sys.stderr)
         return exc.code
+    except AdminError as exc:
+        print(f"meshgate: {exc}", file=sys.stderr)
+        return 1
     return 0

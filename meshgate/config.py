@@ -26,6 +26,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -35,6 +37,11 @@ SAMPLE_CONFIG = Path(__file__).with_name("sample.yaml")
 # Configs that ship with meshgate, usable by name: `meshgate up --config local`.
 BUNDLED = {"sample": SAMPLE_CONFIG, "local": Path(__file__).with_name("local.yaml")}
 CONFIG_ENV = "MESHGATE_CONFIG"
+# MESHGATE_* variables that are not config overrides: where local meshes leave their
+# runtime files (meshgate/runtime.py), and the CLI's admin key for `--url`.
+RUNTIME_DIR_ENV = "MESHGATE_RUNTIME_DIR"
+ADMIN_KEY_ENV = "MESHGATE_ADMIN_KEY"
+_NOT_OVERRIDES = (CONFIG_ENV, RUNTIME_DIR_ENV, ADMIN_KEY_ENV)
 
 ServiceName = Literal["auth", "quota", "validation", "router", "engine", "ledger"]
 SERVICE_NAMES: tuple[ServiceName, ...] = (
@@ -109,19 +116,34 @@ class ServicesConfig(_Strict):
     engine: EngineServiceConfig = EngineServiceConfig(port=50055, metrics_port=9185)
     ledger: ServiceConfig = ServiceConfig(port=50056, metrics_port=9186)
 
-    @model_validator(mode="before")
+    # The services whose `port` the config (or the environment) names: `meshgate up` keeps
+    # those and gives the others free loopback ports.
+    _named_ports: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @model_validator(mode="wrap")
     @classmethod
-    def _default_metrics_ports(cls, data: Any) -> Any:
-        """A service given without `metrics_port` keeps its own default, not the class's 0."""
+    def _defaults(cls, data: Any, handler: ModelWrapValidatorHandler[ServicesConfig]) -> Any:
+        """A service given without `port` or `metrics_port` keeps its own defaults (not the
+        class's 0), and the ports a config names are remembered."""
         if not isinstance(data, dict):
-            return data
+            return handler(data)
         filled = dict(data)
+        named = set()
         for name in SERVICE_NAMES:
             entry = filled.get(name)
-            if isinstance(entry, dict) and "metrics_port" not in entry:
-                default: ServiceConfig = cls.model_fields[name].default
-                filled[name] = {**entry, "metrics_port": default.metrics_port}
-        return filled
+            if not isinstance(entry, dict):
+                continue
+            if "port" in entry:
+                named.add(name)
+            default: ServiceConfig = cls.model_fields[name].default
+            filled[name] = {"port": default.port, "metrics_port": default.metrics_port, **entry}
+        result = handler(filled)
+        result._named_ports = frozenset(named)
+        return result
+
+    def port_named(self, name: str) -> bool:
+        """Whether the config fixes this service's port (else `meshgate up` may choose one)."""
+        return name in self._named_ports
 
     def get(self, name: str) -> ServiceConfig:
         if name not in SERVICE_NAMES:
@@ -215,6 +237,25 @@ class AdminConfig(_Strict):
     request_timeout_s: float = Field(default=30.0, gt=0)
     # Largest admin request body accepted, in bytes.
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Where people reach the dashboard (https://admin.example.com behind a proxy): the
+    # base of errors' doc_url. Empty: this listener's own loopback address.
+    public_url: str = ""
+
+    @field_validator("public_url")
+    @classmethod
+    def _origin(cls, url: str) -> str:
+        if url and not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s):// URL")
+        return url.rstrip("/")
+
+    def origin(self) -> str:
+        """The dashboard's base URL; "" when this mesh serves no admin listener."""
+        if self.public_url:
+            return self.public_url
+        if not self.port:
+            return ""
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
 
 RedisMode = Literal["auto", "standalone", "cluster", "sentinel"]
@@ -483,6 +524,19 @@ class Config(_Strict):
     tenants: tuple[TenantConfig, ...] = ()
     models: tuple[ModelConfig, ...] = ()
 
+    def doc_pages(self) -> DocsConfig:
+        """Where errors' doc_url points: `edge.docs` where it is set, else the dashboard's
+        keys and usage pages (the compatibility page: "Create one from the dashboard"),
+        else, with no admin listener, the published docs."""
+        docs, origin = self.edge.docs, self.admin.origin()
+        if not origin:
+            return docs
+        given = docs.model_fields_set
+        return DocsConfig(
+            keys_url=docs.keys_url if "keys_url" in given else origin + "/keys",
+            usage_url=docs.usage_url if "usage_url" in given else origin + "/usage",
+        )
+
     @model_validator(mode="after")
     def _unique_ids(self) -> Config:
         seen: set[str] = set()
@@ -501,8 +555,11 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
 
 
 def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    overrides = {k[len("MESHGATE_") :]: v for k, v in environ.items() if k.startswith("MESHGATE_")}
-    overrides.pop("CONFIG", None)
+    overrides = {
+        k[len("MESHGATE_") :]: v
+        for k, v in environ.items()
+        if k.startswith("MESHGATE_") and k not in _NOT_OVERRIDES
+    }
     if environ.get("REDIS_URL") and "REDIS__URL" not in overrides:
         overrides["REDIS__URL"] = environ["REDIS_URL"]
     for name, value in sorted(overrides.items()):

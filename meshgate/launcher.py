@@ -38,7 +38,7 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from meshgate import logs, redis_client
+from meshgate import logs, redis_client, runtime
 from meshgate.config import (
     SERVICE_NAMES,
     Config,
@@ -748,6 +748,63 @@ def revoke_admin_key(config: Config, redis_url: str, key_id: str) -> None:
         asyncio.run(revoke())
 
 
+def free_local_ports(config: Config) -> dict[str, str]:
+    """`MESHGATE_*` overrides giving free loopback ports to what the config leaves at defaults.
+
+    A service the config does not list gets a free gRPC port (clients learn it
+    from the same environment), and a default metrics or admin port that is
+    taken gets a free one too: so two local meshes run side by side. A port the
+    config (or the environment) names is kept, and a clash on it is reported.
+    """
+    overrides: dict[str, str] = {}
+    taken: set[int] = set()
+
+    def fresh() -> int:
+        port = free_port()
+        while port in taken:
+            port = free_port()
+        taken.add(port)
+        return port
+
+    for name in SERVICE_NAMES:
+        if config.services.port_named(name):
+            continue
+        listen = config.services.get(name)
+        prefix = f"MESHGATE_SERVICES__{name.upper()}__"
+        overrides[prefix + "PORT"] = str(fresh())
+        if listen.metrics_port and _port_in_use(listen.host, listen.metrics_port):
+            overrides[prefix + "METRICS_PORT"] = str(fresh())
+    edge, admin = config.edge, config.admin
+    if (
+        "metrics_port" not in edge.model_fields_set
+        and edge.metrics_port
+        and _port_in_use(edge.host, edge.metrics_port)
+    ):
+        overrides["MESHGATE_EDGE__METRICS_PORT"] = str(fresh())
+    if "port" not in admin.model_fields_set and admin.port and _port_in_use(admin.host, admin.port):
+        overrides["MESHGATE_ADMIN__PORT"] = str(fresh())
+    return overrides
+
+
+def _publish(
+    stack: Stack, path: Path, admin: tuple[str, str] | None, env: Mapping[str, str]
+) -> Path | None:
+    """Leave the runtime file by which `meshgate keys|tenants|usage` find this mesh."""
+    mesh = runtime.LocalMesh(
+        pid=os.getpid(),
+        edge_url=stack.edge_origin,
+        admin_url=admin[0] if admin else "",
+        admin_key=admin[1] if admin else "",
+        redis_url=stack.redis_url,
+        config=str(path),
+    )
+    try:
+        return runtime.write(mesh, env)
+    except OSError as exc:
+        _emit(f"meshgate: cannot write the runtime file ({exc}); the CLI will not find this mesh")
+        return None
+
+
 def _banner(
     config: Config,
     origin: str,
@@ -817,12 +874,15 @@ def run(
     path = resolve_config_path(config_path, env)
     try:
         config = load_config(path, env)
+        env.update(free_local_ports(config))
+        config = load_config(path, env)
     except ConfigError as exc:
         print(f"meshgate: {exc}", file=sys.stderr)
         return 2
 
     stack = Stack(path, config, env=env, replicas=replicas)
     admin_key_id = ""
+    published: Path | None = None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # No I/O here: the main thread may hold the stderr lock.
@@ -852,8 +912,11 @@ def run(
             admin = (stack.admin_origin, admin_secret)
         banner = _banner(config, stack.edge_origin, stack.scrape_targets(), admin)
         print("\n".join(banner), flush=True)
+        published = _publish(stack, path, admin, env)
         return stack.wait()
     finally:
+        if published is not None:
+            runtime.remove(published)
         if admin_key_id and config.redis.url:
             revoke_admin_key(config, config.redis.url, admin_key_id)
         stack.stop()

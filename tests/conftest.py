@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -33,6 +34,8 @@ import psutil
 import pytest
 import yaml
 
+# In-process CLI calls look for local meshes here, where no test's `meshgate up` writes.
+os.environ["MESHGATE_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="meshgate-runtime-")
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # tests import meshgate, services and edge from the checkout
     sys.path.insert(0, str(ROOT))
@@ -112,9 +115,9 @@ def write_config(directory: Path, overrides: Mapping[str, Any] | None = None) ->
     raw["edge"]["metrics_port"] = 0
     (admin_port,) = free_ports(1)
     raw.setdefault("admin", {})["port"] = admin_port
+    services = raw.setdefault("services", {})
     for name, port in zip(SERVICE_NAMES, service_ports, strict=True):
-        raw["services"][name]["port"] = port
-        raw["services"][name]["metrics_port"] = 0
+        services[name] = {"host": "127.0.0.1", "port": port, "metrics_port": 0}
     merge(raw, overrides or {})
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "meshgate.yaml"
@@ -131,6 +134,9 @@ def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
         k: v for k, v in os.environ.items() if not k.startswith("MESHGATE_") and k != "REDIS_URL"
     }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    # A runtime directory of its own (meshgate/runtime.py), so a `meshgate up` and a CLI call
+    # find each other only when a test hands both the same one.
+    env["MESHGATE_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="meshgate-runtime-")
     env.update(extra or {})
     return env
 
@@ -222,13 +228,15 @@ def launch_mesh(
     *,
     env: Mapping[str, str] | None = None,
     args: tuple[str, ...] = (),
+    config_path: Path | None = None,
 ) -> RunningMesh:
-    """Run `meshgate up` on a fresh config and wait for its banner; pytest.fail otherwise.
+    """Run `meshgate up` on a fresh config (or on `config_path`, as written) and wait for its
+    banner; pytest.fail otherwise.
 
     TMPDIR points into `workdir`, so every process of this mesh (Redis's --dir
     included) mentions `workdir` on its command line: handy to hunt leftovers.
     """
-    config_path = write_config(workdir, overrides)
+    config_path = config_path or write_config(workdir, overrides)
     config = load_config(config_path, environ={})
     stderr_path = workdir / "meshgate-up.stderr"
     tmp = workdir / "tmp"

@@ -62,7 +62,7 @@ def test_meshgate_redis_url_wins_over_redis_url() -> None:
         (lambda raw: raw["models"][1].update(category="telepathy"), "models[1].category"),
         (lambda raw: raw["models"][0].update(capabilities=["flying"]), "models[0].capabilities[0]"),
         (lambda raw: raw["edge"].update(port="http"), "edge.port"),
-        (lambda raw: raw["services"]["quota"].update(portt=1), "services.quota.portt"),
+        (lambda raw: raw.update(services={"quota": {"portt": 1}}), "services.quota.portt"),
         (lambda raw: raw["keys"][0].update(rpm=-1), "keys[0].rpm"),
         (lambda raw: raw["models"][2].update(dimensions=0), "models[2]"),
     ],

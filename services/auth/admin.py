@@ -76,8 +76,8 @@ async def _key_store(config: Config) -> AsyncIterator[RedisKeyStore]:
     """The Redis key store for one command: Redis failures become one clear AdminError."""
     if not config.redis.configured:
         raise AdminError(
-            "the key store lives in Redis: set REDIS_URL (or redis.url in the config); "
-            "`meshgate up` prints the URL of its embedded Redis"
+            "no local `meshgate up` is running, and no key store is named: start `meshgate up`, "
+            "give a mesh's admin API with --url, or set REDIS_URL (or redis.url in the config)"
         )
     # An operator at a terminal can wait longer than a request can.
     settings = config.redis.model_copy(update={"timeout_ms": config.redis.timeout_ms * 4})
@@ -141,13 +141,6 @@ class Budget:
             return None
         return max(self.limit_micro_usd - self.spent_micro_usd, 0)
 
-    def cells(self) -> tuple[str, str, str]:
-        """BUDGET USD, PERIOD, REMAINING USD for a table."""
-        remaining = self.remaining_micro_usd
-        if remaining is None:
-            return "-", "-", "-"
-        return f"${usd_text(self.limit_micro_usd)}", self.period, f"${usd_text(remaining)}"
-
     def fields(self) -> dict[str, Any]:
         """The same for JSON; remaining_usd is null without a budget."""
         remaining = self.remaining_micro_usd
@@ -175,15 +168,6 @@ async def _budgets(
     return [
         Budget(lim.budget_micro_usd, period, int(raw or 0))
         for lim, period, raw in zip(limits, periods, counters, strict=True)
-    ]
-
-
-def _limit_cells(limits: common_pb2.Limits) -> list[str]:
-    return [
-        str(limits.requests_per_minute or "-"),
-        str(limits.tokens_per_minute or "-"),
-        str(limits.max_concurrency or "-"),
-        str(limits.budget_tokens or "-"),
     ]
 
 
@@ -271,24 +255,32 @@ async def update(
     out: TextIO = sys.stdout,
 ) -> None:
     """Change a key's limits in place: the secret stays, every replica sees it at once."""
-    expires_at = None if expires is None else _update_expiry(expires)
+    expires_at = None if expires is None else update_expiry(expires)
     if not change.fields() and models is None and expires_at is None:
         raise AdminError("nothing to update: give at least one limit, --models or --expires")
     async with _key_store(config) as store:
         record = await store.update(key_identifier, change, models=models, expires_at=expires_at)
     if record is None:
         raise AdminError(f"no key with id {key_identifier!r} (see `meshgate keys list`)")
+    out.write(
+        f"updated {record.principal.key_id} ({record.principal.name}): "
+        f"{describe(change, models, expires_at)}\n"
+    )
+
+
+def describe(
+    change: LimitsChange, models: Sequence[str] | None = None, expires_at: float | None = None
+) -> str:
+    """`rpm=200 models=* expires=never`: what an update sets, for its confirmation line."""
     described = _describe(change)
     if models is not None:
         described.append(f"models={','.join(models) or '*'}")
     if expires_at is not None:
         described.append(f"expires={_when(expires_at) if expires_at else 'never'}")
-    out.write(
-        f"updated {record.principal.key_id} ({record.principal.name}): {' '.join(described)}\n"
-    )
+    return " ".join(described)
 
 
-def _update_expiry(text: str) -> float:
+def update_expiry(text: str) -> float:
     """`never` lifts an expiry; anything else as `keys create --expires` takes it."""
     return 0.0 if text.strip().lower() == "never" else parse_expires(text)
 
@@ -311,38 +303,67 @@ async def list_keys(
             ],
             now,
         )
+    write_keys([_key_json(r, b, now) for r, b in zip(records, budgets, strict=True)], fmt, out)
+
+
+_KEY_HEADER = ("KEY ID", "NAME", "TENANT", "STATUS", "RPM", "TPM", "CONC", "BUDGET TOK",
+               "BUDGET USD", "PERIOD", "REMAINING USD", "MODELS", "EXPIRES", "CREATED")  # fmt: skip
+_TENANT_HEADER = ("TENANT", "SOURCE", "RPM", "TPM", "CONC", "BUDGET TOK", "BUDGET USD", "PERIOD",
+                  "REMAINING USD", "CREATED")  # fmt: skip
+
+
+def _row_limits(item: dict[str, Any]) -> list[str]:
+    return [str(item[n] or "-") for n in ("rpm", "tpm", "max_concurrency", "budget_tokens")]
+
+
+def _row_budget(item: dict[str, Any]) -> list[str]:
+    """BUDGET USD, PERIOD, REMAINING USD; dashes without a dollar budget."""
+    if item["remaining_usd"] is None:
+        return ["-", "-", "-"]
+    return [
+        f"${usd_text(to_micro_usd(Decimal(item['budget_usd'])))}",
+        item["budget_period"],
+        f"${usd_text(to_micro_usd(Decimal(item['remaining_usd'])))}",
+    ]
+
+
+def write_keys(items: list[dict[str, Any]], fmt: Format, out: TextIO) -> None:
+    """`keys list` output from its JSON rows, whichever path (Redis, admin API) made them."""
     if fmt == "json":
-        _write_json([_key_json(r, b, now) for r, b in zip(records, budgets, strict=True)], out)
+        _write_json(items, out)
         return
-    header = (
-        "KEY ID",
-        "NAME",
-        "TENANT",
-        "STATUS",
-        "RPM",
-        "TPM",
-        "CONC",
-        "BUDGET TOK",
-        "BUDGET USD",
-        "PERIOD",
-        "REMAINING USD",
-        "MODELS",
-        "EXPIRES",
-        "CREATED",
-    )
-    rows: list[Sequence[str]] = [header]
-    for r, budget in zip(records, budgets, strict=True):
+    rows: list[Sequence[str]] = [_KEY_HEADER]
+    for item in items:
         rows.append(
             (
-                r.principal.key_id,
-                r.principal.name,
-                r.principal.tenant or "-",
-                _status(r, now),
-                *_limit_cells(r.principal.limits),
-                *budget.cells(),
-                ",".join(r.principal.allowed_models) or "*",
-                _when(r.expires_at),
-                _when(r.created_at),
+                item["key_id"],
+                item["name"],
+                item["tenant"] or "-",
+                item["status"],
+                *_row_limits(item),
+                *_row_budget(item),
+                ",".join(item["models"]) or "*",
+                item["expires_at"] or "-",
+                item["created_at"] or "-",
+            )
+        )
+    _write_table(rows, out)
+
+
+def write_tenants(items: list[dict[str, Any]], fmt: Format, out: TextIO) -> None:
+    """`tenants list` output from its JSON rows, whichever path made them."""
+    if fmt == "json":
+        _write_json(items, out)
+        return
+    rows: list[Sequence[str]] = [_TENANT_HEADER]
+    for item in items:
+        rows.append(
+            (
+                item["id"],
+                item["source"],
+                *_row_limits(item),
+                *_row_budget(item),
+                item["created_at"] or "-",
             )
         )
     _write_table(rows, out)
@@ -414,7 +435,7 @@ async def update_tenant(
         record = await store.update_tenant(tenant_id, change)
     if record is None:
         raise AdminError(f"no tenant {tenant_id!r} (see `meshgate tenants list`)")
-    out.write(f"updated tenant {record.id}: {' '.join(_describe(change))}\n")
+    out.write(f"updated tenant {record.id}: {describe(change)}\n")
 
 
 async def list_tenants(
@@ -433,25 +454,7 @@ async def list_tenants(
             [tenant_prefix(shard_of(t.id, "", shards), t.id) for t in tenants],
             now,
         )
-    if fmt == "json":
-        _write_json([_tenant_json(t, b) for t, b in zip(tenants, budgets, strict=True)], out)
-        return
-    header = (
-        "TENANT",
-        "SOURCE",
-        "RPM",
-        "TPM",
-        "CONC",
-        "BUDGET TOK",
-        "BUDGET USD",
-        "PERIOD",
-        "REMAINING USD",
-        "CREATED",
-    )
-    rows: list[Sequence[str]] = [header]
-    for t, budget in zip(tenants, budgets, strict=True):
-        rows.append((t.id, t.source, *_limit_cells(t.limits), *budget.cells(), _when(t.created_at)))
-    _write_table(rows, out)
+    write_tenants([_tenant_json(t, b) for t, b in zip(tenants, budgets, strict=True)], fmt, out)
 
 
 def _tenant_json(tenant: TenantRecord, budget: Budget) -> dict[str, Any]:

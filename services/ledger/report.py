@@ -38,7 +38,7 @@ _DIMENSIONS = {
 }
 _BUCKETS = {"none": ledger_pb2.BUCKET_UNSPECIFIED, "hour": ledger_pb2.BUCKET_HOUR,
             "day": ledger_pb2.BUCKET_DAY}  # fmt: skip
-_COLUMN = {"key": "key_id", "tenant": "tenant", "model": "model"}
+COLUMN = {"key": "key_id", "tenant": "tenant", "model": "model"}
 
 
 class ReportError(Exception):
@@ -185,7 +185,7 @@ async def _summary(stub: Any, query: Query) -> list[dict[str, Any]]:
         if query.bucket != "none":
             item[query.bucket] = _iso(row.bucket_start_unix_us)
         for dim in query.group_by:
-            item[_COLUMN[dim]] = getattr(row, _COLUMN[dim])
+            item[COLUMN[dim]] = getattr(row, COLUMN[dim])
         item |= {
             "requests": row.requests,
             "prompt_tokens": row.prompt_tokens,
@@ -335,7 +335,7 @@ def render(items: Sequence[dict[str, Any]], query: Query) -> str:
     else:
         columns = [
             *([query.bucket] if query.bucket != "none" else []),
-            *(_COLUMN[d] for d in query.group_by),
+            *(COLUMN[d] for d in query.group_by),
             "requests", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd",
             "errors",
         ]  # fmt: skip
