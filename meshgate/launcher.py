@@ -721,7 +721,7 @@ def make_admin_key(config: Config, redis_url: str) -> tuple[str, str]:
     from services.auth.keys import RedisKeyStore
 
     async def create() -> tuple[str, str]:
-        client = redis_client.connect(config.redis.model_copy(update={"url": redis_url}))
+        client = await redis_client.open_client(config.redis.model_copy(update={"url": redis_url}))
         try:
             secret, record = await RedisKeyStore(client).create(
                 name="meshgate up (development admin)", roles=("admin",)
@@ -738,7 +738,7 @@ def revoke_admin_key(config: Config, redis_url: str, key_id: str) -> None:
     from services.auth.keys import RedisKeyStore
 
     async def revoke() -> None:
-        client = redis_client.connect(config.redis.model_copy(update={"url": redis_url}))
+        client = await redis_client.open_client(config.redis.model_copy(update={"url": redis_url}))
         try:
             await RedisKeyStore(client).revoke(key_id)
         finally:
@@ -917,7 +917,7 @@ def run(
     finally:
         if published is not None:
             runtime.remove(published)
-        if admin_key_id and config.redis.url:
+        if admin_key_id and config.redis.configured:
             revoke_admin_key(config, config.redis.url, admin_key_id)
         stack.stop()
         for sig, handler in previous.items():
