@@ -362,6 +362,8 @@ def test_taken_default_ports_move() -> None:
     held = []
     for port in (8081, 9180):
         sock = socket.socket()
+        # As the launcher's own check binds: a port a closed socket leaves in TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
             sock.listen()

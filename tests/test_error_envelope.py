@@ -13,7 +13,6 @@ from tests.conftest import RunningMesh
 PRO = "meshgate/reference-pro"
 MINI = "meshgate/reference-mini"
 USER = [{"role": "user", "content": "hi"}]
-KEY_DOCS = "https://github.com/meshgate/meshgate/blob/main/docs/errors.md#authentication"
 
 UNPARSABLE = (
     "We could not parse the JSON body of your request. The body must be valid JSON encoded as "
@@ -97,7 +96,9 @@ def test_bad_request(
         ("Bearer sk-not-a-real-key", "invalid_api_key"),
     ],
 )
-def test_auth_failures_are_401(http: httpx.Client, header: str | None, code: str) -> None:
+def test_auth_failures_are_401(
+    http: httpx.Client, mesh: RunningMesh, header: str | None, code: str
+) -> None:
     headers = {} if header is None else {"Authorization": header}
     response = http.post(
         "/v1/chat/completions", json={"model": PRO, "messages": USER}, headers=headers
@@ -105,7 +106,8 @@ def test_auth_failures_are_401(http: httpx.Client, header: str | None, code: str
     assert response.status_code == 401
     error = _envelope(response)
     assert (error["type"], error["param"], error["code"]) == ("authentication_error", None, code)
-    assert error["doc_url"] == KEY_DOCS
+    # The compatibility page: "Create one from the dashboard": its keys page.
+    assert error["doc_url"] == mesh.admin_origin + "/keys"
     assert "sk-not-a-real-key" not in response.text
 
 

@@ -412,7 +412,7 @@ def test_spent_budget_is_insufficient_quota(stack: Stack) -> None:
     assert info.value.code == "insufficient_quota"
     assert info.value.type == "insufficient_quota"
     assert info.value.response.headers["x-should-retry"] == "false"
-    assert info.value.body["doc_url"].endswith("#rate-limits-and-quota")  # type: ignore[index]
+    assert info.value.body["doc_url"].endswith("/usage")  # type: ignore[index]  # the dashboard
 
 
 def test_every_authenticated_response_has_rate_limit_headers(stack: Stack) -> None:
