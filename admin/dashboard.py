@@ -30,7 +30,10 @@ from admin.forms import Form, read_form
 from admin.mesh import AdminMesh
 from admin.session import (
     COOKIE,
+    CREATED_COOKIE,
+    CREATED_TTL_S,
     SIGNIN_TTL_S,
+    Created,
     Sealer,
     Session,
     cookie_header,
@@ -143,6 +146,24 @@ class Dashboard:
 
     def drop_session(self, response: Response, request: Request) -> None:
         response.headers.append("set-cookie", cookie_header("", 0, secure=self.secure(request)))
+
+    def hand_over(self, response: Response, request: Request, created: Created) -> None:
+        """Carry a new key's secret across the redirect to the page that shows it."""
+        value = self.sealer.seal_created(created)
+        response.headers.append(
+            "set-cookie",
+            cookie_header(value, CREATED_TTL_S, secure=self.secure(request), name=CREATED_COOKIE),
+        )
+
+    def created_of(self, request: Request) -> Created | None:
+        """The new key handed over to this page, if any (forget_created must follow)."""
+        value = request.cookies.get(CREATED_COOKIE, "")
+        return self.sealer.open_created(value) if value else None
+
+    def forget_created(self, response: Response, request: Request) -> None:
+        response.headers.append(
+            "set-cookie", cookie_header("", 0, secure=self.secure(request), name=CREATED_COOKIE)
+        )
 
     def render(
         self,

@@ -19,10 +19,12 @@ from starlette.routing import Route
 from admin import api, schema
 from admin.dashboard import Page, page
 from admin.forms import build, limits
+from admin.session import Created
 from meshgate.errors import ApiError
 from services.ledger import report
 
 NOTICES = {
+    "key-created": "Key created.",
     "key-updated": "Key updated.",
     "key-revoked": "Key revoked: every auth replica refuses it now.",
     "tenant-created": "Tenant created.",
@@ -45,20 +47,20 @@ async def _key_choices(p: Page) -> dict[str, Any]:
 
 
 async def keys(p: Page) -> Response:
-    """The keys, newest first, and the form that creates one."""
+    """The keys, newest first, the form that creates one, and a new key's secret, once."""
     return await _keys_page(p)
 
 
 async def _keys_page(
     p: Page,
     status: int = 200,
-    created: schema.CreatedKey | None = None,
     error: ApiError | None = None,
     values: dict[str, Any] | None = None,
 ) -> Response:
     listing = await p.run(api.list_keys, schema.KeyList)
     ordered = sorted(listing.data, key=lambda k: k.created_at or datetime.min.replace(tzinfo=UTC))
-    return p.render(
+    created = p.dash.created_of(p.request) if status == 200 else None
+    response = p.render(
         "keys.html",
         status,
         keys=list(reversed(ordered)),
@@ -68,10 +70,13 @@ async def _keys_page(
         notice=_notice(p),
         **await _key_choices(p),
     )
+    if created is not None:  # shown once: the next load of the page has no secret
+        p.dash.forget_created(response, p.request)
+    return response
 
 
 async def create_key(p: Page) -> Response:
-    """Create a key and show its secret, this once (the answer is never cached)."""
+    """Create a key, then show its secret once on the keys page (POST, redirect, GET)."""
     form = p.form
     values = {name: form.get(name) for name in form.fields} | {"models": form.every("models")}
     try:
@@ -90,7 +95,9 @@ async def create_key(p: Page) -> Response:
         if exc.status >= 500:
             raise
         return await _keys_page(p, exc.status, error=exc, values=values)
-    return await _keys_page(p, 201, created=created)
+    response = RedirectResponse("/keys?notice=key-created", status_code=303)
+    p.dash.hand_over(response, p.request, Created(created.id, created.name, created.secret))
+    return response
 
 
 async def edit_key(p: Page) -> Response:

@@ -15,6 +15,11 @@ issues a new session with a new token.
 
 The cookie is HttpOnly (no script reads it), SameSite=Strict (no other site's
 page sends it) and Secure whenever the dashboard is served over TLS.
+
+A new key's secret is shown once, after a redirect (POST, redirect, GET, so a
+reload never makes a second key): it crosses that redirect sealed the same
+way in a cookie of its own, which lives two minutes and is deleted by the
+page that shows it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -38,6 +44,11 @@ _AAD = b"meshgate dashboard session v1"
 _NONCE_BYTES = 12
 # How long a sign-in form's session lasts: long enough to type a key, no longer.
 SIGNIN_TTL_S = 3600
+# A new key's secret crosses one redirect (POST /keys, then GET /keys shows it once) in
+# its own sealed cookie, so that reloading the page never creates a second key.
+CREATED_COOKIE = "meshgate_created"
+_CREATED_AAD = b"meshgate dashboard created key v1"
+CREATED_TTL_S = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +67,15 @@ class Session:
         return bool(token) and hmac.compare_digest(self.csrf.encode(), token.encode())
 
 
+@dataclass(frozen=True, slots=True)
+class Created:
+    """A key just made, on its way to the one page that shows its secret."""
+
+    key_id: str
+    name: str
+    secret: str
+
+
 def new_session(secret: str, ttl_s: int, now: float | None = None) -> Session:
     """A session with a fresh CSRF token, `ttl_s` seconds long."""
     moment = time.time() if now is None else now
@@ -63,20 +83,18 @@ def new_session(secret: str, ttl_s: int, now: float | None = None) -> Session:
 
 
 class Sealer:
-    """Seals sessions into cookie values and opens them again; one per admin process."""
+    """Seals sessions (and new keys' secrets) into cookie values and opens them again."""
 
     def __init__(self, session_secret: str) -> None:
         material = session_secret.encode() if session_secret else os.urandom(32)
         self._aead = AESGCM(hashlib.sha256(b"meshgate-session:" + material).digest())
 
-    def seal(self, session: Session) -> str:
+    def _seal(self, fields: dict[str, Any], purpose: bytes) -> str:
         nonce = os.urandom(_NONCE_BYTES)
-        plain = orjson.dumps({"s": session.secret, "c": session.csrf, "e": session.expires})
-        sealed = nonce + self._aead.encrypt(nonce, plain, _AAD)
+        sealed = nonce + self._aead.encrypt(nonce, orjson.dumps(fields), purpose)
         return base64.urlsafe_b64encode(sealed).decode().rstrip("=")
 
-    def open(self, value: str, now: float | None = None) -> Session | None:
-        """The session in a cookie value, or None if it is forged, damaged, foreign or expired."""
+    def _open(self, value: str, purpose: bytes, now: float | None) -> dict[str, Any] | None:
         try:
             raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
         except (binascii.Error, ValueError):
@@ -84,19 +102,46 @@ class Sealer:
         if len(raw) <= _NONCE_BYTES:
             return None
         try:
-            plain = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _AAD)
-            fields = orjson.loads(plain)
-            session = Session(secret=fields["s"], csrf=fields["c"], expires=int(fields["e"]))
+            fields = orjson.loads(
+                self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], purpose)
+            )
+            expires = int(fields["e"])
         except (InvalidTag, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
-        if session.expires <= (time.time() if now is None else now):
+        if not isinstance(fields, dict) or expires <= (time.time() if now is None else now):
             return None
-        return session
+        return fields
+
+    def seal(self, session: Session) -> str:
+        return self._seal({"s": session.secret, "c": session.csrf, "e": session.expires}, _AAD)
+
+    def open(self, value: str, now: float | None = None) -> Session | None:
+        """The session in a cookie value, or None if it is forged, damaged, foreign or expired."""
+        fields = self._open(value, _AAD, now)
+        if fields is None:
+            return None
+        try:
+            return Session(secret=str(fields["s"]), csrf=str(fields["c"]), expires=int(fields["e"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def seal_created(self, created: Created, ttl_s: int = CREATED_TTL_S) -> str:
+        fields = {"i": created.key_id, "n": created.name, "s": created.secret}
+        return self._seal(fields | {"e": int(time.time()) + ttl_s}, _CREATED_AAD)
+
+    def open_created(self, value: str, now: float | None = None) -> Created | None:
+        fields = self._open(value, _CREATED_AAD, now)
+        if fields is None:
+            return None
+        try:
+            return Created(key_id=str(fields["i"]), name=str(fields["n"]), secret=str(fields["s"]))
+        except KeyError:
+            return None
 
 
-def cookie_header(value: str, max_age: int, *, secure: bool) -> str:
-    """The Set-Cookie value of the session cookie; max_age 0 deletes it."""
-    parts = [f"{COOKIE}={value}", "Path=/", f"Max-Age={max_age}", "HttpOnly", "SameSite=Strict"]
+def cookie_header(value: str, max_age: int, *, secure: bool, name: str = COOKIE) -> str:
+    """The Set-Cookie value of the session cookie (or another); max_age 0 deletes it."""
+    parts = [f"{name}={value}", "Path=/", f"Max-Age={max_age}", "HttpOnly", "SameSite=Strict"]
     if secure:
         parts.append("Secure")
     return "; ".join(parts)
