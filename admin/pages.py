@@ -7,7 +7,7 @@ errors' `doc_url` points at (admin.public_url + the path): keep those paths.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from statistics import median
@@ -283,6 +283,12 @@ def usage_totals(
     return ordered
 
 
+def key_labels(names: dict[str, str]) -> dict[str, str]:
+    """How the charts name a key: its name, with its id only where two keys share a name."""
+    seen = Counter(names.values())
+    return {k: name if seen[name] == 1 else f"{name} ({k})" for k, name in names.items()}
+
+
 async def usage(p: Page) -> Response:
     """Spend and tokens over time per key, tenant or model, and the latest records."""
     params = p.request.query_params
@@ -307,7 +313,7 @@ async def usage(p: Page) -> Response:
     )
     listing = await p.run(api.list_keys, schema.KeyList)
     names = {k.id: k.name for k in listing.data}
-    labels = {k: f"{v} ({k})" for k, v in names.items()} if dimension == "key" else {}
+    labels = key_labels(names) if dimension == "key" else {}
     return p.render(
         "usage.html",
         chart=usage_chart(summary.data, dimension, grain, buckets, labels),
