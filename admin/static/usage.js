@@ -33,7 +33,13 @@
       ],
       axes: [
         { stroke: "#647086", grid: { stroke: "#eef0f4" } },
-        { stroke: "#647086", grid: { stroke: "#eef0f4" }, size: 64, values: (u, ticks) => ticks.map(format) },
+        {
+          stroke: "#647086",
+          grid: { stroke: "#eef0f4" },
+          values: (u, ticks) => ticks.map(format),
+          // Wide enough for the longest tick label ("$0.000015"), at about 7 px a character.
+          size: (u, values) => 16 + 7 * Math.max(3, ...(values || []).map((v) => v.length)),
+        },
       ],
       scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
       legend: { live: true },
