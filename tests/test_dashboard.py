@@ -187,9 +187,7 @@ def test_sign_in_is_rate_limited_per_client_address(mesh: RunningMesh) -> None:
         # Throttled, the right key is refused too: the window must end first.
         held = sign_in(client, mesh.admin_key)
         assert held.status_code == 429
-        assert COOKIE + "=" not in held.headers.get("set-cookie", "") or (
-            client.get("/keys").status_code == 303
-        )
+        assert client.get("/keys").status_code == 303  # and no session was made
     with browser_client(mesh, "127.0.0.4") as other:  # another address is not held back
         assert sign_in(other, mesh.admin_key).status_code == 303
 
