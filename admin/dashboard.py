@@ -300,6 +300,9 @@ def page(handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
+_TITLES = {404: "Not found", 409: "Already exists", 413: "Too large", 503: "Mesh unavailable"}
+
+
 def failure(dash: Dashboard, request: Request, session: Session | None, exc: ApiError) -> Response:
     """An error of the mesh as a page, with the envelope's status and message."""
     if exc.status >= 500:
@@ -309,7 +312,7 @@ def failure(dash: Dashboard, request: Request, session: Session | None, exc: Api
         "error.html",
         exc.status,
         session,
-        title="Something went wrong" if exc.status >= 500 else "Not done",
+        title=_TITLES.get(exc.status, "Something went wrong" if exc.status >= 500 else "Not done"),
         message=exc.message,
         admin=None,
     )

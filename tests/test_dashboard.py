@@ -252,6 +252,48 @@ def test_a_new_keys_secret_is_shown_once_after_the_redirect(
         assert sdk.models.list().data
 
 
+def test_limits_are_edited_in_the_pages_and_land_in_the_api_and_audit_log(
+    mesh: RunningMesh, admin_api: httpx.Client
+) -> None:
+    key = create_key(admin_api, name="to edit", rpm=5)
+    with browser_client(mesh) as client:
+        sign_in(client, mesh.admin_key)
+        form = client.get(f"/keys/{key['id']}")
+        assert form.status_code == 200 and 'value="5"' in form.text
+        fields = {"csrf": csrf_of(form.text), "rpm": "50", "tpm": "9,000", "budget_usd": "3"}
+        fields |= {"budget_period": "day", "models": PRO}
+        saved = client.post(f"/keys/{key['id']}", data=fields)
+        assert saved.status_code == 303 and saved.headers["location"] == "/keys?notice=key-updated"
+        bad = client.post(f"/keys/{key['id']}", data={**fields, "rpm": "lots"})
+        assert bad.status_code == 400 and "rpm must be a whole number" in bad.text
+
+        token = csrf_of(client.get("/tenants").text)
+        made = client.post("/tenants", data={"csrf": token, "id": "pages-co", "rpm": "100"})
+        assert made.status_code == 303
+        again = client.post("/tenants", data={"csrf": token, "id": "pages-co"})
+        assert again.status_code == 409
+        assert "Tenant &#39;pages-co&#39; exists." in again.text  # the service's own message
+        edited = client.post(
+            "/tenants/pages-co", data={"csrf": token, "rpm": "200", "budget_usd": "40"}
+        )
+        assert edited.status_code == 303
+        missing = client.get("/keys/key_0000000000000000")
+        assert missing.status_code == 404 and "Not found" in missing.text
+    now = admin_api.get(f"/keys/{key['id']}").json()
+    assert (now["rpm"], now["tpm"], now["budget_usd"], now["budget_period"]) == (
+        50,
+        9000,
+        "3.00",
+        "day",
+    )
+    assert now["models"] == [PRO]
+    tenant = next(t for t in admin_api.get("/tenants").json()["data"] if t["id"] == "pages-co")
+    assert (tenant["rpm"], tenant["budget_usd"]) == (200, "40.00")
+    actions = {(e["action"], e["target"]) for e in admin_api.get("/audit").json()["data"]}
+    assert {("key.update", key["id"]), ("tenant.create", "pages-co")} <= actions
+    assert ("tenant.update", "pages-co") in actions
+
+
 # ------------------------------------------------------------------ CSRF ----
 
 
