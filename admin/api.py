@@ -533,7 +533,8 @@ OPERATIONS: tuple[Operation, ...] = (
 # ------------------------------------------------------------ the frame ----
 
 
-def _invalid(exc: ValidationError, where: str) -> ApiError:
+def invalid_fields(exc: ValidationError, where: str) -> ApiError:
+    """A 400 naming the first bad field (`param`), for the API's bodies and the dashboard's forms."""
     first = exc.errors()[0]
     param = "".join(
         f"[{part}]" if isinstance(part, int) else (f".{part}" if i else str(part))
@@ -555,7 +556,7 @@ async def _parse_body(request: Request, model: type[BaseModel], limit: int) -> B
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
-        raise _invalid(exc, "body") from None
+        raise invalid_fields(exc, "body") from None
 
 
 def _parse_query(request: Request, model: type[BaseModel] | None) -> BaseModel | None:
@@ -568,7 +569,20 @@ def _parse_query(request: Request, model: type[BaseModel] | None) -> BaseModel |
     try:
         return model.model_validate(params)
     except ValidationError as exc:
-        raise _invalid(exc, "query") from None
+        raise invalid_fields(exc, "query") from None
+
+
+async def authenticate(
+    mesh: AdminMesh, authorization: str, rid: str, deadline: float
+) -> common_pb2.Principal:
+    """The admin behind an Authorization header; auth refuses a key without the admin role (403).
+
+    The one check of every admin request, the API's and the dashboard's pages alike.
+    """
+    request = auth_pb2.AuthenticateRequest(authorization=authorization, role=common_pb2.ROLE_ADMIN)
+    answer = await call(mesh.auth.Authenticate, request, "auth", rid, deadline)
+    principal: common_pb2.Principal = answer.principal
+    return principal
 
 
 def endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
@@ -580,21 +594,12 @@ def endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
         logs.request_id.set(rid)
         deadline = time.monotonic() + mesh.request_timeout
         try:
-            who = await call(
-                mesh.auth.Authenticate,
-                auth_pb2.AuthenticateRequest(
-                    authorization=request.headers.get("authorization", ""),
-                    role=common_pb2.ROLE_ADMIN,
-                ),
-                "auth",
-                rid,
-                deadline,
+            admin = await authenticate(
+                mesh, request.headers.get("authorization", ""), rid, deadline
             )
             body = await _parse_body(request, op.body, mesh.max_body_bytes) if op.body else None
             query = _parse_query(request, op.query)
-            answer = await op.handler(
-                Call(request, mesh, rid, deadline, who.principal, body, query)
-            )
+            answer = await op.handler(Call(request, mesh, rid, deadline, admin, body, query))
         except ApiError as exc:
             return error_response(exc)
         except ClientDisconnect:

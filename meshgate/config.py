@@ -225,7 +225,7 @@ class EdgeConfig(_Strict):
 
 
 class AdminConfig(_Strict):
-    """The admin listener: the admin API (`/admin/v1`) and, later, the dashboard.
+    """The admin listener: the admin API (`/admin/v1`) and the dashboard (`/`).
 
     Its own host and port, never the public API's, so that operators can keep it
     off the public network. `meshgate up` starts it unless the port is 0.
@@ -237,9 +237,20 @@ class AdminConfig(_Strict):
     request_timeout_s: float = Field(default=30.0, gt=0)
     # Largest admin request body accepted, in bytes.
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
-    # Where people reach the dashboard (https://admin.example.com behind a proxy): the
-    # base of errors' doc_url. Empty: this listener's own loopback address.
+    # Where people reach the dashboard (https://admin.example.com behind a proxy): the base
+    # of errors' doc_url, and an https one makes the session cookie Secure. Empty: this
+    # listener's own loopback address.
     public_url: str = ""
+    # The key that seals dashboard sessions (any string; hashed to an AES-256 key). Empty: a
+    # random one per process, so sessions end when it restarts. Several admin replicas behind
+    # one address must share it, or a session made by one is refused by the others.
+    session_secret: str = Field(default="", repr=False)
+    # How long a dashboard sign-in lasts, in seconds.
+    session_ttl_s: int = Field(default=8 * 3600, gt=0)
+    # Failed dashboard sign-ins allowed per client address in each window before a 429.
+    signin_attempts: int = Field(default=10, gt=0)
+    # The length of that window, in seconds.
+    signin_window_s: int = Field(default=60, gt=0)
 
     @field_validator("public_url")
     @classmethod

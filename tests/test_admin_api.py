@@ -112,7 +112,8 @@ def test_every_operation_refuses_a_request_without_a_credential(
     mesh: RunningMesh, method: str, path: str
 ) -> None:
     response = httpx.request(method, mesh.admin_origin + PREFIX + _path(path), json={})
-    assert_envelope(response, 401, code="missing_api_key")
+    error = assert_envelope(response, 401, code="missing_api_key")
+    assert error["doc_url"] == mesh.admin_origin + "/keys"  # the dashboard's keys page
 
 
 @pytest.mark.parametrize(("method", "path"), ALL_OPERATIONS)
