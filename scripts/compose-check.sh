@@ -56,8 +56,8 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 compose() { timeout "${COMPOSE_TIMEOUT:-300}" docker-compose --ansi never "$@"; }
 
 [ "$(id -u)" = 0 ] || die "run as root: podman runs the containers as root here"
-for tool in podman debootstrap docker-compose curl timeout; do
-  command -v "$tool" >/dev/null || die "$tool is not installed (Debian: apt-get install podman debootstrap docker-compose curl)"
+for tool in podman debootstrap docker-compose timeout; do
+  command -v "$tool" >/dev/null || die "$tool is not installed (Debian: apt-get install podman debootstrap docker-compose)"
 done
 "$PYTHON" -c 'import openai' 2>/dev/null || die "$PYTHON has no openai SDK (scripts/test.sh makes the venv)"
 mkdir -p "$WORK"
@@ -74,7 +74,7 @@ if ! grep -qE '^[[:space:]]*default_ulimits[[:space:]]*=[[:space:]]*\[\]' "$conf
   fi
 fi
 
-HEALTH_PID= SERVICE_PID= TRAFFIC_PID= STARTED=
+HEALTH_PID='' SERVICE_PID='' TRAFFIC_PID='' STARTED=''
 cleanup() {
   status=$?
   trap - EXIT INT TERM
@@ -101,12 +101,23 @@ trap 'exit 130' INT TERM
 rm -f "$SOCKET"
 podman system service --time=0 "unix://$SOCKET" >"$WORK/podman-service.log" 2>&1 &
 SERVICE_PID=$!
+# ping: the API answers GET /_ping on the socket.
+ping() {
+  "$PYTHON" - "$SOCKET" 2>/dev/null <<'EOF'
+import socket, sys
+conn = socket.socket(socket.AF_UNIX)
+conn.settimeout(2)
+conn.connect(sys.argv[1])
+conn.sendall(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+sys.exit(b" 200 " not in conn.recv(4096))
+EOF
+}
 for _ in $(seq 100); do
-  curl -sf --max-time 2 --unix-socket "$SOCKET" http://d/_ping >/dev/null 2>&1 && break
+  ! ping || break
   kill -0 "$SERVICE_PID" 2>/dev/null || die "podman system service exited: $(tail -5 "$WORK/podman-service.log")"
   sleep 0.2
 done
-curl -sf --max-time 2 --unix-socket "$SOCKET" http://d/_ping >/dev/null || die "podman's API socket does not answer"
+ping || die "podman's API socket does not answer"
 # Leftovers of an interrupted run would make names and ports clash.
 COMPOSE_TIMEOUT=120 compose down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
 
@@ -352,10 +363,14 @@ after1=$(admitted "$first_quota") || die "cannot read $first_quota's /metrics"
 after2=$(admitted "$second_quota") || die "cannot read $second_quota's /metrics"
 got1=$((after1 - before1)) got2=$((after2 - before2))
 log "one sequential client, $sent requests: $got1 / $got2 Reserves on $first_quota / $second_quota"
-[ $((got1 + got2)) -eq "$sent" ] || die "$sent requests but $((got1 + got2)) Reserves admitted"
+# Every request admitted once (twice only if the edge retried a Reserve whose replica failed).
+if [ $((got1 + got2)) -lt "$sent" ] || [ $((got1 + got2)) -gt $((sent + 2)) ]; then
+  die "$sent requests but $((got1 + got2)) Reserves admitted"
+fi
 # Round robin over 2 replicas gives about 50/50; under a quarter on either is a fault.
-[ $((got1 * 4)) -ge "$sent" ] && [ $((got2 * 4)) -ge "$sent" ] \
-  || die "one sequential client's requests did not spread: $got1 / $got2"
+if [ $((got1 * 4)) -lt "$sent" ] || [ $((got2 * 4)) -lt "$sent" ]; then
+  die "one sequential client's requests did not spread: $got1 / $got2"
+fi
 
 cat <<EOF
 compose-check: passed
