@@ -162,8 +162,8 @@ build_base() {
     >"$WORK/base-$name.log" 2>&1 || die "building $tag failed: $(tail -5 "$WORK/base-$name.log")"
   : >"$dir/etc/resolv.conf"
   for change in "$@"; do changes+=(--change "$change"); done
-  tar -C "$dir" -c . | timeout 300 podman import "${changes[@]}" - "docker.io/library/$tag" >/dev/null \
-    || die "podman import $tag failed"
+  tar -C "$dir" -c . | timeout 300 podman import "${changes[@]}" - "docker.io/library/$tag" \
+    >>"$WORK/base-$name.log" 2>&1 || die "podman import $tag failed: $(tail -5 "$WORK/base-$name.log")"
   rm -rf "$dir"
 }
 
@@ -372,13 +372,12 @@ if [ $((got1 * 4)) -lt "$sent" ] || [ $((got2 * 4)) -lt "$sent" ]; then
   die "one sequential client's requests did not spread: $got1 / $got2"
 fi
 
-cat <<EOF
-compose-check: passed
-  base images (cached after the first run):   $bases_s s
-  image build (docker-compose build):         $build_s s
-  image size (meshgate:local):                $image_mb MB
-  up -d until all $count containers healthy:     $healthy_s s
-  --scale quota=2 until the replica healthy:  $scaled_healthy_s s
-  --scale quota=2 until its first Reserve:    $traffic_s s ($after_healthy_s s after healthy)
-  one sequential client over 2 quota:         $got1 / $got2 of $sent requests
-EOF
+printf 'compose-check: passed\n'
+row() { printf '  %-44s %s\n' "$1" "$2"; }
+row "base images (cached after the first run):" "$bases_s s"
+row "image build (docker-compose build):" "$build_s s"
+row "image size (meshgate:local):" "$image_mb MB"
+row "up -d until all $count containers healthy:" "$healthy_s s"
+row "--scale quota=2 until the replica healthy:" "$scaled_healthy_s s"
+row "--scale quota=2 until its first Reserve:" "$traffic_s s ($after_healthy_s s after healthy)"
+row "one sequential client over 2 quota replicas:" "$got1 / $got2 of $sent requests"
