@@ -352,13 +352,16 @@ after_healthy_s=$(since "$t_healthy")
 kill "$TRAFFIC_PID" 2>/dev/null || true
 wait "$TRAFFIC_PID" 2>/dev/null || true
 TRAFFIC_PID=
+scale_retried=$(grep -c '^compose_check: ' "$WORK/traffic.err" || true)
 log "$second_quota: healthy $scaled_healthy_s s and its first Reserve $traffic_s s after --scale ($after_healthy_s s after healthy)"
 
 # One sequential client, now that both replicas are known: its Reserves should reach both.
 sleep 1 # the killed client's last request, if any, settles first
 before1=$(admitted "$first_quota") || die "cannot read $first_quota's /metrics"
 before2=$(admitted "$second_quota") || die "cannot read $second_quota's /metrics"
-sent=$(timeout 60 "$PYTHON" scripts/compose_check.py traffic 15) || die "the sequential client failed"
+read -r sent retried < <(timeout 60 "$PYTHON" scripts/compose_check.py traffic 15 2>"$WORK/split.err") \
+  || die "the sequential client failed: $(tail -5 "$WORK/split.err")"
+[ -n "$retried" ] || die "the sequential client failed: $(tail -5 "$WORK/split.err")"
 after1=$(admitted "$first_quota") || die "cannot read $first_quota's /metrics"
 after2=$(admitted "$second_quota") || die "cannot read $second_quota's /metrics"
 got1=$((after1 - before1)) got2=$((after2 - before2))
@@ -381,3 +384,4 @@ row "up -d until all $count containers healthy:" "$healthy_s s"
 row "--scale quota=2 until the replica healthy:" "$scaled_healthy_s s"
 row "--scale quota=2 until its first Reserve:" "$traffic_s s ($after_healthy_s s after healthy)"
 row "one sequential client over 2 quota replicas:" "$got1 / $got2 of $sent requests"
+row "answers other than 200 (the SDK retried):" "$scale_retried during the scale-out, $retried after"

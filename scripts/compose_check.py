@@ -1,9 +1,11 @@
 """The client half of scripts/compose-check.sh: the openai SDK against the compose stack.
 
     python scripts/compose_check.py sdk              # a chat, a stream and embeddings
-    python scripts/compose_check.py traffic SECONDS  # one sequential client; prints its count
+    python scripts/compose_check.py traffic SECONDS  # one sequential client: prints "SENT RETRIED"
 
 CHECK_BASE_URL (http://127.0.0.1:PORT/v1) and CHECK_KEY name the edge and the key.
+The SDK retries as it does by default (a 503 from a fail_closed key while Redis is slow
+to answer, for one); each answer other than 200 is counted and reported on stderr.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import sys
 import time
 
+import httpx
 import openai
 
 CHAT = "meshgate/reference-pro"
@@ -20,12 +23,23 @@ EMBED = "bge-m3"
 HELLO = [{"role": "user", "content": "Hello"}]
 
 
+# Answers other than 200 that the SDK retried (or gave up on): status -> count.
+RETRIED: dict[int, int] = {}
+
+
+def _count(response: httpx.Response) -> None:
+    if response.status_code != 200:
+        RETRIED[response.status_code] = RETRIED.get(response.status_code, 0) + 1
+        print(f"compose_check: {response.status_code} from {response.url}", file=sys.stderr)
+
+
 def _client() -> openai.OpenAI:
     return openai.OpenAI(
         base_url=os.environ["CHECK_BASE_URL"],
         api_key=os.environ["CHECK_KEY"],
         timeout=30,
-        max_retries=0,
+        max_retries=3,
+        http_client=httpx.Client(timeout=30, event_hooks={"response": [_count]}),
     )
 
 
@@ -62,7 +76,7 @@ def traffic(seconds: float) -> None:
             model=SMALL, messages=[{"role": "user", "content": "hi"}], max_tokens=2
         )
         sent += 1
-    print(sent)
+    print(sent, sum(RETRIED.values()))
 
 
 if __name__ == "__main__":
