@@ -41,6 +41,13 @@ SUITE=bookworm
 export DOCKER_HOST=unix://$SOCKET
 export COMPOSE_PROJECT_NAME=$PROJECT
 export COMPOSE_FILE=$ROOT/docker-compose.yml
+# COMPOSE_CHECK_CLUSTER=1: the same check on a Redis Cluster (docker-compose.cluster.yml),
+# whose one-shot `redis-cluster` service joins the nodes and exits.
+ONESHOT=
+if [ "${COMPOSE_CHECK_CLUSTER:-0}" = 1 ]; then
+  COMPOSE_FILE=$COMPOSE_FILE:$ROOT/docker-compose.cluster.yml
+  ONESHOT=redis-cluster
+fi
 # The edge and the admin API on this host's loopback only, on ports of the check's own.
 export MESHGATE_EDGE_PUBLISH=127.0.0.1:$PORT
 export MESHGATE_ADMIN_PORT=$((PORT + 1))
@@ -283,11 +290,13 @@ health_loop() {
 health_loop &
 HEALTH_PID=$!
 
-# wait_healthy SECONDS N: N containers of the project, every one of them healthy.
+# wait_healthy SECONDS N: N containers of the project, every one of them healthy (a
+# one-shot service's container, once it has exited 0, is left out).
 wait_healthy() {
   local limit=$1 expected=$2 deadline=$((SECONDS + $1)) states
   while :; do
-    states=$(podman ps -a --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}} {{.Status}}')
+    states=$(podman ps -a --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}} {{.Status}}' \
+      | { if [ -n "$ONESHOT" ]; then grep -vE "^${PROJECT}_${ONESHOT}_[0-9]+ Exited \(0\)"; else cat; fi; })
     if [ "$(grep -c '(healthy)' <<<"$states")" -ge "$expected" ] && ! grep -qv '(healthy)' <<<"$states"; then
       return 0
     fi
@@ -297,7 +306,7 @@ wait_healthy() {
 }
 
 STARTED=1
-count=$(compose config --services | wc -l)
+count=$(compose config --services | grep -cvxF "${ONESHOT:-/}")
 t_up=$(now)
 # docker-compose gives up on `up` when a dependency reports unhealthy, which a slow
 # check on a busy machine can make it do for a moment; a container recovers at its
@@ -314,6 +323,14 @@ done
 wait_healthy 240 "$count"
 healthy_s=$(since "$t_up")
 log "all $count containers healthy $healthy_s s after up -d"
+
+if [ -n "$ONESHOT" ]; then
+  info=$(COMPOSE_TIMEOUT=30 compose exec -T redis redis-cli cluster info | tr -d '\r')
+  if ! grep -q '^cluster_state:ok' <<<"$info" || ! grep -q '^cluster_size:3' <<<"$info"; then
+    die "redis is not a 3-master cluster: $info"
+  fi
+  log "redis: a cluster of 3 masters, cluster_state:ok"
+fi
 
 # --- 4. a key, and the openai SDK -----------------------------------------------------------
 # `exec`, not `run`: under podman's API, `run` fails with "link is not supported". Tried
