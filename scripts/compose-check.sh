@@ -63,9 +63,13 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 compose() { timeout "${COMPOSE_TIMEOUT:-300}" docker-compose --ansi never "$@"; }
 
 [ "$(id -u)" = 0 ] || die "run as root: podman runs the containers as root here"
-for tool in podman debootstrap docker-compose timeout; do
-  command -v "$tool" >/dev/null || die "$tool is not installed (Debian: apt-get install podman debootstrap docker-compose)"
+for tool in podman debootstrap docker-compose iptables timeout; do
+  command -v "$tool" >/dev/null \
+    || die "$tool is not installed (Debian: apt-get install podman netavark aardvark-dns iptables debootstrap docker-compose)"
 done
+# Compose's service names resolve through aardvark-dns, which apt installs only as a Recommends.
+[ -x /usr/lib/podman/aardvark-dns ] || [ "$(podman info --format '{{.Host.NetworkBackend}}' 2>/dev/null)" != netavark ] \
+  || die "aardvark-dns is not installed: containers could not resolve each other (apt-get install aardvark-dns)"
 "$PYTHON" -c 'import openai' 2>/dev/null || die "$PYTHON has no openai SDK (scripts/test.sh makes the venv)"
 mkdir -p "$WORK"
 
