@@ -27,7 +27,9 @@
 #
 # Environment: COMPOSE_CHECK_WORK (cache and scratch, default /var/tmp/meshgate-compose-check),
 # COMPOSE_CHECK_PORT (the edge on 127.0.0.1, default 18080), DEBIAN_MIRROR (default: the
-# first Debian mirror in /etc/apt/sources.list*), PYTHON (with openai, default .venv/bin/python).
+# first Debian mirror in /etc/apt/sources.list*), PYTHON (with openai, default .venv/bin/python),
+# COMPOSE_CHECK_CLUSTER=1 (on a Redis Cluster). The stand-ins are rebuilt only when missing:
+# `podman rmi python:3.11-slim redis:7-alpine postgres:17-alpine` forces it (a new host CA).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -112,8 +114,8 @@ trap 'exit 130' INT TERM
 rm -f "$SOCKET"
 podman system service --time=0 "unix://$SOCKET" >"$WORK/podman-service.log" 2>&1 &
 SERVICE_PID=$!
-# ping: the API answers GET /_ping on the socket.
-ping() {
+# api_ping: the API answers GET /_ping on the socket.
+api_ping() {
   "$PYTHON" - "$SOCKET" 2>/dev/null <<'EOF'
 import socket, sys
 conn = socket.socket(socket.AF_UNIX)
@@ -124,11 +126,11 @@ sys.exit(b" 200 " not in conn.recv(4096))
 EOF
 }
 for _ in $(seq 100); do
-  ! ping || break
+  ! api_ping || break
   kill -0 "$SERVICE_PID" 2>/dev/null || die "podman system service exited: $(tail -5 "$WORK/podman-service.log")"
   sleep 0.2
 done
-ping || die "podman's API socket does not answer"
+api_ping || die "podman's API socket does not answer"
 # Leftovers of an interrupted run would make names and ports clash.
 COMPOSE_TIMEOUT=120 compose down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
 
