@@ -121,7 +121,11 @@ class Mesh:
         self.access_log = config.logging.access_log
         self.auth_cache = AuthCache(config.auth.cache_ttl_ms / 1000)
         self.max_body_bytes = config.edge.max_body_bytes
-        self.settlements = Settlements(self.quota)
+        # Settlements go on a channel of their own. Sharing the Reserve channel, a lone
+        # client's calls alternate Reserve, SettleMany under round_robin, and with two
+        # quota replicas every Reserve would land on the same one.
+        self._settle_channel = grpcio.channel(services.get("quota").dial_target(), config.tls)
+        self.settlements = Settlements(quota_pb2_grpc.QuotaServiceStub(self._settle_channel))
         self._watch: asyncio.Task[None] | None = None
 
     async def ready(self) -> dict[str, bool]:
@@ -149,7 +153,7 @@ class Mesh:
         if self._watch is not None:
             self._watch.cancel()
         await self.settlements.drain(CLOSE_DRAIN_S)
-        for channel in self._channels.values():
+        for channel in [*self._channels.values(), self._settle_channel]:
             await channel.close()
 
 

@@ -35,6 +35,15 @@ Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 # Largest message between meshgate's processes: above the largest body the edge may
 # accept (config.MAX_BODY_BYTES), since a request travels as its raw JSON plus a little.
 MAX_MESSAGE_BYTES = 160 * 1024 * 1024
+# How long a server keeps one client connection. A new replica gets traffic only once
+# its clients re-resolve, which they do when a connection ends; 5 s makes that seconds.
+# Its cost is a reconnect (and a TLS handshake with mTLS) per client and replica every
+# 5 s, during which new calls use the client's other connections or wait for the new one.
+MAX_CONNECTION_AGE_MS = 5_000
+# The shortest pause between two DNS resolutions of one channel.
+DNS_MIN_INTERVAL_MS = 1_000
+# gRPC's "no limit" for a duration in milliseconds (INT_MAX).
+UNLIMITED_MS = 2**31 - 1
 # Keepalive lets a client notice a dead peer (kill -9) without waiting for a deadline.
 CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.keepalive_time_ms", 10_000),
@@ -44,15 +53,21 @@ CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.lb_policy_name", "round_robin"),
+    # A connection that ends (a server's max age, below) re-resolves the name at once:
+    # gRPC's default waits 30 s between resolutions, which would hide a new replica.
+    ("grpc.dns_min_time_between_resolutions_ms", DNS_MIN_INTERVAL_MS),
     # gRPC's own retry policy costs every call (it cut throughput by a third here);
     # the edge and the router retry a call whose replica died themselves, once.
     ("grpc.enable_retries", 0),
 )
 SERVER_OPTIONS: tuple[tuple[str, int | str], ...] = (
-    # Clients re-resolve DNS when a connection ends: ending each one after a minute
-    # (gracefully) lets replicas added by `--scale` or an HPA receive traffic.
-    ("grpc.max_connection_age_ms", 60_000),
-    ("grpc.max_connection_age_grace_ms", 30_000),
+    # Clients re-resolve DNS when a connection ends: ending each one after a few seconds
+    # (gracefully: GOAWAY, and new calls go to a fresh connection) lets replicas added by
+    # `--scale` or an HPA receive traffic within MAX_CONNECTION_AGE_MS (gRPC adds ±10 %).
+    ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+    # No limit on the grace: calls in flight on an aged connection (a long stream too)
+    # finish on it, and it closes after its last one. Every call has a deadline anyway.
+    ("grpc.max_connection_age_grace_ms", UNLIMITED_MS),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 0),

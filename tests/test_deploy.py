@@ -350,6 +350,36 @@ def test_docker_compose_config_accepts_the_file_offline() -> None:
             assert dependency["condition"] == "service_healthy"
 
 
+def test_the_redis_cluster_override_makes_redis_a_cluster_every_service_waits_for() -> None:
+    """docker-compose.cluster.yml (run by `COMPOSE_CHECK_CLUSTER=1 scripts/compose-check.sh`):
+    three cluster nodes, healthy only once the cluster is up, and the same REDIS_URL."""
+    result = subprocess.run(
+        [
+            *_compose_tool(),
+            "--project-directory",
+            str(ROOT),
+            "-f",
+            str(COMPOSE_FILE),
+            "-f",
+            str(ROOT / "docker-compose.cluster.yml"),
+            "config",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    nodes = ("redis", "redis-2", "redis-3")
+    for node in nodes:
+        assert "--cluster-enabled" in services[node]["command"], node
+        assert "cluster_state:ok" in " ".join(services[node]["healthcheck"]["test"]), node
+    assert set(services["redis-cluster"]["depends_on"]) == set(nodes)
+    for name, service in services.items():
+        if name in _compose_runs().values():
+            assert service["environment"]["REDIS_URL"] == "redis://redis:6379/0", name
+
+
 def test_docker_compose_config_rejects_a_broken_file(tmp_path: Path) -> None:
     """The tool really validates: a wrong depends_on condition is refused."""
     text = COMPOSE_FILE.read_text()
