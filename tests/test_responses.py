@@ -365,3 +365,113 @@ def test_unknown_model_is_model_not_found(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         client.responses.create(model="nope", input="hi")
     assert caught.value.code == "model_not_found"
+
+
+# ------------------------------------------------------------ raw SSE bytes ----
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _frame(kind: str, sequence: int, **fields: object) -> str:
+    data = {"type": kind, "sequence_number": sequence, **fields}
+    return f"event: {kind}\ndata: {_dumps(data)}\n\n"
+
+
+def test_stream_bytes_are_the_responses_event_sequence(
+    http: httpx.Client, mesh: RunningMesh
+) -> None:
+    """Every event, its order, its `sequence_number` and OpenAI's `event:`/`data:` framing,
+    byte for byte; the text is the reference engine's plan for the translated request."""
+    from services.engines.reference import generator
+    from services.validation.responses import validate_response
+
+    body = {"model": PRO, "input": "Tell me a story", "instructions": "Be kind.", "stream": True}
+    response = http.post(
+        "/v1/responses", json=body, headers={"Authorization": f"Bearer {mesh.api_key}"}
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    raw = response.content.decode()
+    plan = generator.plan_chat(validate_response(body).request)
+    assert plan.finish_reason == "stop" and plan.pieces
+
+    first = json.loads(raw.split("\n\n", 1)[0].split("\ndata: ", 1)[1])
+    started = first["response"]
+    assert started["id"].startswith("resp_") and started["status"] == "in_progress"
+    assert started["output"] == [] and started["usage"] is None
+    assert started["instructions"] == "Be kind." and started["store"] is False
+    item_id = json.loads(raw.split("\n\n")[2].split("\ndata: ", 1)[1])["item"]["id"]
+    assert item_id.startswith("msg_")
+
+    text = "".join(plan.pieces)
+    part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+    item = {"id": item_id, "type": "message", "status": "completed", "content": [part], "role": "assistant"}  # fmt: skip
+    where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    usage = {
+        "input_tokens": plan.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": plan.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": plan.prompt_tokens + plan.completion_tokens,
+    }
+    events = [
+        ("response.created", {"response": started}),
+        ("response.in_progress", {"response": started}),
+        (
+            "response.output_item.added",
+            {"output_index": 0, "item": {**item, "status": "in_progress", "content": []}},
+        ),
+        ("response.content_part.added", {**where, "part": {**part, "text": ""}}),
+        *(
+            ("response.output_text.delta", {**where, "delta": piece, "logprobs": []})
+            for piece in plan.pieces
+        ),
+        ("response.output_text.done", {**where, "text": text, "logprobs": []}),
+        ("response.content_part.done", {**where, "part": part}),
+        ("response.output_item.done", {"output_index": 0, "item": item}),
+        (
+            "response.completed",
+            {"response": {**started, "status": "completed", "output": [item], "usage": usage}},
+        ),
+    ]
+    expected = "".join(_frame(kind, n, **fields) for n, (kind, fields) in enumerate(events))
+    assert raw == expected
+    assert "[DONE]" not in raw
+
+
+def test_stream_bytes_of_a_function_call(http: httpx.Client, mesh: RunningMesh) -> None:
+    from services.engines.reference import generator
+    from services.validation.responses import validate_response
+
+    body = {"model": PRO, "input": "Use get_weather.", "tools": [WEATHER], "stream": True}
+    raw = http.post(
+        "/v1/responses", json=body, headers={"Authorization": f"Bearer {mesh.api_key}"}
+    ).content.decode()
+    plan = generator.plan_chat(validate_response(body).request)
+    assert plan.tool_call is not None
+    frames = [f.split("\ndata: ", 1) for f in raw.split("\n\n") if f]
+    kinds = [kind.removeprefix("event: ") for kind, _ in frames]
+    data = [json.loads(d) for _, d in frames]
+    assert [d["type"] for d in data] == kinds
+    assert [d["sequence_number"] for d in data] == list(range(len(data)))
+    deltas = kinds.count("response.function_call_arguments.delta")
+    assert deltas >= 1
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        *["response.function_call_arguments.delta"] * deltas,
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    added, done = data[2]["item"], data[-2]["item"]
+    assert added | {"status": "completed", "arguments": done["arguments"]} == done
+    assert added["type"] == "function_call" and added["arguments"] == ""
+    assert (done["name"], done["arguments"]) == ("get_weather", plan.tool_call.arguments)
+    assert done["call_id"] == plan.tool_call.id
+    assert "".join(d["delta"] for d in data[3 : 3 + deltas]) == done["arguments"]
+    assert data[-3]["arguments"] == done["arguments"]
+    assert data[-1]["response"]["output"] == [done]
