@@ -141,9 +141,10 @@ class ResponsesApi:
 class ResponseEvents:
     """Turns one chat stream into the Responses event sequence.
 
-    Output items open as their first delta arrives: a message (with one output_text
-    part) for content, a function_call for each tool call. Each closes with its
-    `.done` events when the next item opens or the stream ends.
+    Output items open as their first delta arrives: a message for content and
+    refusals (an `output_text` or `refusal` part, a new part when the kind of delta
+    changes), a function_call for each tool call. Each part and item closes with its
+    `.done` events when the next one opens or the stream ends.
     """
 
     def __init__(self, api: ResponsesApi, first: inference_pb2.ChatCompletionChunk) -> None:
@@ -152,7 +153,8 @@ class ResponseEvents:
         self._created = first.created
         self._sequence = 0
         self._output: list[dict[str, Any]] = []
-        self._open: dict[str, Any] | None = None  # the item still receiving deltas
+        self._item: dict[str, Any] | None = None  # the item still receiving deltas
+        self._part: dict[str, Any] | None = None  # the open message's part receiving them
         self._calls: dict[int, dict[str, Any]] = {}  # a tool call's chat index -> its item
         self._finish_reason = ""
         self._started = False
@@ -176,59 +178,78 @@ class ResponseEvents:
             self._event("response.in_progress", response=self._snapshot("in_progress"))
         )
 
-    def _close(self, status: str) -> bytes:
-        """The `.done` events of the open item, which is final from here on."""
-        item, self._open = self._open, None
-        if item is None:
+    def _where(self) -> dict[str, Any]:
+        """Where the open part is: its item, the item's place in `output`, its own place."""
+        assert self._item is not None and self._part is not None
+        return {
+            "item_id": self._item["id"],
+            "output_index": self._index(self._item),
+            "content_index": len(self._item["content"]) - 1,
+        }
+
+    def _close_part(self) -> bytes:
+        part = self._part
+        if part is None:
             return b""
+        where = self._where()
+        self._part = None
+        if part["type"] == "refusal":
+            done = self._event("response.refusal.done", **where, refusal=part["refusal"])
+        else:
+            done = self._event("response.output_text.done", **where, text=part["text"], logprobs=[])
+        return done + self._event("response.content_part.done", **where, part=part)
+
+    def _close(self, status: str) -> bytes:
+        """The `.done` events of the open part and item, which are final from here on."""
+        out = self._close_part()
+        item, self._item = self._item, None
+        if item is None:
+            return out
         index = self._index(item)
         item["status"] = status
         if item["type"] == "function_call":
-            return self._event(
+            out += self._event(
                 "response.function_call_arguments.done",
                 item_id=item["id"],
                 output_index=index,
                 arguments=item["arguments"],
-            ) + self._event("response.output_item.done", output_index=index, item=item)
-        part = item["content"][0]
-        where = {"item_id": item["id"], "output_index": index, "content_index": 0}
-        return (
-            self._event("response.output_text.done", **where, text=part["text"], logprobs=[])
-            + self._event("response.content_part.done", **where, part=part)
-            + self._event("response.output_item.done", output_index=index, item=item)
-        )
+            )
+        return out + self._event("response.output_item.done", output_index=index, item=item)
 
     def _open_item(self, item: dict[str, Any]) -> bytes:
         out = self._close("completed")
         self._output.append(item)
-        self._open = item
-        index = len(self._output) - 1
-        added = {**item, "content": []} if item["type"] == "message" else dict(item)
-        out += self._event("response.output_item.added", output_index=index, item=added)
-        if item["type"] == "message":
-            out += self._event(
-                "response.content_part.added",
-                item_id=item["id"],
-                output_index=index,
-                content_index=0,
-                part=_text_part(""),
-            )
-        return out
+        self._item = item
+        return out + self._event(
+            "response.output_item.added", output_index=len(self._output) - 1, item=item
+        )
+
+    def _open_part(self, kind: str) -> bytes:
+        """Make the open item a message whose open part is of `kind`."""
+        out = b""
+        if self._item is None or self._item["type"] != "message":
+            out += self._open_item(_message_item(_id("msg_"), [], "in_progress"))
+        if self._part is not None and self._part["type"] == kind:
+            return out
+        out += self._close_part()
+        assert self._item is not None
+        self._part = _text_part("") if kind == "output_text" else {"type": "refusal", "refusal": ""}
+        self._item["content"].append(self._part)
+        return out + self._event("response.content_part.added", **self._where(), part=self._part)
 
     def _text(self, delta: str) -> bytes:
-        out = b""
-        if self._open is None or self._open["type"] != "message":
-            out += self._open_item(_message_item(_id("msg_"), [_text_part("")], "in_progress"))
-        assert self._open is not None
-        self._open["content"][0]["text"] += delta
+        out = self._open_part("output_text")
+        assert self._part is not None
+        self._part["text"] += delta
         return out + self._event(
-            "response.output_text.delta",
-            item_id=self._open["id"],
-            output_index=len(self._output) - 1,
-            content_index=0,
-            delta=delta,
-            logprobs=[],
+            "response.output_text.delta", **self._where(), delta=delta, logprobs=[]
         )
+
+    def _refusal(self, delta: str) -> bytes:
+        out = self._open_part("refusal")
+        assert self._part is not None
+        self._part["refusal"] += delta
+        return out + self._event("response.refusal.delta", **self._where(), delta=delta)
 
     def _call(self, call: inference_pb2.ToolCallDelta) -> bytes:
         out = b""
@@ -253,6 +274,8 @@ class ResponseEvents:
             delta = choice.delta
             if delta.content:
                 out += self._text(delta.content)
+            if delta.refusal:
+                out += self._refusal(delta.refusal)
             for call in delta.tool_calls:
                 out += self._call(call)
             if choice.finish_reason:
@@ -263,14 +286,13 @@ class ResponseEvents:
         """The last events: the open item's `.done`, then `response.completed` (or
         `response.incomplete` when cut by max_output_tokens), with the billed usage."""
         out = b"" if self._started else self._start()
-        cut = self._finish_reason in _INCOMPLETE
-        status = "incomplete" if cut else "completed"
+        status = "incomplete" if self._finish_reason in _INCOMPLETE else "completed"
         out += self._close(status)
         return out + self._event(f"response.{status}", response=self._snapshot(status, used))
 
     def failed(self, error: ApiError) -> bytes:
         """A failure after the stream began: `response.failed`, and the stream ends."""
         out = b"" if self._started else self._start()
-        if self._open is not None:
-            self._open["status"] = "incomplete"
+        if self._item is not None:
+            self._item["status"] = "incomplete"
         return out + self._event("response.failed", response=self._snapshot("failed", error=error))
