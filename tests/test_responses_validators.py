@@ -194,6 +194,8 @@ REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
      "Invalid type for 'input': expected one of a string or array of objects, but got an integer instead."),
     ("empty-items", {"input": []}, "input",
      "Invalid 'input': empty array. Expected an array with minimum length 1, but got an empty array instead."),
+    ("only-reasoning", {"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}, "input",
+     "Invalid 'input': it has no message or function call, only reasoning items."),
     ("bad-role", {"input": [{"role": "tool", "content": "x"}]}, "input[0].role",
      "Invalid value: 'tool'. Supported values are: 'user', 'assistant', 'system', and 'developer'."),
     ("bad-item-type", {"input": [{"type": "computer_call_output", "call_id": "c"}]}, "input[0].type",

@@ -395,6 +395,11 @@ def validate_response(body: dict[str, Any]) -> Translated:
         sources.append("input")
     elif isinstance(raw_input, list):
         out.messages.extend(_items(c.array(raw_input, "input", min_length=1), sources))
+        if sources[-1:] in ([], ["instructions"]):  # only reasoning items: nothing to answer
+            raise c.Invalid(
+                "Invalid 'input': it has no message or function call, only reasoning items.",
+                "input",
+            )
     else:
         c.wrong_type("input", "one of a string or array of objects", raw_input)
 
