@@ -1,41 +1,79 @@
 """A Responses request is billed as the chat request it becomes: the same ledger record
 (tokens, cost, reservation), with `endpoint: responses`, whether answered whole, streamed,
-or streamed and abandoned by the client (which stops the engine)."""
+streamed and abandoned by the client (which stops the engine), or cut by an engine that
+died midway (a `response.failed` event, recorded as failed)."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
-from tests.conftest import RunningMesh, free_ports, meshgate_cmd, subprocess_env
-from tests.support import metric
+from meshgate.config import SAMPLE_CONFIG
+from tests.conftest import RunningMesh, free_ports, meshgate_cmd, subprocess_env, write_config
+from tests.support import Replica, metric
 
 PRO = "meshgate/reference-pro"
+SOLO = "meshgate/solo"  # served by one extra engine replica alone, which a test kills
 QUESTION = "Tell me about the lighthouse keeper"
 # The fields of a record that billing decides; the rest (ids, times, replica) differ.
 BILLED = ("prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd", "reserved_tokens")
 
 
+@dataclass
+class Metered:
+    mesh: RunningMesh
+    engine_metrics: int  # the metrics port of `meshgate up`'s engine
+    solo: Replica  # the engine replica that alone serves SOLO
+
+
 @pytest.fixture(scope="module")
-def metered(start_mesh: Callable[..., RunningMesh]) -> Iterator[tuple[RunningMesh, int]]:
-    """A mesh whose engine takes 5 ms a token and reports its counters."""
-    (engine_metrics,) = free_ports(1)
-    mesh = start_mesh(services={"engine": {"metrics_port": engine_metrics, "token_delay_ms": 5}})
-    yield mesh, engine_metrics
-    mesh.stop()
+def metered(
+    start_mesh: Callable[..., RunningMesh], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Metered]:
+    """A mesh whose engines take 5 ms a token and report their counters."""
+    engine_metrics, solo_port = free_ports(2)
+    models = yaml.safe_load(SAMPLE_CONFIG.read_text())["models"]
+    models.append(
+        {
+            "id": SOLO,
+            "category": "text",
+            "engines": [{"kind": "grpc", "target": f"127.0.0.1:{solo_port}"}],
+        }
+    )
+    overrides = {
+        "models": models,
+        "services": {"engine": {"metrics_port": engine_metrics, "token_delay_ms": 5}},
+    }
+    config_path = write_config(tmp_path_factory.mktemp("solo"), overrides)
+    solo = Replica(
+        "engine",
+        config_path,
+        {
+            "MESHGATE_SERVICES__ENGINE__PORT": str(solo_port),
+            "MESHGATE_SERVICES__ENGINE__METRICS_PORT": "0",
+        },
+    ).wait_grpc(f"127.0.0.1:{solo_port}")
+    try:
+        mesh = start_mesh(**overrides)
+        yield Metered(mesh, engine_metrics, solo)
+        mesh.stop()
+    finally:
+        solo.stop()
 
 
 @pytest.fixture
-def api(metered: tuple[RunningMesh, int]) -> Iterator[httpx.Client]:
-    mesh, _ = metered
-    headers = {"Authorization": f"Bearer {mesh.api_key}"}
-    with httpx.Client(base_url=mesh.origin, timeout=60, headers=headers) as session:
+def api(metered: Metered) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {metered.mesh.api_key}"}
+    with httpx.Client(base_url=metered.mesh.origin, timeout=60, headers=headers) as session:
         yield session
 
 
@@ -71,14 +109,12 @@ def _response(**fields: Any) -> dict[str, Any]:
     return {"model": PRO, "input": QUESTION, **fields}
 
 
-def test_a_response_is_billed_as_the_same_chat_is(
-    api: httpx.Client, metered: tuple[RunningMesh, int]
-) -> None:
+def test_a_response_is_billed_as_the_same_chat_is(api: httpx.Client, metered: Metered) -> None:
     chat = api.post("/v1/chat/completions", json=_chat(max_tokens=200))
     response = api.post("/v1/responses", json=_response(max_output_tokens=200))
     assert chat.status_code == response.status_code == 200
     ids = chat.headers["x-request-id"], response.headers["x-request-id"]
-    records = _records(metered[0], *ids)
+    records = _records(metered.mesh, *ids)
     chat_record, response_record = records[ids[0]], records[ids[1]]
     assert chat_record["endpoint"] == "chat.completions"
     assert response_record["endpoint"] == "responses"
@@ -91,14 +127,14 @@ def test_a_response_is_billed_as_the_same_chat_is(
 
 
 def test_a_streamed_response_is_billed_as_the_same_chat_stream_is(
-    api: httpx.Client, metered: tuple[RunningMesh, int]
+    api: httpx.Client, metered: Metered
 ) -> None:
     chat = api.post("/v1/chat/completions", json=_chat(stream=True))
     response = api.post("/v1/responses", json=_response(stream=True))
     assert chat.status_code == response.status_code == 200
     assert b"event: response.completed\n" in response.content
     ids = chat.headers["x-request-id"], response.headers["x-request-id"]
-    records = _records(metered[0], *ids)
+    records = _records(metered.mesh, *ids)
     chat_record, response_record = records[ids[0]], records[ids[1]]
     assert response_record["endpoint"] == "responses" and response_record["stream"] is True
     assert {k: response_record[k] for k in BILLED} == {k: chat_record[k] for k in BILLED}
@@ -106,10 +142,10 @@ def test_a_streamed_response_is_billed_as_the_same_chat_stream_is(
 
 
 def test_a_cancelled_response_stream_stops_the_engine_and_is_billed_for_what_was_sent(
-    api: httpx.Client, metered: tuple[RunningMesh, int]
+    api: httpx.Client, metered: Metered
 ) -> None:
     """At 5 ms a token, 2,000 tokens would take 10 s; the client leaves after 5 deltas."""
-    mesh, port = metered
+    mesh, port = metered.mesh, metered.engine_metrics
     whole = api.post("/v1/responses", json=_response(max_output_tokens=16)).json()
     cancelled_before = metric(port, "meshgate_engine_cancelled_streams_total")
     body = _response(stream=True, max_output_tokens=2000, ignore_eos=True)
@@ -136,3 +172,34 @@ def test_a_cancelled_response_stream_stops_the_engine_and_is_billed_for_what_was
     assert record["prompt_tokens"] == whole["usage"]["input_tokens"]
     assert 5 <= record["completion_tokens"] < 2000
     assert record["cost_usd"] > 0
+
+
+def test_an_engine_dying_midway_is_response_failed_and_recorded_as_failed(
+    api: httpx.Client, metered: Metered
+) -> None:
+    body = {"model": SOLO, "input": QUESTION, "stream": True, "max_output_tokens": 2000}
+    with api.stream("POST", "/v1/responses", json=body | {"ignore_eos": True}) as response:
+        assert response.status_code == 200
+        rid = response.headers["x-request-id"]
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("event: ")).endswith(
+            "response.created"
+        )
+        metered.solo.proc.send_signal(signal.SIGKILL)
+        started = time.monotonic()
+        rest = list(lines)
+        ended_after = time.monotonic() - started
+    assert ended_after < 5, "the stream must end promptly, not hang"
+    events = [line.removeprefix("event: ") for line in rest if line.startswith("event: ")]
+    assert events[-1] == "response.failed"
+    assert "response.completed" not in events
+    last = json.loads(next(line for line in reversed(rest) if line.startswith("data: "))[6:])
+    assert last["response"]["status"] == "failed"
+    assert last["response"]["error"]["code"] == "server_error"
+    record = _records(metered.mesh, rid)[rid]
+    assert (record["endpoint"], record["outcome"], record["status"]) == (
+        "responses",
+        "failed",
+        200,
+    )
+    assert record["prompt_tokens"] > 0
