@@ -16,7 +16,7 @@ normalised once here so that the edge only copies it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from meshgate.structs import from_dict
 from meshgate.v1 import inference_pb2
@@ -74,7 +74,7 @@ class Translated:
         return self.sources[index] + rest
 
 
-def _stateless(field: str, message: str) -> None:
+def _stateless(field: str, message: str) -> NoReturn:
     c.unsupported(field, f"Unsupported parameter: '{field}'. meshgate is stateless: {message}")
 
 
