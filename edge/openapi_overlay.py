@@ -258,7 +258,7 @@ RESPONSE_ITEMS = (
     "ResponseOutputMessageParam",
     "ResponseFunctionToolCallParam",
     "ResponseInputParamFunctionCallOutput",
-    "ResponseReasoningItemParam",
+    "ResponseReasoningItemParam",  # last: see response_rules' `contains`
 )
 RESPONSE_PARTS = ("ResponseInputTextParam", "ResponseInputImageParam")
 HOSTED_TOOL_CHOICES = ("ToolChoiceTypesParam", "ToolChoiceMcpParam", "ToolChoiceCustomParam")
@@ -376,6 +376,8 @@ def response_rules(schemas: JSONObject, request: JSONObject) -> None:
         for array in branches(p["input"], "array"):
             array["minItems"] = 1
             array["items"] = {"anyOf": [ref_to(name) for name in RESPONSE_ITEMS]}
+            # Reasoning items are dropped, so something else must be there to answer.
+            array["contains"] = {"anyOf": [ref_to(name) for name in RESPONSE_ITEMS[:-1]]}
         p["tools"]["items"] = ref_to("FunctionToolParam")  # built-in tools are a 400
         _drop(p["tool_choice"], lambda b: _is_ref(b, *HOSTED_TOOL_CHOICES))
         for field, (low, high) in BOUNDS.items():

@@ -124,6 +124,8 @@ def test_settings_translate_and_are_echoed() -> None:
             truncation="auto",
             include=["reasoning.encrypted_content"],
             top_k=5,
+            prompt_cache_key="k",
+            service_tier="flex",
         )
     )
     request = out.request
@@ -137,6 +139,8 @@ def test_settings_translate_and_are_echoed() -> None:
         "parallel_tool_calls": False,
         "reasoning_effort": "low",
         "top_k": 5,  # an unknown field passes through to the engine, as on chat
+        "prompt_cache_key": "k",
+        "service_tier": "flex",
     }
     echo = out.echo
     assert echo["tools"] == [
@@ -152,6 +156,8 @@ def test_settings_translate_and_are_echoed() -> None:
     assert echo["metadata"] == {"a": "b"} and echo["parallel_tool_calls"] is False
     assert echo["store"] is False and echo["truncation"] == "auto"
     assert echo["reasoning"] == {"effort": "low", "summary": None}
+    assert (echo["prompt_cache_key"], echo["service_tier"]) == ("k", "flex")
+    assert echo["safety_identifier"] is None and echo["top_logprobs"] == 0
 
 
 def test_json_schema_becomes_chats_response_format() -> None:

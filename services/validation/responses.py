@@ -372,6 +372,9 @@ def _echo_defaults() -> dict[str, Any]:
         "store": False,
         "background": False,
         "service_tier": "default",
+        "prompt_cache_key": None,
+        "safety_identifier": None,
+        "top_logprobs": 0,
     }
 
 
@@ -447,9 +450,7 @@ def validate_response(body: dict[str, Any]) -> Translated:
         extra["reasoning_effort"] = echo["reasoning"]["effort"]
     for name in _FORWARDED:
         if get(name) is not None:
-            extra[name] = c.string(body[name], name)
-    if get("service_tier") is not None:
-        echo["service_tier"] = extra["service_tier"]
+            extra[name] = echo[name] = c.string(body[name], name)
     extra.update({k: v for k, v in body.items() if k not in MODELLED})  # chat's pass-through
     if extra:
         out.extra.CopyFrom(from_dict(extra))
