@@ -475,3 +475,30 @@ def test_stream_bytes_of_a_function_call(http: httpx.Client, mesh: RunningMesh) 
     assert "".join(d["delta"] for d in data[3 : 3 + deltas]) == done["arguments"]
     assert data[-3]["arguments"] == done["arguments"]
     assert data[-1]["response"]["output"] == [done]
+
+
+def test_parse_with_a_pydantic_text_format(client: openai.OpenAI) -> None:
+    """The SDK's `responses.parse` sends the model's JSON Schema as text.format json_schema."""
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+        population: int
+
+    parsed = client.responses.parse(model=PRO, input="A city", text_format=City)
+    assert isinstance(parsed.output_parsed, City)
+    assert parsed.output_parsed == City.model_validate_json(parsed.output_text)
+
+
+def test_a_stream_refused_before_it_starts_is_json_with_its_status(
+    http: httpx.Client, mesh: RunningMesh
+) -> None:
+    """The SDK decides it reads a stream from its own request: the error must be a status."""
+    response = http.post(
+        "/v1/responses",
+        json={"model": "nope", "input": "hi", "stream": True},
+        headers={"Authorization": f"Bearer {mesh.api_key}"},
+    )
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"]["code"] == "model_not_found"
