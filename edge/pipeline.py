@@ -1,6 +1,8 @@
 """The per-request path, read top to bottom: the hops, then one function per endpoint.
 
 chat:  body -> (auth || validation) -> quota.Reserve -> router -> JSON or SSE -> quota.Settle
+responses: the same hops; validation returns the chat request the body translates into,
+and edge/responses_api.py renders the chat answer as the Responses API's.
 Every hop and its order is visible here, so it can be measured. Each hop is a
 generated stub's method and its request message (edge/mesh.py's `rpc` starts,
 retries and times it). Errors are ApiError values rendered once by
