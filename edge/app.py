@@ -65,6 +65,12 @@ def create_app(config: Config) -> Starlette:
         Route("/v1/chat/completions", pipeline.chat_completions, methods=["POST"]),
         Route("/v1/completions", pipeline.completions, methods=["POST"]),
         Route("/v1/embeddings", pipeline.embeddings, methods=["POST"]),
+        Route("/v1/responses", pipeline.responses, methods=["POST"]),
+        Route(
+            "/v1/responses/{response_id:path}",
+            pipeline.stored_response,
+            methods=["GET", "DELETE", "POST"],
+        ),
         Route("/v1/models", pipeline.list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", pipeline.get_model, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

@@ -20,6 +20,7 @@ from meshgate.v1 import common_pb2, quota_pb2, usage_pb2
 CHAT = usage_pb2.ENDPOINT_CHAT_COMPLETIONS
 COMPLETIONS = usage_pb2.ENDPOINT_COMPLETIONS
 EMBEDDINGS = usage_pb2.ENDPOINT_EMBEDDINGS
+RESPONSES = usage_pb2.ENDPOINT_RESPONSES
 # What the record says of a client that hung up first (nginx's convention).
 CLIENT_CLOSED = 499
 

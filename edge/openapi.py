@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections import Counter
 from importlib import metadata
 from typing import Any
 
@@ -35,6 +36,8 @@ from openai.types import (
 )
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.chat import completion_create_params as chat
+from openai.types.responses import Response as ResponseObject
+from openai.types.responses import ResponseStreamEvent, response_create_params
 from pydantic import TypeAdapter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -81,6 +84,9 @@ SDK_TYPES: dict[str, Any] = {
     "CreateChatCompletionRequest": chat.CompletionCreateParams,
     "CreateCompletionRequest": completion_create_params.CompletionCreateParams,
     "CreateEmbeddingRequest": embedding_create_params.EmbeddingCreateParams,
+    "CreateResponseRequest": response_create_params.ResponseCreateParams,
+    "Response": ResponseObject,
+    "ResponseStreamEvent": ResponseStreamEvent,
     "ChatCompletion": ChatCompletion,
     "ChatCompletionChunk": ChatCompletionChunk,
     "Completion": Completion,
@@ -124,6 +130,12 @@ def sdk_schemas() -> JSONObject:
         for name in components
     }
     names = {old: (re.sub(r"\W", "", new) or old) for old, new in names.items()}
+    taken = Counter(names.values())
+    for old, new in names.items():
+        # The Responses types bring models (`shared`) whose request twins (`shared_params`)
+        # chat already had under the same short name: the request twin is the `...Param`.
+        if taken[new] > 1 and "__shared_params__" in old:
+            names[old] = new + "Param"
     for (name, _), top in tops.items():
         target = top.get("$ref", "").removeprefix(overlay.REF_PREFIX)
         if target:
@@ -143,9 +155,11 @@ def schemas() -> JSONObject:
     overlay.chat_rules(s, s["CreateChatCompletionRequest"])
     overlay.completion_rules(s, s["CreateCompletionRequest"])
     overlay.embedding_rules(s, s["CreateEmbeddingRequest"])
+    overlay.response_rules(s, s["CreateResponseRequest"])
     overlay.requests(s, s["CreateChatCompletionRequest"], surface.CHAT_FIELDS)
     overlay.requests(s, s["CreateCompletionRequest"], surface.COMPLETIONS_FIELDS)
     overlay.requests(s, s["CreateEmbeddingRequest"], surface.EMBEDDINGS_FIELDS)
+    overlay.requests(s, s["CreateResponseRequest"], surface.RESPONSES_FIELDS)
     overlay.responses(
         s,
         (s["ChatCompletion"], s["ChatCompletionChunk"], s["Completion"]),
@@ -164,6 +178,7 @@ def schemas() -> JSONObject:
         "description": "OpenAI's error envelope; all four keys are always present.",
     }
     s["StreamEvent"] = STREAM_EVENT
+    s["ResponseStreamFrame"] = RESPONSE_STREAM_FRAME
     s["Health"] = HEALTH
     s["Ready"] = READY
     return s
@@ -196,6 +211,20 @@ STREAM_EVENT: JSONObject = {
     },
     "required": ["data"],
     "description": "One server-sent event of a `stream: true` response.",
+}
+RESPONSE_STREAM_FRAME: JSONObject = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "description": "The event's `type`."},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": ref("ResponseStreamEvent"),
+            "description": "One Responses event, with its `sequence_number`; no `[DONE]`.",
+        },
+    },
+    "required": ["event", "data"],
+    "description": "One server-sent event of a `stream: true` `POST /v1/responses`.",
 }
 HEALTH: JSONObject = {
     "type": "object",
@@ -251,11 +280,13 @@ def error_response(status: int) -> JSONObject:
     }
 
 
-def ok(schema: str, description: str, *, stream: bool = False) -> JSONObject:
+def ok(
+    schema: str, description: str, *, stream: bool = False, events: str = "StreamEvent"
+) -> JSONObject:
     content: JSONObject = {"application/json": {"schema": ref(schema)}}
     if stream:
         # Before OpenAPI 3.2, an event stream's `schema` describes one event.
-        content["text/event-stream"] = {"schema": ref("StreamEvent")}
+        content["text/event-stream"] = {"schema": ref(events)}
     return {
         "description": description,
         "headers": {"x-request-id": REQUEST_ID_HEADER, **RATE_LIMIT_HEADERS},
@@ -301,6 +332,22 @@ def public(
 
 
 INFERENCE_ERRORS = (400, 401, 404, 413, 429, 431, 500, 503, 504)
+STORED = (("get", "Retrieve"), ("delete", "Delete"))
+
+
+def stored_response(verb: str, parameter: JSONObject) -> JSONObject:
+    """A stored-response operation: always the 400 naming `response_id`, since nothing is
+    stored; listed so that clients reading the document learn it is refused, and why."""
+    return {
+        "operationId": f"{verb.lower()}Response",
+        "summary": f"{verb} a stored response: refused, meshgate stores none "
+        '(400, `param: "response_id"`).',
+        "security": [],
+        "parameters": [parameter],
+        "responses": {"400": error_response(400), "431": error_response(431)},
+    }
+
+
 MODEL_ERRORS = (401, 431, 500, 503, 504)
 
 
@@ -313,6 +360,14 @@ def build() -> JSONObject:
         "description": "A catalog model id; ids containing `/` may be sent raw or as `%2F`.",
         "schema": {"type": "string", "minLength": 1},
         "example": "meshgate/reference-mini",
+    }
+    response_id = {
+        "name": "response_id",
+        "in": "path",
+        "required": True,
+        "description": "A response id; none is ever stored.",
+        "schema": {"type": "string", "minLength": 1},
+        "example": "resp_abc",
     }
     document: JSONObject = {
         "openapi": OPENAPI_VERSION,
@@ -357,6 +412,23 @@ def build() -> JSONObject:
                     INFERENCE_ERRORS,
                     body="CreateEmbeddingRequest",
                 )
+            },
+            "/v1/responses": {
+                "post": operation(
+                    "createResponse",
+                    "Create a response, statelessly (JSON, or SSE events with `stream: true`).",
+                    ok(
+                        "Response",
+                        "The response.",
+                        stream=True,
+                        events="ResponseStreamFrame",
+                    ),
+                    INFERENCE_ERRORS,
+                    body="CreateResponseRequest",
+                )
+            },
+            "/v1/responses/{response_id}": {
+                method: stored_response(verb, response_id) for method, verb in STORED
             },
             "/v1/models": {
                 "get": operation(

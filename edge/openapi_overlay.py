@@ -13,7 +13,9 @@ there changes the document too:
   validators forward it to the engine untouched, which accepts or rejects it;
 - a request field in the tables carries its row's support and notes;
 - a response field marked "No" is never sent; the usage fields marked "Yes"
-  are always sent (with `prompt_tokens_details.cached_tokens`).
+  are always sent (with `prompt_tokens_details.cached_tokens`);
+- `POST /v1/responses` takes function tools and the input items a chat engine
+  can be given, and nothing that needs stored state (response_rules).
 
 What no table holds is written here once: the model card's extra keys
 (edge/render.py's model_card) and the error envelope's `doc_url` and always-
@@ -33,7 +35,7 @@ SUPPORT = "x-meshgate-support"
 PASS_THROUGH = "x-meshgate-pass-through"
 REFUSALS_KEY = "x-meshgate-refusals"
 # OpenAI's defaults of the fields meshgate does not support: sending one asks for nothing.
-NEUTRAL: dict[str, object] = {"n": 1, "logprobs": False}
+NEUTRAL: dict[str, object] = {"n": 1, "logprobs": False, "background": False}
 COUNT: JSONObject = {"type": "integer", "minimum": 0}
 NULL: JSONObject = {"type": "null"}
 
@@ -237,7 +239,29 @@ REFUSALS: dict[str, tuple[tuple[str, str], ...]] = {
         ("context_length_exceeded", "An input longer than the model's context."),
         ("^dimensions: ", "More dimensions than the model's native size."),
     ),
+    "/v1/responses": (
+        ("context_length_exceeded", "The input plus max_output_tokens exceed the model's context."),
+        ("^tools: ", "The model lacks the `tool_use` capability."),
+        (r"^input\[\d+\]\.content\[\d+\]: ", "An image part, on a model without `vision`."),
+        (
+            "^tool_choice",
+            "A function that is not among `tools`, or `required` without tools.",
+        ),
+        ("^model: ", "A model that is not a chat model."),
+    ),
 }
+# The input items a chat engine can be given (the rest need OpenAI's stored state or hosted
+# tools); reasoning items are accepted and dropped.
+RESPONSE_ITEMS = (
+    "EasyInputMessageParam",
+    "ResponseInputParamMessage",
+    "ResponseOutputMessageParam",
+    "ResponseFunctionToolCallParam",
+    "ResponseInputParamFunctionCallOutput",
+    "ResponseReasoningItemParam",  # last: see response_rules' `contains`
+)
+RESPONSE_PARTS = ("ResponseInputTextParam", "ResponseInputImageParam")
+HOSTED_TOOL_CHOICES = ("ToolChoiceTypesParam", "ToolChoiceMcpParam", "ToolChoiceCustomParam")
 
 
 def branches(schema: JSONObject, kind: str) -> Iterator[JSONObject]:
@@ -342,6 +366,56 @@ def chat_rules(schemas: JSONObject, request: JSONObject) -> None:
             pattern=NAME_PATTERN, maxLength=NAME_MAX_LENGTH
         )
     schemas["ImageURL"]["properties"]["url"]["pattern"] = IMAGE_URL_PATTERN
+
+
+def response_rules(schemas: JSONObject, request: JSONObject) -> None:
+    """services/validation/responses.py's rules: what is stateless and chat-shaped."""
+    for variant in variants(schemas, request):
+        p = variant["properties"]
+        variant["required"] = ["model", "input"]
+        for array in branches(p["input"], "array"):
+            array["minItems"] = 1
+            array["items"] = {"anyOf": [ref_to(name) for name in RESPONSE_ITEMS]}
+            # Reasoning items are dropped, so something else must be there to answer.
+            array["contains"] = {"anyOf": [ref_to(name) for name in RESPONSE_ITEMS[:-1]]}
+        p["tools"]["items"] = ref_to("FunctionToolParam")  # built-in tools are a 400
+        _drop(p["tool_choice"], lambda b: _is_ref(b, *HOSTED_TOOL_CHOICES))
+        for field, (low, high) in BOUNDS.items():
+            for branch in branches(p.get(field, {}), "number"):
+                branch.update(minimum=low, maximum=high)
+        for branch in branches(p["max_output_tokens"], "integer"):
+            branch.update(minimum=16, maximum=INT64_MAX)  # OpenAI's own floor
+        for branch in branches(p["max_tool_calls"], "integer"):
+            branch.update(minimum=1, maximum=INT64_MAX)
+        for branch in branches(p["metadata"], "object"):
+            branch.update(
+                maxProperties=16,
+                propertyNames={"maxLength": 64},
+                additionalProperties={"type": "string", "maxLength": 512},
+            )
+    for name in ("EasyInputMessageParam", "ResponseInputParamMessage"):
+        content = schemas[name]["properties"]["content"]
+        for array in branches(content, "array"):
+            array["items"] = {"anyOf": [ref_to(part) for part in RESPONSE_PARTS]}
+    # An assistant message sent back as input has output parts (ResponseOutputMessageParam);
+    # the easy form's parts are input parts, so an assistant's easy content is a string.
+    schemas["EasyInputMessageParam"]["if"] = {
+        "required": ["role"],
+        "properties": {"role": {"const": "assistant"}},
+    }
+    schemas["EasyInputMessageParam"]["then"] = {"properties": {"content": {"type": "string"}}}
+    image = schemas["ResponseInputImageParam"]
+    image["properties"]["image_url"] = {"type": "string", "pattern": IMAGE_URL_PATTERN}
+    image["properties"]["file_id"] = NULL  # stored files: send the image inline
+    image["required"] = [*image["required"], "image_url"]
+    for component in ("FunctionToolParam", "ResponseFormatTextJSONSchemaConfigParam"):
+        schemas[component]["properties"]["name"].update(
+            pattern=NAME_PATTERN, maxLength=NAME_MAX_LENGTH
+        )
+
+
+def ref_to(name: str) -> JSONObject:
+    return {"$ref": REF_PREFIX + name}
 
 
 def completion_rules(schemas: JSONObject, request: JSONObject) -> None:

@@ -1,6 +1,8 @@
 """The per-request path, read top to bottom: the hops, then one function per endpoint.
 
 chat:  body -> (auth || validation) -> quota.Reserve -> router -> JSON or SSE -> quota.Settle
+responses: the same hops; validation returns the chat request the body translates into,
+and edge/responses_api.py renders the chat answer as the Responses API's.
 Every hop and its order is visible here, so it can be measured. Each hop is a
 generated stub's method and its request message (edge/mesh.py's `rpc` starts,
 retries and times it). Errors are ApiError values rendered once by
@@ -23,7 +25,7 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from edge import metering, observe, render, sse
+from edge import metering, observe, render, responses_api, sse
 from edge.errors import error_response
 from edge.headers import rate_limit_headers, request_id_of
 from edge.mesh import (
@@ -38,7 +40,7 @@ from edge.mesh import (
     transient,
 )
 from edge.metering import Meter
-from meshgate import billing, errors, logs, tracing
+from meshgate import billing, errors, logs, structs, tracing
 from meshgate.access import may_use
 from meshgate.errors import ApiError, from_rpc_error
 from meshgate.grpcio import ENGINE_TIME_KEY, REPLICA_KEY
@@ -62,8 +64,9 @@ JSON = "application/json"
 ValidatedChat = validation_pb2.ValidateChatCompletionResponse
 ValidatedText = validation_pb2.ValidateCompletionResponse
 ValidatedEmbedding = validation_pb2.ValidateEmbeddingResponse
-Validated = ValidatedChat | ValidatedText | ValidatedEmbedding
-V = TypeVar("V", ValidatedChat, ValidatedText, ValidatedEmbedding)
+ValidatedResponse = validation_pb2.ValidateResponseResponse
+Validated = ValidatedChat | ValidatedText | ValidatedEmbedding | ValidatedResponse
+V = TypeVar("V", ValidatedChat, ValidatedText, ValidatedEmbedding, ValidatedResponse)
 
 
 def endpoint(handler: Endpoint) -> Endpoint:
@@ -277,15 +280,18 @@ async def _replica_of(call: grpc.aio.Call) -> str:
 
 
 class _Renderer(Protocol[Chunk]):  # type: ignore[misc]
-    def render(self, chunk: Chunk) -> bytes: ...
-    def usage(self, usage: common_pb2.Usage) -> bytes: ...
+    """One stream's framing: chat's and legacy completions' `data:` chunks and [DONE],
+    or the Responses API's events."""
+
+    def relay(self, chunk: Chunk) -> bytes: ...
+    def end(self, usage: common_pb2.Usage) -> bytes: ...
+    def failed(self, error: ApiError) -> bytes: ...
 
 
 async def _events(
     call: grpc.aio.UnaryStreamCall[object, Chunk],
     first: Chunk,
     renderer: _Renderer[Chunk],
-    include_usage: bool,
     prompt_tokens: int,
     meter: Meter,
 ) -> AsyncGenerator[bytes, None]:
@@ -301,16 +307,15 @@ async def _events(
                 chunk, inference_pb2.ChatCompletionChunk | inference_pb2.CompletionChunk
             )
             tally.add(chunk)
-            if chunk.choices:
-                yield renderer.render(chunk)  # type: ignore[arg-type]
-            if chunk.HasField("usage") and include_usage:
-                yield renderer.usage(chunk.usage)
+            events = renderer.relay(chunk)  # type: ignore[arg-type]
+            if events:
+                yield events
             chunk = await call.read()
-        yield sse.DONE
+        yield renderer.end(tally.billed(prompt_tokens))
         ended = True
     except grpc.aio.AioRpcError as exc:
         error = from_rpc_error(exc, "router")
-        yield sse.error_event(error)
+        yield renderer.failed(error)
         ended = True
     finally:
         if not call.done():
@@ -373,7 +378,7 @@ class _Generation:
 
 async def _generate(
     request: Request,
-    checked: Checked[ValidatedChat] | Checked[ValidatedText],
+    checked: Checked[ValidatedChat] | Checked[ValidatedText] | Checked[ValidatedResponse],
     how: _Generation,
     max_tokens: int | None,
 ) -> Response:
@@ -393,9 +398,7 @@ async def _generate(
             call, first = await _first(how.stream, routed, rid, deadline)
             meter.first_token()
             renderer = how.chunks(first, asked.include_usage)
-            events = _events(
-                call, first, renderer, asked.include_usage, validated.prompt_tokens, meter
-            )
+            events = _events(call, first, renderer, validated.prompt_tokens, meter)
             # A stream that never started (the client left at once) is still recorded.
             unstarted = common_pb2.Usage(prompt_tokens=validated.prompt_tokens)
             return sse.EventStream(events, headers, call.cancel, partial(meter.cancel, unstarted))
@@ -433,6 +436,39 @@ async def chat_completions(request: Request) -> Response:
     return await _generate(
         request, checked, how, chat.max_tokens if chat.HasField("max_tokens") else None
     )
+
+
+@endpoint
+async def responses(request: Request) -> Response:
+    """`POST /v1/responses`: validation translated the body into a chat request, so from
+    admission on this is chat's path; only the rendering is the Responses API's."""
+    mesh: Mesh = request.app.state.mesh
+    checked = await _check(
+        request,
+        mesh.validation.ValidateResponse,
+        validation_pb2.ValidateResponseRequest,
+        validation_pb2.ValidateResponseResponse,
+    )
+    chat = checked.validated.request
+    api = responses_api.ResponsesApi(structs.to_dict(checked.validated.echo))
+    how = _Generation(
+        metering.RESPONSES,
+        mesh.router.StreamChatCompletion,
+        router_pb2.StreamChatCompletionRequest,
+        mesh.router.CreateChatCompletion,
+        router_pb2.CreateChatCompletionRequest,
+        api.events,
+        api.render,
+    )
+    return await _generate(
+        request, checked, how, chat.max_tokens if chat.HasField("max_tokens") else None
+    )
+
+
+@endpoint
+async def stored_response(request: Request) -> Response:
+    """`/v1/responses/{id}` in any method: a 400 naming `response_id`, since nothing is stored."""
+    raise errors.response_not_stored(request.path_params["response_id"].split("/")[0])
 
 
 @endpoint

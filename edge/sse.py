@@ -62,6 +62,22 @@ class _Events:
         event["usage"] = render.usage(usage)
         return b"data: " + orjson.dumps(event) + b"\n\n"
 
+    def relay(
+        self, chunk: inference_pb2.ChatCompletionChunk | inference_pb2.CompletionChunk
+    ) -> bytes:
+        """A chunk's event, then the usage event if the chunk has usage and it was asked for."""
+        out = self.render(chunk) if chunk.choices else b""  # type: ignore[attr-defined]
+        if self._include_usage and chunk.HasField("usage"):
+            out += self.usage(chunk.usage)
+        return out
+
+    def end(self, usage: common_pb2.Usage) -> bytes:
+        """The stream's last event (the usage went out with its chunk)."""
+        return DONE
+
+    def failed(self, error: ApiError) -> bytes:
+        return error_event(error)
+
 
 class ChatChunks(_Events):
     """Renders one chat stream's chunks."""

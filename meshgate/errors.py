@@ -192,6 +192,16 @@ def model_not_found(model: str) -> ApiError:
     )
 
 
+def response_not_stored(response_id: str) -> ApiError:
+    """`GET`/`DELETE /v1/responses/{id}` (and its sub-resources): nothing is ever stored."""
+    return invalid_request(
+        f"Stored responses are not supported: meshgate is stateless and keeps no response "
+        f"(not '{response_id}'). Keep the response object that `POST /v1/responses` returned, "
+        "and send earlier turns again as `input` items.",
+        "response_id",
+    )
+
+
 def invalid_url(method: str, path: str) -> ApiError:
     return ApiError(404, "invalid_request_error", f"Invalid URL ({method} {path})")
 
@@ -236,6 +246,7 @@ CATALOGUE: tuple[Documented, ...] = (
     Documented(400, "invalid_request_error", None, "field path, e.g. `messages[0].role`", "The body is not valid JSON or not an object (param null), a required field is missing, a field has the wrong type, a value is outside its enum or range, `n` > 1, `logprobs`/`top_logprobs` are set, `stream_options` without `stream`, or `encoding_format` is an explicit null."),
     Documented(400, "invalid_request_error", None, "`tools`, `messages[i].content[j]`, `model`, `dimensions`", "The model cannot serve the request: tools on a model without `tool_use`, an image part on a model without `vision`, a chat model on `/v1/embeddings` (or the reverse), or more `dimensions` than the model has."),
     Documented(400, "invalid_request_error", "context_length_exceeded", "`messages` (or `input`)", "Prompt tokens plus `max_tokens` exceed the model's context length."),
+    Documented(400, "invalid_request_error", None, "`previous_response_id`, `conversation`, `prompt`, `background`, `tools[i].type`, `tool_choice.type`, `input[i].type`, `response_id`", "`POST /v1/responses` asked for what a stateless gateway cannot do: stored state, a built-in (hosted) tool, a background run, or an item reference; or `GET`/`DELETE /v1/responses/{id}` (param `response_id`)."),
     Documented(401, "authentication_error", "missing_api_key", "null", "No `Authorization` header, or an empty one.", "doc_url"),
     Documented(401, "authentication_error", "invalid_auth_scheme", "null", "An `Authorization` scheme other than Bearer.", "doc_url"),
     Documented(401, "authentication_error", "invalid_api_key", "null", "The Bearer token is empty, malformed or not a known key.", "doc_url"),

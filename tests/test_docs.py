@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from meshgate.errors import CATALOGUE
-from services.validation import chat, completions, embeddings, surface
+from services.validation import chat, completions, embeddings, responses, surface
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +30,7 @@ def test_compatibility_tables_match_the_validators() -> None:
     assert surface.field_names(surface.CHAT_FIELDS) == chat.MODELLED
     assert surface.field_names(surface.COMPLETIONS_FIELDS) == completions.MODELLED
     assert surface.field_names(surface.EMBEDDINGS_FIELDS) == embeddings.MODELLED
+    assert surface.field_names(surface.RESPONSES_FIELDS) == responses.MODELLED
 
 
 # The API page's own matrices (seed/inference-api-compatibility.txt), row by row.

@@ -53,6 +53,7 @@ REQUESTS = {
     "/v1/chat/completions": ("CreateChatCompletionRequest", surface.CHAT_FIELDS),
     "/v1/completions": ("CreateCompletionRequest", surface.COMPLETIONS_FIELDS),
     "/v1/embeddings": ("CreateEmbeddingRequest", surface.EMBEDDINGS_FIELDS),
+    "/v1/responses": ("CreateResponseRequest", surface.RESPONSES_FIELDS),
 }
 VALID: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": {
@@ -62,11 +63,15 @@ VALID: dict[str, dict[str, Any]] = {
     },
     "/v1/completions": {"model": "meshgate/reference-mini", "prompt": "hi", "max_tokens": 2},
     "/v1/embeddings": {"model": "bge-m3", "input": "hi"},
+    "/v1/responses": {"model": "meshgate/reference-mini", "input": "hi", "max_output_tokens": 16},
 }
 OPERATIONS = [
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
     ("POST", "/v1/embeddings"),
+    ("POST", "/v1/responses"),
+    ("GET", "/v1/responses/{response_id}"),
+    ("DELETE", "/v1/responses/{response_id}"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{model_id}"),
     ("GET", "/healthz"),
@@ -78,8 +83,9 @@ MODELS = {
     "/v1/chat/completions": ["meshgate/reference-pro", "meshgate/reference-mini"],
     "/v1/completions": ["meshgate/reference-mini"],
     "/v1/embeddings": ["bge-m3"],
+    "/v1/responses": ["meshgate/reference-pro", "meshgate/reference-mini"],
 }
-EXAMPLES = {"POST": 60, "GET": 20}
+EXAMPLES = {"POST": 60, "GET": 20, "DELETE": 20}
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -156,7 +162,7 @@ REFUSED = [
 def refused_value(schema: dict[str, Any]) -> object:
     """A value the SDK's type takes but the overlay does not: what OpenAI would serve."""
     sdk, narrowed = schema["allOf"]
-    for candidate in (True, 2, 1, 0, "x"):
+    for candidate in (True, 2, 1, 0, "x", {"id": "pmpt_x"}):
         if (
             jsonschema.Draft202012Validator({**sdk, "components": DOC["components"]}).is_valid(
                 candidate

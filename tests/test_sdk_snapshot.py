@@ -8,7 +8,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from services.validation import chat, completions, embeddings
+from services.validation import chat, completions, embeddings, responses
 from services.validation.sdk_snapshot import ROOTS, SNAPSHOT, diff, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,3 +80,26 @@ def test_roles_and_part_types_match_the_sdk() -> None:
             literal = types[name]["role"]["type"]
             roles.add(literal.removeprefix("Literal['").removesuffix("']"))
     assert roles == set(chat.ROLES)
+
+
+def test_every_responses_field_of_the_sdk_is_modelled() -> None:
+    """Each field is served, forwarded, accepted or refused on purpose: none passes unread."""
+    fields = {**_fields("responses"), **_fields("responses_streaming")}
+    assert set(fields) == responses.MODELLED
+
+
+def _literals(rendered: str) -> set[str]:
+    inner = rendered.removeprefix("Literal[").removesuffix("]")
+    return {item.strip().strip("'") for item in inner.split(",")}
+
+
+def test_responses_tool_types_are_the_sdks() -> None:
+    """TOOL_TYPES lists every `type` of the SDK's ToolParam union, so that a built-in tool
+    is refused by name rather than as an unknown value."""
+    types = _checked_in()["types"]
+    tools = _fields("responses")["tools"]["type"]
+    listed: set[str] = set()
+    for name, fields in types.items():
+        if name in tools and "type" in fields:
+            listed |= _literals(fields["type"]["type"])
+    assert listed == set(responses.TOOL_TYPES)

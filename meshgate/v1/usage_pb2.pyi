@@ -11,6 +11,7 @@ class Endpoint(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENDPOINT_CHAT_COMPLETIONS: _ClassVar[Endpoint]
     ENDPOINT_COMPLETIONS: _ClassVar[Endpoint]
     ENDPOINT_EMBEDDINGS: _ClassVar[Endpoint]
+    ENDPOINT_RESPONSES: _ClassVar[Endpoint]
 
 class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -23,6 +24,7 @@ ENDPOINT_UNSPECIFIED: Endpoint
 ENDPOINT_CHAT_COMPLETIONS: Endpoint
 ENDPOINT_COMPLETIONS: Endpoint
 ENDPOINT_EMBEDDINGS: Endpoint
+ENDPOINT_RESPONSES: Endpoint
 OUTCOME_UNSPECIFIED: Outcome
 OUTCOME_COMPLETED: Outcome
 OUTCOME_FAILED: Outcome

@@ -1,3 +1,4 @@
+from google.protobuf import struct_pb2 as _struct_pb2
 from meshgate.v1 import inference_pb2 as _inference_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -47,3 +48,19 @@ class ValidateEmbeddingResponse(_message.Message):
     request: _inference_pb2.EmbeddingRequest
     prompt_tokens: int
     def __init__(self, request: _Optional[_Union[_inference_pb2.EmbeddingRequest, _Mapping]] = ..., prompt_tokens: _Optional[int] = ...) -> None: ...
+
+class ValidateResponseRequest(_message.Message):
+    __slots__ = ("body",)
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    def __init__(self, body: _Optional[bytes] = ...) -> None: ...
+
+class ValidateResponseResponse(_message.Message):
+    __slots__ = ("request", "prompt_tokens", "echo")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ECHO_FIELD_NUMBER: _ClassVar[int]
+    request: _inference_pb2.ChatCompletionRequest
+    prompt_tokens: int
+    echo: _struct_pb2.Struct
+    def __init__(self, request: _Optional[_Union[_inference_pb2.ChatCompletionRequest, _Mapping]] = ..., prompt_tokens: _Optional[int] = ..., echo: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...

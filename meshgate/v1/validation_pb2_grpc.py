@@ -60,6 +60,11 @@ class ValidationServiceStub:
                 request_serializer=meshgate_dot_v1_dot_validation__pb2.ValidateEmbeddingRequest.SerializeToString,
                 response_deserializer=meshgate_dot_v1_dot_validation__pb2.ValidateEmbeddingResponse.FromString,
                 _registered_method=True)
+        self.ValidateResponse = channel.unary_unary(
+                '/meshgate.v1.ValidationService/ValidateResponse',
+                request_serializer=meshgate_dot_v1_dot_validation__pb2.ValidateResponseRequest.SerializeToString,
+                response_deserializer=meshgate_dot_v1_dot_validation__pb2.ValidateResponseResponse.FromString,
+                _registered_method=True)
 
 
 class ValidationServiceServicer:
@@ -97,6 +102,16 @@ class ValidationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ValidateResponse(self, request, context):
+        """ValidateResponse checks a `POST /v1/responses` body (a "response" is the
+        Responses API's object) and translates it into the chat request that
+        serves it: engines speak chat, so auth, quota, routing and billing apply
+        unchanged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ValidationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +129,11 @@ def add_ValidationServiceServicer_to_server(servicer, server):
                     servicer.ValidateEmbedding,
                     request_deserializer=meshgate_dot_v1_dot_validation__pb2.ValidateEmbeddingRequest.FromString,
                     response_serializer=meshgate_dot_v1_dot_validation__pb2.ValidateEmbeddingResponse.SerializeToString,
+            ),
+            'ValidateResponse': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidateResponse,
+                    request_deserializer=meshgate_dot_v1_dot_validation__pb2.ValidateResponseRequest.FromString,
+                    response_serializer=meshgate_dot_v1_dot_validation__pb2.ValidateResponseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -208,6 +228,33 @@ class ValidationService:
             '/meshgate.v1.ValidationService/ValidateEmbedding',
             meshgate_dot_v1_dot_validation__pb2.ValidateEmbeddingRequest.SerializeToString,
             meshgate_dot_v1_dot_validation__pb2.ValidateEmbeddingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshgate.v1.ValidationService/ValidateResponse',
+            meshgate_dot_v1_dot_validation__pb2.ValidateResponseRequest.SerializeToString,
+            meshgate_dot_v1_dot_validation__pb2.ValidateResponseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,6 +31,7 @@ ENDPOINTS: dict[int, str] = {
     usage_pb2.ENDPOINT_CHAT_COMPLETIONS: "chat.completions",
     usage_pb2.ENDPOINT_COMPLETIONS: "completions",
     usage_pb2.ENDPOINT_EMBEDDINGS: "embeddings",
+    usage_pb2.ENDPOINT_RESPONSES: "responses",
 }
 OUTCOMES: dict[int, str] = {
     usage_pb2.OUTCOME_COMPLETED: "completed",

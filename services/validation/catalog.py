@@ -98,10 +98,16 @@ def schema_instruction(format: inference_pb2.JsonSchema) -> str:
     )
 
 
-def prepare_chat(model: ModelConfig, request: inference_pb2.ChatCompletionRequest) -> int:
-    """Apply the catalog to a chat request in place; its prompt tokens, or the 400."""
+def prepare_chat(
+    model: ModelConfig,
+    request: inference_pb2.ChatCompletionRequest,
+    endpoint: str = "/v1/chat/completions",
+) -> int:
+    """Apply the catalog to a chat request in place; its prompt tokens, or the 400.
+
+    `endpoint` is the route the body came to (a Responses body is served as chat)."""
     if model.category not in CHAT_CATEGORIES:
-        raise _wrong_endpoint(model, "/v1/chat/completions")
+        raise _wrong_endpoint(model, endpoint)
     if request.tools and "tool_use" not in model.capabilities:
         raise errors.invalid_request(f"The model `{model.id}` does not support tools.", "tools")
     if "vision" not in model.capabilities:

@@ -37,6 +37,26 @@ _PART_TYPES = {
 }
 
 
+def image_part(raw: object, url_path: str) -> inference_pb2.ContentPart:
+    """An image part from its URL (https, http or an image data URL): one rule for chat's
+    `image_url` parts and the Responses API's `input_image` parts."""
+    url = c.string(raw, url_path)
+    if not url.startswith(("https://", "http://", "data:image/")):
+        got = (
+            "a value without an image MIME type"
+            if url.startswith("data:")
+            else "a value without the 'data:' prefix"
+        )
+        raise c.Invalid(
+            f"Invalid image URL: '{url_path}'. Expected a base64-encoded data URL with an "
+            f"image MIME type (e.g. '{_DATA_URL_EXAMPLE}'), but got {got}.",
+            url_path,
+        )
+    out = inference_pb2.ContentPart()
+    out.image_url.url = url
+    return out
+
+
 def _part(raw: object, path: str, role: str) -> inference_pb2.ContentPart:
     part = c.obj(raw, path)
     kind = c.one_of(c.require(part, "type", path), c.join(path, "type"), _PART_TYPES[role])
@@ -48,20 +68,7 @@ def _part(raw: object, path: str, role: str) -> inference_pb2.ContentPart:
     elif kind == "image_url":
         image_path = c.join(path, "image_url")
         image = c.obj(c.require(part, "image_url", path), image_path)
-        url_path = c.join(image_path, "url")
-        url = c.string(c.require(image, "url", image_path), url_path)
-        if not url.startswith(("https://", "http://", "data:image/")):
-            got = (
-                "a value without an image MIME type"
-                if url.startswith("data:")
-                else "a value without the 'data:' prefix"
-            )
-            raise c.Invalid(
-                f"Invalid image URL: '{url_path}'. Expected a base64-encoded data URL with an "
-                f"image MIME type (e.g. '{_DATA_URL_EXAMPLE}'), but got {got}.",
-                url_path,
-            )
-        out.image_url.url = url
+        out = image_part(c.require(image, "url", image_path), c.join(image_path, "url"))
         if image.get("detail") is not None:
             out.image_url.detail = c.one_of(
                 image["detail"], c.join(image_path, "detail"), ("auto", "low", "high")
@@ -146,7 +153,7 @@ def _message(raw: object, path: str) -> inference_pb2.ChatMessage:
     return out
 
 
-def _name(raw: object, path: str) -> str:
+def function_name(raw: object, path: str) -> str:
     """A function or schema name: OpenAI's pattern, then its length."""
     name = c.matches(c.string(raw, path), path, NAME_PATTERN)
     return c.string(name, path, max_length=NAME_MAX_LENGTH)
@@ -158,7 +165,7 @@ def _tool(raw: object, path: str) -> inference_pb2.Tool:
     function_path = c.join(path, "function")
     function = c.obj(c.require(tool, "function", path), function_path)
     name_path = c.join(function_path, "name")
-    name = _name(c.require(function, "name", function_path), name_path)
+    name = function_name(c.require(function, "name", function_path), name_path)
     out = inference_pb2.Tool()
     out.function.name = name
     if function.get("description") is not None:
@@ -252,7 +259,7 @@ def _response_format(raw: object) -> inference_pb2.ResponseFormat:
             c.require(rf, "json_schema", "response_format"), "response_format.json_schema"
         )
         name_path = "response_format.json_schema.name"
-        out.json_schema.name = _name(
+        out.json_schema.name = function_name(
             c.require(schema, "name", "response_format.json_schema"), name_path
         )
         if schema.get("description") is not None:

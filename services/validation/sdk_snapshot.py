@@ -29,6 +29,8 @@ ROOTS = {
     "completions": "openai.types.completion_create_params.CompletionCreateParamsBase",
     "completions_streaming": "openai.types.completion_create_params.CompletionCreateParamsStreaming",
     "embeddings": "openai.types.embedding_create_params.EmbeddingCreateParams",
+    "responses": "openai.types.responses.response_create_params.ResponseCreateParamsBase",
+    "responses_streaming": "openai.types.responses.response_create_params.ResponseCreateParamsStreaming",
 }
 
 
@@ -53,7 +55,9 @@ def _render(tp: Any, pending: list[Any]) -> str:
     if origin in (tx.Required, tx.NotRequired):
         return _render(args[0], pending)
     if origin is tx.Literal:
-        return "Literal[" + ", ".join(repr(a) for a in args) + "]"
+        # Sorted: typing caches Literals by equality, which ignores order, so the order
+        # seen would depend on which module first wrote an equal Literal.
+        return "Literal[" + ", ".join(sorted(repr(a) for a in args)) + "]"
     if origin in (typing.Union, types.UnionType):
         return "Union[" + ", ".join(_render(a, pending) for a in args) + "]"
     if tx.is_typeddict(tp):

@@ -14,12 +14,14 @@ from meshgate import grpcio, tokens
 from meshgate.config import Config
 from meshgate.errors import ApiError
 from meshgate.grpcio import Context
+from meshgate.structs import from_dict
 from meshgate.v1 import validation_pb2, validation_pb2_grpc
 from services.validation import catalog
 from services.validation.chat import validate_chat
 from services.validation.checks import Invalid, parse_body
 from services.validation.completions import validate_completion
 from services.validation.embeddings import validate_embedding
+from services.validation.responses import validate_response
 
 
 class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
@@ -63,6 +65,28 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
         except ApiError as exc:
             await exc.abort(context)
         return validation_pb2.ValidateEmbeddingResponse(request=typed, prompt_tokens=prompt_tokens)
+
+    async def ValidateResponse(
+        self, request: validation_pb2.ValidateResponseRequest, context: Context
+    ) -> validation_pb2.ValidateResponseResponse:
+        """A Responses body, served as the chat request it translates into: the catalog's
+        checks are chat's, their params named as the body's own paths."""
+        try:
+            translated = validate_response(parse_body(request.body))
+            typed = translated.request
+            model = self._catalog.resolve(typed.model)
+            try:
+                prompt_tokens = catalog.prepare_chat(model, typed, "/v1/responses")
+            except ApiError as exc:
+                exc.param = translated.locate(exc.param)
+                raise
+        except Invalid as exc:
+            await exc.to_api_error().abort(context)
+        except ApiError as exc:
+            await exc.abort(context)
+        return validation_pb2.ValidateResponseResponse(
+            request=typed, prompt_tokens=prompt_tokens, echo=from_dict(translated.echo)
+        )
 
 
 async def run(config: Config) -> None:
