@@ -50,7 +50,9 @@ def _agent(model: object, calls: list[str]) -> object:
 
 def test_an_agent_calls_its_tool_and_answers(model: Callable[[], object]) -> None:
     calls: list[str] = []
-    result = agents.Runner.run_sync(_agent(model(), calls), "Use get_weather for Paris.")
+    # Runner.run, not run_sync: run_sync takes asyncio.get_event_loop(), which raises once any
+    # earlier test's asyncio.run has cleared the main thread's loop.
+    result = asyncio.run(agents.Runner.run(_agent(model(), calls), "Use get_weather for Paris."))
     assert len(calls) == 1 and calls[0]
     assert isinstance(result.final_output, str) and result.final_output
     kinds = [item.type for item in result.new_items]
@@ -61,7 +63,7 @@ def test_an_agent_calls_its_tool_and_answers(model: Callable[[], object]) -> Non
 
 def test_a_streamed_agent_run_gets_the_same_answer(model: Callable[[], object]) -> None:
     question = "Use get_weather for Oslo."
-    whole = agents.Runner.run_sync(_agent(model(), []), question)
+    whole = asyncio.run(agents.Runner.run(_agent(model(), []), question))
 
     async def streamed() -> tuple[str, list[str]]:
         run = agents.Runner.run_streamed(_agent(model(), []), question)
