@@ -14,6 +14,7 @@ from meshgate.config import Config, ModelConfig
 from meshgate.v1 import common_pb2, inference_pb2
 from services.router import adapters
 from services.router.balancer import Replica
+from services.router.signals import Signal
 
 
 @dataclass
@@ -72,7 +73,12 @@ def build_catalog(config: Config) -> tuple[Catalog, list[Replica]]:
             key = adapters.replica_key(model_config, engine, config)
             if key not in replicas:
                 replicas[key] = Replica(
-                    adapters.connect(model_config, engine, config), weight=engine.weight
+                    adapters.connect(model_config, engine, config),
+                    weight=engine.weight,
+                    max_concurrency=engine.max_concurrency,
+                    probe=adapters.probe(engine),
+                    signal=Signal(engine.metrics.interval_s, engine.metrics.stale_after_s),
+                    key=key,
                 )
             chosen.append(replicas[key])
         models.append(Model(model_config, chosen))
