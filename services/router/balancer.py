@@ -3,18 +3,19 @@
 Each candidate gets a score, higher is better, the sum of weighted parts that are
 each 0..1 (`services.router.weights`, in the spirit of llm-d's endpoint picker):
 
-- queue: 1 - its queue / the deepest candidate queue. The queue is what the engine
-  reports waiting, plus the requests this router sent it since that reading (the
-  engine has not counted them yet, and a burst must not all go to the replica that
-  looked idle a second ago). Where the engine reports nothing, the router's own
-  count of outstanding requests stands in, as before these signals existed.
-  (llm-d normalizes min-max; against the deepest queue, 5 against 6 is a small
-  difference and 0 against 1 a large one.)
+- queue: 1 - its queue / (the deepest candidate queue + 1, this request). The queue
+  is what the engine reports waiting, plus the requests this router sent it since
+  that reading (the engine has not counted them yet, and a burst must not all go
+  to the replica that looked idle a second ago). Where the engine reports nothing,
+  the router's own count of outstanding requests stands in, as before these
+  signals existed. (llm-d normalizes min-max, which makes 5 against 6 waiting as
+  decisive as 0 against 60; here it is a small difference.)
 - running: the same for requests being generated.
 - kv_cache: 1 - the engine's KV-cache use.
 - prefix: the share of the prompt's leading blocks this replica served recently,
   unless the candidates' loads are imbalanced (affinity.py; the rule is Shepherd
-  Model Gateway's), in which case affinity yields to load.
+  Model Gateway's), in which case affinity yields to load. With the default
+  weights a full match outweighs any queue difference short of that imbalance.
 
 Queues and running counts are per unit of `weight`. A replica whose signal is
 stale or missing counts as saturated: it is chosen only when every candidate is,
@@ -164,10 +165,14 @@ class Balancer:
         known = [r for r in open_ if not estimates[r].saturated]
         if not healthy or not known:
             best = _least(open_, lambda r: r.outstanding / r.weight)
-            return best, "unhealthy" if not healthy else "saturated"
-        if len(known) == 1:
-            return known[0], "only"
-        return self._score(known, estimates, blocks, now)
+            chosen = best, "unhealthy" if not healthy else "saturated"
+        elif len(known) == 1:
+            chosen = known[0], "only"
+        else:
+            chosen = self._score(known, estimates, blocks, now)
+        if blocks:  # its engine will hold this prefix now
+            self._table.record(blocks, chosen[0].key, now)
+        return chosen
 
     def _score(
         self,
@@ -190,15 +195,13 @@ class Balancer:
         for r in known:
             kv = estimates[r].kv_usage
             r.score = (
-                w.queue * (1 - queue[r] / deepest if deepest > 0 else 1.0)
-                + w.running * (1 - running[r] / busiest if busiest > 0 else 1.0)
+                w.queue * (1 - queue[r] / (deepest + 1))
+                + w.running * (1 - running[r] / (busiest + 1))
                 + w.kv_cache * (1 - min(1.0, max(0.0, kv if kv is not None else 0.0)))
             )
             if matched and not imbalanced:
                 r.score += w.prefix * matched.get(r.key, 0) / len(blocks)
         best = _least(known, lambda r: -r.score)
-        if blocks:
-            self._table.record(blocks, best.key, now)
         if matched.get(best.key):
             return best, "affinity"
         return best, "yield" if matched and imbalanced else "load"
