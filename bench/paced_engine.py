@@ -67,6 +67,11 @@ class Engine:
     # Prompt heads seen, for prefix tests: how many requests began with each.
     heads: dict[str, int] = field(default_factory=dict)
     _free: asyncio.Semaphore | None = None
+    # Set unless /metrics hangs.
+    answering: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.answering.set()
 
     def free(self) -> asyncio.Semaphore:
         if self._free is None:
@@ -270,8 +275,8 @@ def app(engine: Engine) -> Starlette:
         yield b"data: [DONE]\n\n"
 
     async def metrics(request: Request) -> Response:
-        if engine.metrics_mode == "hang":
-            await asyncio.sleep(3600)
+        if engine.metrics_mode == "hang":  # no answer until told otherwise
+            await engine.answering.wait()
         if engine.metrics_mode == "error":
             return Response("engine error", status_code=500)
         if engine.kind == "llama_cpp":
@@ -291,6 +296,10 @@ def app(engine: Engine) -> Starlette:
     async def control(request: Request) -> Response:
         order = await request.json()
         engine.metrics_mode = order.get("metrics", engine.metrics_mode)
+        if engine.metrics_mode == "hang":
+            engine.answering.clear()
+        else:
+            engine.answering.set()
         if "report" in order:
             engine.report = order["report"]
         return JSONResponse({"metrics": engine.metrics_mode, "report": engine.report})
@@ -347,7 +356,13 @@ def main() -> None:
     parser.add_argument("--model", default="paced", help="the served model name")
     args = parser.parse_args()
     engine = Engine(args.kind, args.slots, args.token_ms, args.model)
-    uvicorn.run(app(engine), host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(
+        app(engine),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=1,
+    )
 
 
 if __name__ == "__main__":

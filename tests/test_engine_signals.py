@@ -146,6 +146,7 @@ class _Adapter:
 class _Probe:
     def __init__(self, answer: Load | Exception | None) -> None:
         self.answer = answer
+        self.url = f"fake:{id(self)}"
 
     async def read(self, timeout: float) -> Load | None:
         if isinstance(self.answer, Exception):
@@ -240,9 +241,9 @@ def test_requests_sent_since_the_last_reading_count_so_a_burst_spreads() -> None
 def test_llama_cpp_requests_start_at_once_while_a_slot_is_free() -> None:
     replica = _replica("l", Load("llama_cpp", waiting=0, running=1, slots=2, busy_slots=1))
     replica.signal.outstanding_at_read = 1  # the one it reported running
-    replica.outstanding = 2  # one sent since the reading: it takes the free slot
+    replica.signal.inflight = 2  # one sent since the reading: it takes the free slot
     assert (estimate(replica, 1000.5).queue, estimate(replica, 1000.5).running) == (0, 2)
-    replica.outstanding = 4  # three since: one runs, two wait
+    replica.signal.inflight = 4  # three since: one runs, two wait
     assert (estimate(replica, 1000.5).queue, estimate(replica, 1000.5).running) == (2, 2)
 
 

@@ -76,8 +76,6 @@ class Replica:
     # Reads the engine's own load; None: no signal source, balanced by `outstanding`.
     probe: Probe | None = None
     signal: Signal = field(default_factory=Signal)
-    # Its score the last time the balancer weighed it (0 .. the sum of the weights).
-    score: float = 0.0
     # Its identity in the affinity table (the adapter's replica key).
     key: str = ""
 
@@ -111,7 +109,8 @@ def estimate(replica: Replica, now: float) -> Estimate:
     load = signal.load
     if state == "none" or load is None:
         return Estimate(replica.outstanding, 0.0, None, saturated=state == "missing")
-    fresh = max(0, replica.outstanding - signal.outstanding_at_read)
+    # Sent since the reading, by every replica on this engine (catalog names may share one).
+    fresh = max(0, signal.inflight - signal.outstanding_at_read)
     started = 0
     if load.slots is not None:  # llama.cpp: new requests start at once while a slot is free
         started = min(fresh, max(0, load.slots - int(load.running)))
@@ -132,6 +131,8 @@ class Balancer:
         self._released = asyncio.Event()
         # model -> reason -> choices, for ListModelReplicas (the counter is for Prometheus).
         self.decisions: dict[str, Counter[str]] = {}
+        # (model, replica key) -> the replica's score when it was last weighed for the model.
+        self.scores: dict[tuple[str, str], float] = {}
 
     @property
     def affinity_entries(self) -> int:
@@ -148,7 +149,11 @@ class Balancer:
     # -------------------------------------------------------------- choice ----
 
     def choose(
-        self, candidates: Sequence[Replica], blocks: tuple[int, ...] = (), now: float = 0.0
+        self,
+        candidates: Sequence[Replica],
+        blocks: tuple[int, ...] = (),
+        now: float = 0.0,
+        model: str = "",
     ) -> tuple[Replica, str] | None:
         """The best candidate and why; None when every one is at its max_concurrency.
 
@@ -169,7 +174,7 @@ class Balancer:
         elif len(known) == 1:
             chosen = known[0], "only"
         else:
-            chosen = self._score(known, estimates, blocks, now)
+            chosen = self._score(known, estimates, blocks, now, model)
         if blocks:  # its engine will hold this prefix now
             self._table.record(blocks, chosen[0].key, now)
         return chosen
@@ -180,6 +185,7 @@ class Balancer:
         estimates: dict[Replica, Estimate],
         blocks: tuple[int, ...],
         now: float,
+        model: str,
     ) -> tuple[Replica, str]:
         w = self._weights
         queue = {r: estimates[r].queue / r.weight for r in known}
@@ -192,16 +198,18 @@ class Balancer:
             and high > low * self._affinity.balance_rel_threshold
         )
         matched = self._table.longest(blocks, now) if blocks else {}
+        scores: dict[Replica, float] = {}
         for r in known:
             kv = estimates[r].kv_usage
-            r.score = (
+            scores[r] = (
                 w.queue * (1 - queue[r] / (deepest + 1))
                 + w.running * (1 - running[r] / (busiest + 1))
                 + w.kv_cache * (1 - min(1.0, max(0.0, kv if kv is not None else 0.0)))
             )
             if matched and not imbalanced:
-                r.score += w.prefix * matched.get(r.key, 0) / len(blocks)
-        best = _least(known, lambda r: -r.score)
+                scores[r] += w.prefix * matched.get(r.key, 0) / len(blocks)
+            self.scores[(model, r.key)] = scores[r]
+        best = _least(known, lambda r: -scores[r])
         if matched.get(best.key):
             return best, "affinity"
         return best, "yield" if matched and imbalanced else "load"
@@ -232,10 +240,11 @@ class Balancer:
         deadline = time.monotonic() + min(self._queue_timeout_s, timeout)
         while True:
             now = time.monotonic()
-            chosen = self.choose(pool, blocks, now)
+            chosen = self.choose(pool, blocks, now, model)
             if chosen is not None:
                 replica, reason = chosen
                 replica.outstanding += 1
+                replica.signal.inflight += 1
                 DECISIONS.labels(model, reason).inc()
                 self.decisions.setdefault(model, Counter())[reason] += 1
                 return replica
@@ -249,6 +258,7 @@ class Balancer:
     def release(self, replica: Replica) -> None:
         """The attempt on `replica` is over; a request waiting for a slot may take it."""
         replica.outstanding -= 1
+        replica.signal.inflight -= 1
         if replica.max_concurrency:
             self._released.set()
             self._released = asyncio.Event()
@@ -263,10 +273,10 @@ def _least(replicas: Sequence[Replica], cost: Callable[[Replica], float]) -> Rep
 
 class ReplicaCollector(Collector):
     """Per-replica signals, their age and the last scores, read when /metrics is scraped
-    (nothing on the request path)."""
+    (nothing on the request path). Catalog names that share one engine share its series."""
 
-    def __init__(self, replicas: Sequence[Replica], balancer: Balancer) -> None:
-        self._replicas = replicas
+    def __init__(self, models: Sequence[tuple[str, Sequence[Replica]]], balancer: Balancer) -> None:
+        self._models = models
         self._balancer = balancer
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -298,36 +308,41 @@ class ReplicaCollector(Collector):
                 "1 while the engine's load signal is stale or missing (counted as saturated).",
                 labels=labels,
             ),
-            "score": GaugeMetricFamily(
-                "meshgate_router_replica_score",
-                "The replica's score the last time the balancer weighed it (higher is better).",
-                labels=["target"],
-            ),
             "outstanding": GaugeMetricFamily(
                 "meshgate_router_replica_outstanding",
-                "Requests this router has in flight on the replica.",
+                "Requests this router has in flight on the engine.",
                 labels=["target"],
             ),
+            "score": GaugeMetricFamily(
+                "meshgate_router_replica_score",
+                "The replica's score when last weighed for the model (higher is better).",
+                labels=["model", "target"],
+            ),
         }
-        seen: set[str] = set()
-        for r in self._replicas:
-            if r.target in seen:  # two catalog names for one engine: one series
-                continue
-            seen.add(r.target)
-            families["score"].add_metric([r.target], r.score)
-            families["outstanding"].add_metric([r.target], r.outstanding)
-            signal, load = r.signal, r.signal.load
+        by_target: dict[str, list[Replica]] = {}
+        for model, replicas in self._models:
+            for r in replicas:
+                sharing = by_target.setdefault(r.target, [])
+                if r not in sharing:
+                    sharing.append(r)
+                score = self._balancer.scores.get((model, r.key))
+                if score is not None:
+                    families["score"].add_metric([model, r.target], score)
+        for target, sharing in by_target.items():
+            families["outstanding"].add_metric([target], sum(r.outstanding for r in sharing))
+            signal = sharing[0].signal
+            load = signal.load
             if not signal.expected:
                 continue
             kind = load.kind if load is not None else ""
-            families["saturated"].add_metric([r.target, kind], 1.0 if signal.saturated(now) else 0)
+            families["saturated"].add_metric([target, kind], 1.0 if signal.saturated(now) else 0)
             if load is None:
                 continue
-            families["waiting"].add_metric([r.target, kind], load.waiting)
-            families["running"].add_metric([r.target, kind], load.running)
+            families["waiting"].add_metric([target, kind], load.waiting)
+            families["running"].add_metric([target, kind], load.running)
             if load.kv_usage is not None:
-                families["kv"].add_metric([r.target, kind], load.kv_usage)
-            families["age"].add_metric([r.target, kind], now - signal.read_at)
+                families["kv"].add_metric([target, kind], load.kv_usage)
+            families["age"].add_metric([target, kind], now - signal.read_at)
         yield from families.values()
         entries = GaugeMetricFamily(
             "meshgate_router_affinity_entries", "Prefix-block hashes in the affinity table."

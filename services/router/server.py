@@ -316,7 +316,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                             weight=r.weight,
                             max_concurrency=r.max_concurrency,
                             signals=signals_proto(r.signal, now),
-                            score=r.score,
+                            score=self._balancer.scores.get((model.id, r.key), 0.0),
                         )
                         for r in model.replicas
                     ],
@@ -364,7 +364,8 @@ async def run(config: Config) -> None:
     catalog, replicas = cat.build_catalog(config)
     balancer = Balancer(config.services.router)
     service = RouterService(catalog, replicas, config.edge.request_timeout_s, balancer)
-    prometheus_client.REGISTRY.register(ReplicaCollector(replicas, balancer))
+    models = [(model.id, model.replicas) for model in catalog]
+    prometheus_client.REGISTRY.register(ReplicaCollector(models, balancer))
     poller = Poller(replicas)
     await asyncio.gather(service.check_all(), poller.poll_once())
     poller.start()

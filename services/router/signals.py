@@ -72,6 +72,9 @@ class ProbeFailed(Exception):
 class Probe(Protocol):
     """Reads one replica's load from its engine."""
 
+    # What it reads (the engine's metrics URL): replicas whose probes read the same share one.
+    url: str
+
     async def read(self, timeout: float) -> Load | None:
         """The engine's load; None when it exposes no signal we know (balance it by our
         own count). Raises ProbeFailed when it should have answered and did not."""
@@ -90,7 +93,10 @@ class Signal:
     expected: bool = True
     load: Load | None = None
     read_at: float = 0.0
-    # The router's outstanding count at read time: requests sent since are not in `load`.
+    # Requests this router has in flight on the engine, across every replica (catalog
+    # name) that shares it; and that count when `load` was read, which does not include
+    # the requests sent since.
+    inflight: int = 0
     outstanding_at_read: int = 0
     # Why the last read failed; "" after a good one.
     error: str = ""
@@ -139,7 +145,14 @@ class Poller:
     """One polling loop per replica that has a probe; started with the router."""
 
     def __init__(self, replicas: Sequence[Replica]) -> None:
-        self._replicas = [r for r in replicas if r.probe is not None]
+        # One loop per engine: replicas that share a Signal (catalog names for one engine)
+        # are read once.
+        seen: set[int] = set()
+        self._replicas = []
+        for r in replicas:
+            if r.probe is not None and id(r.signal) not in seen:
+                seen.add(id(r.signal))
+                self._replicas.append(r)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def poll_once(self) -> None:
@@ -149,7 +162,7 @@ class Poller:
     async def poll(self, replica: Replica) -> None:
         signal, probe = replica.signal, replica.probe
         assert probe is not None
-        outstanding = replica.outstanding
+        outstanding = signal.inflight
         try:
             load = await probe.read(timeout=min(signal.interval_s, signal.stale_after_s))
         except ProbeFailed as exc:
