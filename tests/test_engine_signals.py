@@ -368,3 +368,33 @@ def test_the_poller_marks_failures_stale_and_engines_without_signals_as_none() -
     assert failing.signal.state(now) == "missing" and failing.signal.error == "timed out"
     assert silent.signal.state(now) == "none"
     assert good.signal.state(now + 10) == "stale"
+
+
+def test_requests_that_finished_since_the_reading_leave_its_queue_first() -> None:
+    replica = _replica("v", _vllm(waiting=3, running=4, kv=0.8))
+    replica.signal.outstanding_at_read = 7
+    replica.signal.inflight = 5  # two finished: two waiting ones took their slots
+    assert (estimate(replica, 1000.5).queue, estimate(replica, 1000.5).running) == (1, 4)
+    replica.signal.inflight = 1  # six finished: the queue is empty, one runs
+    now = estimate(replica, 1000.5)
+    assert (now.queue, now.running) == (0, 1) and now.kv_usage == pytest.approx(0.2)
+
+
+def test_a_slow_replicas_queue_weighs_more_than_a_quick_ones() -> None:
+    balancer = Balancer(_config())
+    quick, slow = (
+        _replica("quick", _vllm(waiting=2, running=4, kv=0.5)),
+        _replica("slow", _vllm(waiting=1, running=2, kv=0.5)),
+    )
+    assert balancer.choose([quick, slow], now=1000.5) == (slow, "load")
+    # The router saw requests take 0.25 s on one and 1 s on the other (Little's law).
+    for replica, seconds in ((quick, 0.25), (slow, 1.0)):
+        for i in range(8):
+            replica.residence.advance(replica.outstanding, 10.0 + i)
+            replica.outstanding += 1
+            replica.residence.advance(replica.outstanding, 10.0 + i + seconds)
+            replica.outstanding -= 1
+            replica.residence.finished(10.0 + i + seconds)
+    assert quick.residence.seconds == pytest.approx(0.25)
+    assert slow.residence.seconds == pytest.approx(1.0)
+    assert balancer.choose([quick, slow], now=1000.5) == (quick, "load")
