@@ -52,11 +52,13 @@ from services.router.signals import Probe, Signal
 # Why a replica was chosen: "affinity" (it served the prompt's prefix recently), "load"
 # (the best score without a prefix match), "yield" (a prefix matched elsewhere but load
 # was too uneven), "only" (one candidate), "saturated" (every candidate's signal was stale
-# or missing), "unhealthy" (no healthy candidate; an ejected one was tried).
-REASONS = ("affinity", "load", "yield", "only", "saturated", "unhealthy")
+# or missing), "unhealthy" (no healthy candidate; an ejected one was tried); and
+# "fallback", counted by the fallback chain when a request moves to another model.
+REASONS = ("affinity", "load", "yield", "only", "saturated", "unhealthy", "fallback")
 DECISIONS = prometheus_client.Counter(
     "meshgate_router_decisions",
-    "Replica choices, by model and reason (affinity, load, yield, only, saturated, unhealthy).",
+    "Routing decisions by model and reason: affinity, load, yield, only, saturated, unhealthy, "
+    "fallback.",
     ["model", "reason"],
 )
 AT_CAPACITY = prometheus_client.Counter(
@@ -310,8 +312,7 @@ class Balancer:
                 replica.residence.advance(replica.outstanding, now)
                 replica.outstanding += 1
                 replica.signal.inflight += 1
-                DECISIONS.labels(model, reason).inc()
-                self.decisions.setdefault(model, Counter())[reason] += 1
+                self.count(model, reason)
                 return replica
             if now >= deadline:
                 AT_CAPACITY.labels(model).inc()
@@ -319,6 +320,12 @@ class Balancer:
             released = self._released
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(released.wait(), deadline - now)
+
+    def count(self, model: str, reason: str) -> None:
+        """One routing decision for `model`, on /metrics and in ListModelReplicas. The
+        fallback chain counts "fallback" here when it moves a request to another model."""
+        DECISIONS.labels(model, reason).inc()
+        self.decisions.setdefault(model, Counter())[reason] += 1
 
     def release(self, replica: Replica) -> None:
         """The attempt on `replica` is over; a request waiting for a slot may take it."""
