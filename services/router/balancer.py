@@ -1,31 +1,32 @@
 """Replica choice: the engines' own load, prefix affinity, and per-replica concurrency limits.
 
-Each candidate gets a score, higher is better, the sum of weighted parts that are
-each 0..1 (`services.router.weights`, in the spirit of llm-d's endpoint picker):
+Each candidate gets a score, higher is better: the sum of weighted parts that are
+each 0..1 (`services.router.weights`, in the spirit of llm-d's endpoint picker).
 
-- queue: 1 - its queue / (the deepest candidate queue + 1, this request). The queue
-  is what the engine reports waiting, plus the requests this router sent it since
-  that reading (the engine has not counted them yet, and a burst must not all go
-  to the replica that looked idle a second ago). Where the engine reports nothing,
-  the router's own count of outstanding requests stands in, as before these
-  signals existed. (llm-d normalizes min-max, which makes 5 against 6 waiting as
-  decisive as 0 against 60; here it is a small difference.)
-- running: the same for requests being generated.
+- queue: 1 - its queue / (the deepest candidate's + 1, for this request). llm-d
+  normalizes min-max, which makes 5 against 6 waiting as decisive as 0 against 60;
+  here it is a small difference.
+- running: the same, for requests being generated.
 - kv_cache: 1 - the engine's KV-cache use.
-- prefix: the share of the prompt's leading blocks this replica served recently,
-  unless the candidates' loads are imbalanced (affinity.py; the rule is Shepherd
-  Model Gateway's), in which case affinity yields to load. With the default
-  weights a full match outweighs any queue difference short of that imbalance.
+- prefix: the share of the prompt's leading blocks this replica served recently
+  (affinity.py), unless the candidates' loads (queue + running) are imbalanced by
+  Shepherd Model Gateway's rule, max - min > balance_abs_threshold and max > min *
+  balance_rel_threshold; then affinity yields to load. With the default weights a
+  full match outweighs any queue difference short of that imbalance.
 
-Queues and running counts are per unit of `weight` and, for replicas with engine
-signals, times their slowness: the mean time a request spends on them (`Residence`,
-from the router's own counts) against the quickest candidate's, so that a queue
-is weighed as the wait it means. A reading is brought up to date with what the
-router sent and saw finish since (`estimate`): signals a second old must not
-hide what the router knows now. A replica whose signal is
-stale or missing counts as saturated: it is chosen only when every candidate is,
-and then by outstanding count. Replicas at their `max_concurrency` are skipped;
-when all are, the request waits for a slot (bounded), then gets a 503.
+Queue and running are the engine's last reading brought up to date with what the
+router sent and saw finish since (`estimate`): a reading a second old must not hide
+what the router knows now. Where the engine reports nothing (no signal source),
+the router's own outstanding count is the queue, as before engine signals. Both
+are per unit of `weight` and, for replicas with signals, times their slowness: the
+time a request spends on them (`Residence`, Little's law over the router's own
+counts) against the quickest candidate's, so that a queue weighs as the wait it
+means.
+
+A replica whose signal is stale or missing counts as saturated: it is chosen only
+when every candidate is, and then by outstanding count. Replicas at their
+`max_concurrency` are skipped; when all are, the request waits for a slot
+(bounded), then gets a 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import prometheus_client
 from prometheus_client.core import GaugeMetricFamily
@@ -141,8 +143,7 @@ class Residence:
             self.window_area, self.window_done, self.window_at = self.area, self.done, now
 
 
-@dataclass(frozen=True, slots=True)
-class Estimate:
+class Estimate(NamedTuple):
     """A replica's load now, from its engine's last reading and what was sent since."""
 
     queue: float
