@@ -40,7 +40,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from decimal import Decimal, InvalidOperation
@@ -273,6 +273,7 @@ def principal(
     models: list[str] | tuple[str, ...],
     redis_failure_policy: str,
     roles: tuple[str, ...] | list[str] = ("api",),
+    fallbacks: Mapping[str, Sequence[str]] | None = None,
 ) -> common_pb2.Principal:
     return common_pb2.Principal(
         roles=sorted({ROLES[r] for r in roles if r in ROLES} or {common_pb2.ROLE_API}),
@@ -285,6 +286,10 @@ def principal(
         redis_failure_policy=POLICIES.get(
             redis_failure_policy, common_pb2.REDIS_FAILURE_POLICY_FAIL_CLOSED
         ),
+        fallbacks={
+            model: common_pb2.ModelFallbacks(models=list(chain))
+            for model, chain in (fallbacks or {}).items()
+        },
     )
 
 
@@ -309,6 +314,7 @@ class ConfigKeyStore:
                     models=key.models,
                     redis_failure_policy=key.redis_failure_policy,
                     roles=key.roles,
+                    fallbacks=key.fallbacks,
                 ),
             )
 
