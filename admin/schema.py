@@ -207,6 +207,9 @@ class UsageRecord(_Answer):
     key_id: str
     tenant: str
     model: str
+    requested_model: str = Field(
+        default="", description="The model asked for, when a fallback served (`model`) instead."
+    )
     endpoint: str
     stream: bool
     outcome: str

@@ -1,0 +1,391 @@
+"""Model fallbacks: when the model asked for cannot answer before its first token, the
+next model of its chain does, and the client, the header and the ledger all say which.
+
+One mesh for the module. Two fake llama.cpp servers (tests/fake_engine.py) serve
+`fb/primary` and `fb/second`, and can be made to fail (500), refuse (429), hang or
+die midway; `fb/third` and the others are the built-in reference engine; `fb/dead`
+names an engine that is not there.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from meshgate.config import SAMPLE_CONFIG
+from tests.conftest import ROOT, RunningMesh, free_ports, meshgate_cmd, subprocess_env
+from tests.support import metric
+
+PRIMARY, SECOND, THIRD = "fb/primary", "fb/second", "fb/third"
+DEAD, SMALL, TOOLS, TOOLS_OK = "fb/dead", "fb/small", "fb/tools", "fb/tools-ok"
+EMBED_DEAD = "fb/embed-dead"
+ALIAS = "fast"
+OVERRIDE_SECRET = "sk-fallbacks-override-key"
+NARROW_SECRET = "sk-fallbacks-narrow-key"
+BUDGET_SECRET = "sk-fallbacks-budget-key"
+BUDGET_USD = Decimal("1")
+PRIMARY_TIMEOUT_S = 1.5
+FALLBACKS = "meshgate_router_fallbacks_total"
+SKIPPED = "meshgate_router_fallbacks_skipped_total"
+# USD per million tokens: the second is the dearest, so a fallback to it costs more.
+PRICES = {
+    PRIMARY: (Decimal("1"), Decimal("2")),
+    SECOND: (Decimal("3"), Decimal("7")),
+    THIRD: (Decimal("0.5"), Decimal("0.5")),
+}
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+}
+
+
+def _start(argv: list[str], ready_url: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(ready_url, timeout=1)
+            return proc
+        except httpx.HTTPError:
+            assert proc.poll() is None and time.monotonic() < deadline, f"{argv} did not start"
+            time.sleep(0.1)
+
+
+@dataclass
+class Fallbacks:
+    mesh: RunningMesh
+    engines: list[str]  # origins of the fakes behind PRIMARY and SECOND
+    router_metrics: int
+
+    def mode(self, i: int, mode: str) -> None:
+        httpx.post(f"{self.engines[i]}/__control", json={"mode": mode}, timeout=5)
+
+    def healthy(self, i: int) -> bool:
+        target = f'target="{self.engines[i]}/v1"'
+        return metric(self.router_metrics, "meshgate_router_replica_healthy", target) == 1
+
+    def reset(self) -> None:
+        """Both fakes answer again and are back in rotation."""
+        for i in (0, 1):
+            self.mode(i, "replay")
+        deadline = time.monotonic() + 10
+        while not (self.healthy(0) and self.healthy(1)):
+            assert time.monotonic() < deadline, "the fakes were not re-admitted"
+            time.sleep(0.2)
+
+    def taken(self, source: str, to: str, reason: str) -> float:
+        return metric(
+            self.router_metrics, FALLBACKS, f'from="{source}",reason="{reason}",to="{to}"'
+        )
+
+    def client(self, secret: str = "") -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=self.mesh.base_url, api_key=secret or self.mesh.api_key, max_retries=0
+        )
+
+    def http(self, secret: str = "") -> httpx.Client:
+        headers = {"Authorization": f"Bearer {secret or self.mesh.api_key}"}
+        return httpx.Client(base_url=self.mesh.origin, timeout=30, headers=headers)
+
+
+def _model(model_id: str, engines: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    return {"id": model_id, "category": "text", "engines": engines, **fields}
+
+
+def _pricing(model_id: str) -> dict[str, str]:
+    given, made = PRICES[model_id]
+    return {"input_per_mtok": str(given), "output_per_mtok": str(made)}
+
+
+@pytest.fixture(scope="module")
+def fb(start_mesh: Any) -> Iterator[Fallbacks]:
+    f0, f1, dead, router_metrics = free_ports(4)
+    procs = [
+        _start(
+            [sys.executable, "-m", "tests.fake_engine", "--port", str(p)],
+            f"http://127.0.0.1:{p}/__stats",
+        )
+        for p in (f0, f1)
+    ]
+    engines = [f"http://127.0.0.1:{p}" for p in (f0, f1)]
+
+    def http(origin: str) -> dict[str, str]:
+        return {"kind": "openai_http", "url": f"{origin}/v1", "model": "smollm2"}
+
+    reference = [{"kind": "grpc"}]
+    nowhere = [http(f"http://127.0.0.1:{dead}")]
+    models = yaml.safe_load(SAMPLE_CONFIG.read_text())["models"] + [
+        _model(
+            PRIMARY,
+            [http(engines[0])],
+            fallbacks=[SECOND, THIRD],
+            timeout_s=PRIMARY_TIMEOUT_S,
+            pricing=_pricing(PRIMARY),
+        ),
+        _model(SECOND, [http(engines[1])], pricing=_pricing(SECOND)),
+        _model(THIRD, reference, aliases=[ALIAS], pricing=_pricing(THIRD)),
+        _model(DEAD, nowhere, fallbacks=[THIRD]),
+        _model(SMALL, reference, context_length=64, context_fallbacks=True, fallbacks=[THIRD]),
+        _model(TOOLS, nowhere, capabilities=["tool_use"], fallbacks=[THIRD, TOOLS_OK]),
+        _model(TOOLS_OK, reference, capabilities=["tool_use"]),
+        {
+            "id": EMBED_DEAD,
+            "category": "embeddings",
+            "dimensions": 1024,
+            "engines": nowhere,
+            "fallbacks": ["bge-m3"],
+        },
+    ]
+    keys = yaml.safe_load(SAMPLE_CONFIG.read_text())["keys"] + [
+        {"name": "override", "secret": OVERRIDE_SECRET, "fallbacks": {DEAD: [TOOLS_OK]}},
+        {"name": "narrow", "secret": NARROW_SECRET, "models": [TOOLS, TOOLS_OK]},
+        {"name": "budget", "secret": BUDGET_SECRET, "budget_usd": str(BUDGET_USD)},
+    ]
+    mesh = start_mesh(
+        models=models, keys=keys, services={"router": {"metrics_port": router_metrics}}
+    )
+    try:
+        yield Fallbacks(mesh, engines, router_metrics)
+    finally:
+        assert mesh.stop() == 0
+        for proc in procs:
+            proc.kill()  # a hung request would hold uvicorn's graceful shutdown for a minute
+            proc.wait(10)
+
+
+def _ask(model: str, content: str = "Say hello.", **fields: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **fields}
+
+
+def _records(mesh: RunningMesh, *request_ids: str) -> dict[str, dict[str, Any]]:
+    """The ledger's records of these requests, as `meshgate usage` prints them, once all are in."""
+    deadline = time.monotonic() + 30
+    while True:
+        out = subprocess.run(
+            meshgate_cmd(
+                "usage", "--config", str(mesh.config_path), "--records", "--format", "json",
+                "--limit", "1000",
+            ),
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        found = {
+            r["request_id"]: r for r in json.loads(out.stdout) if r["request_id"] in request_ids
+        }
+        if len(found) == len(request_ids):
+            return found
+        assert time.monotonic() < deadline, f"records of {request_ids} not in the ledger"
+        time.sleep(0.3)
+
+
+# ------------------------------------------------------------- triggers ----
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"), [("fail", "engine_error"), ("busy", "rate_limited")], ids=["5xx", "429"]
+)
+def test_an_engine_5xx_or_429_falls_back_to_the_next_model(
+    fb: Fallbacks, mode: str, reason: str
+) -> None:
+    fb.mode(0, mode)
+    try:
+        before = fb.taken(PRIMARY, SECOND, reason)
+        with fb.http() as http:
+            answer = http.post("/v1/chat/completions", json=_ask(PRIMARY))
+            streamed = http.post("/v1/chat/completions", json=_ask(PRIMARY, stream=True))
+        assert answer.status_code == streamed.status_code == 200, answer.text
+        assert answer.json()["model"] == SECOND
+        assert answer.headers["x-meshgate-model"] == streamed.headers["x-meshgate-model"] == SECOND
+        first = json.loads(streamed.text.split("\n\n")[0].removeprefix("data: "))
+        assert first["model"] == SECOND and streamed.text.endswith("data: [DONE]\n\n")
+        assert fb.taken(PRIMARY, SECOND, reason) >= before + 1
+    finally:
+        fb.reset()
+
+
+def test_fallbacks_are_tried_in_order(fb: Fallbacks) -> None:
+    fb.mode(0, "fail")
+    fb.mode(1, "fail")
+    try:
+        with fb.client() as client:
+            reply = client.chat.completions.create(**_ask(PRIMARY))
+            chunks = list(client.chat.completions.create(**_ask(PRIMARY), stream=True))
+        assert reply.model == THIRD
+        assert {c.model for c in chunks} == {THIRD}
+        assert fb.taken(SECOND, THIRD, "engine_error") >= 1
+    finally:
+        fb.reset()
+
+
+def test_a_model_past_its_timeout_falls_back_within_the_deadline(fb: Fallbacks) -> None:
+    fb.mode(0, "hang")
+    try:
+        with fb.http() as http:
+            started = time.monotonic()
+            answer = http.post("/v1/chat/completions", json=_ask(PRIMARY))
+            streamed = http.post("/v1/chat/completions", json=_ask(PRIMARY, stream=True))
+            took = time.monotonic() - started
+        assert answer.status_code == streamed.status_code == 200, answer.text
+        assert answer.headers["x-meshgate-model"] == streamed.headers["x-meshgate-model"] == SECOND
+        # Two requests, each waiting out the primary's timeout once (a minute if it did not).
+        assert 2 * PRIMARY_TIMEOUT_S <= took < 2 * PRIMARY_TIMEOUT_S + 20
+        assert fb.taken(PRIMARY, SECOND, "timeout") >= 2
+    finally:
+        fb.reset()
+
+
+def test_no_healthy_replica_falls_back(fb: Fallbacks) -> None:
+    """The first call finds the engine unreachable and ejects it; later ones skip it."""
+    with fb.client() as client:
+        replies = [client.chat.completions.create(**_ask(DEAD)) for _ in range(3)]
+    assert [r.model for r in replies] == [THIRD] * 3
+    assert fb.taken(DEAD, THIRD, "no_healthy_replica") >= 1
+
+
+def test_a_prompt_too_long_goes_to_a_fallback_with_a_larger_context(fb: Fallbacks) -> None:
+    long = "lighthouse " * 100  # about 100 tokens: more than fb/small's 64
+    with fb.client() as client:
+        reply = client.chat.completions.create(**_ask(SMALL, long))
+        short = client.chat.completions.create(**_ask(SMALL))
+        with pytest.raises(openai.BadRequestError) as info:  # no fallback is that large
+            client.chat.completions.create(**_ask(SMALL, "lighthouse " * 9000))
+        with pytest.raises(openai.BadRequestError) as plain:  # no context_fallbacks on THIRD
+            client.chat.completions.create(**_ask(THIRD, "lighthouse " * 9000))
+    assert (reply.model, short.model) == (THIRD, SMALL)
+    assert fb.taken(SMALL, THIRD, "context") >= 1
+    for error in (info.value, plain.value):
+        assert error.status_code == 400
+        assert (error.code, error.param) == ("context_length_exceeded", "messages")
+
+
+def test_a_stream_that_fails_after_its_first_chunk_is_an_error_event_not_a_fallback(
+    fb: Fallbacks,
+) -> None:
+    fb.mode(0, "break")
+    try:
+        before = sum(fb.taken(PRIMARY, to, "engine_error") for to in (SECOND, THIRD))
+        with fb.http() as http:
+            streamed = http.post("/v1/chat/completions", json=_ask(PRIMARY, stream=True))
+        assert streamed.status_code == 200
+        assert streamed.headers["x-meshgate-model"] == PRIMARY
+        events = [e.removeprefix("data: ") for e in streamed.text.split("\n\n") if e]
+        assert json.loads(events[0])["model"] == PRIMARY
+        error = json.loads(events[-1])["error"]
+        assert (error["type"], error["code"]) == ("server_error", None)
+        assert "[DONE]" not in events
+        assert sum(fb.taken(PRIMARY, to, "engine_error") for to in (SECOND, THIRD)) == before
+    finally:
+        fb.reset()
+
+
+# -------------------------------------------------------------- who may ----
+
+
+def test_a_fallback_without_a_capability_the_request_needs_is_skipped(fb: Fallbacks) -> None:
+    skipped = metric(fb.router_metrics, SKIPPED, f'from="{TOOLS}",to="{THIRD}"')
+    with fb.client() as client:
+        with_tools = client.chat.completions.create(**_ask(TOOLS), tools=[WEATHER])
+        without = client.chat.completions.create(**_ask(TOOLS))
+    assert with_tools.model == TOOLS_OK  # THIRD has no tool_use
+    assert without.model == THIRD
+    assert metric(fb.router_metrics, SKIPPED, f'from="{TOOLS}",to="{THIRD}"') >= skipped + 1
+
+
+def test_a_keys_own_fallbacks_win_over_the_catalogs(fb: Fallbacks) -> None:
+    with fb.client(OVERRIDE_SECRET) as client:
+        assert client.chat.completions.create(**_ask(DEAD)).model == TOOLS_OK
+    with fb.client() as client:
+        assert client.chat.completions.create(**_ask(DEAD)).model == THIRD
+
+
+def test_a_fallback_the_key_may_not_use_is_skipped(fb: Fallbacks) -> None:
+    with fb.client(NARROW_SECRET) as client:
+        assert client.chat.completions.create(**_ask(TOOLS)).model == TOOLS_OK
+
+
+# --------------------------------------------------- every endpoint says ----
+
+
+def test_every_endpoint_names_the_model_that_served(fb: Fallbacks) -> None:
+    with fb.http() as http:
+        answers = {
+            "completions": http.post("/v1/completions", json={"model": DEAD, "prompt": "Once"}),
+            "completions stream": http.post(
+                "/v1/completions", json={"model": DEAD, "prompt": "Once", "stream": True}
+            ),
+            "responses": http.post("/v1/responses", json={"model": DEAD, "input": "Hi"}),
+            "responses stream": http.post(
+                "/v1/responses", json={"model": DEAD, "input": "Hi", "stream": True}
+            ),
+            "embeddings": http.post("/v1/embeddings", json={"model": EMBED_DEAD, "input": "a"}),
+        }
+    for name, answer in answers.items():
+        assert answer.status_code == 200, (name, answer.text)
+        served = "bge-m3" if name == "embeddings" else THIRD
+        assert answer.headers["x-meshgate-model"] == served, name
+        if not name.endswith("stream"):
+            assert answer.json()["model"] == served, name
+    completed = [e for e in answers["responses stream"].text.split("\n\n") if "completed" in e]
+    assert json.loads(completed[-1].split("data: ", 1)[1])["response"]["model"] == THIRD
+    assert json.loads(answers["completions stream"].text.split("\n\n")[0][6:])["model"] == THIRD
+
+
+def test_an_alias_resolves_to_its_model(fb: Fallbacks) -> None:
+    with fb.client() as client:
+        reply = client.chat.completions.create(**_ask(ALIAS))
+        card = client.models.retrieve(ALIAS)
+        listed = [m.id for m in client.models.list()]
+    assert reply.model == card.id == THIRD
+    assert THIRD in listed and ALIAS not in listed  # the list names each model once, by id
+
+
+# ---------------------------------------------------------------- billing ----
+
+
+def test_the_ledger_and_the_budget_price_the_model_that_served(fb: Fallbacks) -> None:
+    fb.mode(0, "fail")
+    try:
+        with fb.http(BUDGET_SECRET) as http:
+            answer = http.post("/v1/chat/completions", json=_ask(PRIMARY, max_tokens=50))
+        with fb.http() as http:
+            direct = http.post("/v1/chat/completions", json=_ask(THIRD, max_tokens=50))
+        assert answer.headers["x-meshgate-model"] == SECOND
+    finally:
+        fb.reset()
+    fell, straight = answer.headers["x-request-id"], direct.headers["x-request-id"]
+    records = _records(fb.mesh, fell, straight)
+    record = records[fell]
+    assert (record["model"], record["requested_model"]) == (SECOND, PRIMARY)
+    assert (records[straight]["model"], records[straight]["requested_model"]) == (THIRD, "")
+    given, made = PRICES[SECOND]
+    prompt, completion = record["prompt_tokens"], record["completion_tokens"]
+    assert completion > 0
+    cost = (prompt * given + completion * made) / 10**6
+    assert Decimal(str(record["cost_usd"])) == cost
+    # Reserved at the dearest model of the chain (SECOND, on both prices), so that a budget
+    # holds whichever model answers: validation's prompt count plus the 50 allowed.
+    counted = record["reserved_tokens"] - 50
+    assert Decimal(str(record["reserved_usd"])) == (counted * given + 50 * made) / 10**6
+    # The budget was charged the serving model's price, to the micro-dollar.
+    with fb.http(BUDGET_SECRET) as http:
+        deadline = time.monotonic() + 10
+        while True:  # settling happens off the request path
+            left = Decimal(http.get("/v1/models").headers["x-ratelimit-remaining-budget-usd"])
+            if left == BUDGET_USD - cost or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    assert left == BUDGET_USD - cost
