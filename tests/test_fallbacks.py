@@ -10,6 +10,7 @@ names an engine that is not there.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -389,3 +390,67 @@ def test_the_ledger_and_the_budget_price_the_model_that_served(fb: Fallbacks) ->
                 break
             time.sleep(0.1)
     assert left == BUDGET_USD - cost
+
+
+# ------------------------------------------------ a key's own, managed ----
+
+
+def _until(check: Any, timeout: float = 10) -> Any:
+    """`check()` once it is truthy: key changes reach every cache within a second or so."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return result
+
+
+def test_the_admin_api_sets_a_keys_fallbacks(fb: Fallbacks) -> None:
+    mesh = fb.mesh
+    keys = f"{mesh.admin_origin}/admin/v1/keys"
+    headers = {"Authorization": f"Bearer {mesh.admin_key}"}
+    with httpx.Client(headers=headers, timeout=30) as admin:
+        refused = admin.post(keys, json={"name": "bad", "fallbacks": {DEAD: ["fb/nope"]}})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "fallbacks"
+        created = admin.post(keys, json={"name": "own", "fallbacks": {DEAD: [TOOLS_OK]}})
+        assert created.status_code == 201, created.text
+        key = created.json()
+        assert key["fallbacks"] == {DEAD: [TOOLS_OK]}
+        with fb.client(key["secret"]) as client:
+            assert client.chat.completions.create(**_ask(DEAD)).model == TOOLS_OK
+            patched = admin.patch(f"{keys}/{key['id']}", json={"fallbacks": {}})
+            assert patched.status_code == 200 and patched.json()["fallbacks"] == {}
+            back = _until(lambda: client.chat.completions.create(**_ask(DEAD)).model == THIRD)
+    assert back, "the key kept its own fallbacks after they were removed"
+
+
+def test_keys_create_and_update_set_a_keys_fallbacks(fb: Fallbacks) -> None:
+    redis_url = re.search(r"embedded redis at (\S+)", fb.mesh.stderr())
+    assert redis_url, fb.mesh.output()
+
+    def keys(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            meshgate_cmd("keys", *args),
+            env=subprocess_env({"REDIS_URL": redis_url.group(1)}),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    created = keys("create", "--name", "cli-own", "--fallbacks", f"{DEAD}={TOOLS_OK}")
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    key_id = created.stderr.split()[1]
+    with fb.client(secret) as client:
+        assert client.chat.completions.create(**_ask(DEAD)).model == TOOLS_OK
+        updated = keys("update", key_id, "--fallbacks", f"{DEAD}=")  # none at all
+        assert updated.returncode == 0, updated.stderr
+        assert f"fallbacks={DEAD}=" in updated.stdout
+
+        def refused() -> bool:
+            try:
+                client.chat.completions.create(**_ask(DEAD))
+            except openai.InternalServerError as exc:
+                return exc.status_code == 503
+            return False
+
+        assert _until(refused), "the key still fell back after its fallbacks were emptied"
