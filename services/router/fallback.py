@@ -31,7 +31,7 @@ from meshgate import errors, fallbacks
 from meshgate.config import ModelConfig
 from meshgate.deadline import left
 from meshgate.errors import ApiError
-from meshgate.v1 import common_pb2
+from meshgate.v1 import common_pb2, inference_pb2
 from services.router import catalog as cat
 from services.validation.catalog import Request, for_model
 
@@ -119,7 +119,7 @@ class Chain(Generic[Request]):
 
     def _candidates(self) -> Iterator[Attempt[Request]]:
         requested, request = self._requested, self._request
-        if not requested.config.context_fallbacks:
+        if not requested.config.context_fallbacks or self._fits(requested.config):
             yield Attempt(requested, request, self._prompt_tokens)
         else:
             try:
@@ -138,6 +138,18 @@ class Chain(Generic[Request]):
                 SKIPPED.labels(requested.id, name).inc()
                 continue
             yield Attempt(model, copy, prompt_tokens)
+
+    def _fits(self, model: ModelConfig) -> bool:
+        """Surely within `model`'s context: the validated prompt count (over all prompts or
+        inputs) plus the completion allowance. Else the full rule decides."""
+        request = self._request
+        allowance = (
+            request.max_tokens
+            if not isinstance(request, inference_pb2.EmbeddingRequest)
+            and request.HasField("max_tokens")
+            else 0
+        )
+        return self._prompt_tokens + allowance <= model.context_length
 
     def _enter(self, attempt: Attempt[Request]) -> Attempt[Request]:
         if self._from is not None and self._from is not attempt.model:
