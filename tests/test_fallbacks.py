@@ -24,7 +24,10 @@ import openai
 import pytest
 import yaml
 
-from meshgate.config import SAMPLE_CONFIG
+from meshgate import fallbacks
+from meshgate.config import SAMPLE_CONFIG, ModelConfig
+from meshgate.pricing import PriceBook
+from meshgate.v1 import common_pb2
 from tests.conftest import ROOT, RunningMesh, free_ports, meshgate_cmd, subprocess_env
 from tests.support import metric
 
@@ -454,3 +457,54 @@ def test_keys_create_and_update_set_a_keys_fallbacks(fb: Fallbacks) -> None:
             return False
 
         assert _until(refused), "the key still fell back after its fallbacks were emptied"
+
+
+# ------------------------------------------------------------ the rules ----
+
+
+def _catalog() -> list[ModelConfig]:
+    """PRIMARY falls back to SECOND, then THIRD, each at its PRICES."""
+    chains = {PRIMARY: [SECOND, THIRD]}
+    return [
+        ModelConfig.model_validate(
+            {
+                "id": name,
+                "engines": [{"kind": "grpc"}],
+                "pricing": _pricing(name),
+                "fallbacks": chains.get(name, []),
+            }
+        )
+        for name in PRICES
+    ]
+
+
+@pytest.mark.parametrize(
+    ("principal", "chain"),
+    [
+        (common_pb2.Principal(), (SECOND, THIRD)),
+        (common_pb2.Principal(allowed_models=[PRIMARY, THIRD]), (THIRD,)),
+        (
+            common_pb2.Principal(fallbacks={PRIMARY: common_pb2.ModelFallbacks(models=[THIRD])}),
+            (THIRD,),
+        ),
+        (common_pb2.Principal(fallbacks={PRIMARY: common_pb2.ModelFallbacks()}), ()),
+        (common_pb2.Principal(fallbacks={SECOND: common_pb2.ModelFallbacks()}), (SECOND, THIRD)),
+    ],
+    ids=["catalog", "allowance", "key's own", "key's none", "other model's"],
+)
+def test_the_chain_is_the_keys_own_else_the_catalogs_less_what_it_may_not_use(
+    principal: common_pb2.Principal, chain: tuple[str, ...]
+) -> None:
+    assert fallbacks.chain(_catalog()[0], principal) == chain
+
+
+def test_admission_reserves_at_the_dearest_model_of_the_chain() -> None:
+    book = PriceBook(_catalog())
+    everyone, only_third = (
+        common_pb2.Principal(),
+        common_pb2.Principal(fallbacks={PRIMARY: common_pb2.ModelFallbacks(models=[THIRD])}),
+    )
+    dearest = book.get(SECOND).worst_case(100, 50)
+    assert book.worst_case(PRIMARY, everyone, 100, 50) == dearest
+    assert book.worst_case(PRIMARY, only_third, 100, 50) == book.get(PRIMARY).worst_case(100, 50)
+    assert book.worst_case("not-in-the-catalog", everyone, 100, 50) == 0
