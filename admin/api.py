@@ -468,6 +468,8 @@ async def list_models(c: Call) -> Answer:
                 category=m.model.category,
                 capabilities=list(m.model.capabilities),
                 context_length=m.model.context_length,
+                aliases=list(m.model.aliases),
+                fallbacks=list(m.model.fallbacks),
                 serving=m.serving,
                 replicas=[
                     schema.Replica(

@@ -252,6 +252,10 @@ class ModelHealth(_Answer):
     category: str
     capabilities: list[str]
     context_length: int
+    aliases: list[str] = Field(default=[], description="Other names clients may ask for it by.")
+    fallbacks: list[str] = Field(
+        default=[], description="The catalog's fallbacks, in the order tried (a key may differ)."
+    )
     serving: bool
     replicas: list[Replica]
 

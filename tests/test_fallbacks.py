@@ -355,6 +355,11 @@ def test_an_alias_resolves_to_its_model(fb: Fallbacks) -> None:
         listed = [m.id for m in client.models.list()]
     assert reply.model == card.id == THIRD
     assert THIRD in listed and ALIAS not in listed  # the list names each model once, by id
+    headers = {"Authorization": f"Bearer {fb.mesh.admin_key}"}
+    models = httpx.get(f"{fb.mesh.admin_origin}/admin/v1/models", headers=headers).json()
+    by_id = {m["id"]: m for m in models["data"]}
+    assert by_id[THIRD]["aliases"] == [ALIAS]  # operators see them
+    assert by_id[PRIMARY]["fallbacks"] == [SECOND, THIRD]
 
 
 # ---------------------------------------------------------------- billing ----

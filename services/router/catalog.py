@@ -37,6 +37,8 @@ class Model:
             category=c.category,
             capabilities=list(c.capabilities),
             context_length=c.context_length,
+            aliases=list(c.aliases),
+            fallbacks=list(c.fallbacks),
         )
 
 
