@@ -40,6 +40,7 @@ NARROW_SECRET = "sk-fallbacks-narrow-key"
 BUDGET_SECRET = "sk-fallbacks-budget-key"
 BUDGET_USD = Decimal("1")
 PRIMARY_TIMEOUT_S = 1.5
+REQUEST_TIMEOUT_S = 8.0  # the mesh's one deadline per request (edge.request_timeout_s)
 FALLBACKS = "meshgate_router_fallbacks_total"
 SKIPPED = "meshgate_router_fallbacks_skipped_total"
 # USD per million tokens: the second is the dearest, so a fallback to it costs more.
@@ -157,7 +158,10 @@ def fb(start_mesh: Any) -> Iterator[Fallbacks]:
         {"name": "budget", "secret": BUDGET_SECRET, "budget_usd": str(BUDGET_USD)},
     ]
     mesh = start_mesh(
-        models=models, keys=keys, services={"router": {"metrics_port": router_metrics}}
+        models=models,
+        keys=keys,
+        services={"router": {"metrics_port": router_metrics}},
+        edge={"request_timeout_s": REQUEST_TIMEOUT_S},
     )
     try:
         yield Fallbacks(mesh, engines, router_metrics)
@@ -248,6 +252,26 @@ def test_a_model_past_its_timeout_falls_back_within_the_deadline(fb: Fallbacks) 
         # Two requests, each waiting out the primary's timeout once (a minute if it did not).
         assert 2 * PRIMARY_TIMEOUT_S <= took < 2 * PRIMARY_TIMEOUT_S + 20
         assert fb.taken(PRIMARY, SECOND, "timeout") >= 2
+    finally:
+        fb.reset()
+
+
+def test_the_chain_shares_the_requests_one_deadline(fb: Fallbacks) -> None:
+    """The primary's timeout_s passes, the second (no timeout_s of its own) hangs until the
+    request's deadline: a 504 then, and the third is never tried."""
+    fb.mode(0, "hang")
+    fb.mode(1, "hang")
+    try:
+        before = fb.taken(SECOND, THIRD, "timeout")
+        with fb.client() as client:
+            started = time.monotonic()
+            with pytest.raises(openai.APIStatusError) as info:
+                client.chat.completions.create(**_ask(PRIMARY), timeout=60)
+            took = time.monotonic() - started
+        assert info.value.status_code == 504
+        assert REQUEST_TIMEOUT_S - 1 < took < REQUEST_TIMEOUT_S + 5
+        assert fb.taken(PRIMARY, SECOND, "timeout") >= 1
+        assert fb.taken(SECOND, THIRD, "timeout") == before
     finally:
         fb.reset()
 
