@@ -1,7 +1,8 @@
 """The model catalog's live side: each model's replicas and whether it serves.
 
 What a model accepts (category, tools, vision, context length) is checked by
-the validation service before quota charges anything; the router only routes.
+the validation service before quota charges anything; the router only routes,
+and runs the same rules again only for a fallback model (fallback.py).
 """
 
 from __future__ import annotations

@@ -124,9 +124,10 @@ class Chain(Generic[Request]):
         else:
             try:
                 self._prepare(requested.config, for_model(request, requested.id))
-                yield Attempt(requested, request, self._prompt_tokens)
             except ApiError as exc:  # validation let it through for a fallback's context
                 self.failed(requested, "context", exc)
+            else:
+                yield Attempt(requested, request, self._prompt_tokens)
         for name in fallbacks.chain(requested.config, self._principal):
             model = self._catalog.get(name)
             if model is None:
@@ -164,11 +165,9 @@ class Chain(Generic[Request]):
 
     def failed(self, model: cat.Model, reason: str, error: ApiError) -> None:
         """`model` could not answer, for `reason`; `error` is what the client gets if no
-        later model answers. A context refusal of the model asked for stays the answer:
-        it says more than a later model's outage."""
-        self._from, self._reason = model, reason
-        if self._error is None or self._error.code != "context_length_exceeded":
-            self._error = error
+        later model answers (the last failure: a prompt too long for the model asked for
+        stays a 400 only if no fallback was tried, since a retry may find one up)."""
+        self._from, self._reason, self._error = model, reason, error
 
     def error(self) -> ApiError:
         """Why no model of the chain answered."""

@@ -1,4 +1,5 @@
-"""The router service: replica choice, failover and the streaming relay."""
+"""The router service: replica choice, failover, model fallbacks (fallback.py) and the
+streaming relay."""
 
 from __future__ import annotations
 
