@@ -33,7 +33,7 @@ from tests.support import metric
 
 PRIMARY, SECOND, THIRD = "fb/primary", "fb/second", "fb/third"
 DEAD, SMALL, TOOLS, TOOLS_OK = "fb/dead", "fb/small", "fb/tools", "fb/tools-ok"
-EMBED_DEAD = "fb/embed-dead"
+EMBED_DEAD, EMBED_WIDE = "fb/embed-dead", "fb/embed-wide"
 ALIAS = "fast"
 OVERRIDE_SECRET = "sk-fallbacks-override-key"
 NARROW_SECRET = "sk-fallbacks-narrow-key"
@@ -150,6 +150,13 @@ def fb(start_mesh: Any) -> Iterator[Fallbacks]:
             "dimensions": 1024,
             "engines": nowhere,
             "fallbacks": ["bge-m3"],
+        },
+        {
+            "id": EMBED_WIDE,
+            "category": "embeddings",
+            "dimensions": 2048,
+            "engines": nowhere,
+            "fallbacks": ["bge-m3"],  # 1024 dimensions only
         },
     ]
     keys = yaml.safe_load(SAMPLE_CONFIG.read_text())["keys"] + [
@@ -331,6 +338,19 @@ def test_a_fallback_without_a_capability_the_request_needs_is_skipped(fb: Fallba
     assert with_tools.model == TOOLS_OK  # THIRD has no tool_use
     assert without.model == THIRD
     assert metric(fb.router_metrics, SKIPPED, f'from="{TOOLS}",to="{THIRD}"') >= skipped + 1
+
+
+def test_an_embeddings_fallback_with_fewer_dimensions_than_asked_is_skipped(
+    fb: Fallbacks,
+) -> None:
+    """Vectors of another size would be garbage to the caller: no answer is better."""
+    with fb.client() as client:
+        with pytest.raises(openai.InternalServerError) as info:  # 2048, the model's native
+            client.embeddings.create(model=EMBED_WIDE, input="a")
+        fits = client.embeddings.create(model=EMBED_WIDE, input="a", dimensions=512)
+    assert info.value.status_code == 503
+    assert fits.model == "bge-m3" and len(fits.data[0].embedding) == 512
+    assert metric(fb.router_metrics, SKIPPED, f'from="{EMBED_WIDE}",to="bge-m3"') >= 1
 
 
 def test_a_keys_own_fallbacks_win_over_the_catalogs(fb: Fallbacks) -> None:
