@@ -180,6 +180,7 @@ def _key_fields(key: admin_pb2.Key) -> dict[str, Any]:
         **_limits(key.limits),
         **_budget(key.limits, key.spent_micro_usd),
         "models": list(key.models),
+        "fallbacks": {model: list(chain.models) for model, chain in sorted(key.fallbacks.items())},
         "roles": [ROLE_NAMES[r] for r in key.roles if r in ROLE_NAMES],
         "redis_failure_policy": POLICY_NAMES.get(key.redis_failure_policy, "fail_closed"),
         "created_at": _when(key.created_unix_us),
@@ -209,6 +210,10 @@ def _wire_limits(body: schema.LimitsFields) -> common_pb2.Limits:
         budget_micro_usd=to_micro_usd(body.budget_usd),
         budget_period=PERIODS[body.budget_period],
     )
+
+
+def _wire_fallbacks(fallbacks: dict[str, list[str]]) -> dict[str, common_pb2.ModelFallbacks]:
+    return {model: common_pb2.ModelFallbacks(models=chain) for model, chain in fallbacks.items()}
 
 
 def _wire_update(body: schema.UpdateLimits) -> admin_pb2.LimitsUpdate:
@@ -254,6 +259,7 @@ async def create_key(c: Call) -> Answer:
         expires_unix_us=_unix_us(body.expires_at),
         redis_failure_policy=POLICIES[body.redis_failure_policy],
         roles=[ROLES[r] for r in body.roles],
+        fallbacks=_wire_fallbacks(body.fallbacks),
     )
     answer = await c.rpc(c.mesh.keys.CreateKey, request)
     await c.audit("key.create", answer.key.key_id, _given(body))
@@ -277,6 +283,10 @@ async def update_key(c: Call) -> Answer:
     if "models" in given:
         request.replace_models = True
         request.models.extend(body.models or [])
+    if "fallbacks" in given:
+        request.replace_fallbacks = True
+        for model, chain in _wire_fallbacks(body.fallbacks or {}).items():
+            request.fallbacks[model].CopyFrom(chain)
     if "expires_at" in given:
         request.expires_unix_us = _unix_us(body.expires_at)
     if body.roles is not None:
@@ -458,6 +468,8 @@ async def list_models(c: Call) -> Answer:
                 category=m.model.category,
                 capabilities=list(m.model.capabilities),
                 context_length=m.model.context_length,
+                aliases=list(m.model.aliases),
+                fallbacks=list(m.model.fallbacks),
                 serving=m.serving,
                 replicas=[
                     schema.Replica(

@@ -209,6 +209,7 @@ def create_key(
     expires: str | None,
     redis_failure_policy: str,
     roles: Sequence[str],
+    fallbacks: Mapping[str, Sequence[str]] | None = None,
     out: TextIO = sys.stdout,
 ) -> None:
     body: dict[str, Any] = {
@@ -216,6 +217,7 @@ def create_key(
         "tenant": tenant,
         **_limits_body(change),
         "models": list(models),
+        "fallbacks": {model: list(chain) for model, chain in (fallbacks or {}).items()},
         "redis_failure_policy": redis_failure_policy,
         "roles": list(roles),
     }
@@ -234,18 +236,24 @@ def update_key(
     *,
     models: Sequence[str] | None,
     expires: str | None,
+    fallbacks: Mapping[str, Sequence[str]] | None = None,
     out: TextIO = sys.stdout,
 ) -> None:
     body = _limits_body(change)
     expires_at = None if expires is None else update_expiry(expires)
     if models is not None:
         body["models"] = list(models)
+    if fallbacks is not None:
+        body["fallbacks"] = {model: list(chain) for model, chain in fallbacks.items()}
     if expires_at is not None:
         body["expires_at"] = _iso(expires_at)
     if not body:
-        raise AdminError("nothing to update: give at least one limit, --models or --expires")
+        raise AdminError(
+            "nothing to update: give at least one limit, --models, --fallbacks or --expires"
+        )
     key = client.call("PATCH", f"/keys/{urllib.parse.quote(key_id, safe='')}", body)
-    out.write(f"updated {key['id']} ({key['name']}): {describe(change, models, expires_at)}\n")
+    described = describe(change, models, expires_at, fallbacks)
+    out.write(f"updated {key['id']} ({key['name']}): {described}\n")
 
 
 def list_keys(client: AdminClient, fmt: Format = "table", out: TextIO = sys.stdout) -> None:

@@ -53,6 +53,11 @@ class CreateKey(LimitsFields):
     name: str = Field(min_length=1, max_length=200, description="A label for people.")
     tenant: str = Field(default="", description="An existing tenant whose limits it shares.")
     models: list[str] = Field(default=[], description="Model ids it may use; empty: all.")
+    fallbacks: dict[str, list[str]] = Field(
+        default={},
+        description="Per model id, the model ids tried in order instead of the catalog's "
+        "fallbacks ([] for none).",
+    )
     expires_at: datetime | None = Field(default=None, description="When it stops working.")
     redis_failure_policy: Policy = "fail_closed"
     roles: list[RoleName] = Field(
@@ -75,6 +80,9 @@ class UpdateKey(UpdateLimits):
     """What to change in a key; the secret stays the same."""
 
     models: list[str] | None = Field(default=None, description="Replaces the list; [] allows all.")
+    fallbacks: dict[str, list[str]] | None = Field(
+        default=None, description="Replaces the key's fallbacks; {} gives back the catalog's."
+    )
     expires_at: datetime | None = Field(default=None, description="A new expiry; null lifts it.")
     roles: list[RoleName] | None = Field(default=None, min_length=1)
 
@@ -147,6 +155,9 @@ class Key(_Answer):
     spent_usd: str = Field(description="Counted against budget_usd in its current period.")
     remaining_usd: str | None = Field(description="null without a dollar budget.")
     models: list[str]
+    fallbacks: dict[str, list[str]] = Field(
+        default={}, description="Per model id, the fallbacks the key gets instead of the catalog's."
+    )
     roles: list[RoleName]
     redis_failure_policy: Policy
     created_at: datetime | None
@@ -207,6 +218,9 @@ class UsageRecord(_Answer):
     key_id: str
     tenant: str
     model: str
+    requested_model: str = Field(
+        default="", description="The model asked for, when a fallback served (`model`) instead."
+    )
     endpoint: str
     stream: bool
     outcome: str
@@ -258,6 +272,10 @@ class ModelHealth(_Answer):
     category: str
     capabilities: list[str]
     context_length: int
+    aliases: list[str] = Field(default=[], description="Other names clients may ask for it by.")
+    fallbacks: list[str] = Field(
+        default=[], description="The catalog's fallbacks, in the order tried (a key may differ)."
+    )
     serving: bool
     replicas: list[Replica]
     # How this router replica chose among them: reason -> count.

@@ -131,6 +131,7 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
                 raise
         except ApiError as exc:
             await exc.abort(context)
+        meter.served_by(response.completion.model)
         meter.finish(response.completion.usage)
         return gateway_pb2.CreateChatCompletionResponse(completion=response.completion)
 
@@ -153,6 +154,7 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
             while (chunk := await call.read()) is not grpc.aio.EOF:
                 if not tally.chunks:
                     meter.first_token()
+                    meter.served_by(chunk.model)
                 tally.add(chunk)
                 yield gateway_pb2.StreamChatCompletionResponse(chunk=chunk)
             ended = True
@@ -200,6 +202,7 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
                 raise
         except ApiError as exc:
             await exc.abort(context)
+        meter.served_by(response.embeddings.model)
         meter.finish(response.embeddings.usage)
         return gateway_pb2.CreateEmbeddingResponse(embeddings=response.embeddings)
 

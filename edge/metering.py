@@ -59,6 +59,13 @@ class Meter:
         self._started = time.perf_counter()
         self._done = False
 
+    def served_by(self, model: str) -> None:
+        """The model that answered (a fallback, perhaps): the record is billed at its prices."""
+        record = self.record
+        if model and model != record.model:
+            record.requested_model = record.requested_model or record.model
+            record.model = model
+
     def first_token(self) -> None:
         if not self.record.ttft_us:
             self.record.ttft_us = max(int((time.perf_counter() - self._started) * 1e6), 1)

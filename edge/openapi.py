@@ -253,6 +253,12 @@ RATE_LIMIT_HEADERS: JSONObject = {
     for unit in ("requests", "tokens")
 }
 RETRY_AFTER: JSONObject = {"schema": STRING, "description": "Seconds to wait."}
+SERVED_BY_HEADER: JSONObject = {
+    "description": "The catalog model that answered: the one asked for (an alias resolved to "
+    "its id), or the fallback that took over before the first token.",
+    "required": True,
+    "schema": STRING,
+}
 
 ERROR_WHEN: dict[int, str] = {
     400: "The body is not valid JSON or breaks a field rule, or the model cannot serve it.",
@@ -281,17 +287,22 @@ def error_response(status: int) -> JSONObject:
 
 
 def ok(
-    schema: str, description: str, *, stream: bool = False, events: str = "StreamEvent"
+    schema: str,
+    description: str,
+    *,
+    stream: bool = False,
+    events: str = "StreamEvent",
+    served: bool = False,
 ) -> JSONObject:
+    """A success; `served` for the answers a model gave (they name it in `x-meshgate-model`)."""
     content: JSONObject = {"application/json": {"schema": ref(schema)}}
     if stream:
         # Before OpenAPI 3.2, an event stream's `schema` describes one event.
         content["text/event-stream"] = {"schema": ref(events)}
-    return {
-        "description": description,
-        "headers": {"x-request-id": REQUEST_ID_HEADER, **RATE_LIMIT_HEADERS},
-        "content": content,
-    }
+    headers: JSONObject = {"x-request-id": REQUEST_ID_HEADER, **RATE_LIMIT_HEADERS}
+    if served:
+        headers["x-meshgate-model"] = SERVED_BY_HEADER
+    return {"description": description, "headers": headers, "content": content}
 
 
 def operation(
@@ -390,7 +401,7 @@ def build() -> JSONObject:
                 "post": operation(
                     "createChatCompletion",
                     "Create a chat completion (JSON, or SSE with `stream: true`).",
-                    ok("ChatCompletion", "The completion.", stream=True),
+                    ok("ChatCompletion", "The completion.", stream=True, served=True),
                     INFERENCE_ERRORS,
                     body="CreateChatCompletionRequest",
                 )
@@ -399,7 +410,7 @@ def build() -> JSONObject:
                 "post": operation(
                     "createCompletion",
                     "Create a legacy text completion (JSON, or SSE with `stream: true`).",
-                    ok("Completion", "The completion.", stream=True),
+                    ok("Completion", "The completion.", stream=True, served=True),
                     INFERENCE_ERRORS,
                     body="CreateCompletionRequest",
                 )
@@ -408,7 +419,7 @@ def build() -> JSONObject:
                 "post": operation(
                     "createEmbedding",
                     "Create embeddings.",
-                    ok("CreateEmbeddingResponse", "The embeddings."),
+                    ok("CreateEmbeddingResponse", "The embeddings.", served=True),
                     INFERENCE_ERRORS,
                     body="CreateEmbeddingRequest",
                 )
@@ -422,6 +433,7 @@ def build() -> JSONObject:
                         "The response.",
                         stream=True,
                         events="ResponseStreamFrame",
+                        served=True,
                     ),
                     INFERENCE_ERRORS,
                     body="CreateResponseRequest",

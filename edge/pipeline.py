@@ -43,7 +43,7 @@ from edge.metering import Meter
 from meshgate import billing, errors, logs, structs, tracing
 from meshgate.access import may_use
 from meshgate.errors import ApiError, from_rpc_error
-from meshgate.grpcio import ENGINE_TIME_KEY, REPLICA_KEY
+from meshgate.grpcio import ENGINE_TIME_KEY, MODEL_KEY, REPLICA_KEY
 from meshgate.v1 import (
     auth_pb2,
     common_pb2,
@@ -239,19 +239,40 @@ async def admit(
 # ------------------------------------------------------------ the router ----
 
 
+@dataclass(frozen=True, slots=True)
+class Served:
+    """Who answered, as the router says: the engine replica and the catalog model."""
+
+    replica: str = ""
+    model: str = ""
+
+    def headers(self, headers: dict[str, str]) -> dict[str, str]:
+        """`headers` plus `x-meshgate-model`, the model that answered."""
+        return {**headers, MODEL_KEY: self.model} if self.model else headers
+
+
+def _served(metadata: Any) -> Served:
+    """The replica and the model from a router call's metadata."""
+    replica = model = ""
+    for key, value in metadata or ():
+        if key == REPLICA_KEY:
+            replica = str(value)
+        elif key == MODEL_KEY:
+            model = str(value)
+    return Served(replica, model)
+
+
 async def _routed(
     request: Request, method: Method, message: Message, rid: str, deadline: float
-) -> tuple[Any, str]:
-    """A unary router answer and the replica that gave it; the engine's own time
-    (trailing metadata) goes to the overhead metric."""
+) -> tuple[Any, Served]:
+    """A unary router answer and who gave it; the engine's own time (trailing metadata)
+    goes to the overhead metric."""
     response, call = await rpc_call(method, message, "router", rid, deadline, cap=math.inf)
-    replica = ""
-    for key, value in await call.trailing_metadata() or ():
+    metadata = await call.trailing_metadata()
+    for key, value in metadata or ():
         if key == ENGINE_TIME_KEY:
             request.scope[observe.ENGINE_KEY] = int(value) / 1e6
-        elif key == REPLICA_KEY:
-            replica = value
-    return response, replica
+    return response, _served(metadata)
 
 
 async def _first(method: Method, message: Message, rid: str, deadline: float) -> tuple[Any, Any]:
@@ -271,12 +292,9 @@ async def _first(method: Method, message: Message, rid: str, deadline: float) ->
     raise AssertionError("unreachable")
 
 
-async def _replica_of(call: grpc.aio.Call) -> str:
-    """The replica a stream's first chunk came from (the router's initial metadata)."""
-    for key, value in await call.initial_metadata() or ():
-        if key == REPLICA_KEY:
-            return str(value)
-    return ""
+async def _served_by(call: grpc.aio.Call) -> Served:
+    """Who a stream's first chunk came from (the router's initial metadata)."""
+    return _served(await call.initial_metadata())
 
 
 class _Renderer(Protocol[Chunk]):  # type: ignore[misc]
@@ -294,13 +312,13 @@ async def _events(
     renderer: _Renderer[Chunk],
     prompt_tokens: int,
     meter: Meter,
+    replica: str,
 ) -> AsyncGenerator[bytes, None]:
     """Relay chunks as SSE; record the engine's usage, or an estimate if the stream broke."""
     tally = billing.Tally()
     chunk: object = first
     error: ApiError | None = None
     ended = False
-    replica = await _replica_of(call)
     try:
         while chunk is not grpc.aio.EOF:
             assert isinstance(
@@ -397,21 +415,27 @@ async def _generate(
             routed = how.stream_request(request=asked, context=context)
             call, first = await _first(how.stream, routed, rid, deadline)
             meter.first_token()
+            served = await _served_by(call)
+            meter.served_by(served.model)
             renderer = how.chunks(first, asked.include_usage)
-            events = _events(call, first, renderer, validated.prompt_tokens, meter)
+            events = _events(call, first, renderer, validated.prompt_tokens, meter, served.replica)
             # A stream that never started (the client left at once) is still recorded.
             unstarted = common_pb2.Usage(prompt_tokens=validated.prompt_tokens)
-            return sse.EventStream(events, headers, call.cancel, partial(meter.cancel, unstarted))
+            return sse.EventStream(
+                events, served.headers(headers), call.cancel, partial(meter.cancel, unstarted)
+            )
         routed = how.create_request(request=asked, context=context)
-        response, replica = await _routed(request, how.create, routed, rid, deadline)
+        response, served = await _routed(request, how.create, routed, rid, deadline)
     except ApiError as exc:
         meter.finish(common_pb2.Usage(), error=exc)
         return error_response(exc, headers)
     except BaseException:  # the client left mid-request (cancelled) or a bug: still recorded
         meter.cancel(common_pb2.Usage())
         raise
-    meter.finish(response.completion.usage, replica=replica)
-    return Response(how.render(response.completion), headers=headers, media_type=JSON)
+    meter.served_by(served.model)
+    meter.finish(response.completion.usage, replica=served.replica)
+    body = how.render(response.completion)
+    return Response(body, headers=served.headers(headers), media_type=JSON)
 
 
 @endpoint
@@ -517,7 +541,7 @@ async def embeddings(request: Request) -> Response:
     )
     routed = router_pb2.CreateEmbeddingRequest(request=asked, context=context)
     try:
-        response, replica = await _routed(
+        response, served = await _routed(
             request, mesh.router.CreateEmbedding, routed, rid, deadline
         )
     except ApiError as exc:
@@ -526,9 +550,10 @@ async def embeddings(request: Request) -> Response:
     except BaseException:
         meter.cancel(common_pb2.Usage())
         raise
-    meter.finish(response.embeddings.usage, replica=replica)
+    meter.served_by(served.model)
+    meter.finish(response.embeddings.usage, replica=served.replica)
     body = render.embeddings(response.embeddings, asked.base64)
-    return Response(body, headers=headers, media_type=JSON)
+    return Response(body, headers=served.headers(headers), media_type=JSON)
 
 
 async def _described(

@@ -146,6 +146,12 @@ def _add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     create.add_argument(
         "--models", default="", help="comma-separated model ids the key may use (default: all)"
     )
+    create.add_argument(
+        "--fallbacks",
+        type=_fallbacks,
+        default={},
+        help="the key's own model fallbacks, replacing the catalog's: MODEL=FB1,FB2;OTHER=FB3",
+    )
     create.add_argument("--expires", help="a duration (30d, 12h, 90m) or an ISO date/time")
     create.add_argument(
         "--redis-failure-policy",
@@ -169,6 +175,12 @@ def _add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     update.add_argument("key_id", help="the key's id, as `keys list` shows it")
     _add_limits(update, defaults=False)
     update.add_argument("--models", help="comma-separated model ids; an empty string allows all")
+    update.add_argument(
+        "--fallbacks",
+        type=_fallbacks,
+        help="replaces the key's fallbacks (MODEL=FB1,FB2;OTHER=FB3); an empty string gives "
+        "back the catalog's",
+    )
     update.add_argument("--expires", help="a duration, an ISO date/time, or `never`")
     listing = key_commands.add_parser(
         "list", help="list keys: ids, names, limits, remaining budget; never secrets"
@@ -256,6 +268,17 @@ def _roles(text: str) -> tuple[str, ...]:
     if unknown or not roles:
         raise argparse.ArgumentTypeError("choose from api, admin (comma-separated)")
     return roles
+
+
+def _fallbacks(text: str) -> dict[str, tuple[str, ...]]:
+    """`MODEL=FB1,FB2;OTHER=FB3`: per model id, the fallbacks tried in order (`MODEL=`: none)."""
+    chains: dict[str, tuple[str, ...]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        model, equals, chain = part.partition("=")
+        if not equals or not model.strip():
+            raise argparse.ArgumentTypeError("use MODEL=FALLBACK1,FALLBACK2;OTHER=FALLBACK3")
+        chains[model.strip()] = _models(chain)
+    return chains
 
 
 def _usd(text: str) -> Decimal:
@@ -374,6 +397,7 @@ def keys(args: argparse.Namespace) -> int:
                     budget_usd=args.budget_usd,
                     budget_period=args.budget_period,
                     models=_models(args.models),
+                    fallbacks=args.fallbacks,
                     expires=args.expires,
                     redis_failure_policy=args.redis_failure_policy,
                     roles=_key_roles(args),
@@ -383,7 +407,12 @@ def keys(args: argparse.Namespace) -> int:
             models = None if args.models is None else _models(args.models)
             asyncio.run(
                 admin.update(
-                    config, args.key_id, _limits_change(args), models=models, expires=args.expires
+                    config,
+                    args.key_id,
+                    _limits_change(args),
+                    models=models,
+                    fallbacks=args.fallbacks,
+                    expires=args.expires,
                 )
             )
         elif args.keys_command == "list":
@@ -406,6 +435,7 @@ def _keys_remote(args: argparse.Namespace, client: AdminClient) -> None:
             tenant=args.tenant,
             change=_limits_change(args),
             models=_models(args.models),
+            fallbacks=args.fallbacks,
             expires=args.expires,
             redis_failure_policy=args.redis_failure_policy,
             roles=_key_roles(args),
@@ -413,7 +443,12 @@ def _keys_remote(args: argparse.Namespace, client: AdminClient) -> None:
     elif args.keys_command == "update":
         models = None if args.models is None else _models(args.models)
         remote.update_key(
-            client, args.key_id, _limits_change(args), models=models, expires=args.expires
+            client,
+            args.key_id,
+            _limits_change(args),
+            models=models,
+            fallbacks=args.fallbacks,
+            expires=args.expires,
         )
     elif args.keys_command == "list":
         remote.list_keys(client, args.format)

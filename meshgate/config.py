@@ -429,6 +429,8 @@ class KeyConfig(LimitsConfig):
     # The tenant whose limits the key shares; empty means none.
     tenant: str = ""
     models: tuple[str, ...] = ()
+    # Per model id, the fallbacks this key gets instead of the catalog's (`[]`: none).
+    fallbacks: dict[str, tuple[str, ...]] = {}
     redis_failure_policy: Literal["fail_closed", "fail_open"] = "fail_closed"
     # What the key may call; an admin key needs "admin" (and "api" too to make requests).
     roles: tuple[RoleName, ...] = Field(default=("api",), min_length=1)
@@ -530,11 +532,34 @@ class ModelConfig(_Strict):
     created: int = 1_700_000_000
     pricing: Pricing = Pricing()
     engines: tuple[EngineReplica, ...] = Field(min_length=1)
+    # Other names clients may ask for this model by (`model: fast`), so operators can move
+    # a name to another model without touching clients. Answers carry the real `id`.
+    aliases: tuple[str, ...] = ()
+    # Catalog ids tried in order, before the first token, when this model cannot answer:
+    # no healthy replica, an engine 5xx or 429, or `timeout_s` passed. A fallback the key
+    # may not use, or that cannot serve the request (tools, vision, context), is skipped.
+    # A key's own `fallbacks` for this model replace the list.
+    fallbacks: tuple[str, ...] = ()
+    # Also fall back, instead of a 400 context_length_exceeded, when the prompt does not fit
+    # this model's context but fits a listed fallback's.
+    context_fallbacks: bool = False
+    # Seconds one attempt on this model may wait for its answer (or a stream's first chunk)
+    # before the next fallback is tried; 0: the request's whole remaining deadline.
+    timeout_s: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _embeddings_have_dimensions(self) -> ModelConfig:
         if self.category == "embeddings" and self.dimensions <= 0:
             raise ValueError("embeddings models need dimensions > 0")
+        return self
+
+    @model_validator(mode="after")
+    def _fallbacks_are_others(self) -> ModelConfig:
+        for index, name in enumerate(self.fallbacks):
+            if name == self.id or name in self.aliases:
+                raise ValueError(f"fallbacks[{index}]: a model cannot fall back to itself")
+            if name in self.fallbacks[:index]:
+                raise ValueError(f"fallbacks[{index}]: {name!r} is listed twice")
         return self
 
 
@@ -644,11 +669,28 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Config:
+        """Ids and aliases are one namespace; fallbacks name catalog ids."""
         seen: set[str] = set()
-        for model in self.models:
-            if model.id in seen:
-                raise ValueError(f"duplicate model id {model.id!r}")
-            seen.add(model.id)
+        for index, model in enumerate(self.models):
+            for name in (model.id, *model.aliases):
+                if name in seen:
+                    raise ValueError(f"models[{index}]: the name {name!r} is already taken")
+                seen.add(name)
+        ids = {model.id for model in self.models}
+        for index, model in enumerate(self.models):
+            for place, name in enumerate(model.fallbacks):
+                if name not in ids:
+                    raise ValueError(
+                        f"models[{index}].fallbacks[{place}]: {name!r} is not a model id"
+                    )
+        for index, key in enumerate(self.keys):
+            for model_id, chain in key.fallbacks.items():
+                path = f"keys[{index}].fallbacks.{model_id}"
+                if model_id not in ids:
+                    raise ValueError(f"{path}: {model_id!r} is not a model id")
+                for place, name in enumerate(chain):
+                    if name not in ids or name == model_id:
+                        raise ValueError(f"{path}[{place}]: {name!r} is not another model id")
         return self
 
 

@@ -255,7 +255,7 @@ class Documented:
 CATALOGUE: tuple[Documented, ...] = (
     Documented(400, "invalid_request_error", None, "field path, e.g. `messages[0].role`", "The body is not valid JSON or not an object (param null), a required field is missing, a field has the wrong type, a value is outside its enum or range, `n` > 1, `logprobs`/`top_logprobs` are set, `stream_options` without `stream`, or `encoding_format` is an explicit null."),
     Documented(400, "invalid_request_error", None, "`tools`, `messages[i].content[j]`, `model`, `dimensions`", "The model cannot serve the request: tools on a model without `tool_use`, an image part on a model without `vision`, a chat model on `/v1/embeddings` (or the reverse), or more `dimensions` than the model has."),
-    Documented(400, "invalid_request_error", "context_length_exceeded", "`messages` (or `input`)", "Prompt tokens plus `max_tokens` exceed the model's context length."),
+    Documented(400, "invalid_request_error", "context_length_exceeded", "`messages` (or `input`)", "Prompt tokens plus `max_tokens` exceed the model's context length (and, with `context_fallbacks`, every fallback's too)."),
     Documented(400, "invalid_request_error", None, "`previous_response_id`, `conversation`, `prompt`, `background`, `tools[i].type`, `tool_choice.type`, `input[i].type`, `response_id`", "`POST /v1/responses` asked for what a stateless gateway cannot do: stored state, a built-in (hosted) tool, a background run, or an item reference; or `GET`/`DELETE /v1/responses/{id}` (param `response_id`)."),
     Documented(401, "authentication_error", "missing_api_key", "null", "No `Authorization` header, or an empty one.", "doc_url"),
     Documented(401, "authentication_error", "invalid_auth_scheme", "null", "An `Authorization` scheme other than Bearer.", "doc_url"),
@@ -278,9 +278,9 @@ CATALOGUE: tuple[Documented, ...] = (
     Documented(429, "insufficient_quota", "insufficient_quota", "null", "The key's token budget (`--budget-tokens`) is spent.", "x-should-retry: false, doc_url"),
     Documented(500, "server_error", None, "null", "An unexpected failure inside meshgate; the response never carries a stack trace."),
     Documented(502, "server_error", None, "null", "The engine failed after the stream had started: sent as a final `data: {\"error\": ...}` event."),
-    Documented(503, "server_error", None, "null", "A mesh service or every replica of the model's engine is unavailable, Redis is down for a `fail_closed` key, or the key store cannot be read for a key not seen recently.", "Retry-After"),
+    Documented(503, "server_error", None, "null", "A mesh service or every replica of the model's engine (and of each of its fallbacks) is unavailable, Redis is down for a `fail_closed` key, or the key store cannot be read for a key not seen recently.", "Retry-After"),
     Documented(503, "server_error", None, "null", "Every replica of the model's engine is at its `max_concurrency`, and none freed a slot within `services.router.queue_timeout_s`.", "Retry-After"),
-    Documented(504, "server_error", None, "null", "The request's deadline (`edge.request_timeout_s`) passed before the engine answered."),
+    Documented(504, "server_error", None, "null", "The request's deadline (`edge.request_timeout_s`) passed before the engine answered (or the last fallback's `timeout_s` did)."),
 )  # fmt: skip
 
 

@@ -28,6 +28,9 @@ log = logging.getLogger("meshgate.grpc")
 ENGINE_TIME_KEY = "x-engine-time-us"
 # The engine replica that served a call: trailing metadata of unary calls, initial of streams.
 REPLICA_KEY = "x-engine-replica"
+# The catalog model that served a call (a fallback's, if one took over), beside REPLICA_KEY;
+# the edge repeats it to clients as the `x-meshgate-model` header.
+MODEL_KEY = "x-meshgate-model"
 
 # The servicer context every handler receives; message types are checked at the proto layer.
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]

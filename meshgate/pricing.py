@@ -12,7 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
+from meshgate import fallbacks
 from meshgate.config import ModelConfig, Pricing
+from meshgate.v1 import common_pb2
 
 PICO_PER_MICRO = 10**6
 MICRO_PER_USD = 10**6
@@ -77,10 +79,24 @@ class PriceBook:
     """The catalog's prices by model id; a model without pricing (or unknown) costs 0."""
 
     def __init__(self, models: Iterable[ModelConfig]) -> None:
-        self._prices = {model.id: Price.of(model.pricing) for model in models}
+        self._models = {model.id: model for model in models}
+        self._prices = {model.id: Price.of(model.pricing) for model in self._models.values()}
 
     def get(self, model: str) -> Price:
         return self._prices.get(model, _FREE)
+
+    def worst_case(
+        self,
+        model: str,
+        principal: common_pb2.Principal,
+        prompt_tokens: int,
+        completion_allowance: int,
+    ) -> int:
+        """The most a request for `model` can cost, whichever model of its fallback chain
+        serves it: reserving this keeps a budget whole when a dearer fallback answers."""
+        config = self._models.get(model)
+        names = (model, *(fallbacks.chain(config, principal) if config else ()))
+        return max(self.get(name).worst_case(prompt_tokens, completion_allowance) for name in names)
 
 
 _FREE = Price()

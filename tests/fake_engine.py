@@ -7,7 +7,9 @@ by `fixtures/record_llama_cpp.py`; they are replayed byte for byte.
 llama-cpp-python is installed, so the fake cannot drift from the real thing.
 
 Beyond replay, a control endpoint lets a test make the engine fail (`"fail"`:
-every answer is the recorded 500) or stream slowly without end (`"slow"`), and
+every answer is the recorded 500), stream slowly without end (`"slow"`), refuse
+generation with a 429 while its health check passes (`"busy"`), take a minute to
+answer (`"hang"`), or drop the connection after a stream's first chunk (`"break"`);
 `/__stats` reports open and closed streams so a test can see a disconnect arrive.
 
     python -m tests.fake_engine --port 8123
@@ -57,15 +59,29 @@ def app() -> Starlette:
             state["open"] -= 1
             state["closed"] += 1
 
+    async def broken_events(name: str) -> Any:
+        yield (exchanges[name]["body"].split("\n\n")[0] + "\n\n").encode()
+        await asyncio.sleep(0.05)
+        raise ConnectionResetError("the engine died midway")  # uvicorn drops the connection
+
     async def completions(request: Request) -> Response:
         state["requests"] += 1
         body = await request.json()
-        if state["mode"] == "fail":
+        mode = state["mode"]
+        if mode == "fail":
             return replay("invalid")
+        if mode == "busy":
+            error = {"message": "Too many requests", "type": "rate_limit", "code": 429}
+            return JSONResponse({"error": error}, status_code=429)
+        if mode == "hang":
+            await asyncio.sleep(60)
         chat = request.url.path.endswith("/chat/completions")
         if body.get("stream"):
-            if state["mode"] == "slow" and chat:
+            if mode == "slow" and chat:
                 return StreamingResponse(slow_events(), media_type="text/event-stream")
+            if mode == "break":
+                name = "chat_stream" if chat else "completion_stream"
+                return StreamingResponse(broken_events(name), media_type="text/event-stream")
             return replay("chat_stream" if chat else "completion_stream")
         return replay("chat" if chat else "completion")
 

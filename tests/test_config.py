@@ -159,3 +159,62 @@ def test_routing_defaults_and_engine_signal_settings(tmp_path: Path) -> None:
     assert config.services.router.port == 6000 and config.services.router.queue_timeout_s == 0.5
     assert config.services.router.weights.prefix == 0
     assert config.services.router.metrics_port == 9184  # the service's own default is kept
+
+
+PRO, MINI = "meshgate/reference-pro", "meshgate/reference-mini"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda raw: raw["models"][1].update(fallbacks=["nope"]),
+            "models[1].fallbacks[0]: 'nope' is not a model id",
+        ),
+        (
+            lambda raw: raw["models"][1].update(fallbacks=[MINI]),
+            "models[1]: Value error, fallbacks[0]: a model cannot fall back to itself",
+        ),
+        (
+            lambda raw: raw["models"][1].update(fallbacks=[PRO, PRO]),
+            "models[1]: Value error, fallbacks[1]: 'meshgate/reference-pro' is listed twice",
+        ),
+        (
+            lambda raw: raw["models"][1].update(aliases=[PRO]),
+            "models[1]: the name 'meshgate/reference-pro' is already taken",
+        ),
+        (
+            lambda raw: [m.update(aliases=["fast"]) for m in raw["models"][:2]],
+            "models[1]: the name 'fast' is already taken",
+        ),
+        (
+            lambda raw: raw["keys"][0].update(fallbacks={"nope": [PRO]}),
+            "keys[0].fallbacks.nope: 'nope' is not a model id",
+        ),
+        (
+            lambda raw: raw["keys"][0].update(fallbacks={MINI: [MINI]}),
+            f"keys[0].fallbacks.{MINI}[0]: '{MINI}' is not another model id",
+        ),
+    ],
+)
+def test_fallbacks_and_aliases_must_name_other_catalog_models(
+    tmp_path: Path, mutate: object, message: str
+) -> None:
+    raw = _sample()
+    mutate(raw)  # type: ignore[operator]
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, raw), environ={})
+    assert message in str(info.value)
+
+
+def test_fallbacks_aliases_and_a_keys_own_fallbacks_load(tmp_path: Path) -> None:
+    raw = _sample()
+    raw["models"][1].update(  # type: ignore[index]
+        aliases=["mini"], fallbacks=[PRO], context_fallbacks=True, timeout_s=2.5
+    )
+    raw["keys"][0]["fallbacks"] = {MINI: []}  # type: ignore[index]
+    config = load_config(_write(tmp_path, raw), environ={})
+    mini = config.models[1]
+    assert (mini.aliases, mini.fallbacks, mini.context_fallbacks) == (("mini",), (PRO,), True)
+    assert mini.timeout_s == 2.5
+    assert config.keys[0].fallbacks == {MINI: ()}

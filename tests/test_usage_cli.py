@@ -177,6 +177,7 @@ def test_records_as_json_carry_the_contract_fields_with_exact_dollars(
         "key_id": "key-cli",
         "tenant": "acme",
         "model": "meshgate/reference-pro",
+        "requested_model": "",
         "endpoint": "chat.completions",
         "stream": False,
         "outcome": "completed",

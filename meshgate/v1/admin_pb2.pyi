@@ -8,7 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Key(_message.Message):
-    __slots__ = ("key_id", "name", "tenant", "limits", "models", "redis_failure_policy", "roles", "created_unix_us", "expires_unix_us", "revoked_unix_us", "spent_micro_usd")
+    __slots__ = ("key_id", "name", "tenant", "limits", "models", "redis_failure_policy", "roles", "created_unix_us", "expires_unix_us", "revoked_unix_us", "spent_micro_usd", "fallbacks")
+    class FallbacksEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _common_pb2.ModelFallbacks
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_common_pb2.ModelFallbacks, _Mapping]] = ...) -> None: ...
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +27,7 @@ class Key(_message.Message):
     EXPIRES_UNIX_US_FIELD_NUMBER: _ClassVar[int]
     REVOKED_UNIX_US_FIELD_NUMBER: _ClassVar[int]
     SPENT_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     name: str
     tenant: str
@@ -31,7 +39,8 @@ class Key(_message.Message):
     expires_unix_us: int
     revoked_unix_us: int
     spent_micro_usd: int
-    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., tenant: _Optional[str] = ..., limits: _Optional[_Union[_common_pb2.Limits, _Mapping]] = ..., models: _Optional[_Iterable[str]] = ..., redis_failure_policy: _Optional[_Union[_common_pb2.RedisFailurePolicy, str]] = ..., roles: _Optional[_Iterable[_Union[_common_pb2.Role, str]]] = ..., created_unix_us: _Optional[int] = ..., expires_unix_us: _Optional[int] = ..., revoked_unix_us: _Optional[int] = ..., spent_micro_usd: _Optional[int] = ...) -> None: ...
+    fallbacks: _containers.MessageMap[str, _common_pb2.ModelFallbacks]
+    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., tenant: _Optional[str] = ..., limits: _Optional[_Union[_common_pb2.Limits, _Mapping]] = ..., models: _Optional[_Iterable[str]] = ..., redis_failure_policy: _Optional[_Union[_common_pb2.RedisFailurePolicy, str]] = ..., roles: _Optional[_Iterable[_Union[_common_pb2.Role, str]]] = ..., created_unix_us: _Optional[int] = ..., expires_unix_us: _Optional[int] = ..., revoked_unix_us: _Optional[int] = ..., spent_micro_usd: _Optional[int] = ..., fallbacks: _Optional[_Mapping[str, _common_pb2.ModelFallbacks]] = ...) -> None: ...
 
 class Tenant(_message.Message):
     __slots__ = ("id", "limits", "source", "created_unix_us", "spent_micro_usd")
@@ -64,7 +73,14 @@ class LimitsUpdate(_message.Message):
     def __init__(self, requests_per_minute: _Optional[int] = ..., tokens_per_minute: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., budget_tokens: _Optional[int] = ..., budget_micro_usd: _Optional[int] = ..., budget_period: _Optional[_Union[_common_pb2.BudgetPeriod, str]] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("name", "tenant", "limits", "models", "expires_unix_us", "redis_failure_policy", "roles")
+    __slots__ = ("name", "tenant", "limits", "models", "expires_unix_us", "redis_failure_policy", "roles", "fallbacks")
+    class FallbacksEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _common_pb2.ModelFallbacks
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_common_pb2.ModelFallbacks, _Mapping]] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +88,7 @@ class CreateKeyRequest(_message.Message):
     EXPIRES_UNIX_US_FIELD_NUMBER: _ClassVar[int]
     REDIS_FAILURE_POLICY_FIELD_NUMBER: _ClassVar[int]
     ROLES_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     name: str
     tenant: str
     limits: _common_pb2.Limits
@@ -79,7 +96,8 @@ class CreateKeyRequest(_message.Message):
     expires_unix_us: int
     redis_failure_policy: _common_pb2.RedisFailurePolicy
     roles: _containers.RepeatedScalarFieldContainer[_common_pb2.Role]
-    def __init__(self, name: _Optional[str] = ..., tenant: _Optional[str] = ..., limits: _Optional[_Union[_common_pb2.Limits, _Mapping]] = ..., models: _Optional[_Iterable[str]] = ..., expires_unix_us: _Optional[int] = ..., redis_failure_policy: _Optional[_Union[_common_pb2.RedisFailurePolicy, str]] = ..., roles: _Optional[_Iterable[_Union[_common_pb2.Role, str]]] = ...) -> None: ...
+    fallbacks: _containers.MessageMap[str, _common_pb2.ModelFallbacks]
+    def __init__(self, name: _Optional[str] = ..., tenant: _Optional[str] = ..., limits: _Optional[_Union[_common_pb2.Limits, _Mapping]] = ..., models: _Optional[_Iterable[str]] = ..., expires_unix_us: _Optional[int] = ..., redis_failure_policy: _Optional[_Union[_common_pb2.RedisFailurePolicy, str]] = ..., roles: _Optional[_Iterable[_Union[_common_pb2.Role, str]]] = ..., fallbacks: _Optional[_Mapping[str, _common_pb2.ModelFallbacks]] = ...) -> None: ...
 
 class CreateKeyResponse(_message.Message):
     __slots__ = ("key", "secret")
@@ -112,20 +130,31 @@ class GetKeyResponse(_message.Message):
     def __init__(self, key: _Optional[_Union[Key, _Mapping]] = ...) -> None: ...
 
 class UpdateKeyRequest(_message.Message):
-    __slots__ = ("key_id", "limits", "replace_models", "models", "expires_unix_us", "roles")
+    __slots__ = ("key_id", "limits", "replace_models", "models", "expires_unix_us", "roles", "replace_fallbacks", "fallbacks")
+    class FallbacksEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _common_pb2.ModelFallbacks
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_common_pb2.ModelFallbacks, _Mapping]] = ...) -> None: ...
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     REPLACE_MODELS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_UNIX_US_FIELD_NUMBER: _ClassVar[int]
     ROLES_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FALLBACKS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     limits: LimitsUpdate
     replace_models: bool
     models: _containers.RepeatedScalarFieldContainer[str]
     expires_unix_us: int
     roles: _containers.RepeatedScalarFieldContainer[_common_pb2.Role]
-    def __init__(self, key_id: _Optional[str] = ..., limits: _Optional[_Union[LimitsUpdate, _Mapping]] = ..., replace_models: _Optional[bool] = ..., models: _Optional[_Iterable[str]] = ..., expires_unix_us: _Optional[int] = ..., roles: _Optional[_Iterable[_Union[_common_pb2.Role, str]]] = ...) -> None: ...
+    replace_fallbacks: bool
+    fallbacks: _containers.MessageMap[str, _common_pb2.ModelFallbacks]
+    def __init__(self, key_id: _Optional[str] = ..., limits: _Optional[_Union[LimitsUpdate, _Mapping]] = ..., replace_models: _Optional[bool] = ..., models: _Optional[_Iterable[str]] = ..., expires_unix_us: _Optional[int] = ..., roles: _Optional[_Iterable[_Union[_common_pb2.Role, str]]] = ..., replace_fallbacks: _Optional[bool] = ..., fallbacks: _Optional[_Mapping[str, _common_pb2.ModelFallbacks]] = ...) -> None: ...
 
 class UpdateKeyResponse(_message.Message):
     __slots__ = ("key",)

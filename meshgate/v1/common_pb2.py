@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meshgate/v1/common.proto\x12\x0bmeshgate.v1\"\xde\x02\n\x05\x45rror\x12\x13\n\x0bhttp_status\x18\x01 \x01(\x05\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x12\n\x05param\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x11\n\x04\x63ode\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x14\n\x07\x64oc_url\x18\x06 \x01(\tH\x02\x88\x01\x01\x12 \n\x13retry_after_seconds\x18\x07 \x01(\x05H\x03\x88\x01\x01\x12/\n\nrate_limit\x18\x08 \x01(\x0b\x32\x1b.meshgate.v1.RateLimitState\x12\x19\n\x0cshould_retry\x18\t \x01(\x08H\x04\x88\x01\x01\x12\x1b\n\x0eretry_after_ms\x18\n \x01(\x03H\x05\x88\x01\x01\x42\x08\n\x06_paramB\x07\n\x05_codeB\n\n\x08_doc_urlB\x16\n\x14_retry_after_secondsB\x0f\n\r_should_retryB\x11\n\x0f_retry_after_ms\"\x85\x02\n\x0eRateLimitState\x12\x16\n\x0elimit_requests\x18\x01 \x01(\x03\x12\x14\n\x0climit_tokens\x18\x02 \x01(\x03\x12\x1a\n\x12remaining_requests\x18\x03 \x01(\x03\x12\x18\n\x10remaining_tokens\x18\x04 \x01(\x03\x12\x19\n\x11reset_requests_ms\x18\x05 \x01(\x03\x12\x17\n\x0freset_tokens_ms\x18\x06 \x01(\x03\x12\x1e\n\x16limit_budget_micro_usd\x18\x07 \x01(\x03\x12\"\n\x1aremaining_budget_micro_usd\x18\x08 \x01(\x03\x12\x17\n\x0freset_budget_ms\x18\t \x01(\x03\"\xbc\x01\n\x06Limits\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\x03\x12\x19\n\x11tokens_per_minute\x18\x02 \x01(\x03\x12\x17\n\x0fmax_concurrency\x18\x03 \x01(\x03\x12\x15\n\rbudget_tokens\x18\x04 \x01(\x03\x12\x18\n\x10\x62udget_micro_usd\x18\x05 \x01(\x03\x12\x30\n\rbudget_period\x18\x06 \x01(\x0e\x32\x19.meshgate.v1.BudgetPeriod\"\x89\x02\n\tPrincipal\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12#\n\x06limits\x18\x04 \x01(\x0b\x32\x13.meshgate.v1.Limits\x12\x16\n\x0e\x61llowed_models\x18\x05 \x03(\t\x12*\n\rtenant_limits\x18\x07 \x01(\x0b\x32\x13.meshgate.v1.Limits\x12=\n\x14redis_failure_policy\x18\x08 \x01(\x0e\x32\x1f.meshgate.v1.RedisFailurePolicy\x12 \n\x05roles\x18\t \x03(\x0e\x32\x11.meshgate.v1.RoleJ\x04\x08\x06\x10\x07\"o\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x15\n\rcached_tokens\x18\x03 \x01(\x03\x12\x1d\n\x15\x63\x61\x63he_creation_tokens\x18\x04 \x01(\x03\"f\n\x0eRequestContext\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\tprincipal\x18\x02 \x01(\x0b\x32\x16.meshgate.v1.Principal\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x03*v\n\x0c\x42udgetPeriod\x12\x1d\n\x19\x42UDGET_PERIOD_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42UDGET_PERIOD_TOTAL\x10\x01\x12\x15\n\x11\x42UDGET_PERIOD_DAY\x10\x02\x12\x17\n\x13\x42UDGET_PERIOD_MONTH\x10\x03*\x84\x01\n\x12RedisFailurePolicy\x12$\n REDIS_FAILURE_POLICY_UNSPECIFIED\x10\x00\x12$\n REDIS_FAILURE_POLICY_FAIL_CLOSED\x10\x01\x12\"\n\x1eREDIS_FAILURE_POLICY_FAIL_OPEN\x10\x02*:\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0c\n\x08ROLE_API\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x42\x12\n\x0e\x61i.meshgate.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meshgate/v1/common.proto\x12\x0bmeshgate.v1\"\xde\x02\n\x05\x45rror\x12\x13\n\x0bhttp_status\x18\x01 \x01(\x05\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x12\n\x05param\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x11\n\x04\x63ode\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x14\n\x07\x64oc_url\x18\x06 \x01(\tH\x02\x88\x01\x01\x12 \n\x13retry_after_seconds\x18\x07 \x01(\x05H\x03\x88\x01\x01\x12/\n\nrate_limit\x18\x08 \x01(\x0b\x32\x1b.meshgate.v1.RateLimitState\x12\x19\n\x0cshould_retry\x18\t \x01(\x08H\x04\x88\x01\x01\x12\x1b\n\x0eretry_after_ms\x18\n \x01(\x03H\x05\x88\x01\x01\x42\x08\n\x06_paramB\x07\n\x05_codeB\n\n\x08_doc_urlB\x16\n\x14_retry_after_secondsB\x0f\n\r_should_retryB\x11\n\x0f_retry_after_ms\"\x85\x02\n\x0eRateLimitState\x12\x16\n\x0elimit_requests\x18\x01 \x01(\x03\x12\x14\n\x0climit_tokens\x18\x02 \x01(\x03\x12\x1a\n\x12remaining_requests\x18\x03 \x01(\x03\x12\x18\n\x10remaining_tokens\x18\x04 \x01(\x03\x12\x19\n\x11reset_requests_ms\x18\x05 \x01(\x03\x12\x17\n\x0freset_tokens_ms\x18\x06 \x01(\x03\x12\x1e\n\x16limit_budget_micro_usd\x18\x07 \x01(\x03\x12\"\n\x1aremaining_budget_micro_usd\x18\x08 \x01(\x03\x12\x17\n\x0freset_budget_ms\x18\t \x01(\x03\"\xbc\x01\n\x06Limits\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\x03\x12\x19\n\x11tokens_per_minute\x18\x02 \x01(\x03\x12\x17\n\x0fmax_concurrency\x18\x03 \x01(\x03\x12\x15\n\rbudget_tokens\x18\x04 \x01(\x03\x12\x18\n\x10\x62udget_micro_usd\x18\x05 \x01(\x03\x12\x30\n\rbudget_period\x18\x06 \x01(\x0e\x32\x19.meshgate.v1.BudgetPeriod\"\x92\x03\n\tPrincipal\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12#\n\x06limits\x18\x04 \x01(\x0b\x32\x13.meshgate.v1.Limits\x12\x16\n\x0e\x61llowed_models\x18\x05 \x03(\t\x12*\n\rtenant_limits\x18\x07 \x01(\x0b\x32\x13.meshgate.v1.Limits\x12=\n\x14redis_failure_policy\x18\x08 \x01(\x0e\x32\x1f.meshgate.v1.RedisFailurePolicy\x12 \n\x05roles\x18\t \x03(\x0e\x32\x11.meshgate.v1.Role\x12\x38\n\tfallbacks\x18\n \x03(\x0b\x32%.meshgate.v1.Principal.FallbacksEntry\x1aM\n\x0e\x46\x61llbacksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x05value\x18\x02 \x01(\x0b\x32\x1b.meshgate.v1.ModelFallbacks:\x02\x38\x01J\x04\x08\x06\x10\x07\" \n\x0eModelFallbacks\x12\x0e\n\x06models\x18\x01 \x03(\t\"o\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x15\n\rcached_tokens\x18\x03 \x01(\x03\x12\x1d\n\x15\x63\x61\x63he_creation_tokens\x18\x04 \x01(\x03\"f\n\x0eRequestContext\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\tprincipal\x18\x02 \x01(\x0b\x32\x16.meshgate.v1.Principal\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x03*v\n\x0c\x42udgetPeriod\x12\x1d\n\x19\x42UDGET_PERIOD_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42UDGET_PERIOD_TOTAL\x10\x01\x12\x15\n\x11\x42UDGET_PERIOD_DAY\x10\x02\x12\x17\n\x13\x42UDGET_PERIOD_MONTH\x10\x03*\x84\x01\n\x12RedisFailurePolicy\x12$\n REDIS_FAILURE_POLICY_UNSPECIFIED\x10\x00\x12$\n REDIS_FAILURE_POLICY_FAIL_CLOSED\x10\x01\x12\"\n\x1eREDIS_FAILURE_POLICY_FAIL_OPEN\x10\x02*:\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0c\n\x08ROLE_API\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x42\x12\n\x0e\x61i.meshgate.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,12 +32,14 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshgate.v1.common_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016ai.meshgate.v1P\001'
-  _globals['_BUDGETPERIOD']._serialized_start=1334
-  _globals['_BUDGETPERIOD']._serialized_end=1452
-  _globals['_REDISFAILUREPOLICY']._serialized_start=1455
-  _globals['_REDISFAILUREPOLICY']._serialized_end=1587
-  _globals['_ROLE']._serialized_start=1589
-  _globals['_ROLE']._serialized_end=1647
+  _globals['_PRINCIPAL_FALLBACKSENTRY']._loaded_options = None
+  _globals['_PRINCIPAL_FALLBACKSENTRY']._serialized_options = b'8\001'
+  _globals['_BUDGETPERIOD']._serialized_start=1505
+  _globals['_BUDGETPERIOD']._serialized_end=1623
+  _globals['_REDISFAILUREPOLICY']._serialized_start=1626
+  _globals['_REDISFAILUREPOLICY']._serialized_end=1758
+  _globals['_ROLE']._serialized_start=1760
+  _globals['_ROLE']._serialized_end=1818
   _globals['_ERROR']._serialized_start=42
   _globals['_ERROR']._serialized_end=392
   _globals['_RATELIMITSTATE']._serialized_start=395
@@ -45,9 +47,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LIMITS']._serialized_start=659
   _globals['_LIMITS']._serialized_end=847
   _globals['_PRINCIPAL']._serialized_start=850
-  _globals['_PRINCIPAL']._serialized_end=1115
-  _globals['_USAGE']._serialized_start=1117
-  _globals['_USAGE']._serialized_end=1228
-  _globals['_REQUESTCONTEXT']._serialized_start=1230
-  _globals['_REQUESTCONTEXT']._serialized_end=1332
+  _globals['_PRINCIPAL']._serialized_end=1252
+  _globals['_PRINCIPAL_FALLBACKSENTRY']._serialized_start=1169
+  _globals['_PRINCIPAL_FALLBACKSENTRY']._serialized_end=1246
+  _globals['_MODELFALLBACKS']._serialized_start=1254
+  _globals['_MODELFALLBACKS']._serialized_end=1286
+  _globals['_USAGE']._serialized_start=1288
+  _globals['_USAGE']._serialized_end=1399
+  _globals['_REQUESTCONTEXT']._serialized_start=1401
+  _globals['_REQUESTCONTEXT']._serialized_end=1503
 # @@protoc_insertion_point(module_scope)

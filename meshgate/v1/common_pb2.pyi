@@ -99,7 +99,14 @@ class Limits(_message.Message):
     def __init__(self, requests_per_minute: _Optional[int] = ..., tokens_per_minute: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., budget_tokens: _Optional[int] = ..., budget_micro_usd: _Optional[int] = ..., budget_period: _Optional[_Union[BudgetPeriod, str]] = ...) -> None: ...
 
 class Principal(_message.Message):
-    __slots__ = ("key_id", "name", "tenant", "limits", "allowed_models", "tenant_limits", "redis_failure_policy", "roles")
+    __slots__ = ("key_id", "name", "tenant", "limits", "allowed_models", "tenant_limits", "redis_failure_policy", "roles", "fallbacks")
+    class FallbacksEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ModelFallbacks
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ModelFallbacks, _Mapping]] = ...) -> None: ...
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +115,7 @@ class Principal(_message.Message):
     TENANT_LIMITS_FIELD_NUMBER: _ClassVar[int]
     REDIS_FAILURE_POLICY_FIELD_NUMBER: _ClassVar[int]
     ROLES_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     name: str
     tenant: str
@@ -116,7 +124,14 @@ class Principal(_message.Message):
     tenant_limits: Limits
     redis_failure_policy: RedisFailurePolicy
     roles: _containers.RepeatedScalarFieldContainer[Role]
-    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., tenant: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., tenant_limits: _Optional[_Union[Limits, _Mapping]] = ..., redis_failure_policy: _Optional[_Union[RedisFailurePolicy, str]] = ..., roles: _Optional[_Iterable[_Union[Role, str]]] = ...) -> None: ...
+    fallbacks: _containers.MessageMap[str, ModelFallbacks]
+    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., tenant: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., tenant_limits: _Optional[_Union[Limits, _Mapping]] = ..., redis_failure_policy: _Optional[_Union[RedisFailurePolicy, str]] = ..., roles: _Optional[_Iterable[_Union[Role, str]]] = ..., fallbacks: _Optional[_Mapping[str, ModelFallbacks]] = ...) -> None: ...
+
+class ModelFallbacks(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_creation_tokens")

@@ -366,17 +366,21 @@ class EmbeddingList(_message.Message):
     def __init__(self, model: _Optional[str] = ..., data: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ...) -> None: ...
 
 class ModelCard(_message.Message):
-    __slots__ = ("id", "created", "owned_by", "category", "capabilities", "context_length")
+    __slots__ = ("id", "created", "owned_by", "category", "capabilities", "context_length", "aliases", "fallbacks")
     ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     OWNED_BY_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     id: str
     created: int
     owned_by: str
     category: str
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     context_length: int
-    def __init__(self, id: _Optional[str] = ..., created: _Optional[int] = ..., owned_by: _Optional[str] = ..., category: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ...) -> None: ...
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    fallbacks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., created: _Optional[int] = ..., owned_by: _Optional[str] = ..., category: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ..., aliases: _Optional[_Iterable[str]] = ..., fallbacks: _Optional[_Iterable[str]] = ...) -> None: ...

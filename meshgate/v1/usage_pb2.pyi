@@ -32,7 +32,7 @@ OUTCOME_CANCELLED: Outcome
 OUTCOME_EXPIRED: Outcome
 
 class UsageRecord(_message.Message):
-    __slots__ = ("id", "request_id", "started_unix_us", "ended_unix_us", "key_id", "tenant", "model", "endpoint", "stream", "outcome", "status", "error_code", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_pico_usd", "reserved_tokens", "reserved_micro_usd", "replica", "latency_us", "ttft_us")
+    __slots__ = ("id", "request_id", "started_unix_us", "ended_unix_us", "key_id", "tenant", "model", "endpoint", "stream", "outcome", "status", "error_code", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_pico_usd", "reserved_tokens", "reserved_micro_usd", "replica", "latency_us", "ttft_us", "requested_model")
     ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STARTED_UNIX_US_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class UsageRecord(_message.Message):
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     LATENCY_US_FIELD_NUMBER: _ClassVar[int]
     TTFT_US_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_MODEL_FIELD_NUMBER: _ClassVar[int]
     id: str
     request_id: str
     started_unix_us: int
@@ -75,4 +76,5 @@ class UsageRecord(_message.Message):
     replica: str
     latency_us: int
     ttft_us: int
-    def __init__(self, id: _Optional[str] = ..., request_id: _Optional[str] = ..., started_unix_us: _Optional[int] = ..., ended_unix_us: _Optional[int] = ..., key_id: _Optional[str] = ..., tenant: _Optional[str] = ..., model: _Optional[str] = ..., endpoint: _Optional[_Union[Endpoint, str]] = ..., stream: _Optional[bool] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., status: _Optional[int] = ..., error_code: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., cost_pico_usd: _Optional[int] = ..., reserved_tokens: _Optional[int] = ..., reserved_micro_usd: _Optional[int] = ..., replica: _Optional[str] = ..., latency_us: _Optional[int] = ..., ttft_us: _Optional[int] = ...) -> None: ...
+    requested_model: str
+    def __init__(self, id: _Optional[str] = ..., request_id: _Optional[str] = ..., started_unix_us: _Optional[int] = ..., ended_unix_us: _Optional[int] = ..., key_id: _Optional[str] = ..., tenant: _Optional[str] = ..., model: _Optional[str] = ..., endpoint: _Optional[_Union[Endpoint, str]] = ..., stream: _Optional[bool] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., status: _Optional[int] = ..., error_code: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., cost_pico_usd: _Optional[int] = ..., reserved_tokens: _Optional[int] = ..., reserved_micro_usd: _Optional[int] = ..., replica: _Optional[str] = ..., latency_us: _Optional[int] = ..., ttft_us: _Optional[int] = ..., requested_model: _Optional[str] = ...) -> None: ...

@@ -13,7 +13,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -212,6 +212,7 @@ async def create(
     expires: str | None,
     redis_failure_policy: Literal["fail_closed", "fail_open"],
     roles: Sequence[str] = ("api",),
+    fallbacks: Mapping[str, Sequence[str]] | None = None,
     out: TextIO = sys.stdout,
 ) -> None:
     expires_at = parse_expires(expires) if expires else 0.0
@@ -237,6 +238,7 @@ async def create(
             expires_at=expires_at,
             redis_failure_policy=redis_failure_policy,
             roles=tuple(r for r in ("api", "admin") if r in roles),
+            fallbacks=fallbacks,
         )
     out.write(f"{secret}\n")
     out.flush()
@@ -252,29 +254,40 @@ async def update(
     *,
     models: tuple[str, ...] | None = None,
     expires: str | None = None,
+    fallbacks: Mapping[str, Sequence[str]] | None = None,
     out: TextIO = sys.stdout,
 ) -> None:
     """Change a key's limits in place: the secret stays, every replica sees it at once."""
     expires_at = None if expires is None else update_expiry(expires)
-    if not change.fields() and models is None and expires_at is None:
-        raise AdminError("nothing to update: give at least one limit, --models or --expires")
+    if not change.fields() and models is None and expires_at is None and fallbacks is None:
+        raise AdminError(
+            "nothing to update: give at least one limit, --models, --fallbacks or --expires"
+        )
     async with _key_store(config) as store:
-        record = await store.update(key_identifier, change, models=models, expires_at=expires_at)
+        record = await store.update(
+            key_identifier, change, models=models, expires_at=expires_at, fallbacks=fallbacks
+        )
     if record is None:
         raise AdminError(f"no key with id {key_identifier!r} (see `meshgate keys list`)")
     out.write(
         f"updated {record.principal.key_id} ({record.principal.name}): "
-        f"{describe(change, models, expires_at)}\n"
+        f"{describe(change, models, expires_at, fallbacks)}\n"
     )
 
 
 def describe(
-    change: LimitsChange, models: Sequence[str] | None = None, expires_at: float | None = None
+    change: LimitsChange,
+    models: Sequence[str] | None = None,
+    expires_at: float | None = None,
+    fallbacks: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
     """`rpm=200 models=* expires=never`: what an update sets, for its confirmation line."""
     described = _describe(change)
     if models is not None:
         described.append(f"models={','.join(models) or '*'}")
+    if fallbacks is not None:
+        chains = ";".join(f"{m}={','.join(c)}" for m, c in sorted(fallbacks.items()))
+        described.append(f"fallbacks={chains or 'catalog'}")
     if expires_at is not None:
         described.append(f"expires={_when(expires_at) if expires_at else 'never'}")
     return " ".join(described)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import TypeVar
 
@@ -64,6 +64,10 @@ def _us(seconds: float) -> int:
     return round(seconds * 1_000_000)
 
 
+def _chains(fallbacks: Mapping[str, common_pb2.ModelFallbacks]) -> dict[str, list[str]]:
+    return {model: list(chain.models) for model, chain in fallbacks.items()}
+
+
 def _key(record: KeyRecord, spent_micro_usd: int = 0) -> admin_pb2.Key:
     p = record.principal
     return admin_pb2.Key(
@@ -78,6 +82,7 @@ def _key(record: KeyRecord, spent_micro_usd: int = 0) -> admin_pb2.Key:
         expires_unix_us=_us(record.expires_at),
         revoked_unix_us=_us(record.revoked_at),
         spent_micro_usd=spent_micro_usd,
+        fallbacks=dict(p.fallbacks),
     )
 
 
@@ -157,6 +162,20 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     f"models[{index}]: {model!r} is not in the model catalog", f"models[{index}]"
                 )
 
+    def _check_fallbacks(self, fallbacks: Mapping[str, common_pb2.ModelFallbacks]) -> None:
+        """Fallbacks name catalog models, each other than the model it stands in for."""
+        for model, chain in sorted(fallbacks.items()):
+            if model not in self._models:
+                raise invalid_request(
+                    f"fallbacks.{model}: {model!r} is not in the model catalog", "fallbacks"
+                )
+            for index, name in enumerate(chain.models):
+                if name not in self._models or name == model:
+                    raise invalid_request(
+                        f"fallbacks.{model}[{index}]: {name!r} is not another catalog model",
+                        "fallbacks",
+                    )
+
     async def _run(self, context: Context, action: Callable[[RedisKeyStore], Awaitable[T]]) -> T:
         """Run one store operation: its ApiError, or the key store's outage, ends the RPC."""
         try:
@@ -199,6 +218,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             if request.expires_unix_us and request.expires_unix_us <= _us(time.time()):
                 raise invalid_request("expires_at is in the past", "expires_at")
             self._check_models(request.models)
+            self._check_fallbacks(request.fallbacks)
             if request.tenant and not await self._tenant_exists(store, request.tenant):
                 raise tenant_not_found(request.tenant, "tenant")
             limits = request.limits
@@ -215,6 +235,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 expires_at=request.expires_unix_us / 1e6,
                 redis_failure_policy=POLICY_NAMES.get(request.redis_failure_policy, "fail_closed"),
                 roles=_role_names(list(request.roles)) or ("api",),
+                fallbacks=_chains(request.fallbacks),
             )
             return admin_pb2.CreateKeyResponse(key=_key(record), secret=secret)
 
@@ -247,6 +268,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             change = _change(request.limits)
             if request.replace_models:
                 self._check_models(request.models)
+            if request.replace_fallbacks:
+                self._check_fallbacks(request.fallbacks)
             roles = _role_names(list(request.roles)) if request.roles else None
             expires = request.expires_unix_us if request.HasField("expires_unix_us") else None
             if expires and expires <= _us(time.time()):
@@ -257,6 +280,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 models=tuple(request.models) if request.replace_models else None,
                 expires_at=None if expires is None else expires / 1e6,
                 roles=roles,
+                fallbacks=_chains(request.fallbacks) if request.replace_fallbacks else None,
             )
             if record is None:
                 raise key_not_found(request.key_id)
@@ -302,6 +326,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 expires_at=old.expires_at,
                 redis_failure_policy=POLICY_NAMES.get(p.redis_failure_policy, "fail_closed"),
                 roles=_role_names(roles_of(p)),
+                fallbacks=_chains(p.fallbacks),
             )
             revoked = await store.revoke(request.key_id)
             assert revoked is not None

@@ -16,7 +16,8 @@ command (or per single-key script), so Redis Cluster works as it is:
                         max_concurrency, budget_tokens, budget_usd (a decimal
                         string, 6 places), budget_period (total|day|month),
                         models (JSON), expires_at, revoked_at, created_at,
-                        redis_failure_policy, roles (JSON; absent = ["api"])
+                        redis_failure_policy, roles (JSON; absent = ["api"]),
+                        fallbacks (JSON {model id: [model ids]}; absent = {})
   mg:key-ids            hash: key_id -> digest hex (for list, update and revoke)
   mg:tenant:<id>        hash: id, rpm, tpm, max_concurrency, budget_tokens,
                         budget_usd, budget_period, created_at
@@ -40,7 +41,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from decimal import Decimal, InvalidOperation
@@ -273,6 +274,7 @@ def principal(
     models: list[str] | tuple[str, ...],
     redis_failure_policy: str,
     roles: tuple[str, ...] | list[str] = ("api",),
+    fallbacks: Mapping[str, Sequence[str]] | None = None,
 ) -> common_pb2.Principal:
     return common_pb2.Principal(
         roles=sorted({ROLES[r] for r in roles if r in ROLES} or {common_pb2.ROLE_API}),
@@ -285,7 +287,15 @@ def principal(
         redis_failure_policy=POLICIES.get(
             redis_failure_policy, common_pb2.REDIS_FAILURE_POLICY_FAIL_CLOSED
         ),
+        fallbacks={
+            model: common_pb2.ModelFallbacks(models=list(chain))
+            for model, chain in (fallbacks or {}).items()
+        },
     )
+
+
+def _fallbacks_json(fallbacks: Mapping[str, Sequence[str]]) -> str:
+    return json.dumps({model: list(chain) for model, chain in sorted(fallbacks.items())})
 
 
 class KeyStore(Protocol):
@@ -309,6 +319,7 @@ class ConfigKeyStore:
                     models=key.models,
                     redis_failure_policy=key.redis_failure_policy,
                     roles=key.roles,
+                    fallbacks=key.fallbacks,
                 ),
             )
 
@@ -328,6 +339,7 @@ def _record(secret_digest: bytes, raw: Mapping[bytes, bytes]) -> KeyRecord:
             models=json.loads(stored.text("models", "[]")),
             redis_failure_policy=stored.text("redis_failure_policy", "fail_closed"),
             roles=json.loads(stored.text("roles", '["api"]')),
+            fallbacks=json.loads(stored.text("fallbacks", "{}")),
         ),
         expires_at=stored.number("expires_at"),
         revoked_at=stored.number("revoked_at"),
@@ -421,6 +433,7 @@ class RedisKeyStore:
         expires_at: float = 0.0,
         redis_failure_policy: Policy = "fail_closed",
         roles: tuple[RoleName, ...] = ("api",),
+        fallbacks: Mapping[str, Sequence[str]] | None = None,
     ) -> tuple[str, KeyRecord]:
         """A new key; the secret is returned once and never stored."""
         secret = new_secret()
@@ -444,6 +457,7 @@ class RedisKeyStore:
             "created_at": str(time.time()),
             "redis_failure_policy": redis_failure_policy,
             "roles": json.dumps(sorted(set(roles))),
+            "fallbacks": _fallbacks_json(fallbacks or {}),
         }
         await self.redis.hset(KEY_PREFIX + d.hex(), mapping=mapping)  # type: ignore[arg-type]
         await self.redis.hset(KEY_INDEX, key_id(d), d.hex())
@@ -468,8 +482,11 @@ class RedisKeyStore:
         models: tuple[str, ...] | None = None,
         expires_at: float | None = None,
         roles: tuple[RoleName, ...] | None = None,
+        fallbacks: Mapping[str, Sequence[str]] | None = None,
     ) -> KeyRecord | None:
-        """Change a key's limits in place (same secret) and tell every replica; None if unknown."""
+        """Change a key's limits in place (same secret) and tell every replica; None if unknown.
+
+        `fallbacks`, when given, replaces the key's whole map ({} gives back the catalog's)."""
         hex_digest = await self._digest_of(key_identifier)
         if hex_digest is None:
             return None
@@ -480,6 +497,8 @@ class RedisKeyStore:
             mapping["expires_at"] = str(expires_at)
         if roles is not None:
             mapping["roles"] = json.dumps(sorted(set(roles)))
+        if fallbacks is not None:
+            mapping["fallbacks"] = _fallbacks_json(fallbacks)
         if mapping and not await self._write(KEY_PREFIX + hex_digest, mapping, exists=True):
             return None
         await self.redis.publish(KEY_EVENTS, key_event(hex_digest))

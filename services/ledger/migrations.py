@@ -101,9 +101,16 @@ CREATE INDEX audit_events_target ON audit_events (target, seq);
 CREATE INDEX audit_events_actor ON audit_events (actor_key_id, seq);
 """
 
+_V3 = """
+-- The model the client asked for, when a fallback served instead (`model` is the one
+-- that served and is billed); '' when they are the same. Old rows read as ''.
+ALTER TABLE usage_records ADD COLUMN requested_model text NOT NULL DEFAULT '';
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "usage_records by month, usage_hourly rollup", _V1),
     Migration(2, "audit_events for the admin API", _V2),
+    Migration(3, "usage_records.requested_model, for model fallbacks", _V3),
 )
 
 _BOOKKEEPING = """

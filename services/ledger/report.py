@@ -222,6 +222,7 @@ def record_fields(record: usage_pb2.UsageRecord) -> dict[str, Any]:
         "key_id": record.key_id,
         "tenant": record.tenant,
         "model": record.model,
+        "requested_model": record.requested_model,
         "endpoint": ENDPOINTS.get(record.endpoint, "unspecified"),
         "stream": record.stream,
         "outcome": OUTCOMES.get(record.outcome, "unspecified"),

@@ -84,12 +84,14 @@ class Row(NamedTuple):
     replica: str
     latency_us: int
     ttft_us: int
+    requested_model: str
 
 
 COLUMNS = ", ".join(Row._fields)
 _TYPES = (
     "text", "text", "timestamptz", "timestamptz", "text", "text", "text", "text", "bool",
     "text", "int4", "text", "int8", "int8", "int8", "int8", "int8", "int8", "text", "int8", "int8",
+    "text",
 )  # fmt: skip
 
 
@@ -117,6 +119,7 @@ def row_of(record: usage_pb2.UsageRecord) -> Row:
         _text(record.error_code), record.prompt_tokens, record.completion_tokens,
         record.cached_tokens, record.cost_pico_usd, record.reserved_tokens,
         record.reserved_micro_usd, _text(record.replica), record.latency_us, record.ttft_us,
+        _text(record.requested_model),
     )  # fmt: skip
 
 
@@ -144,6 +147,7 @@ def record_of(row: Any) -> usage_pb2.UsageRecord:
         replica=row["replica"],
         latency_us=row["latency_us"],
         ttft_us=row["ttft_us"],
+        requested_model=row["requested_model"],
     )
 
 

@@ -283,7 +283,9 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
             request.max_tokens if request.HasField("max_tokens") else self._default_max_tokens
         )
         cost = request.prompt_tokens + allowance
-        pico = self._prices.get(request.record.model).worst_case(request.prompt_tokens, allowance)
+        pico = self._prices.worst_case(
+            request.record.model, principal, request.prompt_tokens, allowance
+        )
         micro = micro_usd(pico)
         settles = needs_settling(owner.key_limits) or needs_settling(owner.tenant_limits)
         # A lease makes settling exact once; a recorded request always needs one. The

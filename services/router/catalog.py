@@ -1,7 +1,8 @@
 """The model catalog's live side: each model's replicas and whether it serves.
 
 What a model accepts (category, tools, vision, context length) is checked by
-the validation service before quota charges anything; the router only routes.
+the validation service before quota charges anything; the router only routes,
+and runs the same rules again only for a fallback model (fallback.py).
 """
 
 from __future__ import annotations
@@ -38,12 +39,15 @@ class Model:
             category=c.category,
             capabilities=list(c.capabilities),
             context_length=c.context_length,
+            aliases=list(c.aliases),
+            fallbacks=list(c.fallbacks),
         )
 
 
 class Catalog:
     def __init__(self, models: list[Model]) -> None:
         self._models = {m.id: m for m in models}
+        self._names = {name: m for m in models for name in (m.id, *m.config.aliases)}
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._models.values())
@@ -51,16 +55,19 @@ class Catalog:
     def visible(self, principal: common_pb2.Principal) -> list[Model]:
         return [m for m in self._models.values() if m.serving() and may_use(principal, m.id)]
 
-    def resolve(self, model_id: str, principal: common_pb2.Principal) -> Model:
-        """The model, if it exists and the key may use it; else 404 model_not_found.
+    def resolve(self, name: str, principal: common_pb2.Principal) -> Model:
+        """The model an id or alias names, if the key may use it; else 404 model_not_found.
 
         For generation the edge has checked both before quota; a model missing here
         means the router's config lags the validation service's (a rolling deploy).
         """
-        model = self._models.get(model_id)
-        if model is None or not may_use(principal, model_id):
-            raise errors.model_not_found(model_id)
+        model = self._names.get(name)
+        if model is None or not may_use(principal, model.id):
+            raise errors.model_not_found(name)
         return model
+
+    def get(self, model_id: str) -> Model | None:
+        return self._models.get(model_id)
 
 
 def build_catalog(config: Config) -> tuple[Catalog, list[Replica]]:

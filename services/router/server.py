@@ -1,4 +1,5 @@
-"""The router service: replica choice, failover and the streaming relay."""
+"""The router service: replica choice, failover, model fallbacks (fallback.py) and the
+streaming relay."""
 
 from __future__ import annotations
 
@@ -17,16 +18,24 @@ from meshgate import billing, grpcio, tokens
 from meshgate.config import Config
 from meshgate.deadline import left, of_call
 from meshgate.errors import ApiError
-from meshgate.grpcio import ENGINE_TIME_KEY, REPLICA_KEY, Context
-from meshgate.v1 import inference_pb2, router_pb2, router_pb2_grpc
+from meshgate.grpcio import ENGINE_TIME_KEY, MODEL_KEY, REPLICA_KEY, Context
+from meshgate.v1 import common_pb2, inference_pb2, router_pb2, router_pb2_grpc
 from services.router import catalog as cat
 from services.router.adapters.base import EngineAdapter, EngineUnavailable
 from services.router.balancer import Balancer, Replica, ReplicaCollector
+from services.router.fallback import Attempt, Chain, Moved, Prepare, first_within, no_replica
 from services.router.signals import Poller, signals_proto
+from services.validation.catalog import prepare_chat, prepare_embedding, prepare_text
 
 log = logging.getLogger("meshgate.router")
 
 T = TypeVar("T")
+R = TypeVar(
+    "R",
+    inference_pb2.ChatCompletionRequest,
+    inference_pb2.CompletionRequest,
+    inference_pb2.EmbeddingRequest,
+)
 Chunk = TypeVar("Chunk", inference_pb2.ChatCompletionChunk, inference_pb2.CompletionChunk)
 
 REPLICA_HEALTHY = prometheus_client.Gauge(
@@ -46,15 +55,6 @@ UNHEALTHY_AFTER = 3
 HEALTH_TIMEOUT_S = 1.0
 
 
-def no_replica(model: str) -> ApiError:
-    return ApiError(
-        503,
-        "server_error",
-        f"No engine for `{model}` is available right now. Please retry.",
-        retry_after=1,
-    )
-
-
 def mid_stream_failure() -> ApiError:
     return ApiError(502, "server_error", "The engine failed while streaming the response.")
 
@@ -72,10 +72,6 @@ def _fill_usage(
         else:
             text += choice.text
     answer.usage.CopyFrom(billing.billed(None, prompt_tokens, tokens.count(text)))
-
-
-def _deadline(context: Context, default: float) -> float:
-    return left(of_call(context, default))
 
 
 def _request_id(context: Context) -> str:
@@ -99,48 +95,99 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
         self._balancer = balancer
 
     async def _next(
-        self, model: cat.Model, tried: list[Replica], blocks: tuple[int, ...], context: Context
+        self, model: cat.Model, tried: list[Replica], blocks: tuple[int, ...], chain: Chain[R]
     ) -> Replica | None:
-        """The replica for the next attempt (balancer.acquire), counted as outstanding."""
-        timeout = _deadline(context, self._default_timeout)
-        return await self._balancer.acquire(model.id, model.replicas, tried, blocks, timeout)
+        """The replica for the next attempt (balancer.acquire), counted as outstanding. With
+        every replica at its max_concurrency past the bounded wait, the chain moves on."""
+        try:
+            return await self._balancer.acquire(
+                model.id, model.replicas, tried, blocks, left(chain.deadline)
+            )
+        except ApiError as exc:
+            raise Moved("at_capacity", exc) from None
 
     # ------------------------------------------------------------ relay ----
 
     async def _unary(
         self,
-        model: cat.Model,
-        send: Callable[[EngineAdapter], Awaitable[T]],
+        chain: Chain[R],
+        send: Callable[[EngineAdapter, R, float], Awaitable[T]],
         context: Context,
-        blocks: tuple[int, ...] = (),
+    ) -> tuple[T, Attempt[R]]:
+        """The first answer of the chain's models, and the attempt that gave it."""
+        for tries, attempt in enumerate(chain):
+            if tries:
+                self._balancer.count(attempt.model.id, "fallback")
+            try:
+                return await self._unary_on(attempt, chain, send, context), attempt
+            except Moved as exc:
+                chain.failed(attempt.model, exc.reason, exc.error)
+        raise chain.error()
+
+    async def _unary_on(
+        self,
+        attempt: Attempt[R],
+        chain: Chain[R],
+        send: Callable[[EngineAdapter, R, float], Awaitable[T]],
+        context: Context,
     ) -> T:
         """Send to one replica; on an engine failure, retry on another within the deadline."""
+        model = attempt.model
         tried: list[Replica] = []
-        while (replica := await self._next(model, tried, blocks, context)) is not None:
+        reason = "no_healthy_replica"
+        blocks = self._balancer.blocks(attempt.request)
+        while (replica := await self._next(model, tried, blocks, chain)) is not None:
             started = time.perf_counter()
             try:
-                answer = await send(replica.adapter)
+                answer = await send(replica.adapter, attempt.request, chain.timeout(model))
                 engine_us = int((time.perf_counter() - started) * 1e6)
                 context.set_trailing_metadata(
-                    ((ENGINE_TIME_KEY, str(engine_us)), (REPLICA_KEY, replica.target))
+                    (
+                        (ENGINE_TIME_KEY, str(engine_us)),
+                        (REPLICA_KEY, replica.target),
+                        (MODEL_KEY, model.id),
+                    )
                 )
                 return answer
             except EngineUnavailable as exc:
                 self._eject(replica, exc, context)
                 tried.append(replica)
+                reason = exc.reason
                 FAILOVERS.inc()
+            except ApiError as exc:
+                if exc.status != 504:
+                    raise
+                raise Moved("timeout", exc) from None
             finally:
                 self._balancer.release(replica)
-        raise no_replica(model.id)
+        raise Moved(reason, no_replica(model.id))
 
     async def _stream(
         self,
-        model: cat.Model,
-        open_stream: Callable[[EngineAdapter], AsyncIterator[Chunk]],
+        chain: Chain[R],
+        open_stream: Callable[[EngineAdapter, R, float], AsyncIterator[Chunk]],
         prefix: str,
-        prompt_tokens: int,
         context: Context,
-        blocks: tuple[int, ...] = (),
+    ) -> AsyncIterator[Chunk]:
+        """The stream of the first of the chain's models to send a chunk."""
+        for tries, attempt in enumerate(chain):
+            if tries:
+                self._balancer.count(attempt.model.id, "fallback")
+            try:
+                async for chunk in self._stream_on(attempt, chain, open_stream, prefix, context):
+                    yield chunk
+                return
+            except Moved as exc:
+                chain.failed(attempt.model, exc.reason, exc.error)
+        raise chain.error()
+
+    async def _stream_on(
+        self,
+        attempt: Attempt[R],
+        chain: Chain[R],
+        open_stream: Callable[[EngineAdapter, R, float], AsyncIterator[Chunk]],
+        prefix: str,
+        context: Context,
     ) -> AsyncIterator[Chunk]:
         """Relay a stream; failover is possible only until the first chunk has gone out.
 
@@ -148,33 +195,46 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
         does) get a usage chunk made up here: the validated prompt count and one
         token per fragment, so that billing never depends on the engine.
         """
+        model = attempt.model
         tried: list[Replica] = []
-        while (replica := await self._next(model, tried, blocks, context)) is not None:
+        reason = "no_healthy_replica"
+        blocks = self._balancer.blocks(attempt.request)
+        while (replica := await self._next(model, tried, blocks, chain)) is not None:
             started = False
             tally = billing.Tally()
+            chunks = open_stream(replica.adapter, attempt.request, left(chain.deadline))
+            if chain.bounded(model):
+                chunks = first_within(chunks, chain.timeout(model))
             try:
-                async for chunk in open_stream(replica.adapter):
+                async for chunk in chunks:
                     if not started:
                         started = True
                         chunk.id = f"{prefix}-{secrets.token_hex(12)}"
                         chunk.created = int(time.time())
                         chunk.model = model.id
                         # Who serves it, for the usage record; with the first chunk, never a retry.
-                        await context.send_initial_metadata(((REPLICA_KEY, replica.target),))
+                        await context.send_initial_metadata(
+                            ((REPLICA_KEY, replica.target), (MODEL_KEY, model.id))
+                        )
                     tally.add(chunk)
                     yield chunk
                 if started and tally.usage is None:
-                    yield type(chunk)(usage=tally.billed(prompt_tokens))
+                    yield type(chunk)(usage=tally.billed(attempt.prompt_tokens))
                 return
             except EngineUnavailable as exc:
                 self._eject(replica, exc, context)
                 if started:
                     raise mid_stream_failure() from None
                 tried.append(replica)
+                reason = exc.reason
                 FAILOVERS.inc()
+            except ApiError as exc:
+                if started or exc.status != 504:
+                    raise
+                raise Moved("timeout", exc) from None
             finally:
                 self._balancer.release(replica)
-        raise no_replica(model.id)
+        raise Moved(reason, no_replica(model.id))
 
     def _eject(self, replica: Replica, exc: Exception, context: Context) -> None:
         """Passive health: a failed replica leaves rotation until an active check passes."""
@@ -190,39 +250,47 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
 
     # -------------------------------------------------------------- RPCs ----
 
+    def _chain(
+        self,
+        request: R,
+        request_context: common_pb2.RequestContext,
+        prepare: Prepare[R],
+        context: Context,
+    ) -> Chain[R]:
+        principal = request_context.principal
+        model = self._catalog.resolve(request.model, principal)
+        deadline = of_call(context, self._default_timeout)
+        return Chain(
+            self._catalog,
+            model,
+            request,
+            request_context.prompt_tokens,
+            principal,
+            prepare,
+            deadline,
+        )
+
     async def CreateChatCompletion(
         self, request: router_pb2.CreateChatCompletionRequest, context: Context
     ) -> router_pb2.CreateChatCompletionResponse:
         try:
-            model = self._catalog.resolve(request.request.model, request.context.principal)
-            timeout = _deadline(context, self._default_timeout)
-            completion = await self._unary(
-                model,
-                lambda a: a.chat(request.request, timeout),
-                context,
-                self._balancer.blocks(request.request),
-            )
+            chain = self._chain(request.request, request.context, prepare_chat, context)
+            completion, served = await self._unary(chain, lambda a, r, t: a.chat(r, t), context)
         except ApiError as exc:
             await exc.abort(context)
-        _fill_usage(completion, request.context.prompt_tokens)
+        _fill_usage(completion, served.prompt_tokens)
         completion.id = f"chatcmpl-{secrets.token_hex(12)}"
         completion.created = int(time.time())
-        completion.model = model.id
+        completion.model = served.model.id
         return router_pb2.CreateChatCompletionResponse(completion=completion)
 
     async def StreamChatCompletion(
         self, request: router_pb2.StreamChatCompletionRequest, context: Context
     ) -> AsyncIterator[inference_pb2.ChatCompletionChunk]:
         try:
-            model = self._catalog.resolve(request.request.model, request.context.principal)
-            timeout = _deadline(context, self._default_timeout)
+            chain = self._chain(request.request, request.context, prepare_chat, context)
             async for chunk in self._stream(
-                model,
-                lambda a: a.stream_chat(request.request, timeout),
-                "chatcmpl",
-                request.context.prompt_tokens,
-                context,
-                self._balancer.blocks(request.request),
+                chain, lambda a, r, t: a.stream_chat(r, t), "chatcmpl", context
             ):
                 yield chunk
         except ApiError as exc:
@@ -232,35 +300,23 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.CreateCompletionRequest, context: Context
     ) -> router_pb2.CreateCompletionResponse:
         try:
-            model = self._catalog.resolve(request.request.model, request.context.principal)
-            timeout = _deadline(context, self._default_timeout)
-            completion = await self._unary(
-                model,
-                lambda a: a.text(request.request, timeout),
-                context,
-                self._balancer.blocks(request.request),
-            )
+            chain = self._chain(request.request, request.context, prepare_text, context)
+            completion, served = await self._unary(chain, lambda a, r, t: a.text(r, t), context)
         except ApiError as exc:
             await exc.abort(context)
-        _fill_usage(completion, request.context.prompt_tokens)
+        _fill_usage(completion, served.prompt_tokens)
         completion.id = f"cmpl-{secrets.token_hex(12)}"
         completion.created = int(time.time())
-        completion.model = model.id
+        completion.model = served.model.id
         return router_pb2.CreateCompletionResponse(completion=completion)
 
     async def StreamCompletion(
         self, request: router_pb2.StreamCompletionRequest, context: Context
     ) -> AsyncIterator[inference_pb2.CompletionChunk]:
         try:
-            model = self._catalog.resolve(request.request.model, request.context.principal)
-            timeout = _deadline(context, self._default_timeout)
+            chain = self._chain(request.request, request.context, prepare_text, context)
             async for chunk in self._stream(
-                model,
-                lambda a: a.stream_text(request.request, timeout),
-                "cmpl",
-                request.context.prompt_tokens,
-                context,
-                self._balancer.blocks(request.request),
+                chain, lambda a, r, t: a.stream_text(r, t), "cmpl", context
             ):
                 yield chunk
         except ApiError as exc:
@@ -270,14 +326,11 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.CreateEmbeddingRequest, context: Context
     ) -> router_pb2.CreateEmbeddingResponse:
         try:
-            model = self._catalog.resolve(request.request.model, request.context.principal)
-            timeout = _deadline(context, self._default_timeout)
-            embeddings = await self._unary(
-                model, lambda a: a.embed(request.request, timeout), context
-            )
+            chain = self._chain(request.request, request.context, prepare_embedding, context)
+            embeddings, served = await self._unary(chain, lambda a, r, t: a.embed(r, t), context)
         except ApiError as exc:
             await exc.abort(context)
-        embeddings.model = model.id
+        embeddings.model = served.model.id
         return router_pb2.CreateEmbeddingResponse(embeddings=embeddings)
 
     async def ListModels(

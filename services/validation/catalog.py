@@ -13,7 +13,8 @@ what the engine will read.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 import orjson
 
@@ -25,19 +26,64 @@ from meshgate.v1 import inference_pb2
 from services.validation.checks import join
 
 CHAT_CATEGORIES = frozenset({"text", "code", "reasoning", "multimodal"})
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+
+
+Request = TypeVar(
+    "Request",
+    inference_pb2.ChatCompletionRequest,
+    inference_pb2.CompletionRequest,
+    inference_pb2.EmbeddingRequest,
+)
+# A `prepare_*` below: apply one model's catalog entry to a request in place.
+Prepare = Callable[[ModelConfig, Request], int]
 
 
 class Catalog:
-    """The config's models by id; the key's own allowance is checked where the principal is known."""
+    """The config's models by id and alias; the key's own allowance is checked where the
+    principal is known."""
 
     def __init__(self, models: Iterable[ModelConfig]) -> None:
         self._models = {m.id: m for m in models}
+        self._names = {name: m for m in self._models.values() for name in (m.id, *m.aliases)}
 
-    def resolve(self, model_id: str) -> ModelConfig:
-        model = self._models.get(model_id)
+    def resolve(self, name: str) -> ModelConfig:
+        """The model a request names, by id or alias."""
+        model = self._names.get(name)
         if model is None:
-            raise errors.model_not_found(model_id)
+            raise errors.model_not_found(name)
         return model
+
+    def prepare(self, request: Request, prepare: Prepare[Request]) -> int:
+        """Resolve the request's model (an alias becomes the id) and apply its entry.
+
+        A prompt too long for a model with `context_fallbacks` passes when one of its
+        catalog fallbacks can take it: the router then skips the model asked for.
+        """
+        model = self.resolve(request.model)
+        request.model = model.id
+        try:
+            return prepare(model, request)
+        except ApiError as exc:
+            if exc.code != CONTEXT_LENGTH_EXCEEDED or not model.context_fallbacks:
+                raise
+            for name in model.fallbacks:
+                fallback = self._models[name]
+                if fallback.context_length <= model.context_length:
+                    continue
+                try:
+                    return prepare(fallback, for_model(request, name))
+                except ApiError:
+                    continue
+            raise
+
+
+def for_model(request: Request, model_id: str) -> Request:
+    """A copy of a request, to be prepared for another model."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    copy.model = model_id
+    return copy
 
 
 def _wrong_endpoint(model: ModelConfig, endpoint: str) -> ApiError:
@@ -51,7 +97,7 @@ def _wrong_endpoint(model: ModelConfig, endpoint: str) -> ApiError:
 
 def _context_exceeded(message: str, param: str) -> ApiError:
     return ApiError(
-        400, "invalid_request_error", message, param=param, code="context_length_exceeded"
+        400, "invalid_request_error", message, param=param, code=CONTEXT_LENGTH_EXCEEDED
     )
 
 
@@ -136,6 +182,11 @@ def prepare_chat(
     if prompt + completion > model.context_length:
         raise _messages_too_long(model, prompt, completion)
     return prompt
+
+
+def prepare_responses(model: ModelConfig, request: inference_pb2.ChatCompletionRequest) -> int:
+    """A Responses body's chat request: chat's rules, named for its own route."""
+    return prepare_chat(model, request, "/v1/responses")
 
 
 def prepare_text(model: ModelConfig, request: inference_pb2.CompletionRequest) -> int:

@@ -33,7 +33,7 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
     ) -> validation_pb2.ValidateChatCompletionResponse:
         try:
             typed = validate_chat(parse_body(request.body))
-            prompt_tokens = catalog.prepare_chat(self._catalog.resolve(typed.model), typed)
+            prompt_tokens = self._catalog.prepare(typed, catalog.prepare_chat)
         except Invalid as exc:
             await exc.to_api_error().abort(context)
         except ApiError as exc:
@@ -47,7 +47,7 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
     ) -> validation_pb2.ValidateCompletionResponse:
         try:
             typed = validate_completion(parse_body(request.body))
-            prompt_tokens = catalog.prepare_text(self._catalog.resolve(typed.model), typed)
+            prompt_tokens = self._catalog.prepare(typed, catalog.prepare_text)
         except Invalid as exc:
             await exc.to_api_error().abort(context)
         except ApiError as exc:
@@ -59,7 +59,7 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
     ) -> validation_pb2.ValidateEmbeddingResponse:
         try:
             typed = validate_embedding(parse_body(request.body))
-            prompt_tokens = catalog.prepare_embedding(self._catalog.resolve(typed.model), typed)
+            prompt_tokens = self._catalog.prepare(typed, catalog.prepare_embedding)
         except Invalid as exc:
             await exc.to_api_error().abort(context)
         except ApiError as exc:
@@ -74,9 +74,8 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
         try:
             translated = validate_response(parse_body(request.body))
             typed = translated.request
-            model = self._catalog.resolve(typed.model)
             try:
-                prompt_tokens = catalog.prepare_chat(model, typed, "/v1/responses")
+                prompt_tokens = self._catalog.prepare(typed, catalog.prepare_responses)
             except ApiError as exc:
                 exc.param = translated.locate(exc.param)
                 raise

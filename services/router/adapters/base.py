@@ -44,4 +44,12 @@ class EngineAdapter(Protocol):
 
 
 class EngineUnavailable(Exception):
-    """The replica could not be reached or failed; another replica may succeed."""
+    """The replica could not be reached or failed; another replica may succeed.
+
+    `reason` names the failure for the fallback metric: `unreachable`, `engine_error`
+    (a 5xx or an unreadable answer), `rate_limited` (429) or `timeout` (408).
+    """
+
+    def __init__(self, message: str, reason: str = "engine_error") -> None:
+        super().__init__(message)
+        self.reason = reason

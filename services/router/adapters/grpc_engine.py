@@ -13,9 +13,13 @@ from meshgate.config import TlsConfig
 from meshgate.v1 import engine_pb2, engine_pb2_grpc, inference_pb2
 from services.router.adapters.base import EngineUnavailable
 
-_RETRYABLE = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
-)
+# Failures another replica (or a fallback model) may not have, by their fallback reason.
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE: "unreachable",
+    grpc.StatusCode.UNKNOWN: "engine_error",
+    grpc.StatusCode.INTERNAL: "engine_error",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "rate_limited",
+}
 
 
 def _metadata() -> tuple[tuple[str, str], ...]:
@@ -26,8 +30,12 @@ def _metadata() -> tuple[tuple[str, str], ...]:
 def _translate(exc: grpc.aio.AioRpcError, target: str) -> Exception:
     """An engine-reported OpenAI error passes through; a broken replica becomes EngineUnavailable."""
     error = errors.from_rpc_error(exc, "engine")
-    if exc.code() in _RETRYABLE and error.status >= 500:
-        return EngineUnavailable(f"{target}: {exc.code().name}")
+    reason = _RETRYABLE.get(exc.code())
+    # RESOURCE_EXHAUSTED counts only as the engine's own 429: gRPC also says it of a
+    # message too large, which every replica would refuse alike.
+    retryable = error.status == 429 if reason == "rate_limited" else error.status >= 500
+    if reason is not None and retryable:
+        return EngineUnavailable(f"{target}: {exc.code().name}", reason)
     return error
 
 

@@ -74,7 +74,7 @@ class OpenAIHttpEngine:
         except TimeoutError:
             raise errors.timeout() from None
         except aiohttp.ClientError as exc:
-            raise EngineUnavailable(f"{self.target}: {type(exc).__name__}") from None
+            raise EngineUnavailable(f"{self.target}: {type(exc).__name__}", "unreachable") from None
         self._raise_for_status(response.status, content)
         try:
             return parse(orjson.loads(content))
@@ -94,7 +94,7 @@ class OpenAIHttpEngine:
         except TimeoutError:
             raise errors.timeout() from None
         except aiohttp.ClientError as exc:
-            raise EngineUnavailable(f"{self.target}: {type(exc).__name__}") from None
+            raise EngineUnavailable(f"{self.target}: {type(exc).__name__}", "unreachable") from None
         try:
             if response.status != 200:
                 self._raise_for_status(response.status, await response.read())
@@ -119,10 +119,9 @@ class OpenAIHttpEngine:
     def _raise_for_status(self, status: int, content: bytes) -> None:
         if status < 400:
             return
-        if status >= 500 or status in (408, 429):
-            raise EngineUnavailable(
-                f"{self.target}: HTTP {status}"
-            )  # another replica may do better
+        if status >= 500 or status in (408, 429):  # another replica (or model) may do better
+            reason = {408: "timeout", 429: "rate_limited"}.get(status, "engine_error")
+            raise EngineUnavailable(f"{self.target}: HTTP {status}", reason)
         try:
             body: Any = orjson.loads(content)
         except orjson.JSONDecodeError:
