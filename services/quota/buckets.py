@@ -203,9 +203,12 @@ def _failures(results: Sequence[Any]) -> int:
     return sum(isinstance(r, Exception) for r in results)
 
 
-# How long a call whose slot is migrating (TRYAGAIN: its keys are half moved) is asked
-# again; moving a slot takes milliseconds per batch of keys.
-MIGRATION_WAIT_S = 1.0
+# How long a call whose slot is migrating is asked again. Redis answers TRYAGAIN from
+# the first key moved until the slot is handed over (SETSLOT NODE) to any script that
+# names a key not there yet, so the wait is the whole migration of a slot: seconds for
+# a crowded one. It stays under the edge's 5 s deadline for a quota call, so that a
+# longer migration still ends in the fail-closed 503 with Retry-After, not a timeout.
+MIGRATION_WAIT_S = 4.0
 _MIGRATION_POLL_S = 0.02
 
 
