@@ -90,6 +90,12 @@ def _cluster(config: RedisConfig, timeout: float) -> RedisCluster:
         socket_connect_timeout=timeout,
         # The cluster client's own retries refresh the slot map between attempts.
         retry=_retry(),
+        # A MOVED reply patches that slot's owner. Left at redis-py's default (5), every
+        # fifth MOVED would instead aclose() the client to learn the whole map again,
+        # cutting the connections other requests are using that moment (RuntimeError,
+        # "Connection closed by server"): under traffic, a resharding became 503s.
+        # A failover still relearns the map, on the connection error it causes.
+        reinitialize_steps=0,
     )
 
 

@@ -399,15 +399,14 @@ class RedisClusterNodes:
 
         `pause_s` waits between the keys, so that clients see the half-moved slot."""
         source = self.master_of(key)
-        slot = int(source.client().cluster("keyslot", key))
         source_id, target_id = self.node_id(source), self.node_id(to)
-        to.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-        source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
-        while names := source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1):
-            source.client().execute_command(
-                "MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *names
-            )
-            time.sleep(pause_s)
+        with source.client() as moving, to.client() as receiving:
+            slot = int(moving.cluster("keyslot", key))
+            receiving.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            moving.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            while names := moving.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1):
+                moving.execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *names)
+                time.sleep(pause_s)
         for node in self.live():
             if node.client().info("replication")["role"] == "master":
                 node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)

@@ -199,13 +199,12 @@ def decision(raw: list[int], owner: Owner, at_s: float) -> Decision:
     return Decision(Verdict(verdict), Subject(who), state, int(raw[12]))
 
 
-def _failures(results: Sequence[Any]) -> int:
-    return sum(isinstance(r, Exception) for r in results)
-
-
-# How long a call whose slot is migrating (TRYAGAIN: its keys are half moved) is asked
-# again; moving a slot takes milliseconds per batch of keys.
-MIGRATION_WAIT_S = 1.0
+# How long a call whose slot is migrating is asked again. Redis answers TRYAGAIN from
+# the first key moved until the slot is handed over (SETSLOT NODE) to any script that
+# names a key not there yet, so the wait is the whole migration of a slot: seconds for
+# a crowded one. It stays under the edge's 5 s deadline for a quota call, so that a
+# longer migration still ends in the fail-closed 503 with Retry-After, not a timeout.
+MIGRATION_WAIT_S = 4.0
 _MIGRATION_POLL_S = 0.02
 
 
@@ -220,6 +219,19 @@ def _unreachable(result: Any) -> bool:
     return isinstance(result, ConnectionError | TimeoutError)
 
 
+def _ran_nothing(result: Any) -> bool:
+    """A call to send again: its master was unreachable, or its slot still migrating."""
+    return _unreachable(result) or _migrating(result)
+
+
+def _sorted_out(calls: Sequence[Call], results: Sequence[Any]) -> tuple[int, list[Call]]:
+    """(refused, stranded) of pipelined settlements: errors Redis gave for good are
+    counted and dropped; calls that ran nothing are kept, to be sent again (settling
+    is idempotent), never counted as refused."""
+    stranded = [c for c, r in zip(calls, results, strict=True) if _ran_nothing(r)]
+    return sum(isinstance(r, Exception) for r in results) - len(stranded), stranded
+
+
 def _slot(call: Call) -> int:
     """The hash slot of a call's keys (they share one tag)."""
     return key_slot(call[0][0].encode())
@@ -232,16 +244,17 @@ class Reserved:
     decision: Decision
     # Settlements Redis refused one by one (a key it cannot update).
     refused: int = 0
-    # Settlements whose master could not be reached (Redis Cluster): to be sent again.
+    # Settlements that ran nothing (a cluster master unreachable, a slot migrating):
+    # to be sent again.
     stranded: list[Call] = field(default_factory=list)
 
 
-def _raise_unreachable(results: Sequence[Any]) -> None:
-    """A call whose node could not be reached (a cluster master that died mid-pipeline)
-    fails the round trip, as a lost connection does on one server: its settlements are
-    kept and sent again, never counted as refused."""
+def _raise_ran_nothing(results: Sequence[Any]) -> None:
+    """A call that ran nothing (a cluster master that died mid-pipeline, a slot still
+    migrating) fails the round trip, as a lost connection does on one server: the
+    settlements are kept and sent again, never counted as refused."""
     for result in results:
-        if _unreachable(result):
+        if _ran_nothing(result):
             raise result
 
 
@@ -306,7 +319,7 @@ class Buckets:
             *settled, decided = await self._pipelined([*settlements, call])
             if isinstance(decided, Exception):
                 raise decided
-            return Reserved(decision(decided, owner, at_s), _failures(settled))
+            return Reserved(decision(decided, owner, at_s), *_sorted_out(settlements, settled))
         slot = _slot(call)
         here = [c for c in settlements if _slot(c) == slot]
         apart = [c for c in settlements if _slot(c) != slot]
@@ -315,7 +328,10 @@ class Buckets:
         )
         if isinstance(decided, Exception):
             raise decided
-        return Reserved(decision(decided, owner, at_s), _failures(settled) + refused, stranded)
+        refused_here, stranded_here = _sorted_out(here, settled)
+        return Reserved(
+            decision(decided, owner, at_s), refused_here + refused, stranded_here + stranded
+        )
 
     async def _settle_apart(self, calls: list[Call]) -> tuple[int, list[Call]]:
         """(refused, unreachable) of settlements sent on their own; errors never raise."""
@@ -325,15 +341,13 @@ class Buckets:
             results = await self._pipelined(calls)
         except (RedisError, OSError):
             return 0, calls
-        stranded = [c for c, r in zip(calls, results, strict=True) if _unreachable(r)]
-        refused = sum(isinstance(r, Exception) and not _unreachable(r) for r in results)
-        return refused, stranded
+        return _sorted_out(calls, results)
 
     async def settle_many(self, settlements: Sequence[Call]) -> int:
         """All of them in one pipelined round trip; returns how many Redis refused."""
         results = await self._pipelined(list(settlements))
-        _raise_unreachable(results)
-        return _failures(results)
+        _raise_ran_nothing(results)
+        return sum(isinstance(r, Exception) for r in results)
 
     async def peek(self, owner: Owner, at_s: float) -> Decision:
         keys, args = self.layout.call(owner, at_s, "peek")
