@@ -27,7 +27,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,8 @@ class Spec:
     max_requests: int
     drain_s: float
     payload: dict[str, Any]
+    # Extra request headers a gateway needs (Portkey routes by them).
+    headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Spec:
@@ -141,7 +143,11 @@ class HttpCaller:
         payload = Payload.from_dict(spec.payload)
         self.host, self.port, _ = split_base_url(spec.target)
         self.raw = build_request(
-            spec.target, PATHS[spec.endpoint], spec.key, payload.json_body(spec.endpoint)
+            spec.target,
+            PATHS[spec.endpoint],
+            spec.key,
+            payload.json_body(spec.endpoint),
+            spec.headers,
         )
         self.stream = spec.endpoint == "chat_stream"
         self.conn: HttpConnection | None = None
