@@ -915,6 +915,7 @@ def main(argv: list[str] | None = None) -> int:
             "upstream": args.upstream,
             "gateway_url": args.gateway_url,
             "peer_names": args.peer,
+            "ledger": args.ledger,
             "endpoints": endpoints,
             "payload": payload.to_dict(),
             "token_delay_ms": args.token_delay_ms,
