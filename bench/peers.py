@@ -185,7 +185,7 @@ def installed_versions(name: str) -> dict[str, str]:
 # ---------------------------------------------------------------- processes ----
 
 
-def _peer_env(extra: dict[str, str]) -> dict[str, str]:
+def peer_env(extra: dict[str, str]) -> dict[str, str]:
     """Our environment without meshgate's variables, the repository's PYTHONPATH or proxies."""
     drop = ("MESHGATE_", "REDIS_URL", "PYTHONPATH", "DATABASE_URL", "LITELLM_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
@@ -216,6 +216,36 @@ def _wait_http(url: str, proc: Child, timeout: float) -> None:
     )
 
 
+def stop_group(child: Child, timeout: float = STOP_TIMEOUT_S) -> int:
+    """SIGTERM the child's process group, then SIGKILL it and any straggler of its tree.
+
+    A worker that moved to a group of its own is still in the tree taken
+    before the first signal, so it is killed too.
+    """
+    proc = child.proc
+    # The child itself is reaped by proc.wait() below (psutil would take its exit code).
+    tree: list[psutil.Process] = []
+    for pid in descendants(proc.pid):
+        with contextlib.suppress(psutil.Error):
+            tree.append(psutil.Process(pid))
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        proc.kill()
+    for process in tree:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    _, alive = psutil.wait_procs(tree, timeout=5.0)
+    proc.wait()
+    if alive:
+        raise RuntimeError(f"{child.name}: processes {[p.pid for p in alive]} survived SIGKILL")
+    return proc.returncode
+
+
 @dataclass
 class PeerProcess:
     """A running peer: where to send requests, with which headers, and its process tree."""
@@ -237,27 +267,7 @@ class PeerProcess:
         return {pid: self.name for pid in [self.pid, *descendants(self.pid)]}
 
     def stop(self) -> int:
-        """SIGTERM the process group, then SIGKILL it and any straggler of the tree."""
-        proc = self.child.proc
-        tree = [psutil.Process(p) for p in self.processes() if psutil.pid_exists(p)]
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        for process in tree:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
-        _, alive = psutil.wait_procs(tree, timeout=5.0)
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if alive:
-            raise RuntimeError(f"{self.name}: processes {[p.pid for p in alive]} survived SIGKILL")
-        return proc.returncode
+        return stop_group(self.child)
 
 
 def litellm_config(mock_url: str, chat_model: str, embed_model: str) -> dict[str, Any]:
@@ -309,7 +319,7 @@ def start_litellm(workdir: Path, mock_url: str, chat_model: str, embed_model: st
         "--telemetry",
         "False",
     ]
-    env = _peer_env(
+    env = peer_env(
         {
             # The cost map ships in the wheel; fetching it at start-up would wait on the network.
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
@@ -341,7 +351,7 @@ def start_portkey(workdir: Path, mock_url: str) -> PeerProcess:
     # start-server.js has no option for the address: the preload makes it 127.0.0.1.
     loopback = ROOT / "bench" / "loopback.mjs"
     argv = ["node", "--import", loopback.as_uri(), str(entry), f"--port={port}", "--headless"]
-    child = Child(argv, workdir, "portkey", env=_peer_env({"NODE_ENV": "production"}), cwd=workdir)
+    child = Child(argv, workdir, "portkey", env=peer_env({"NODE_ENV": "production"}), cwd=workdir)
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_http(f"{base}/", child, READY_TIMEOUT_S)
