@@ -52,7 +52,7 @@ PORTKEY_VERSION = "1.15.2"
 HONO_NODE_SERVER_VERSION = "1.14.1"
 
 INSTALL_TIMEOUT_S = 1800.0
-READY_TIMEOUT_S = 120.0
+READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 15.0
 
 
@@ -296,6 +296,9 @@ def litellm_config(mock_url: str, chat_model: str, embed_model: str) -> dict[str
             },
         ],
         "litellm_settings": {"telemetry": False, "set_verbose": False},
+        # Since 1.108 the proxy refuses to start without a master key unless told that
+        # running with no auth is intended, which is what this comparison wants.
+        "general_settings": {"dangerously_permit_weak_or_unset_master_key": True},
     }
 
 
@@ -316,8 +319,11 @@ def start_litellm(workdir: Path, mock_url: str, chat_model: str, embed_model: st
         str(port),
         "--num_workers",
         str(LITELLM_WORKERS),
-        "--telemetry",
-        "False",
+        # uvicorn kills a worker that is not serving 5 s after its start; importing the
+        # proxy takes longer than that on 2 busy cores, and the workers are then
+        # restarted forever.
+        "--timeout_worker_healthcheck",
+        str(int(READY_TIMEOUT_S)),
     ]
     env = peer_env(
         {

@@ -131,7 +131,6 @@ def aiperf_argv(
 ) -> list[str]:
     """aiperf's command line for the same load: closed loop, streaming, same prompt and length."""
     base = mesh.base_url.removesuffix("/v1")
-    warmup_requests = max(1, int(concurrency * max(warmup, 0.1) / 0.35))
     return [
         str(venv / "bin" / "aiperf"),
         "profile",
@@ -149,15 +148,15 @@ def aiperf_argv(
         "--input-file",
         str(prompts),
         "--custom-dataset-type",
-        "single_turn",
+        "single-turn",
         "--extra-inputs",
         f"max_tokens:{payload.max_tokens}",
         "--extra-inputs",
         f"seed:{payload.seed}",
         "--concurrency",
         str(concurrency),
-        "--warmup-request-count",
-        str(warmup_requests),
+        "--warmup-duration",
+        f"{warmup:g}",
         "--benchmark-duration",
         f"{duration:g}",
         "--benchmark-grace-period",
@@ -166,6 +165,9 @@ def aiperf_argv(
         str(artifacts),
         "--ui-type",
         "none",
+        # Nothing to scrape on 127.0.0.1 and no GPU: both would only wait on timeouts.
+        "--no-server-metrics",
+        "--no-gpu-telemetry",
     ]
 
 
