@@ -178,14 +178,9 @@ def _metric(metrics: dict[str, Any], name: str, stat: str) -> float | None:
 
 def run_aiperf(argv: list[str], workdir: Path, artifacts: Path) -> dict[str, Any]:
     """Run aiperf to the end (in its own process group) and read its JSON export."""
-    env = peers.peer_env(
-        {
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1",
-            "TMPDIR": str(workdir),
-        }
-    )
+    # Not HF_HUB_OFFLINE: with it aiperf 0.13.0 looks a local tokenizer path up in the
+    # Hub's cache and fails; without it a local path is loaded as it is.
+    env = peers.peer_env({"HF_DATASETS_OFFLINE": "1", "TMPDIR": str(workdir)})
     child = Child(argv, workdir, "aiperf", env=env, cwd=workdir)
     deadline = time.monotonic() + AIPERF_TIMEOUT_S
     try:
@@ -195,7 +190,8 @@ def run_aiperf(argv: list[str], workdir: Path, artifacts: Path) -> dict[str, Any
         code = peers.stop_group(child) if child.proc.poll() is None else child.proc.returncode
     exports = sorted(artifacts.rglob("profile_export_aiperf.json"))
     if code != 0 or not exports:
-        raise RuntimeError(f"aiperf exited with {code}, no export\n{child.tail()}")
+        printed = "\n".join(child.output()[-60:])
+        raise RuntimeError(f"aiperf exited with {code}, no export\n{printed}\n{child.tail()}")
     raw: dict[str, Any] = json.loads(exports[-1].read_text())
     metrics = raw.get("records") or raw  # the metrics sit at the top level or under "records"
     out = {

@@ -206,6 +206,16 @@ class Child:
             if line.startswith(prefix):
                 return line.removeprefix(prefix).strip()
 
+    def output(self) -> list[str]:
+        """Every stdout line so far (for a child that reports there, not on stderr)."""
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                return self.stdout_lines
+            if line is not None:
+                self.stdout_lines.append(line)
+
     def tail(self, chars: int = 4000) -> str:
         with contextlib.suppress(OSError):
             return self.stderr_path.read_text(errors="replace")[-chars:]
