@@ -7,7 +7,8 @@ Each peer runs with nothing on its side (no auth, no limits, no database):
 whatever meshgate does beyond that is work the peer is spared.
 
 Each one lives in its own directory under bench/.peers/ (git-ignored): a venv
-for LiteLLM, an npm prefix for Portkey. An install is stamped with what it
+for LiteLLM, an npm prefix for Portkey, and a venv for aiperf, the real load
+tool of bench/realtool.py. An install is stamped with what it
 pinned (`installed.json`) and reused while the pins are unchanged, so only
 the first run pays for the download; a file lock keeps two runs from
 installing into the same directory at once.
@@ -50,6 +51,9 @@ PORTKEY_VERSION = "1.15.2"
 # npm resolves a newer @hono/node-server by default, with which Portkey's streaming fails
 # ("TypeError: immutable", Portkey-AI/gateway #1389); 1.14.1 streams.
 HONO_NODE_SERVER_VERSION = "1.14.1"
+
+# The load tool of bench/realtool.py, kept beside the peers: same kind of pinned install.
+AIPERF_VERSION = "0.13.0"
 
 INSTALL_TIMEOUT_S = 1800.0
 READY_TIMEOUT_S = 180.0
@@ -128,6 +132,11 @@ def ensure_litellm() -> Path:
     return ensure_venv("litellm", [f"litellm[proxy]=={LITELLM_VERSION}"], "litellm")
 
 
+def ensure_aiperf() -> Path:
+    """aiperf (bench/realtool.py's real tool) at the pinned version; returns its venv."""
+    return ensure_venv("aiperf", [f"aiperf=={AIPERF_VERSION}"], "aiperf")
+
+
 def ensure_portkey() -> Path:
     """Portkey's gateway from npm at the pinned version; returns its start-server.js.
 
@@ -168,11 +177,11 @@ def ensure_portkey() -> Path:
 
 def installed_versions(name: str) -> dict[str, str]:
     """What is really installed (read back, not the pins), for the result's meta."""
-    if name == "litellm":
-        python = PEERS_DIR / "litellm" / "venv" / "bin" / "python"
-        code = "import importlib.metadata as m; print(m.version('litellm'))"
+    if name in ("litellm", "aiperf"):
+        python = PEERS_DIR / name / "venv" / "bin" / "python"
+        code = f"import importlib.metadata as m; print(m.version({name!r}))"
         out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60)
-        return {"litellm": out.stdout.strip()}
+        return {name: out.stdout.strip()}
     modules = PEERS_DIR / "portkey" / "node_modules"
     versions: dict[str, str] = {}
     for package in ("@portkey-ai/gateway", "@hono/node-server", "hono"):
@@ -391,17 +400,16 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m bench.peers install [NAME...]`: install ahead of a run, print the versions."""
     import argparse
 
+    installers = {"litellm": ensure_litellm, "portkey": ensure_portkey, "aiperf": ensure_aiperf}
     parser = argparse.ArgumentParser(prog="python -m bench.peers")
     parser.add_argument("command", choices=["install"])
-    parser.add_argument("names", nargs="*", default=list(PEER_NAMES))
+    parser.add_argument("names", nargs="*", metavar="|".join(installers))
     args = parser.parse_args(argv)
-    for name in args.names:
-        if name == "litellm":
-            ensure_litellm()
-        elif name == "portkey":
-            ensure_portkey()
-        else:
-            parser.error(f"unknown peer {name!r}")
+    unknown = sorted(set(args.names) - set(installers))
+    if unknown:
+        parser.error(f"unknown: {', '.join(unknown)}")
+    for name in args.names or list(installers):
+        installers[name]()
         print(name, installed_versions(name), flush=True)
     return 0
 

@@ -47,7 +47,6 @@ from bench.payloads import Payload  # noqa: E402
 from bench.run import Generators, Leg, Profile, run_scenario  # noqa: E402
 from bench.stack import Child, MeshProcess, MockProcess, openai_http_models  # noqa: E402
 
-AIPERF_VERSION = "0.13.0"
 DEFAULT_OUT = ROOT / "bench" / "results" / "realtool.json"
 AIPERF_TIMEOUT_S = 300.0
 CHUNKS = 16  # the mock's content chunks per stream; the payload's max_tokens matches
@@ -70,11 +69,6 @@ text = "".join(words[i % len(words)] for i in range(16))
 assert len(tok.encode(text).ids) == 16, tok.encode(text).tokens
 PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(out)
 """
-
-
-def ensure_aiperf() -> Path:
-    """aiperf at the pinned version in bench/.peers/aiperf/venv (installed once, then reused)."""
-    return peers.ensure_venv("aiperf", [f"aiperf=={AIPERF_VERSION}"], "aiperf")
 
 
 def ensure_tokenizer(venv: Path, prompt: str) -> Path:
@@ -284,12 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     payload = Payload(max_tokens=CHUNKS)
-    venv = ensure_aiperf()
+    venv = peers.ensure_aiperf()
     tokenizer = ensure_tokenizer(venv, payload.message)
     started = time.monotonic()
     result: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "aiperf_version": AIPERF_VERSION,
+        "aiperf_version": peers.installed_versions("aiperf").get("aiperf"),
         "load": {
             "endpoint": "chat_stream",
             "concurrency": args.concurrency,
