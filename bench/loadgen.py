@@ -91,6 +91,8 @@ class Recorder:
         self.max_requests = max_requests
         self.latency: list[float] = []
         self.ttft: list[float] = []
+        # Start to the last content token: what tools such as aiperf call request latency.
+        self.to_last: list[float] = []
         self.gap: list[float] = []
         self.tokens: list[int] = []
         self.lag: list[float] = []
@@ -105,6 +107,7 @@ class Recorder:
         self.latency.append(done - start)
         if tokens:
             self.ttft.append(first - start)
+            self.to_last.append(last - start)
             self.tokens.append(tokens)
             if tokens > 1:
                 self.gap.append((last - first) / (tokens - 1))
@@ -123,6 +126,7 @@ class Recorder:
             "window_s": max(self.end - self.begin, 1e-9),
             "latency": self.latency,
             "ttft": self.ttft,
+            "to_last": self.to_last,
             "gap": self.gap,
             "tokens": self.tokens,
             "lag": self.lag,

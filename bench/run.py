@@ -303,6 +303,7 @@ def summarize(
     """Merge the generator processes' samples into the scenario's figures."""
     latency = [x for r in results for x in r["latency"]]
     ttft = [x for r in results for x in r["ttft"]]
+    to_last = [x for r in results for x in r.get("to_last", [])]
     gaps = [x for r in results for x in r["gap"]]
     tokens = [x for r in results for x in r["tokens"]]
     lag = [x for r in results for x in r["lag"]]
@@ -361,6 +362,7 @@ def summarize(
     }
     if endpoint == "chat_stream":
         scenario["ttft_us"] = report.distribution_us(ttft)
+        scenario["last_token_us"] = report.distribution_us(to_last)
         scenario["gap_us"] = report.distribution_us(gaps)
         scenario["tokens_per_stream"] = round(sum(tokens) / len(tokens), 2) if tokens else None
     if mode == "open":

@@ -180,5 +180,5 @@ def test_realtool_compares_the_tool_with_the_mean_of_our_runs() -> None:
     rows = {r["figure"]: r for r in realtool.compare(ours, tool)}
     assert rows["throughput, req/s"]["ours_mean"] == 11.0
     assert rows["throughput, req/s"]["diff_pct"] == -10.0
-    assert rows["latency p50, ms"]["diff_pct"] == 10.0
+    assert rows["latency to last token p50, ms"]["diff_pct"] == 10.0
     assert rows["TTFT p50, ms"]["diff_pct"] is None  # neither measured it
