@@ -44,7 +44,9 @@ PEERS_DIR = ROOT / "bench" / ".peers"
 PEER_NAMES = ("litellm", "portkey")
 
 # The versions of the side-by-side table. LiteLLM 1.108.7 installs on Python 3.11
-# (it asks for >=3.10,<3.15).
+# (it asks for >=3.10,<3.15); the newer 1.108.14, 1.109.0, 1.109.3, 1.110.0 and 1.110.2 do
+# not: their [proxy] extra pins a litellm-proxy or litellm-proxy-extras release that the
+# index does not have (checked 2026-12-01).
 LITELLM_VERSION = "1.108.7"
 LITELLM_WORKERS = 2
 PORTKEY_VERSION = "1.15.2"
