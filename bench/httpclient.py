@@ -18,6 +18,7 @@ import asyncio
 import re
 import socket
 import time
+from collections.abc import Mapping
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -231,8 +232,14 @@ def split_base_url(base_url: str) -> tuple[str, int, str]:
     return parts.hostname, parts.port or 80, parts.path.rstrip("/")
 
 
-def build_request(base_url: str, path: str, key: str, body: bytes) -> bytes:
-    """The complete bytes of one POST, built once and sent for every request."""
+def build_request(
+    base_url: str, path: str, key: str, body: bytes, headers: Mapping[str, str] | None = None
+) -> bytes:
+    """The complete bytes of one POST, built once and sent for every request.
+
+    `headers` are the gateway's own routing headers (Portkey's provider and
+    custom host), sent on every request as a user of that gateway would.
+    """
     host, port, prefix = split_base_url(base_url)
     lines = [
         f"POST {prefix}{path} HTTP/1.1",
@@ -243,4 +250,5 @@ def build_request(base_url: str, path: str, key: str, body: bytes) -> bytes:
     ]
     if key:
         lines.append(f"Authorization: Bearer {key}")
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body

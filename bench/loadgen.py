@@ -27,7 +27,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,8 @@ class Spec:
     max_requests: int
     drain_s: float
     payload: dict[str, Any]
+    # Extra request headers a gateway needs (Portkey routes by them).
+    headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Spec:
@@ -89,6 +91,8 @@ class Recorder:
         self.max_requests = max_requests
         self.latency: list[float] = []
         self.ttft: list[float] = []
+        # Start to the last content token: what tools such as aiperf call request latency.
+        self.to_last: list[float] = []
         self.gap: list[float] = []
         self.tokens: list[int] = []
         self.lag: list[float] = []
@@ -103,6 +107,7 @@ class Recorder:
         self.latency.append(done - start)
         if tokens:
             self.ttft.append(first - start)
+            self.to_last.append(last - start)
             self.tokens.append(tokens)
             if tokens > 1:
                 self.gap.append((last - first) / (tokens - 1))
@@ -121,6 +126,7 @@ class Recorder:
             "window_s": max(self.end - self.begin, 1e-9),
             "latency": self.latency,
             "ttft": self.ttft,
+            "to_last": self.to_last,
             "gap": self.gap,
             "tokens": self.tokens,
             "lag": self.lag,
@@ -141,7 +147,11 @@ class HttpCaller:
         payload = Payload.from_dict(spec.payload)
         self.host, self.port, _ = split_base_url(spec.target)
         self.raw = build_request(
-            spec.target, PATHS[spec.endpoint], spec.key, payload.json_body(spec.endpoint)
+            spec.target,
+            PATHS[spec.endpoint],
+            spec.key,
+            payload.json_body(spec.endpoint),
+            spec.headers,
         )
         self.stream = spec.endpoint == "chat_stream"
         self.conn: HttpConnection | None = None

@@ -94,6 +94,10 @@ def add_chunk_cpu(scenarios: list[dict[str, Any]]) -> None:
         stream_cpu, chat_cpu = s["cpu"].get("target_us_per_req"), base.get("target_us_per_req")
         if stream_cpu is not None and chat_cpu is not None:
             s["cpu"]["per_chunk_us"] = round((stream_cpu - chat_cpu) / tokens, 1)
+        # The same without the upstream: what the gateway alone pays to relay a chunk.
+        stream_gw, chat_gw = s["cpu"].get("gateway_us_per_req"), base.get("gateway_us_per_req")
+        if stream_gw is not None and chat_gw is not None:
+            s["cpu"]["gateway_per_chunk_us"] = round((stream_gw - chat_gw) / tokens, 1)
 
 
 # ------------------------------------------------------------------ tables ----

@@ -166,6 +166,197 @@ TARGETS: tuple[Target, ...] = (
 )
 
 
+# ------------------------------------------------------------------- peers ----
+
+
+@dataclass(frozen=True)
+class PeerRow:
+    """One figure compared across meshgate and each peer, from one leg's scenarios."""
+
+    what: str
+    endpoint: str
+    concurrency: int  # the wanted one; the nearest measured one is used and named
+    higher_is_better: bool
+    floor: str | None  # "p50_us" or "cpu_us": also shown as a multiple of the transport's floor
+    measure: Callable[[dict[str, Any], str, int], float | None]
+
+
+def _leg_scenario(result: dict[str, Any], endpoint: str, leg: str, conc: int) -> dict[str, Any]:
+    return _scenario(result, endpoint, leg, conc) or {}
+
+
+def _rps(result: dict[str, Any], leg: str, conc: int, endpoint: str = "chat") -> float | None:
+    s = _leg_scenario(result, endpoint, leg, conc)
+    return float(s["rps"]) if s and not s["errors"] else None
+
+
+def _added(quantile: str) -> Callable[[dict[str, Any], str, int], float | None]:
+    def measure(result: dict[str, Any], leg: str, conc: int) -> float | None:
+        gateway = _leg_scenario(result, "chat", leg, conc).get("latency_us")
+        direct = _leg_scenario(result, "chat", "direct", conc).get("latency_us")
+        return float(gateway[quantile] - direct[quantile]) if gateway and direct else None
+
+    return measure
+
+
+def _gateway_cpu(result: dict[str, Any], leg: str, conc: int) -> float | None:
+    value = _leg_scenario(result, "chat", leg, conc).get("cpu", {}).get("gateway_us_per_req")
+    return float(value) if value is not None else None
+
+
+def _chunk_cpu(result: dict[str, Any], leg: str, conc: int) -> float | None:
+    cpu = _leg_scenario(result, "chat_stream", leg, conc).get("cpu", {})
+    value = cpu.get("gateway_per_chunk_us")
+    return float(value) if value is not None else None
+
+
+def _ttft_added(result: dict[str, Any], leg: str, conc: int) -> float | None:
+    for o in result.get("overhead", []):
+        if (o["endpoint"], o["concurrency"], o["gateway"]) == ("chat_stream", conc, leg):
+            value = o.get("ttft_overhead_p50_us")
+            return float(value) if value is not None else None
+    return None
+
+
+PEER_ROWS: tuple[PeerRow, ...] = (
+    PeerRow("chat throughput, req/s", "chat", THROUGHPUT_CONCURRENCY, True, None, _rps),
+    PeerRow(
+        "chat_stream throughput, req/s",
+        "chat_stream",
+        THROUGHPUT_CONCURRENCY,
+        True,
+        None,
+        lambda r, leg, c: _rps(r, leg, c, "chat_stream"),
+    ),
+    PeerRow("chat added latency p50", "chat", 1, False, "p50_us", _added("p50")),
+    PeerRow("chat added latency p99", "chat", 1, False, "p50_us", _added("p99")),
+    PeerRow(
+        "chat CPU per request (gateway)",
+        "chat",
+        THROUGHPUT_CONCURRENCY,
+        False,
+        "cpu_us",
+        _gateway_cpu,
+    ),
+    PeerRow(
+        "chat_stream CPU per chunk (gateway)",
+        "chat_stream",
+        THROUGHPUT_CONCURRENCY,
+        False,
+        "cpu_us",
+        _chunk_cpu,
+    ),
+    PeerRow("chat_stream TTFT added p50", "chat_stream", 1, False, "p50_us", _ttft_added),
+)
+
+
+def peer_names(result: dict[str, Any]) -> list[str]:
+    """The peers a run measured, in the order they were given."""
+    return list(result.get("meta", {}).get("peers") or {})
+
+
+def _nearest_concurrency(result: dict[str, Any], endpoint: str, wanted: int) -> int | None:
+    measured = sorted(
+        {
+            s["concurrency"]
+            for s in result.get("scenarios", [])
+            if s["mode"] == "closed" and s["endpoint"] == endpoint and s["leg"] == "meshgate"
+        }
+    )
+    if not measured:
+        return None
+    return min(measured, key=lambda c: (abs(c - wanted), -c))
+
+
+def _peer_value(value: float | None, row: PeerRow, floor: dict[str, Any]) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:,.0f}" if row.higher_is_better else _ms(value)
+    unit = floor.get(row.floor) if row.floor else None
+    if unit:
+        text += f" ({value / unit:.1f} fl)"
+    return text
+
+
+def peer_ratio(mesh: float | None, peer: float | None, higher_is_better: bool) -> float | None:
+    """How many times meshgate is ahead of the peer (>1 ahead, <1 behind); None if undefined.
+
+    An added latency at or below zero (noise at c=1 can do that) has no ratio.
+    """
+    if mesh is None or peer is None or mesh <= 0 or peer <= 0:
+        return None
+    return mesh / peer if higher_is_better else peer / mesh
+
+
+def peers_table(result: dict[str, Any]) -> str:
+    """meshgate against each peer: the figures, and meshgate's lead as a ratio."""
+    names = peer_names(result)
+    floor = result.get("meta", {}).get("floor", {}).get("grpc_unary", {})
+    header = ["figure", "conc", "meshgate"]
+    for name in names:
+        header += [name, f"x vs {name}"]
+    lines = ["| " + " | ".join(header) + " |", "|---|---:|" + "---:|" * (1 + 2 * len(names))]
+    behind: list[str] = []
+    for row in PEER_ROWS:
+        conc = _nearest_concurrency(result, row.endpoint, row.concurrency)
+        if conc is None:
+            continue
+        label = f"c={conc}" + (
+            f" (c={row.concurrency} not measured)" if conc != row.concurrency else ""
+        )
+        mesh = row.measure(result, "meshgate", conc)
+        cells = [row.what, label, _peer_value(mesh, row, floor)]
+        for name in names:
+            value = row.measure(result, name, conc)
+            ratio = peer_ratio(mesh, value, row.higher_is_better)
+            cells += [_peer_value(value, row, floor), f"{ratio:.2f}" if ratio is not None else "-"]
+            if ratio is not None and ratio < 1:
+                behind.append(f"{row.what} ({name}, {ratio:.2f}x)")
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    lines.append("")
+    if behind:
+        lines.append("meshgate is behind on: " + "; ".join(behind) + ".")
+    else:
+        lines.append("meshgate is ahead (or level) on every figure measured.")
+    return "\n".join(lines)
+
+
+def peers_section(result: dict[str, Any]) -> list[str]:
+    """The "Peers side by side" section's lines; empty when the run measured no peer."""
+    names = peer_names(result)
+    if not names:
+        return []
+    meta = result.get("meta", {})
+    floor = meta.get("floor", {}).get("grpc_unary", {})
+    lines = [
+        "## Peers side by side",
+        "",
+        "Same mock upstream (bench/mock_openai.py), same load generator, same run; legs "
+        "alternate at each (endpoint, concurrency). The peers run with no auth, no limits and "
+        "no database; meshgate with its bench key (auth, quota on Redis), validation and the "
+        f"ledger {'on' if meta.get('ledger', 'on') == 'on' else 'off'}. `x` is how many times "
+        "meshgate is ahead: the peer's figure over meshgate's for costs and latencies, "
+        "meshgate's over the peer's for throughput (> 1: meshgate ahead). Added latency is the "
+        "leg's minus the mock's called directly; CPU is the gateway's own process tree (the "
+        "mock excluded), per chunk = (stream - non-stream CPU per request) / chunks.",
+    ]
+    if floor:
+        lines.append(
+            f"`fl` = multiples of the transport's floor measured in this run (one empty "
+            f"grpc.aio round trip: {floor.get('p50_us', 0):,.0f} µs p50, "
+            f"{floor.get('cpu_us', 0):,.0f} µs CPU)."
+        )
+    lines += ["", peers_table(result), ""]
+    for name in names:
+        peer = meta["peers"][name]
+        versions = ", ".join(f"{k} {v}" for k, v in (peer.get("versions") or {}).items())
+        idle = peer.get("idle_core_pct")
+        idle_text = f"; idle it used {idle:g} % of a core" if idle is not None else ""
+        lines.append(f"- **{name}**: {peer.get('description', '')} ({versions}){idle_text}")
+    lines.append("")
+    return lines
+
+
 def evaluate(result: dict[str, Any]) -> list[Figure]:
     """Each target's figure, in TARGETS order."""
     return [target.measure(result) for target in TARGETS]
@@ -251,7 +442,9 @@ def render(
     ]
     if cpus != 2:
         lines += ["", f"This run had {cpus} CPUs, not 2: compare with care."]
-    lines += ["", targets_table(result, baseline), "", "## Where the time goes", ""]
+    lines += ["", targets_table(result, baseline), ""]
+    lines += peers_section(result)
+    lines += ["## Where the time goes", ""]
     mesh_rows = [
         s
         for s in result.get("scenarios", [])

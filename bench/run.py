@@ -12,6 +12,8 @@ load, is what makes "gateway overhead" a meaningful number; see bench/README.md.
 `--upstream mock` measures bench/mock_openai.py directly and through a mesh
 whose models route to it (`kind: openai_http`), and `--gateway-url` adds any
 OpenAI-compatible gateway (pointed at that mock) as a measured leg.
+`--peer litellm,portkey` installs those gateways at pinned versions
+(bench/peers.py), starts them on the same mock and measures each as a leg.
 
 A full run also holds 2,000 streams open through a slow engine and samples the
 mesh's memory (`streams_rss`), then rewrites bench/RESULTS.md: the issue's
@@ -44,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make `bench` and `meshgate` importable
     sys.path.insert(0, str(ROOT))
 
-from bench import floor, hops, report, results_md, streams  # noqa: E402
+from bench import floor, hops, peers, report, results_md, streams  # noqa: E402
 from bench.httpclient import split_base_url  # noqa: E402
 from bench.mock_openai import DIMENSIONS as MOCK_DIMENSIONS  # noqa: E402
 from bench.payloads import ENDPOINTS, PATHS, Endpoint, Payload  # noqa: E402
@@ -101,7 +103,7 @@ PROFILES: dict[str, Profile] = {
 class Leg:
     """One way of reaching the upstream, and which processes to charge its CPU to."""
 
-    name: str  # "direct", "meshgate" or "gateway"
+    name: str  # "direct", "meshgate", "gateway" or a peer's name
     kind: str  # "grpc" (EngineService) or "http" (OpenAI-compatible)
     target: str  # host:port for grpc, base URL for http
     key: str
@@ -110,6 +112,8 @@ class Leg:
     # The upstream's own process label inside `processes` (its CPU is not gateway CPU).
     upstream_label: str | None = None
     description: str = ""
+    # Sent on every request besides Authorization (a peer's routing headers).
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -275,6 +279,7 @@ def run_scenario(
             "max_requests": max(1, profile.max_requests // parts),
             "drain_s": profile.drain_s,
             "payload": payload.to_dict(),
+            "headers": leg.headers,
         }
         for i, share in enumerate(loads)
     ]
@@ -298,6 +303,7 @@ def summarize(
     """Merge the generator processes' samples into the scenario's figures."""
     latency = [x for r in results for x in r["latency"]]
     ttft = [x for r in results for x in r["ttft"]]
+    to_last = [x for r in results for x in r.get("to_last", [])]
     gaps = [x for r in results for x in r["gap"]]
     tokens = [x for r in results for x in r["tokens"]]
     lag = [x for r in results for x in r["lag"]]
@@ -356,6 +362,7 @@ def summarize(
     }
     if endpoint == "chat_stream":
         scenario["ttft_us"] = report.distribution_us(ttft)
+        scenario["last_token_us"] = report.distribution_us(to_last)
         scenario["gap_us"] = report.distribution_us(gaps)
         scenario["tokens_per_stream"] = round(sum(tokens) / len(tokens), 2) if tokens else None
     if mode == "open":
@@ -392,12 +399,16 @@ def _probe_grpc(target: str, endpoint: Endpoint, payload: Payload) -> dict[str, 
         return {"dimensions": len(vector) // 4}
 
 
-def _probe_http(base_url: str, key: str, endpoint: Endpoint, payload: Payload) -> dict[str, Any]:
+def _probe_http(
+    base_url: str, key: str, endpoint: Endpoint, payload: Payload, extra: dict[str, str]
+) -> dict[str, Any]:
     import base64
 
     import httpx
 
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **extra}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
     url = base_url.rstrip("/") + PATHS[endpoint]
     body = payload.json_body(endpoint)
     with httpx.Client(timeout=10) as client:
@@ -437,7 +448,9 @@ def preflight(legs: list[Leg], endpoints: list[Endpoint], payload: Payload, run:
                 if leg.kind == "grpc":
                     answers[endpoint] = _probe_grpc(leg.target, endpoint, payload)
                 else:
-                    answers[endpoint] = _probe_http(leg.target, leg.key, endpoint, payload)
+                    answers[endpoint] = _probe_http(
+                        leg.target, leg.key, endpoint, payload, leg.headers
+                    )
             except Exception as exc:
                 raise RuntimeError(f"preflight: {leg.name} {endpoint} failed: {exc}") from exc
         run.preflight[leg.name] = answers
@@ -502,9 +515,11 @@ def build_legs(
     meshes: list[MeshProcess],
     mocks: list[MockProcess],
     payload: Payload,
+    started_peers: list[peers.PeerProcess],
 ) -> list[Leg]:
     """Start what the upstream choice needs and describe each leg; started children are
-    appended to `meshes` / `mocks` at once, so that the caller stops them even on failure."""
+    appended to `meshes` / `mocks` / `started_peers` at once, so that the caller stops them
+    even on failure."""
     legs: list[Leg] = []
     if args.upstream == "reference":
         print("starting meshgate (meshgate up) ...", flush=True)
@@ -557,13 +572,74 @@ def build_legs(
         run.meta["mock_url"] = mock.base_url
         legs.append(meshgate_over_mock_leg(mock, workdir, payload, meshes, args.ledger == "on"))
         run.meta["meshgate_url"] = meshes[-1].base_url
+        for name in args.peer:
+            print(f"starting {name} in front of the mock ...", flush=True)
+            peer = peers.start_peer(
+                name, workdir, mock.base_url, payload.chat_model, payload.embed_model
+            )
+            started_peers.append(peer)
+            legs.append(peer_leg(peer, mock_pid))
+            run.meta.setdefault("peers", {})[name] = {
+                "url": peer.base_url,
+                "versions": peer.versions,
+                "description": peer.description,
+                "headers": peer.headers,
+            }
     if args.gateway_url:
-        legs.append(external_gateway_leg(args.gateway_url, args.gateway_key, args.gateway_pid))
+        headers = dict(_header(h) for h in args.gateway_header)
+        legs.append(
+            external_gateway_leg(args.gateway_url, args.gateway_key, args.gateway_pid, headers)
+        )
     run.meta["legs"] = {leg.name: leg.description for leg in legs}
     return legs
 
 
-def external_gateway_leg(url: str, key: str, pid: int | None) -> Leg:
+def peer_leg(peer: peers.PeerProcess, mock_pid: int) -> Leg:
+    """A peer gateway on the mock: charged its whole process tree, the mock as its upstream.
+
+    Charging the mock the same way as on meshgate's leg keeps `cpu µs/req`
+    comparable across legs, and `gw cpu µs` is then the peer's tree alone.
+    """
+
+    def processes() -> dict[int, str]:
+        return {**peer.processes(), mock_pid: "mock"}
+
+    return Leg(
+        name=peer.name,
+        kind="http",
+        target=peer.base_url,
+        key=peer.key,
+        direct=False,
+        processes=processes,
+        upstream_label="mock",
+        description=f"{peer.description} -> mock",
+        headers=peer.headers,
+    )
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise ValueError(f"not a 'Name: value' header: {text!r}")
+    return name.strip(), value.strip()
+
+
+def peers_idle_cpu(started: list[peers.PeerProcess], seconds: float) -> dict[str, float]:
+    """Each peer's CPU, in % of one core, while nothing is sent to it.
+
+    Legs alternate, so while one gateway is measured the others sit idle beside
+    it: what they burn then (timers, health loops) shows up as `other` load.
+    """
+    probe = CpuProbe({pid: p.name for p in started for pid in p.processes()})
+    before = probe.snapshot()
+    time.sleep(seconds)
+    used = probe.delta(before, probe.snapshot())
+    return {name: round(cpu / seconds * 100, 1) for name, cpu in used.items()}
+
+
+def external_gateway_leg(
+    url: str, key: str, pid: int | None, headers: dict[str, str] | None = None
+) -> Leg:
     """Any OpenAI-compatible gateway; its CPU is measured only when its pid is given."""
 
     def processes() -> dict[int, str]:
@@ -581,6 +657,7 @@ def external_gateway_leg(url: str, key: str, pid: int | None) -> Leg:
         processes=processes,
         upstream_label=None,
         description=f"external gateway at {url}",
+        headers=headers or {},
     )
 
 
@@ -611,11 +688,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--upstream",
         choices=("reference", "mock"),
-        default="reference",
-        help="reference: meshgate's gRPC reference engine; mock: bench/mock_openai.py over HTTP",
+        help="reference (default): meshgate's gRPC reference engine; mock: bench/mock_openai.py "
+        "over HTTP (the default with --peer)",
+    )
+    parser.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="NAME[,NAME]",
+        help=f"also install (pinned, cached in bench/.peers/) and measure a peer gateway on the "
+        f"mock: {', '.join(peers.PEER_NAMES)}; repeatable or comma-separated",
     )
     parser.add_argument("--gateway-url", help="also measure this OpenAI-compatible base URL (…/v1)")
     parser.add_argument("--gateway-key", default="", help="API key for --gateway-url")
+    parser.add_argument(
+        "--gateway-header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="an extra header on every request to --gateway-url; repeatable",
+    )
     parser.add_argument("--gateway-pid", type=int, help="charge this process tree's CPU to it")
     parser.add_argument("--mock-port", type=int, default=0, help="fixed port for the mock")
     parser.add_argument("--endpoints", default=",".join(ENDPOINTS), help="comma-separated")
@@ -671,6 +763,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run nothing: render RESULTS.md from this JSON result",
     )
     args = parser.parse_args(argv)
+    names = [n.strip() for raw in args.peer for n in raw.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(peers.PEER_NAMES))
+    if unknown:
+        parser.error(f"--peer: unknown {', '.join(unknown)}; known: {', '.join(peers.PEER_NAMES)}")
+    args.peer = list(dict.fromkeys(names))
+    if args.peer and args.upstream == "reference":
+        parser.error("--peer needs the mock upstream: peers speak HTTP, not EngineService")
+    if args.upstream is None:
+        args.upstream = "mock" if args.peer else "reference"
+    for header in args.gateway_header:
+        try:
+            _header(header)
+        except ValueError as exc:
+            parser.error(f"--gateway-header: {exc}")
     if args.gateway_url:
         try:
             split_base_url(args.gateway_url)
@@ -810,6 +916,8 @@ def main(argv: list[str] | None = None) -> int:
             "profile": profile.__dict__,
             "upstream": args.upstream,
             "gateway_url": args.gateway_url,
+            "peer_names": args.peer,
+            "ledger": args.ledger,
             "endpoints": endpoints,
             "payload": payload.to_dict(),
             "token_delay_ms": args.token_delay_ms,
@@ -827,6 +935,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     mesh: list[MeshProcess] = []
     mock: list[MockProcess] = []
+    started_peers: list[peers.PeerProcess] = []
     gens: Generators | None = None
     with tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp:
         workdir = Path(tmp)
@@ -834,7 +943,10 @@ def main(argv: list[str] | None = None) -> int:
         run.meta["host"]["baseline_busy_pct"] = host_busy_pct(1.0)
         if endpoints:
             try:
-                legs = build_legs(args, workdir, run, mesh, mock, payload)
+                legs = build_legs(args, workdir, run, mesh, mock, payload, started_peers)
+                if started_peers:
+                    for name, pct in peers_idle_cpu(started_peers, 1.0).items():
+                        run.meta["peers"][name]["idle_core_pct"] = pct
                 print("preflight ...", flush=True)
                 preflight(legs, endpoints, payload, run)
                 if mesh:
@@ -857,6 +969,14 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 if gens is not None:
                     gens.close()
+                for peer in started_peers:  # every one, even if another fails to stop
+                    try:
+                        code = peer.stop()
+                        run.meta.setdefault("peers", {}).setdefault(peer.name, {})["exit_code"] = (
+                            code
+                        )
+                    except Exception as exc:
+                        run.notes.append(f"{peer.name} did not stop cleanly: {exc}")
                 for m in mesh:
                     run.meta["meshgate_exit_code"] = m.stop()
                 for k in mock:

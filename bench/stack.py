@@ -159,15 +159,22 @@ def _pump(stream: IO[bytes], lines: queue.Queue[str | None]) -> None:
 class Child:
     """A child process whose stdout is read line by line and stderr goes to a file."""
 
-    def __init__(self, argv: list[str], workdir: Path, name: str) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        workdir: Path,
+        name: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.stderr_path = workdir / f"{name}.stderr"
         self.stdout_lines: list[str] = []
         with self.stderr_path.open("wb") as stderr:
             self.proc = subprocess.Popen(
                 argv,
-                cwd=ROOT,
-                env=child_env(workdir),
+                cwd=cwd or ROOT,
+                env=env if env is not None else child_env(workdir),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -198,6 +205,16 @@ class Child:
             self.stdout_lines.append(line)
             if line.startswith(prefix):
                 return line.removeprefix(prefix).strip()
+
+    def output(self) -> list[str]:
+        """Every stdout line so far (for a child that reports there, not on stderr)."""
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                return self.stdout_lines
+            if line is not None:
+                self.stdout_lines.append(line)
 
     def tail(self, chars: int = 4000) -> str:
         with contextlib.suppress(OSError):
