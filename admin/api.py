@@ -467,12 +467,38 @@ async def list_models(c: Call) -> Answer:
                         failed_checks=r.failed_checks,
                         ejections=r.ejections,
                         weight=r.weight,
+                        max_concurrency=r.max_concurrency,
+                        signals=_signals(r.signals),
+                        score=round(r.score, 3),
                     )
                     for r in m.replicas
                 ],
+                decisions=dict(m.decisions),
             )
             for m in answer.models
         ]
+    )
+
+
+_SIGNAL_STATES = {
+    router_pb2.SIGNAL_STATE_NONE: "none",
+    router_pb2.SIGNAL_STATE_FRESH: "fresh",
+    router_pb2.SIGNAL_STATE_STALE: "stale",
+    router_pb2.SIGNAL_STATE_MISSING: "missing",
+}
+
+
+def _signals(s: router_pb2.EngineSignals) -> schema.EngineSignals:
+    return schema.EngineSignals(
+        state=_SIGNAL_STATES.get(s.state, "unknown"),  # type: ignore[arg-type]
+        kind=s.kind,
+        waiting=s.waiting,
+        running=s.running,
+        kv_cache_usage=s.kv_cache_usage if s.HasField("kv_cache_usage") else None,
+        slots=s.slots,
+        busy_slots=s.busy_slots,
+        age_seconds=round(s.age_seconds, 2) if s.HasField("age_seconds") else None,
+        error=s.error,
     )
 
 

@@ -360,9 +360,12 @@ def replica_latency(records: list[schema.UsageRecord]) -> dict[tuple[str, str], 
 async def engines(p: Page) -> Response:
     """The catalog's models and each replica's live health, with recent latency."""
     models = await p.run(api.list_models, schema.ModelList)
-    records = await p.run(
-        api.usage_records, schema.RecordPage, query=schema.RecordsQuery(since="1h", limit=1000)
-    )
+    try:
+        records = await p.run(
+            api.usage_records, schema.RecordPage, query=schema.RecordsQuery(since="1h", limit=1000)
+        )
+    except ApiError:  # the ledger is off or down: the router's live state still shows
+        return p.render("engines.html", models=models.data, latency={}, window="")
     return p.render(
         "engines.html", models=models.data, latency=replica_latency(records.data), window="1 h"
     )

@@ -223,6 +223,22 @@ class UsageRecord(_Answer):
     ttft_ms: str
 
 
+class EngineSignals(_Answer):
+    """The engine's own load as the router last read it (vLLM, SGLang, llama.cpp)."""
+
+    # "none" (no signal source: balanced by outstanding), "fresh", "stale" or "missing"
+    # (the last two count as saturated).
+    state: Literal["unknown", "none", "fresh", "stale", "missing"]
+    kind: str
+    waiting: float
+    running: float
+    kv_cache_usage: float | None
+    slots: int
+    busy_slots: int
+    age_seconds: float | None
+    error: str
+
+
 class Replica(_Answer):
     target: str
     healthy: bool
@@ -230,6 +246,10 @@ class Replica(_Answer):
     failed_checks: int
     ejections: int
     weight: int
+    max_concurrency: int
+    signals: EngineSignals
+    # The balancer's last score of it (higher is better).
+    score: float
 
 
 class ModelHealth(_Answer):
@@ -240,6 +260,8 @@ class ModelHealth(_Answer):
     context_length: int
     serving: bool
     replicas: list[Replica]
+    # How this router replica chose among them: reason -> count.
+    decisions: dict[str, int]
 
 
 class AuditEvent(_Answer):

@@ -108,11 +108,64 @@ class EngineServiceConfig(ServiceConfig):
     context_length: int = Field(default=2048, gt=0)
 
 
+class BalancerWeights(_Strict):
+    """How much each signal counts when the router scores a replica (llm-d's endpoint
+    picker weighs queue 2 : KV cache 2 : prefix 3). Each score is 0..1, higher is better;
+    0 turns a signal off."""
+
+    # Requests waiting in the engine's queue (the router's own outstanding count where the
+    # engine reports none), against the deepest queue among the candidates.
+    queue: float = Field(default=2.0, ge=0)
+    # The engine's KV-cache use (1 - usage).
+    kv_cache: float = Field(default=2.0, ge=0)
+    # Requests the engine is generating, against the busiest candidate.
+    running: float = Field(default=1.0, ge=0)
+    # The share of the prompt's leading blocks this replica served recently (affinity).
+    prefix: float = Field(default=3.0, ge=0)
+
+
+class AffinityConfig(_Strict):
+    """Prefix affinity: prefer the replica that recently served the prompt's leading blocks,
+    whose engine then reuses its prompt cache, unless load is too uneven.
+
+    Blocks are of the prompt's text as the client sent it (roles, contents, tools), not
+    of tokens: the router has no tokenizer, and equal text yields equal tokens. 256
+    characters is about 64 tokens of English. Affinity yields to load, in the manner of
+    Shepherd Model Gateway's cache-aware policy, when the candidates' loads (requests
+    waiting plus running, per unit of weight) are imbalanced: max - min >
+    balance_abs_threshold and max > min * balance_rel_threshold.
+    """
+
+    enabled: bool = True
+    # Characters per block.
+    block_chars: int = Field(default=256, ge=16)
+    # Leading blocks hashed at most (a bound on the router's work for a long prompt).
+    max_blocks: int = Field(default=64, ge=1, le=4096)
+    # Prefix hashes remembered (least recently used go first).
+    table_size: int = Field(default=65536, ge=1)
+    # A remembered prefix older than this is forgotten: the engine has likely evicted it.
+    ttl_s: float = Field(default=600.0, gt=0)
+    # Imbalance, absolute: the load gap (requests) past which affinity yields.
+    balance_abs_threshold: float = Field(default=8.0, ge=0)
+    # Imbalance, relative: the ratio of the highest to the lowest load past which it yields.
+    balance_rel_threshold: float = Field(default=1.5, ge=1)
+
+
+class RouterServiceConfig(ServiceConfig):
+    """The router: where it listens, and how it chooses a replica."""
+
+    weights: BalancerWeights = BalancerWeights()
+    affinity: AffinityConfig = AffinityConfig()
+    # How long a request waits for a replica below its `max_concurrency` (every replica full)
+    # before a 503 with Retry-After. Never longer than the request's own deadline.
+    queue_timeout_s: float = Field(default=2.0, ge=0)
+
+
 class ServicesConfig(_Strict):
     auth: ServiceConfig = ServiceConfig(port=50051, metrics_port=9181)
     quota: ServiceConfig = ServiceConfig(port=50052, metrics_port=9182)
     validation: ServiceConfig = ServiceConfig(port=50053, metrics_port=9183)
-    router: ServiceConfig = ServiceConfig(port=50054, metrics_port=9184)
+    router: RouterServiceConfig = RouterServiceConfig(port=50054, metrics_port=9184)
     engine: EngineServiceConfig = EngineServiceConfig(port=50055, metrics_port=9185)
     ledger: ServiceConfig = ServiceConfig(port=50056, metrics_port=9186)
 
@@ -396,6 +449,35 @@ class Pricing(_Strict):
     output_per_mtok: Usd = Decimal(0)
 
 
+EngineKind = Literal["auto", "vllm", "sglang", "llama_cpp", "none"]
+
+
+class EngineMetricsConfig(_Strict):
+    """Where an `openai_http` engine reports its own load, read about once a second.
+
+    auto: detected from the metric names on its /metrics (vLLM, SGLang, llama.cpp's
+    llama-server started with --metrics); an engine whose page has none of them (or no
+    page) is balanced by the router's own count of its outstanding requests. Once
+    detected, or when named, a signal that is stale or missing counts as saturated.
+    none: never asked (hosted APIs).
+    """
+
+    kind: EngineKind = "auto"
+    # The Prometheus endpoint; empty means /metrics at the root of the engine's `url`.
+    url: str = ""
+    # Seconds between reads.
+    interval_s: float = Field(default=1.0, gt=0)
+    # A reading older than this (seconds) is stale: the replica counts as saturated.
+    stale_after_s: float = Field(default=3.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        if url and not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s):// URL")
+        return url
+
+
 class EngineReplica(_Strict):
     """One engine replica serving a model.
 
@@ -415,13 +497,24 @@ class EngineReplica(_Strict):
     # openai_http: the environment variable holding the engine's API key, if it needs one.
     api_key_env: str = ""
     weight: int = Field(default=1, ge=1)
+    # Requests this router replica sends it at once at most; past it, the next replica, and
+    # with every replica full a bounded wait (`services.router.queue_timeout_s`), then a 503
+    # with Retry-After. 0 means no limit. Shared engines (`meshgate up --replicas router=N`)
+    # see up to N times this.
+    max_concurrency: int = Field(default=0, ge=0)
+    # openai_http: where the engine reports its load (vLLM, SGLang, llama.cpp).
+    metrics: EngineMetricsConfig = EngineMetricsConfig()
 
     @model_validator(mode="after")
     def _addressed(self) -> EngineReplica:
         if self.kind == "openai_http" and not self.url.startswith(("http://", "https://")):
             raise ValueError("openai_http engines need url: http(s)://host:port/v1")
-        if self.kind == "grpc" and (self.url or self.model or self.api_key_env):
-            raise ValueError("url, model and api_key_env apply to openai_http engines only")
+        if self.kind == "grpc" and (
+            self.url or self.model or self.api_key_env or "metrics" in self.model_fields_set
+        ):
+            raise ValueError(
+                "url, model, api_key_env and metrics apply to openai_http engines only"
+            )
         return self
 
 

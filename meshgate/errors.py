@@ -215,6 +215,16 @@ def unavailable(service: str) -> ApiError:
     )
 
 
+def engines_busy(model: str) -> ApiError:
+    """Every replica of the model is at its `max_concurrency`, and none freed up in time."""
+    return ApiError(
+        503,
+        "server_error",
+        f"Every engine for `{model}` is at capacity right now. Please retry.",
+        retry_after=1,
+    )
+
+
 def timeout() -> ApiError:
     return ApiError(504, "server_error", "The request timed out before the model answered.")
 
@@ -269,6 +279,7 @@ CATALOGUE: tuple[Documented, ...] = (
     Documented(500, "server_error", None, "null", "An unexpected failure inside meshgate; the response never carries a stack trace."),
     Documented(502, "server_error", None, "null", "The engine failed after the stream had started: sent as a final `data: {\"error\": ...}` event."),
     Documented(503, "server_error", None, "null", "A mesh service or every replica of the model's engine is unavailable, Redis is down for a `fail_closed` key, or the key store cannot be read for a key not seen recently.", "Retry-After"),
+    Documented(503, "server_error", None, "null", "Every replica of the model's engine is at its `max_concurrency`, and none freed a slot within `services.router.queue_timeout_s`.", "Retry-After"),
     Documented(504, "server_error", None, "null", "The request's deadline (`edge.request_timeout_s`) passed before the engine answered."),
 )  # fmt: skip
 

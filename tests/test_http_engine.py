@@ -424,7 +424,7 @@ def _shape(text: str) -> Any:
 def test_engines_behind_a_proxy_use_it_unless_no_proxy_exempts_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from services.router.adapters.openai_http import _env_proxy
+    from services.router.adapters.openai_http.engine import _env_proxy
 
     for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)

@@ -14,6 +14,7 @@ from meshgate.config import Config, ModelConfig
 from meshgate.v1 import common_pb2, inference_pb2
 from services.router import adapters
 from services.router.balancer import Replica
+from services.router.signals import Probe, Signal
 
 
 @dataclass
@@ -65,14 +66,27 @@ class Catalog:
 def build_catalog(config: Config) -> tuple[Catalog, list[Replica]]:
     """One Model per config entry, and the distinct replicas behind them."""
     replicas: dict[str, Replica] = {}
+    # One probe and one signal per engine, however many catalog names it serves.
+    engines: dict[str, tuple[Probe | None, Signal]] = {}
     models = []
     for model_config in config.models:
         chosen = []
         for engine in model_config.engines:
             key = adapters.replica_key(model_config, engine, config)
             if key not in replicas:
+                probe = adapters.probe(engine)
+                where = probe.url if probe is not None else key
+                if where not in engines:
+                    metrics = engine.metrics
+                    engines[where] = probe, Signal(metrics.interval_s, metrics.stale_after_s)
+                probe, signal = engines[where]
                 replicas[key] = Replica(
-                    adapters.connect(model_config, engine, config), weight=engine.weight
+                    adapters.connect(model_config, engine, config),
+                    weight=engine.weight,
+                    max_concurrency=engine.max_concurrency,
+                    probe=probe,
+                    signal=signal,
+                    key=key,
                 )
             chosen.append(replicas[key])
         models.append(Model(model_config, chosen))

@@ -21,7 +21,8 @@ from meshgate.grpcio import ENGINE_TIME_KEY, REPLICA_KEY, Context
 from meshgate.v1 import inference_pb2, router_pb2, router_pb2_grpc
 from services.router import catalog as cat
 from services.router.adapters.base import EngineAdapter, EngineUnavailable
-from services.router.balancer import Replica, pick
+from services.router.balancer import Balancer, Replica, ReplicaCollector
+from services.router.signals import Poller, signals_proto
 
 log = logging.getLogger("meshgate.router")
 
@@ -58,14 +59,6 @@ def mid_stream_failure() -> ApiError:
     return ApiError(502, "server_error", "The engine failed while streaming the response.")
 
 
-def _next(model: cat.Model, tried: list[Replica]) -> Replica | None:
-    """An untried replica, else one tried once: a replica may be a multi-address target
-    (`meshgate up --replicas engine=2`) whose next call reaches another address."""
-    return pick(model.replicas, tried) or pick(
-        model.replicas, [r for r in tried if tried.count(r) > 1]
-    )
-
-
 def _fill_usage(
     answer: inference_pb2.ChatCompletion | inference_pb2.Completion, prompt_tokens: int
 ) -> None:
@@ -94,21 +87,36 @@ def _request_id(context: Context) -> str:
 
 class RouterService(router_pb2_grpc.RouterServiceServicer):
     def __init__(
-        self, catalog: cat.Catalog, replicas: Sequence[Replica], default_timeout: float
+        self,
+        catalog: cat.Catalog,
+        replicas: Sequence[Replica],
+        default_timeout: float,
+        balancer: Balancer,
     ) -> None:
         self._catalog = catalog
         self._replicas = list(replicas)
         self._default_timeout = default_timeout
+        self._balancer = balancer
+
+    async def _next(
+        self, model: cat.Model, tried: list[Replica], blocks: tuple[int, ...], context: Context
+    ) -> Replica | None:
+        """The replica for the next attempt (balancer.acquire), counted as outstanding."""
+        timeout = _deadline(context, self._default_timeout)
+        return await self._balancer.acquire(model.id, model.replicas, tried, blocks, timeout)
 
     # ------------------------------------------------------------ relay ----
 
     async def _unary(
-        self, model: cat.Model, send: Callable[[EngineAdapter], Awaitable[T]], context: Context
+        self,
+        model: cat.Model,
+        send: Callable[[EngineAdapter], Awaitable[T]],
+        context: Context,
+        blocks: tuple[int, ...] = (),
     ) -> T:
         """Send to one replica; on an engine failure, retry on another within the deadline."""
         tried: list[Replica] = []
-        while (replica := _next(model, tried)) is not None:
-            replica.outstanding += 1
+        while (replica := await self._next(model, tried, blocks, context)) is not None:
             started = time.perf_counter()
             try:
                 answer = await send(replica.adapter)
@@ -122,7 +130,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                 tried.append(replica)
                 FAILOVERS.inc()
             finally:
-                replica.outstanding -= 1
+                self._balancer.release(replica)
         raise no_replica(model.id)
 
     async def _stream(
@@ -132,6 +140,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
         prefix: str,
         prompt_tokens: int,
         context: Context,
+        blocks: tuple[int, ...] = (),
     ) -> AsyncIterator[Chunk]:
         """Relay a stream; failover is possible only until the first chunk has gone out.
 
@@ -140,8 +149,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
         token per fragment, so that billing never depends on the engine.
         """
         tried: list[Replica] = []
-        while (replica := _next(model, tried)) is not None:
-            replica.outstanding += 1
+        while (replica := await self._next(model, tried, blocks, context)) is not None:
             started = False
             tally = billing.Tally()
             try:
@@ -165,7 +173,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                 tried.append(replica)
                 FAILOVERS.inc()
             finally:
-                replica.outstanding -= 1
+                self._balancer.release(replica)
         raise no_replica(model.id)
 
     def _eject(self, replica: Replica, exc: Exception, context: Context) -> None:
@@ -189,7 +197,10 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
             model = self._catalog.resolve(request.request.model, request.context.principal)
             timeout = _deadline(context, self._default_timeout)
             completion = await self._unary(
-                model, lambda a: a.chat(request.request, timeout), context
+                model,
+                lambda a: a.chat(request.request, timeout),
+                context,
+                self._balancer.blocks(request.request),
             )
         except ApiError as exc:
             await exc.abort(context)
@@ -211,6 +222,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                 "chatcmpl",
                 request.context.prompt_tokens,
                 context,
+                self._balancer.blocks(request.request),
             ):
                 yield chunk
         except ApiError as exc:
@@ -223,7 +235,10 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
             model = self._catalog.resolve(request.request.model, request.context.principal)
             timeout = _deadline(context, self._default_timeout)
             completion = await self._unary(
-                model, lambda a: a.text(request.request, timeout), context
+                model,
+                lambda a: a.text(request.request, timeout),
+                context,
+                self._balancer.blocks(request.request),
             )
         except ApiError as exc:
             await exc.abort(context)
@@ -245,6 +260,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                 "cmpl",
                 request.context.prompt_tokens,
                 context,
+                self._balancer.blocks(request.request),
             ):
                 yield chunk
         except ApiError as exc:
@@ -284,6 +300,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
     async def ListModelReplicas(
         self, request: router_pb2.ListModelReplicasRequest, context: Context
     ) -> router_pb2.ListModelReplicasResponse:
+        now = time.monotonic()
         return router_pb2.ListModelReplicasResponse(
             models=[
                 router_pb2.ModelReplicas(
@@ -297,9 +314,13 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                             failed_checks=r.failed_checks,
                             ejections=r.ejections,
                             weight=r.weight,
+                            max_concurrency=r.max_concurrency,
+                            signals=signals_proto(r.signal, now),
+                            score=self._balancer.scores.get((model.id, r.key), 0.0),
                         )
                         for r in model.replicas
                     ],
+                    decisions=self._balancer.decisions.get(model.id, {}),
                 )
                 for model in self._catalog
             ]
@@ -341,8 +362,13 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
 
 async def run(config: Config) -> None:
     catalog, replicas = cat.build_catalog(config)
-    service = RouterService(catalog, replicas, config.edge.request_timeout_s)
-    await service.check_all()
+    balancer = Balancer(config.services.router)
+    service = RouterService(catalog, replicas, config.edge.request_timeout_s, balancer)
+    models = [(model.id, model.replicas) for model in catalog]
+    prometheus_client.REGISTRY.register(ReplicaCollector(models, balancer))
+    poller = Poller(replicas)
+    await asyncio.gather(service.check_all(), poller.poll_once())
+    poller.start()
     health_task = asyncio.create_task(service.health_loop())
 
     async def setup(server: grpc.aio.Server) -> Sequence[str]:
@@ -356,5 +382,6 @@ async def run(config: Config) -> None:
         health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await health_task
+        await poller.stop()
         for replica in replicas:
             await replica.adapter.close()
