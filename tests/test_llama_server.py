@@ -14,23 +14,48 @@ it fails them, so that CI cannot go green having run no real engine.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from services.router.adapters.openai_http import llama_cpp
+from services.router.adapters.openai_http.probe import parse
+from services.router.signals import Load
 from tests.conftest import RunningMesh, free_ports
 from tests.llama_server import MODEL, LlamaServer, find_binary, find_gguf, missing
+from tests.support import metric
 
 CATALOG_ID = "smollm2-135m"
-# Long enough to hold a replica's only slot for the whole of a test (SmolLM2-135M on one
-# thread makes about BUSY_TOKENS_RATE tokens a second here), cut short by closing it.
-BUSY_TOKENS = 1900
+POLL_S = 0.2
+# Tokens of the generation that holds a replica busy: more than any test needs (it is cut
+# short when the test is done with it, by closing its connection).
+HOLD_TOKENS = 1900
+# Two long system prompts (tenants), different from their first character, so that they
+# share no prefix block. About 700 tokens each.
+SYSTEMS = {
+    "library": "You are the help desk of the public library of Lyon. "
+    + " ".join(
+        f"Rule {n}: answer in one short sentence, name the shelf, and never invent a book."
+        for n in range(1, 41)
+    ),
+    "bikes": "Bicycle repair shop assistant, Utrecht branch. "
+    + " ".join(
+        f"Guideline {n}: quote the part number, the price in euros and the waiting time."
+        for n in range(1, 41)
+    ),
+}
+QUESTIONS = ["Where are the atlases?", "Can I fix a flat tyre?", "Is it open today?",
+             "How much is a chain?", "Who can help me?", "What about Sunday?",
+             "Do you sell lights?", "Where is the exit?"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +81,65 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LlamaSer
             server.stop()
 
 
-def catalog(replicas: list[LlamaServer]) -> list[dict[str, Any]]:
-    engines = [{"kind": "openai_http", "url": f"{r.origin}/v1", "model": MODEL} for r in replicas]
-    return [{"id": CATALOG_ID, "category": "text", "context_length": 2048, "engines": engines}]
+@dataclass
+class Gateway:
+    """A mesh whose one model is served by the two llama-server replicas."""
+
+    mesh: RunningMesh
+    router_metrics: int
+
+    def router(self, name: str, label: str = "") -> float:
+        return metric(self.router_metrics, name, label)
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=self.mesh.base_url, api_key=self.mesh.api_key, max_retries=0, timeout=120
+        )
+
+
+def gateway(
+    start: Callable[..., RunningMesh], replicas: list[LlamaServer], **router: Any
+) -> Gateway:
+    (router_metrics,) = free_ports(1)
+    engines = [
+        {
+            "kind": "openai_http",
+            "url": f"{r.origin}/v1",
+            "model": MODEL,
+            "metrics": {"kind": "llama_cpp", "interval_s": POLL_S, "stale_after_s": 2.0},
+        }
+        for r in replicas
+    ]
+    models = [
+        {
+            "id": CATALOG_ID,
+            "category": "text",
+            "capabilities": ["prompt_caching"],
+            "context_length": 2048,
+            "engines": engines,
+        }
+    ]
+    mesh = start(
+        models=models,
+        services={"router": {"metrics_port": router_metrics, **router}},
+        ledger={"enabled": False},
+    )
+    return Gateway(mesh, router_metrics)
 
 
 @pytest.fixture(scope="module")
-def mesh(start_mesh: Callable[..., RunningMesh], replicas: list[LlamaServer]) -> RunningMesh:
-    return start_mesh(models=catalog(replicas))
+def meshgate(start_mesh: Callable[..., RunningMesh], replicas: list[LlamaServer]) -> Gateway:
+    return gateway(start_mesh, replicas)
+
+
+def target(server: LlamaServer) -> str:
+    return f'target="{server.origin}/v1"'
+
+
+def read_both(gw: Gateway, replicas: list[LlamaServer]) -> bool:
+    """Whether the router has a reading of each replica's load."""
+    age = "meshgate_router_replica_signal_age_seconds"
+    return all(gw.router(age, target(r)) > 0 for r in replicas)
 
 
 def prompt_tokens(server: LlamaServer) -> int:
@@ -72,19 +148,11 @@ def prompt_tokens(server: LlamaServer) -> int:
     return int(values["prompt_tokens_total"] + values["prompt_tokens_cached_total"])
 
 
-def cached_tokens(server: LlamaServer) -> int:
-    return int(server.metrics()["prompt_tokens_cached_total"])
-
-
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, f"{what} within {timeout:.0f}s"
-        time.sleep(0.1)
-
-
-def sdk(mesh: RunningMesh) -> openai.OpenAI:
-    return openai.OpenAI(base_url=mesh.base_url, api_key=mesh.api_key, max_retries=0, timeout=120)
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.05)
 
 
 def ask(client: openai.OpenAI, user: str, *, system: str = "", max_tokens: int = 4) -> Any:
@@ -98,9 +166,9 @@ def ask(client: openai.OpenAI, user: str, *, system: str = "", max_tokens: int =
 class Hold:
     """One long generation on one replica, for as long as the `with` block lasts.
 
-    `direct` sends it to the replica itself, so meshgate's own count of outstanding
-    requests never sees it; otherwise it goes through meshgate, as a stream. Leaving the
-    block closes the connection, which is how llama-server learns to stop.
+    With `server`, it goes to that replica itself, so meshgate's own count of
+    outstanding requests never sees it; with `mesh`, through meshgate, as a stream.
+    Leaving the block closes the connection, which is how llama-server learns to stop.
     """
 
     def __init__(self, *, mesh: RunningMesh | None = None, server: LlamaServer | None = None):
@@ -112,23 +180,22 @@ class Hold:
         body = {
             "model": MODEL if self._server else CATALOG_ID,
             "messages": [{"role": "user", "content": "Write a very long story."}],
-            "max_tokens": BUSY_TOKENS,
-            "ignore_eos": True,  # forwarded to the engine untouched, as every unknown field
+            "max_tokens": HOLD_TOKENS,
+            "ignore_eos": True,  # llama.cpp's; meshgate forwards unknown fields untouched
             "stream": True,
         }
+        headers = {}
         if self._server is not None:
-            url, headers = self._server.origin + "/v1/chat/completions", {}
+            url = self._server.origin + "/v1/chat/completions"
         else:
             assert self._mesh is not None
             url = self._mesh.base_url + "/chat/completions"
-            headers = {"authorization": f"Bearer {self._mesh.api_key}"}
-        try:
+            headers["authorization"] = f"Bearer {self._mesh.api_key}"
+        with contextlib.suppress(httpx.HTTPError):
             with httpx.stream("POST", url, json=body, headers=headers, timeout=300) as response:
                 for _ in response.iter_bytes():
                     if self._stop.is_set():
                         return
-        except httpx.HTTPError:
-            pass
 
     def __enter__(self) -> Hold:
         self._thread.start()
@@ -140,8 +207,7 @@ class Hold:
 
 
 def busy(server: LlamaServer) -> bool:
-    values = server.metrics()
-    return values["requests_processing"] >= 1 and bool(server.slots()[0]["is_processing"])
+    return server.metrics()["requests_processing"] >= 1 and bool(server.slots()[0]["is_processing"])
 
 
 def idle(server: LlamaServer) -> bool:
@@ -149,37 +215,135 @@ def idle(server: LlamaServer) -> bool:
     return values["requests_processing"] == 0 and values["requests_deferred"] == 0
 
 
+def served_by_other(gw: Gateway, held: LlamaServer, other: LlamaServer, count: int) -> None:
+    """`count` short requests through meshgate all go to `other`: `held`'s prompt counters
+    do not move and nothing waits in its queue, while `other` took in every prompt token."""
+    before = {r.port: prompt_tokens(r) for r in (held, other)}
+    with gw.client() as client:
+        replies = [ask(client, f"Say the number {n}.") for n in range(count)]
+    assert held.metrics()["requests_deferred"] == 0, "a request queued behind the held slot"
+    assert prompt_tokens(held) == before[held.port], "the held replica served a request"
+    assert prompt_tokens(other) - before[other.port] == sum(r.usage.prompt_tokens for r in replies)
+
+
 # ------------------------------------------------------------------- tests ----
 
 
-def test_replicas_report_their_load_on_metrics_and_slots(replicas: list[LlamaServer]) -> None:
+def test_replicas_report_their_load_on_metrics_and_slots_as_meshgate_reads_it(
+    replicas: list[LlamaServer],
+) -> None:
     a, _ = replicas
     for server in replicas:
-        values = server.metrics()
-        assert {"requests_processing", "requests_deferred", "prompt_tokens_cached_total"} <= set(
-            values
-        )
-        slots = server.slots()
-        assert len(slots) == 1 and slots[0]["id"] == 0 and slots[0]["n_ctx"] == 2048
+        load = parse(server.metrics_text())
+        assert load == Load("llama_cpp", waiting=0, running=0)
+        assert llama_cpp.slot_counts(server.slots()) == (1, 0)
+        assert server.slots()[0]["n_ctx"] == 2048
     with Hold(server=a):
         wait_for(lambda: busy(a), "the held replica reports its slot busy")
+        text, slots = a.metrics_text(), a.slots()
         values = a.metrics()
-        assert values["requests_processing"] == 1 and values["requests_deferred"] == 0
+        assert (values["requests_processing"], values["requests_deferred"]) == (1, 0)
+        assert parse(text, "llama_cpp", llama_cpp.slot_counts(slots)) == Load(
+            "llama_cpp", waiting=0, running=1, slots=1, busy_slots=1
+        )
     wait_for(lambda: idle(a), "a replica whose client left reports itself idle")
 
 
-def test_a_replica_held_busy_through_meshgate_gets_no_new_requests(
-    mesh: RunningMesh, replicas: list[LlamaServer]
+def test_the_router_reads_each_replicas_metrics_and_slots(
+    meshgate: Gateway, replicas: list[LlamaServer]
 ) -> None:
-    with Hold(mesh=mesh):
+    a, b = replicas
+    running = "meshgate_router_replica_running"
+    wait_for(lambda: read_both(meshgate, replicas), "the router has read both replicas")
+    assert meshgate.router("meshgate_router_replica_signal_saturated", target(a)) == 0
+    with Hold(server=a):
+        wait_for(lambda: meshgate.router(running, target(a)) == 1, "the router sees A busy")
+        assert meshgate.router(running, target(b)) == 0
+    wait_for(lambda: meshgate.router(running, target(a)) == 0, "the router sees A idle again")
+
+
+def test_a_replica_held_busy_through_meshgate_gets_no_new_requests(
+    meshgate: Gateway, replicas: list[LlamaServer]
+) -> None:
+    with Hold(mesh=meshgate.mesh):
         wait_for(lambda: any(busy(r) for r in replicas), "one replica busy with the long stream")
         held, other = sorted(replicas, key=lambda r: not busy(r))
-        before = {r.port: prompt_tokens(r) for r in replicas}
-        with sdk(mesh) as client:
-            replies = [ask(client, f"Say the number {n}.") for n in range(6)]
-        assert held.metrics()["requests_deferred"] == 0, "a request queued behind the held slot"
-        assert prompt_tokens(held) == before[held.port]
-        assert prompt_tokens(other) - before[other.port] == sum(
-            r.usage.prompt_tokens for r in replies
+        served_by_other(meshgate, held, other, 6)
+    wait_for(lambda: all(idle(r) for r in replicas), "the stream stopped on the engine")
+
+
+def test_a_replica_held_busy_by_another_client_gets_no_new_requests(
+    meshgate: Gateway, replicas: list[LlamaServer]
+) -> None:
+    """Meshgate's own count of outstanding requests cannot see this load: only the
+    replica's /metrics and /slots can."""
+    for held, other in (replicas, replicas[::-1]):
+        with Hold(server=held):
+            wait_for(
+                lambda r=held: meshgate.router("meshgate_router_replica_running", target(r)) == 1,
+                "the router sees the held replica busy",
+            )
+            served_by_other(meshgate, held, other, 6)
+        wait_for(lambda r=held: idle(r), "the held generation stopped")
+
+
+def run_tenants(gw: Gateway, replicas: list[LlamaServer], rounds: int) -> dict[str, int]:
+    """Two tenants' requests, each with its long system prompt, and what llama.cpp reused.
+
+    A warm-up first: one tenant's request, and once it runs on a replica, the other's,
+    which then goes to the other replica whatever the policy. Then `rounds` of one request
+    per tenant, one request at a time. Counted from the replicas' own /metrics
+    (`prompt_tokens_cached_total`, llama.cpp's tally of the `timings.cache_n` of each
+    answer), and from meshgate's answers (`usage.prompt_tokens_details.cached_tokens`).
+    """
+    for server in replicas:  # an empty slot: no earlier test's prompt is left to reuse
+        httpx.post(server.origin + "/slots/0?action=erase", timeout=30).raise_for_status()
+    first, second = SYSTEMS
+    with gw.client() as client:
+        warm = threading.Thread(
+            target=ask,
+            args=(client, QUESTIONS[0]),
+            kwargs={"system": SYSTEMS[first], "max_tokens": 24},
         )
-    wait_for(lambda: all(idle(r) for r in replicas), "the held stream stopped on the engine")
+        warm.start()
+        wait_for(lambda: any(busy(r) for r in replicas), "the first tenant's request running")
+        ask(client, QUESTIONS[0], system=SYSTEMS[second])
+        warm.join(120)
+        before = sum(int(r.metrics()["prompt_tokens_cached_total"]) for r in replicas)
+        answered = prompt = 0
+        order = random.Random(18)
+        for n in range(rounds):
+            tenants = list(SYSTEMS)
+            order.shuffle(tenants)
+            for tenant in tenants:
+                reply = ask(client, QUESTIONS[1 + n % (len(QUESTIONS) - 1)], system=SYSTEMS[tenant])
+                answered += reply.usage.prompt_tokens_details.cached_tokens
+                prompt += reply.usage.prompt_tokens
+    reused = sum(int(r.metrics()["prompt_tokens_cached_total"]) for r in replicas) - before
+    return {"engines": reused, "answers": answered, "prompt": prompt}
+
+
+def test_prefix_affinity_raises_llamacpp_prompt_cache_reuse(
+    start_mesh: Callable[..., RunningMesh], replicas: list[LlamaServer]
+) -> None:
+    rounds = 8
+    figures = {}
+    for mode, affinity in (("off", {"enabled": False}), ("on", {})):
+        gw = gateway(start_mesh, replicas, affinity=affinity)
+        try:
+            wait_for(lambda g=gw: read_both(g, replicas), "the router has read both replicas")
+            figures[mode] = run_tenants(gw, replicas, rounds)
+            figures[mode]["affinity_decisions"] = int(
+                gw.router("meshgate_router_decisions_total", 'reason="affinity"')
+            )
+        finally:
+            assert gw.mesh.stop() == 0
+    print(f"\nllama.cpp prompt-cache reuse over {2 * rounds} requests: {figures}")
+    on, off = figures["on"], figures["off"]
+    # llama.cpp's own tally and the answers' usage say the same.
+    assert on["engines"] == on["answers"] and off["engines"] == off["answers"]
+    assert off["affinity_decisions"] == 0 and on["affinity_decisions"] >= 2 * rounds
+    # With affinity every request after the warm-up finds its tenant's prefix in its
+    # replica's slot; without it, about half do.
+    assert on["engines"] >= 0.8 * on["prompt"], figures
+    assert on["engines"] > 1.3 * off["engines"], figures
