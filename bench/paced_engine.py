@@ -42,7 +42,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 KINDS = ("vllm", "vllm-0.8", "sglang", "sglang_", "llama_cpp")
-# Tokens of KV cache per slot: a request's prompt and output use this pool.
+# The context of each llama.cpp slot, as /slots reports it.
 KV_TOKENS_PER_SLOT = 2048
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 # llama-server sets exactly this (server.cpp, get_metrics).
@@ -57,7 +57,6 @@ class Engine:
     model: str
     running: int = 0
     waiting: int = 0
-    kv_tokens: int = 0
     requests: int = 0
     max_running: int = 0
     # "live", "hang" (never answers) or "error" (a 500).
@@ -85,7 +84,9 @@ class Engine:
                 self.report.get("running", 0.0),
                 self.report.get("kv", 0.0),
             )
-        return self.waiting, self.running, self.kv_tokens / (self.slots * KV_TOKENS_PER_SLOT)
+        # Each running request holds one slot's share of the KV pool: a full batch is a
+        # full cache, and new requests wait, as in vLLM when its KV blocks run out.
+        return self.waiting, self.running, self.running / self.slots
 
 
 # ------------------------------------------------------------- exposition ----
@@ -200,14 +201,12 @@ def app(engine: Engine) -> Starlette:
         engine.heads[head] = engine.heads.get(head, 0) + 1
         engine.requests += 1
         tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
-        held = len(prompt) // 4 + tokens
         engine.waiting += 1
         try:
             await engine.free().acquire()
         finally:
             engine.waiting -= 1
         engine.running += 1
-        engine.kv_tokens += held
         engine.max_running = max(engine.max_running, engine.running)
         try:
             for i in range(tokens):
@@ -215,7 +214,6 @@ def app(engine: Engine) -> Starlette:
                 yield i
         finally:
             engine.running -= 1
-            engine.kv_tokens -= held
             engine.free().release()
 
     def usage(body: dict[str, Any], tokens: int) -> dict[str, int]:

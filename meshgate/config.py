@@ -128,16 +128,16 @@ class AffinityConfig(_Strict):
     """Prefix affinity: prefer the replica that recently served the prompt's leading blocks,
     whose engine then reuses its prompt cache, unless load is too uneven.
 
-    Blocks are of the prompt's text as the client sent it (roles, contents, tools), not
-    of tokens: the router has no tokenizer, and equal text yields equal tokens. 256
-    characters is about 64 tokens of English. Affinity yields to load, in the manner of
+    Blocks are of the prompt as the client sent it (tools, then each message's role and
+    content), in bytes, not tokens: the router has no tokenizer, and equal text yields
+    equal tokens. 256 bytes are about 64 tokens of English. Affinity yields to load, in the manner of
     Shepherd Model Gateway's cache-aware policy, when the candidates' loads (requests
     waiting plus running, per unit of weight) are imbalanced: max - min >
     balance_abs_threshold and max > min * balance_rel_threshold.
     """
 
     enabled: bool = True
-    # Characters per block.
+    # Bytes per block (UTF-8 text plus a little framing).
     block_chars: int = Field(default=256, ge=16)
     # Leading blocks hashed at most (a bound on the router's work for a long prompt).
     max_blocks: int = Field(default=64, ge=1, le=4096)

@@ -139,3 +139,32 @@ def test_streams_held_against_mock(tmp_path: Path) -> None:
     assert held["memory"]["rss_kib_total"] > 0
     assert held["memory"]["by_process"]["mock"]["pss_kib"] > 0
     assert held["ttft_us"]["n"] == 20
+
+
+def test_engine_routing_bench_runs_both_legs_without_errors() -> None:
+    """bench/engine_routing.py, briefly: both legs run the same schedule and all succeed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHGATE_")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "engine_routing.py"),
+            "--rate",
+            "6",
+            "--seconds",
+            "3",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and " ms " in line]
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "least-outstanding",
+        "engine-aware (1 s reads)",
+    ]
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")]
+        assert int(cells[2]) > 0 and cells[3] == "0", row  # requests, errors

@@ -65,6 +65,37 @@ def test_meshgate_redis_url_wins_over_redis_url() -> None:
         (lambda raw: raw.update(services={"quota": {"portt": 1}}), "services.quota.portt"),
         (lambda raw: raw["keys"][0].update(rpm=-1), "keys[0].rpm"),
         (lambda raw: raw["models"][2].update(dimensions=0), "models[2]"),
+        (
+            lambda raw: raw["models"][0]["engines"][0].update(max_concurrency=-1),
+            "models[0].engines[0].max_concurrency",
+        ),
+        (
+            lambda raw: raw["models"][0].update(
+                engines=[{"kind": "openai_http", "url": "http://h/v1", "metrics": {"kind": "tgi"}}]
+            ),
+            "models[0].engines[0].metrics.kind",
+        ),
+        (
+            lambda raw: raw["models"][0].update(
+                engines=[{"kind": "openai_http", "url": "http://h/v1", "metrics": {"url": "h:9"}}]
+            ),
+            "models[0].engines[0].metrics.url",
+        ),
+        # The reference engine reports no load on /metrics.
+        (
+            lambda raw: raw["models"][0]["engines"][0].update(metrics={"kind": "vllm"}),
+            "models[0].engines[0]",
+        ),
+        (
+            lambda raw: raw.update(services={"router": {"weights": {"queue": -1}}}),
+            "services.router.weights.queue",
+        ),
+        (
+            lambda raw: raw.update(
+                services={"router": {"affinity": {"balance_rel_threshold": 0.5}}}
+            ),
+            "services.router.affinity.balance_rel_threshold",
+        ),
     ],
 )
 def test_bad_config_names_the_key_path(tmp_path: Path, mutate: object, path: str) -> None:
@@ -107,3 +138,24 @@ def test_http_engines_need_a_url(tmp_path: Path) -> None:
     raw["models"][0]["engines"] = [{"kind": "openai_http"}]  # type: ignore[index]
     with pytest.raises(ConfigError, match=r"models\[0\]\.engines\[0\]"):
         load_config(_write(tmp_path, raw), environ={})
+
+
+def test_routing_defaults_and_engine_signal_settings(tmp_path: Path) -> None:
+    config = load_config("sample", environ={})
+    router = config.services.router
+    assert (router.weights.queue, router.weights.kv_cache, router.weights.prefix) == (2, 2, 3)
+    assert router.affinity.enabled and router.port == 50054
+    raw = _sample()
+    raw["models"][0]["engines"] = [  # type: ignore[index]
+        {"kind": "openai_http", "url": "http://h:8000/v1", "max_concurrency": 8},
+        {"kind": "openai_http", "url": "http://g:8000/v1", "metrics": {"kind": "sglang"}},
+    ]
+    raw["services"] = {"router": {"port": 6000, "queue_timeout_s": 0.5}}
+    config = load_config(
+        _write(tmp_path, raw), environ={"MESHGATE_SERVICES__ROUTER__WEIGHTS__PREFIX": "0"}
+    )
+    first, second = config.models[0].engines
+    assert (first.metrics.kind, first.max_concurrency, second.metrics.kind) == ("auto", 8, "sglang")
+    assert config.services.router.port == 6000 and config.services.router.queue_timeout_s == 0.5
+    assert config.services.router.weights.prefix == 0
+    assert config.services.router.metrics_port == 9184  # the service's own default is kept

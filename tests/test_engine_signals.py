@@ -13,6 +13,7 @@ import asyncio
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ from meshgate.config import RouterServiceConfig
 from meshgate.errors import ApiError
 from meshgate.v1 import inference_pb2
 from services.router.adapters.openai_http import llama_cpp
-from services.router.adapters.openai_http.probe import metrics_url, parse
+from services.router.adapters.openai_http.probe import MetricsProbe, metrics_url, parse
 from services.router.affinity import prefix_blocks
 from services.router.balancer import Balancer, Replica, estimate
 from services.router.signals import Load, Poller, ProbeFailed, Signal
@@ -96,6 +97,73 @@ def test_real_llama_server_pages_parse(page: Path) -> None:
     load = parse(page.read_text())
     assert load is not None and load.kind == "llama_cpp"
     assert load.waiting >= 0 and load.running >= 0
+
+
+def _recorded(name: str) -> Path:
+    path = RECORDED / name
+    if not path.exists():
+        pytest.skip(f"tests/fixtures/llama_server/{name} not recorded yet")
+    return path
+
+
+def test_a_real_busy_llama_server_reads_as_one_running_and_one_deferred() -> None:
+    load = parse(_recorded("metrics_busy.txt").read_text())
+    slots = llama_cpp.slot_counts(json.loads(_recorded("slots_busy.json").read_text()))
+    assert load is not None and (load.running, load.waiting) == (1, 1)
+    assert slots == (1, 1)
+    idle = parse(_recorded("metrics_idle.txt").read_text())
+    assert idle is not None and (idle.running, idle.waiting) == (0, 0)
+
+
+def test_a_real_llama_server_without_metrics_is_an_engine_without_signals() -> None:
+    answer = json.loads(_recorded("metrics_disabled.json").read_text())
+    probe = MetricsProbe("http://127.0.0.1:1/v1")
+    body = answer["body"] if isinstance(answer["body"], str) else json.dumps(answer["body"])
+    probe._get = _answers((answer["status"], body.encode()))  # type: ignore[method-assign]
+    assert asyncio.run(probe.read(1.0)) is None
+
+
+def _answers(*pages: tuple[int, bytes]) -> Any:
+    queue = list(pages)
+
+    async def get(url: str, timeout: float) -> tuple[int, bytes]:
+        if not queue:
+            raise ProbeFailed(f"{url}: connection refused")
+        return queue.pop(0)
+
+    return get
+
+
+def test_the_probe_detects_the_kind_once_and_then_expects_it() -> None:
+    vllm_page = (FIXTURES / "vllm.txt").read_bytes()
+    probe = MetricsProbe("http://127.0.0.1:1/v1")
+    probe._get = _answers((200, vllm_page), (404, b"Not Found"))  # type: ignore[method-assign]
+    first = asyncio.run(probe.read(1.0))
+    assert first is not None and probe.kind == "vllm"
+    with pytest.raises(ProbeFailed, match="HTTP 404"):  # a vLLM that stops answering
+        asyncio.run(probe.read(1.0))
+    # Not yet detected: no page (or one without metrics we know) means no signal source.
+    for page in ((404, b""), (501, b'{"error": "not supported"}'), (200, b"up 1\n")):
+        fresh = MetricsProbe("http://127.0.0.1:1/v1")
+        fresh._get = _answers(page)  # type: ignore[method-assign]
+        assert asyncio.run(fresh.read(1.0)) is None
+    named = MetricsProbe("http://127.0.0.1:1/v1", kind="sglang")
+    named._get = _answers((501, b""))  # type: ignore[method-assign]
+    with pytest.raises(ProbeFailed):
+        asyncio.run(named.read(1.0))
+
+
+def test_the_probe_reads_llama_cpp_slots_until_they_are_turned_off() -> None:
+    page = (FIXTURES / "llama_server.txt").read_bytes()
+    slots = (FIXTURES / "llama_server_slots.json").read_bytes()
+    probe = MetricsProbe("http://127.0.0.1:1/v1")
+    probe._get = _answers((200, page), (200, slots), (200, page), (501, b""), (200, page))  # type: ignore[method-assign]
+    load = asyncio.run(probe.read(1.0))
+    assert load is not None and (load.slots, load.busy_slots, load.waiting) == (4, 2, 3)
+    load = asyncio.run(probe.read(1.0))  # /slots answers 501: --no-slots
+    assert load is not None and load.slots is None
+    load = asyncio.run(probe.read(1.0))  # and is not asked again
+    assert load is not None and load.running == 2
 
 
 # ------------------------------------------- the fake against the fixtures ----
@@ -368,3 +436,33 @@ def test_the_poller_marks_failures_stale_and_engines_without_signals_as_none() -
     assert failing.signal.state(now) == "missing" and failing.signal.error == "timed out"
     assert silent.signal.state(now) == "none"
     assert good.signal.state(now + 10) == "stale"
+
+
+def test_requests_that_finished_since_the_reading_leave_its_queue_first() -> None:
+    replica = _replica("v", _vllm(waiting=3, running=4, kv=0.8))
+    replica.signal.outstanding_at_read = 7
+    replica.signal.inflight = 5  # two finished: two waiting ones took their slots
+    assert (estimate(replica, 1000.5).queue, estimate(replica, 1000.5).running) == (1, 4)
+    replica.signal.inflight = 1  # six finished: the queue is empty, one runs
+    now = estimate(replica, 1000.5)
+    assert (now.queue, now.running) == (0, 1) and now.kv_usage == pytest.approx(0.2)
+
+
+def test_a_slow_replicas_queue_weighs_more_than_a_quick_ones() -> None:
+    balancer = Balancer(_config())
+    quick, slow = (
+        _replica("quick", _vllm(waiting=2, running=4, kv=0.5)),
+        _replica("slow", _vllm(waiting=1, running=2, kv=0.5)),
+    )
+    assert balancer.choose([quick, slow], now=1000.5) == (slow, "load")
+    # The router saw requests take 0.25 s on one and 1 s on the other (Little's law).
+    for replica, seconds in ((quick, 0.25), (slow, 1.0)):
+        for i in range(8):
+            replica.residence.advance(replica.outstanding, 10.0 + i)
+            replica.outstanding += 1
+            replica.residence.advance(replica.outstanding, 10.0 + i + seconds)
+            replica.outstanding -= 1
+            replica.residence.finished(10.0 + i + seconds)
+    assert quick.residence.seconds == pytest.approx(0.25)
+    assert slow.residence.seconds == pytest.approx(1.0)
+    assert balancer.choose([quick, slow], now=1000.5) == (quick, "load")

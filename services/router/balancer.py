@@ -1,26 +1,32 @@
 """Replica choice: the engines' own load, prefix affinity, and per-replica concurrency limits.
 
-Each candidate gets a score, higher is better, the sum of weighted parts that are
-each 0..1 (`services.router.weights`, in the spirit of llm-d's endpoint picker):
+Each candidate gets a score, higher is better: the sum of weighted parts that are
+each 0..1 (`services.router.weights`, in the spirit of llm-d's endpoint picker).
 
-- queue: 1 - its queue / (the deepest candidate queue + 1, this request). The queue
-  is what the engine reports waiting, plus the requests this router sent it since
-  that reading (the engine has not counted them yet, and a burst must not all go
-  to the replica that looked idle a second ago). Where the engine reports nothing,
-  the router's own count of outstanding requests stands in, as before these
-  signals existed. (llm-d normalizes min-max, which makes 5 against 6 waiting as
-  decisive as 0 against 60; here it is a small difference.)
-- running: the same for requests being generated.
+- queue: 1 - its queue / (the deepest candidate's + 1, for this request). llm-d
+  normalizes min-max, which makes 5 against 6 waiting as decisive as 0 against 60;
+  here it is a small difference.
+- running: the same, for requests being generated.
 - kv_cache: 1 - the engine's KV-cache use.
-- prefix: the share of the prompt's leading blocks this replica served recently,
-  unless the candidates' loads are imbalanced (affinity.py; the rule is Shepherd
-  Model Gateway's), in which case affinity yields to load. With the default
-  weights a full match outweighs any queue difference short of that imbalance.
+- prefix: the share of the prompt's leading blocks this replica served recently
+  (affinity.py), unless the candidates' loads (queue + running) are imbalanced by
+  Shepherd Model Gateway's rule, max - min > balance_abs_threshold and max > min *
+  balance_rel_threshold; then affinity yields to load. With the default weights a
+  full match outweighs any queue difference short of that imbalance.
 
-Queues and running counts are per unit of `weight`. A replica whose signal is
-stale or missing counts as saturated: it is chosen only when every candidate is,
-and then by outstanding count. Replicas at their `max_concurrency` are skipped;
-when all are, the request waits for a slot (bounded), then gets a 503.
+Queue and running are the engine's last reading brought up to date with what the
+router sent and saw finish since (`estimate`): a reading a second old must not hide
+what the router knows now. Where the engine reports nothing (no signal source),
+the router's own outstanding count is the queue, as before engine signals. Both
+are per unit of `weight` and, for replicas with signals, times their slowness: the
+time a request spends on them (`Residence`, Little's law over the router's own
+counts) against the quickest candidate's, so that a queue weighs as the wait it
+means.
+
+A replica whose signal is stale or missing counts as saturated: it is chosen only
+when every candidate is, and then by outstanding count. Replicas at their
+`max_concurrency` are skipped; when all are, the request waits for a slot
+(bounded), then gets a 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import prometheus_client
 from prometheus_client.core import GaugeMetricFamily
@@ -47,11 +54,13 @@ from services.router.signals import Probe, Signal
 # Why a replica was chosen: "affinity" (it served the prompt's prefix recently), "load"
 # (the best score without a prefix match), "yield" (a prefix matched elsewhere but load
 # was too uneven), "only" (one candidate), "saturated" (every candidate's signal was stale
-# or missing), "unhealthy" (no healthy candidate; an ejected one was tried).
-REASONS = ("affinity", "load", "yield", "only", "saturated", "unhealthy")
+# or missing), "unhealthy" (no healthy candidate; an ejected one was tried); and
+# "fallback", counted by the fallback chain when a request moves to another model.
+REASONS = ("affinity", "load", "yield", "only", "saturated", "unhealthy", "fallback")
 DECISIONS = prometheus_client.Counter(
     "meshgate_router_decisions",
-    "Replica choices, by model and reason (affinity, load, yield, only, saturated, unhealthy).",
+    "Routing decisions by model and reason: affinity, load, yield, only, saturated, unhealthy, "
+    "fallback.",
     ["model", "reason"],
 )
 AT_CAPACITY = prometheus_client.Counter(
@@ -78,6 +87,8 @@ class Replica:
     signal: Signal = field(default_factory=Signal)
     # Its identity in the affinity table (the adapter's replica key).
     key: str = ""
+    # How long a request stays on it, from the router's own counts (see `Residence`).
+    residence: Residence = field(default_factory=lambda: Residence())
 
     def __post_init__(self) -> None:
         if self.probe is None:
@@ -93,8 +104,46 @@ class Replica:
         return 0 < self.max_concurrency <= self.outstanding
 
 
-@dataclass(frozen=True, slots=True)
-class Estimate:
+@dataclass(slots=True)
+class Residence:
+    """The mean time a request spends on a replica, by Little's law over the router's own
+    outstanding count: the integral of outstanding over time divided by the requests that
+    finished, per window of WINDOW_REQUESTS requests (or WINDOW_S seconds), smoothed.
+
+    It turns queue lengths into waits: four waiting on an engine that takes a second per
+    request weigh more than four on one that takes a quarter of that. No pairing of
+    starts and ends is needed, so concurrent requests cost nothing extra to follow.
+    """
+
+    WINDOW_REQUESTS = 8
+    WINDOW_S = 2.0
+    SMOOTHING = 0.3
+
+    area: float = 0.0  # the integral of outstanding over time, in request-seconds
+    at: float = 0.0  # when `area` was last brought up to date
+    done: int = 0
+    window_area: float = 0.0
+    window_done: int = 0
+    window_at: float = 0.0
+    # Mean seconds per request; None until a window has closed.
+    seconds: float | None = None
+
+    def advance(self, outstanding: int, now: float) -> None:
+        if self.at:
+            self.area += outstanding * (now - self.at)
+        self.at = now
+
+    def finished(self, now: float) -> None:
+        self.done += 1
+        count = self.done - self.window_done
+        if count >= self.WINDOW_REQUESTS or (count and now - self.window_at >= self.WINDOW_S):
+            mean = (self.area - self.window_area) / count
+            old = self.seconds
+            self.seconds = mean if old is None else old + self.SMOOTHING * (mean - old)
+            self.window_area, self.window_done, self.window_at = self.area, self.done, now
+
+
+class Estimate(NamedTuple):
     """A replica's load now, from its engine's last reading and what was sent since."""
 
     queue: float
@@ -104,22 +153,39 @@ class Estimate:
 
 
 def estimate(replica: Replica, now: float) -> Estimate:
+    """The engine's last reading, brought up to now by what the router did since.
+
+    Requests that finished since the reading left the engine: they come off its queue
+    first (a waiting request takes the freed slot), then off its running count.
+    Requests sent since are not in it: each is taken to start at once while the engine
+    has room (a free llama.cpp slot; KV cache for one more request the size of its
+    average running one; any engine that was idle), and to wait past it.
+    """
     signal = replica.signal
     state = signal.state(now)
     load = signal.load
     if state == "none" or load is None:
         return Estimate(replica.outstanding, 0.0, None, saturated=state == "missing")
-    # Sent since the reading, by every replica on this engine (catalog names may share one).
-    fresh = max(0, signal.inflight - signal.outstanding_at_read)
-    started = 0
-    if load.slots is not None:  # llama.cpp: new requests start at once while a slot is free
-        started = min(fresh, max(0, load.slots - int(load.running)))
-    return Estimate(
-        load.waiting + fresh - started,
-        load.running + started,
-        load.kv_usage,
-        saturated=state == "stale",
-    )
+    # The net change since the reading, over every replica (catalog name) on this engine.
+    change = signal.inflight - signal.outstanding_at_read
+    waiting, running, kv = load.waiting, load.running, load.kv_usage
+    if change < 0:
+        waiting, left = max(0.0, waiting + change), min(0.0, waiting + change)
+        shrunk = max(0.0, running + left)
+        if kv is not None and running > 0:
+            kv *= shrunk / running
+        return Estimate(waiting, shrunk, kv, saturated=state == "stale")
+    if load.slots is not None:
+        started = min(change, max(0, load.slots - int(running)))
+    elif running <= 0 and waiting <= 0:
+        started = change
+    elif kv is not None and 0 < kv < 1 and waiting <= 0:
+        share = kv / max(running, 1.0)
+        started = min(change, int((1 - kv) / share))
+        kv += started * share
+    else:
+        started = 0
+    return Estimate(waiting + change - started, running + started, kv, saturated=state == "stale")
 
 
 class Balancer:
@@ -188,8 +254,9 @@ class Balancer:
         model: str,
     ) -> tuple[Replica, str]:
         w = self._weights
-        queue = {r: estimates[r].queue / r.weight for r in known}
-        running = {r: estimates[r].running / r.weight for r in known}
+        pace = _slowness(known)
+        queue = {r: estimates[r].queue / r.weight * pace[r] for r in known}
+        running = {r: estimates[r].running / r.weight * pace[r] for r in known}
         deepest, busiest = max(queue.values()), max(running.values())
         loads = [queue[r] + running[r] for r in known]
         low, high = min(loads), max(loads)
@@ -243,10 +310,10 @@ class Balancer:
             chosen = self.choose(pool, blocks, now, model)
             if chosen is not None:
                 replica, reason = chosen
+                replica.residence.advance(replica.outstanding, now)
                 replica.outstanding += 1
                 replica.signal.inflight += 1
-                DECISIONS.labels(model, reason).inc()
-                self.decisions.setdefault(model, Counter())[reason] += 1
+                self.count(model, reason)
                 return replica
             if now >= deadline:
                 AT_CAPACITY.labels(model).inc()
@@ -255,13 +322,41 @@ class Balancer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(released.wait(), deadline - now)
 
+    def count(self, model: str, reason: str) -> None:
+        """One routing decision for `model`, on /metrics and in ListModelReplicas. The
+        fallback chain counts "fallback" here when it moves a request to another model."""
+        DECISIONS.labels(model, reason).inc()
+        self.decisions.setdefault(model, Counter())[reason] += 1
+
     def release(self, replica: Replica) -> None:
         """The attempt on `replica` is over; a request waiting for a slot may take it."""
+        now = time.monotonic()
+        replica.residence.advance(replica.outstanding, now)
         replica.outstanding -= 1
         replica.signal.inflight -= 1
+        replica.residence.finished(now)
         if replica.max_concurrency:
             self._released.set()
             self._released = asyncio.Event()
+
+
+# The most one replica's requests may weigh against the fastest candidate's.
+MAX_SLOWNESS = 10.0
+
+
+def _slowness(replicas: Sequence[Replica]) -> dict[Replica, float]:
+    """Each replica's time per request against the quickest candidate's (1 for the quickest,
+    and for any replica without an engine signal or without a measure yet: balanced by
+    outstanding count alone, as before engine signals)."""
+    seconds = {
+        r: r.residence.seconds
+        for r in replicas
+        if r.residence.seconds and r.signal.load is not None and r.signal.expected
+    }
+    if len(seconds) < 2:
+        return dict.fromkeys(replicas, 1.0)
+    quickest = min(seconds.values())
+    return {r: min(MAX_SLOWNESS, seconds[r] / quickest) if r in seconds else 1.0 for r in replicas}
 
 
 def _least(replicas: Sequence[Replica], cost: Callable[[Replica], float]) -> Replica:
