@@ -45,12 +45,12 @@ SYSTEMS = {
     "library": "You are the help desk of the public library of Lyon. "
     + " ".join(
         f"Rule {n}: answer in one short sentence, name the shelf, and never invent a book."
-        for n in range(1, 41)
+        for n in range(1, 25)
     ),
     "bikes": "Bicycle repair shop assistant, Utrecht branch. "
     + " ".join(
         f"Guideline {n}: quote the part number, the price in euros and the waiting time."
-        for n in range(1, 41)
+        for n in range(1, 25)
     ),
 }
 QUESTIONS = ["Where are the atlases?", "Can I fix a flat tyre?", "Is it open today?",
@@ -210,6 +210,12 @@ def busy(server: LlamaServer) -> bool:
     return server.metrics()["requests_processing"] >= 1 and bool(server.slots()[0]["is_processing"])
 
 
+def generating(server: LlamaServer) -> bool:
+    """Its slot is past the prompt (whose tokens llama-server counts once it is evaluated)."""
+    slot = server.slots()[0]
+    return bool(slot["is_processing"]) and slot["next_token"][0]["n_decoded"] > 0
+
+
 def idle(server: LlamaServer) -> bool:
     values = server.metrics()
     return values["requests_processing"] == 0 and values["requests_deferred"] == 0
@@ -218,6 +224,7 @@ def idle(server: LlamaServer) -> bool:
 def served_by_other(gw: Gateway, held: LlamaServer, other: LlamaServer, count: int) -> None:
     """`count` short requests through meshgate all go to `other`: `held`'s prompt counters
     do not move and nothing waits in its queue, while `other` took in every prompt token."""
+    wait_for(lambda: generating(held), "the held replica generating")
     before = {r.port: prompt_tokens(r) for r in (held, other)}
     with gw.client() as client:
         replies = [ask(client, f"Say the number {n}.") for n in range(count)]
