@@ -303,8 +303,11 @@ def run_tenants(gw: Gateway, replicas: list[LlamaServer], rounds: int) -> dict[s
     (`prompt_tokens_cached_total`, llama.cpp's tally of the `timings.cache_n` of each
     answer), and from meshgate's answers (`usage.prompt_tokens_details.cached_tokens`).
     """
-    for server in replicas:  # an empty slot: no earlier test's prompt is left to reuse
-        httpx.post(server.origin + "/slots/0?action=erase", timeout=30).raise_for_status()
+    for server in replicas:  # no earlier test's prompt is left in a slot to reuse
+        flush = {"model": MODEL, "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 1}
+        httpx.post(
+            server.origin + "/v1/chat/completions", json=flush, timeout=60
+        ).raise_for_status()
     first, second = SYSTEMS
     with gw.client() as client:
         warm = threading.Thread(
