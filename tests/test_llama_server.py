@@ -15,18 +15,21 @@ it fails them, so that CI cannot go green having run no real engine.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from meshgate import openai_wire
 from services.router.adapters.openai_http import llama_cpp
 from services.router.adapters.openai_http.probe import parse
 from services.router.signals import Load
@@ -34,6 +37,7 @@ from tests.conftest import RunningMesh, free_ports
 from tests.llama_server import MODEL, LlamaServer, find_binary, find_gguf, missing
 from tests.support import metric
 
+RECORDED = Path(__file__).parent / "fixtures" / "llama_server"
 CATALOG_ID = "smollm2-135m"
 POLL_S = 0.2
 # Tokens of the generation that holds a replica busy: more than any test needs (it is cut
@@ -234,6 +238,51 @@ def served_by_other(gw: Gateway, held: LlamaServer, other: LlamaServer, count: i
 
 
 # ------------------------------------------------------------------- tests ----
+
+
+def recorded(name: str) -> Any:
+    text = (RECORDED / name).read_text()
+    return text if name.endswith(".txt") else json.loads(text)
+
+
+def test_recorded_pages_read_as_the_load_they_were_recorded_under() -> None:
+    """tests/fixtures/llama_server/record.py's pages (no binary needed)."""
+    for page in ("metrics_idle.txt", "metrics_after.txt"):
+        assert parse(recorded(page)) == Load("llama_cpp", waiting=0, running=0)
+    slots = llama_cpp.slot_counts(recorded("slots_busy.json"))
+    assert slots == (1, 1)
+    assert parse(recorded("metrics_busy.txt"), "llama_cpp", slots) == Load(
+        "llama_cpp", waiting=1, running=1, slots=1, busy_slots=1
+    )
+    assert llama_cpp.slot_counts(recorded("slots_idle.json")) == (1, 0)
+
+
+def test_recorded_answers_report_prompt_cache_reuse_as_metrics_and_usage_do() -> None:
+    """llama.cpp's `timings.cache_n`, its `usage.prompt_tokens_details.cached_tokens` (which
+    meshgate's adapter reads) and its `prompt_tokens_cached_total` counter are one number,
+    which is why the affinity test may sum the counter, or meshgate's usage."""
+    events = [line.removeprefix("data: ") for line in recorded("chat_stream.txt").splitlines()]
+    last = json.loads([e for e in events if e.startswith("{")][-1])
+    answers = [recorded("chat.json"), recorded("chat_cached.json"), last]
+    cache_n = [a["timings"]["cache_n"] for a in answers]
+    assert cache_n[0] == 0 and cache_n[1] > 0 and cache_n[1] == cache_n[2]
+    for answer in answers:
+        usage = answer["usage"]
+        assert usage["prompt_tokens_details"]["cached_tokens"] == answer["timings"]["cache_n"]
+        assert (
+            openai_wire.chat_completion(answer).usage.cached_tokens == answer["timings"]["cache_n"]
+        )
+    counters = {
+        line.split()[0]: float(line.split()[1])
+        for line in recorded("metrics_after.txt").splitlines()
+        if line.startswith("llamacpp:")
+    }
+    assert counters["llamacpp:prompt_tokens_cached_total"] == sum(cache_n)
+    # Idle, the slot still holds the last prompt and all but the last generated token (the
+    # KV cache the next request reuses); its per-request stats are back to 0.
+    slot, usage = recorded("slots_after.json")[0], last["usage"]
+    assert not slot["is_processing"] and slot["n_prompt_tokens_cache"] == 0
+    assert slot["n_prompt_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] - 1
 
 
 def test_replicas_report_their_load_on_metrics_and_slots_as_meshgate_reads_it(
