@@ -12,9 +12,10 @@ names, help texts and labels:
 - `sglang`: python/sglang/srt/metrics/collector.py (SGLang commit 00ae9c15), labels
   from managers/scheduler_metrics_mixin.py. `sglang_` serves the same under the
   `sglang_` prefix of tools that rewrite the colon.
-- `llama_cpp`: tools/server/server.cpp's `get_metrics` handler (llama.cpp's 2025 tree:
+- `llama_cpp`: `server_task_result_metrics::to_metrics` in tools/server/server-task.cpp
+  of the llama.cpp that llama-cpp-python 0.3.36 vendors (the real-engine tests' build):
   counters then gauges, three lines each, no labels, each value a double printed by a
-  C++ stream), plus `/slots` (server_slot::to_json).
+  C++ stream; plus `/slots` (server_slot::to_json in server-context.cpp).
 
 tests/test_engine_signals.py checks the pages against the fixtures in
 tests/fixtures/engine_metrics/, which are written from those sources. A control
@@ -45,7 +46,7 @@ KINDS = ("vllm", "vllm-0.8", "sglang", "sglang_", "llama_cpp")
 # The context of each llama.cpp slot, as /slots reports it.
 KV_TOKENS_PER_SLOT = 2048
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-# llama-server sets exactly this (server.cpp, get_metrics).
+# llama-server sets exactly this (server-context.cpp, the /metrics route).
 LLAMA_CPP_TEXT = "text/plain; version=0.0.4"
 
 
@@ -144,19 +145,40 @@ def llama_cpp_metrics(engine: Engine) -> str:
     """llama-server's /metrics: its counters, then its gauges, three lines each."""
     waiting, running, _ = engine.load()
     counters = [
-        ("prompt_tokens_total", "Number of prompt tokens processed.", engine.requests * 16.0),
-        ("prompt_seconds_total", "Prompt process time", engine.requests * 0.01),
-        ("tokens_predicted_total", "Number of generation tokens processed.", 0.0),
-        ("tokens_predicted_seconds_total", "Predict process time", 0.0),
-        ("n_decode_total", "Total number of llama_decode() calls", 0.0),
-        ("n_tokens_max", "Largest observed n_tokens.", 0.0),
-        ("n_busy_slots_per_decode", "Average number of busy slots per llama_decode() call", 0.0),
+        (
+            "prompt_tokens_total",
+            "Number of prompt tokens processed, excluding cached tokens",
+            engine.requests * 16.0,
+        ),
+        ("prompt_tokens_cached_total", "Number of prompt tokens reused from the cache", 0.0),
+        ("prompt_seconds_total", "Total time spent processing prompts", engine.requests * 0.01),
+        ("tokens_predicted_total", "Number of generation tokens processed", 0.0),
+        ("tokens_predicted_seconds_total", "Total time spent generating tokens", 0.0),
+        (
+            "n_decode_total",
+            "Total number of llama_decode() calls, excluding speculative decoding and "
+            "multimodal decoding",
+            0.0,
+        ),
+        ("n_tokens_max", "Largest observed sequence length (prompt + generation)", 0.0),
+        ("spec_decode_num_draft_tokens_total", "Speculative: Total draft tokens generated", 0.0),
+        (
+            "spec_decode_num_accepted_tokens_total",
+            "Speculative: Total draft tokens accepted by the target model",
+            0.0,
+        ),
+        (
+            "spec_decode_num_drafts_total",
+            "Speculative: Total speculative decoding verification steps",
+            0.0,
+        ),
     ]
     gauges = [
-        ("prompt_tokens_seconds", "Average prompt throughput in tokens/s.", 0.0),
-        ("predicted_tokens_seconds", "Average generation throughput in tokens/s.", 0.0),
-        ("requests_processing", "Number of requests processing.", running),
-        ("requests_deferred", "Number of requests deferred.", waiting),
+        ("prompt_tokens_seconds", "Average prompt throughput in tokens/s", 0.0),
+        ("predicted_tokens_seconds", "Average generation throughput in tokens/s", 0.0),
+        ("requests_processing", "Number of requests processing", running),
+        ("requests_deferred", "Number of requests deferred", waiting),
+        ("n_busy_slots_per_decode", "Average number of busy slots per llama_decode() call", 0.0),
     ]
     lines = []
     for kind, items in (("counter", counters), ("gauge", gauges)):

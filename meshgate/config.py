@@ -467,7 +467,8 @@ class EngineMetricsConfig(_Strict):
     url: str = ""
     # Seconds between reads.
     interval_s: float = Field(default=1.0, gt=0)
-    # A reading older than this (seconds) is stale: the replica counts as saturated.
+    # A reading older than this (seconds) is stale and the replica counts as saturated; a
+    # failed read leaves the last good one in force until then.
     stale_after_s: float = Field(default=3.0, gt=0)
 
     @field_validator("url")

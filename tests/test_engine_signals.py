@@ -270,7 +270,7 @@ def test_a_stale_or_missing_signal_counts_as_saturated_never_idle() -> None:
     missing = _replica("missing", _vllm())
     missing.signal.load = None  # never read yet
     failed = _replica("failed", _vllm())
-    failed.signal.failed_at = 1000.2  # its last read failed
+    failed.signal.read_at, failed.signal.error = 997.0, "timed out"  # failing for 3.5 s
     assert [estimate(r, 1000.5).saturated for r in (busy, stale, missing, failed)] == [
         False,
         True,
@@ -278,6 +278,10 @@ def test_a_stale_or_missing_signal_counts_as_saturated_never_idle() -> None:
         True,
     ]
     assert _picks(balancer, [busy, stale, missing, failed]) == {"busy": 50}
+    # One failed read while the last good one is recent: still trusted.
+    once = _replica("once", _vllm())
+    once.signal.error = "timed out"
+    assert not estimate(once, 1000.5).saturated
     # Only saturated candidates: the least outstanding of them.
     stale.outstanding, missing.outstanding, failed.outstanding = 3, 1, 2
     assert balancer.choose([stale, missing, failed], now=1000.5) == (missing, "saturated")
@@ -434,6 +438,9 @@ def test_the_poller_marks_failures_stale_and_engines_without_signals_as_none() -
     now = good.signal.read_at + 0.1
     assert good.signal.state(now) == "fresh" and good.signal.load == _vllm(waiting=2)
     assert failing.signal.state(now) == "missing" and failing.signal.error == "timed out"
+    good.probe = _Probe(ProbeFailed("HTTP 500"))  # then it fails: its reading ages out
+    asyncio.run(poller.poll(good))
+    assert good.signal.error == "HTTP 500" and good.signal.state(now) == "fresh"
     assert silent.signal.state(now) == "none"
     assert good.signal.state(now + 10) == "stale"
 

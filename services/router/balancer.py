@@ -205,10 +205,16 @@ class Balancer:
         return len(self._table)
 
     def blocks(
-        self, request: inference_pb2.ChatCompletionRequest | inference_pb2.CompletionRequest
+        self,
+        request: inference_pb2.ChatCompletionRequest
+        | inference_pb2.CompletionRequest
+        | inference_pb2.EmbeddingRequest,
     ) -> tuple[int, ...]:
-        """The prompt's prefix-block hashes; none when affinity is off."""
+        """The prompt's prefix-block hashes; none when affinity is off, or for embeddings
+        (no prompt cache to reuse)."""
         if not self._affinity.enabled or not self._weights.prefix:
+            return ()
+        if isinstance(request, inference_pb2.EmbeddingRequest):
             return ()
         return prefix_blocks(request, self._affinity.block_chars, self._affinity.max_blocks)
 

@@ -5,9 +5,11 @@ Prometheus `/metrics`; see `adapters/openai_http/probe.py`). The `Poller` runs o
 loop per replica, off the request path, each read bounded by a timeout. The
 balancer reads the last `Signal` of each replica when it picks one.
 
-A replica whose engine should report its load but has not done so recently (the
-read failed, timed out, or is older than `stale_after_s`) counts as saturated,
-never as idle: an engine too busy to answer `/metrics` must not attract traffic.
+A replica whose engine should report its load but has not done so recently (no
+good reading for `stale_after_s`: its reads failed, timed out or never came)
+counts as saturated, never as idle: an engine too busy to answer `/metrics` must
+not attract traffic. One missed read is tolerated while the last good one is
+younger than that.
 A replica with no signal source at all (a gRPC engine, a hosted API, an engine
 whose `/metrics` names nothing we know) is balanced by the router's own count of
 its outstanding requests.
@@ -100,16 +102,14 @@ class Signal:
     outstanding_at_read: int = 0
     # Why the last read failed; "" after a good one.
     error: str = ""
-    # When the last read failed (0: the last read succeeded).
-    failed_at: float = 0.0
 
     def state(self, now: float) -> SignalState:
         if not self.expected:
             return "none"
         if self.load is None:
             return "missing"
-        if self.failed_at > self.read_at or now - self.read_at > self.stale_after_s:
-            return "stale"
+        if now - self.read_at > self.stale_after_s:
+            return "stale"  # a failed read leaves the last good one in force until then
         return "fresh"
 
     def age(self, now: float) -> float | None:
@@ -171,7 +171,7 @@ class Poller:
                     "engine load signals unreadable; the replica counts as saturated",
                     extra={"target": replica.target, "error": str(exc)},
                 )
-            signal.error, signal.failed_at = str(exc) or "failed", time.monotonic()
+            signal.error = str(exc) or "failed"
             POLLS.labels(replica.target, "failed").inc()
             return
         if load is None:
@@ -182,7 +182,7 @@ class Poller:
             log.info("engine load signals readable again", extra={"target": replica.target})
         signal.expected = True
         signal.load, signal.read_at = load, time.monotonic()
-        signal.outstanding_at_read, signal.error, signal.failed_at = outstanding, "", 0.0
+        signal.outstanding_at_read, signal.error = outstanding, ""
         POLLS.labels(replica.target, "ok").inc()
 
     async def _loop(self, replica: Replica) -> None:

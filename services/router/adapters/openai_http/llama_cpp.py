@@ -1,19 +1,22 @@
 """llama.cpp's `llama-server` load: its `--metrics` page, and `/slots`.
 
-Source: tools/server/server.cpp, the `get_metrics` handler (llama.cpp's 2025
-tree; server-context.cpp in later ones), which writes each metric as three lines
-with no labels, the value a double printed by a C++ stream:
+Source: the llama.cpp that llama-cpp-python 0.3.36 vendors (the build of the
+real-engine tests), tools/server/server-task.cpp,
+`server_task_result_metrics::to_metrics`: each metric in three lines with no
+labels, the value a double printed by a C++ stream. Older trees wrote the same
+names from server.cpp's metrics handler (help texts ending in a period):
 
-    # HELP llamacpp:requests_deferred Number of requests deferred.
+    # HELP llamacpp:requests_deferred Number of requests deferred
     # TYPE llamacpp:requests_deferred gauge
     llamacpp:requests_deferred 0
 
 `requests_processing` counts busy slots and `requests_deferred` the tasks waiting
-for one. Some trees also report `kv_cache_usage_ratio` (0..1); most do not.
+for one. Some trees also report `kv_cache_usage_ratio` (0..1); this one does not.
 Without `--metrics` the page is a 501.
 
 `/slots` is a JSON array with one object per slot (`id`, `n_ctx`,
-`is_processing`, ...), from server_slot::to_json; `--no-slots` turns it off (501).
+`is_processing`, ...), from server_slot::to_json in server-context.cpp;
+`--no-slots` turns it off (501).
 """
 
 from __future__ import annotations
