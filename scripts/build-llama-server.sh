@@ -12,8 +12,8 @@
 # A portable build (GGML_NATIVE=OFF): a -march=native one dies with SIGILL on hosts whose
 # CPU advertises instructions (AMX) the hypervisor does not let a process use. Static
 # (BUILD_SHARED_LIBS=OFF), so the binary needs no libllama.so beside it. The compiler runs
-# under `nice -n 10` with LLAMA_BUILD_JOBS jobs (default 2). A cold build took 25.5
-# minutes of wall time (15 minutes of CPU) on 2 cores shared with other work.
+# under `nice -n 10` with LLAMA_BUILD_JOBS jobs (default 2). A cold build takes about
+# 16 minutes of CPU: 34.6 minutes of wall time on 2 cores shared with other work (load 12).
 set -euo pipefail
 
 say() { echo "build-llama-server: $*" >&2; }
