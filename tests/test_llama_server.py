@@ -8,8 +8,17 @@ prompt cache (`--cache-ram 0`): the slot's own KV cache is its only prompt cache
 themselves: the prompt tokens on their `/metrics` counters (`prompt_tokens_total` plus
 `prompt_tokens_cached_total`) move only on the one that served it.
 
+- their real `/metrics` and `/slots`, read directly and by meshgate's parser and router;
+- a replica held busy, by a stream through meshgate or by a client meshgate cannot see,
+  gets none of the next requests (with the router's own count alone, the second case
+  sent 3 of 6 to the held replica, where they waited behind its generation);
+- two tenants' long system prompts: with prefix affinity each stays on one replica and
+  llama.cpp reused 9,800 of 10,034 prompt tokens from its slots over 20 requests, against
+  2,982 and 4,930 (two runs) without affinity, where each request's replica is a coin toss.
+
 Outside CI a missing binary or model skips these tests with the reason; under CI=true
-it fails them, so that CI cannot go green having run no real engine.
+it fails them, so that CI cannot go green having run no real engine. The two tests of
+the recorded pages (tests/fixtures/llama_server/) need neither.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ POLL_S = 0.2
 # short when the test is done with it, by closing its connection).
 HOLD_TOKENS = 1900
 # Two long system prompts (tenants), different from their first character, so that they
-# share no prefix block. About 700 tokens each.
+# share no prefix block. About 490 tokens each, with SmolLM2's chat template.
 SYSTEMS = {
     "library": "You are the help desk of the public library of Lyon. "
     + " ".join(
@@ -73,16 +82,17 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LlamaSer
     assert binary and gguf
     logs = tmp_path_factory.mktemp("llama-server")
     started: list[LlamaServer] = []
-    try:
-        for name, port in zip("ab", free_ports(2), strict=True):
-            log = (logs / f"{name}.log").open("wb")
-            started.append(LlamaServer(port, binary=binary, gguf=gguf, log=log))
-        for server in started:
-            server.wait_ready()
-        yield started
-    finally:
-        for server in started:
-            server.stop()
+    with contextlib.ExitStack() as files:
+        try:
+            for name, port in zip("ab", free_ports(2), strict=True):
+                log = files.enter_context((logs / f"{name}.log").open("wb"))
+                started.append(LlamaServer(port, binary=binary, gguf=gguf, log=log))
+            for server in started:
+                server.wait_ready()
+            yield started
+        finally:
+            for server in started:
+                server.stop()
 
 
 @dataclass
@@ -385,7 +395,10 @@ def run_tenants(gw: Gateway, replicas: list[LlamaServer], rounds: int) -> dict[s
 def test_prefix_affinity_raises_llamacpp_prompt_cache_reuse(
     start_mesh: Callable[..., RunningMesh], replicas: list[LlamaServer]
 ) -> None:
-    rounds = 8
+    """The same two tenants' requests through a mesh without affinity, then one with it
+    (the default); the figures are printed (`pytest -s`) and quoted in the module's
+    docstring."""
+    rounds = 10
     figures = {}
     for mode, affinity in (("off", {"enabled": False}), ("on", {})):
         gw = gateway(start_mesh, replicas, affinity=affinity)
@@ -403,6 +416,9 @@ def test_prefix_affinity_raises_llamacpp_prompt_cache_reuse(
     assert on["engines"] == on["answers"] and off["engines"] == off["answers"]
     assert off["affinity_decisions"] == 0 and on["affinity_decisions"] >= 2 * rounds
     # With affinity every request after the warm-up finds its tenant's prefix in its
-    # replica's slot; without it, about half do.
+    # replica's slot; without it, about half do (the replica is a coin toss for each).
+    # "Measurably": at least three more requests' prefixes reused, which chance alone
+    # gives the coin (17 hits or more of 20) with a probability of about 0.1%.
+    per_hit = on["engines"] / (2 * rounds)
     assert on["engines"] >= 0.8 * on["prompt"], figures
-    assert on["engines"] > 1.3 * off["engines"], figures
+    assert on["engines"] - off["engines"] >= 3 * per_hit, figures
