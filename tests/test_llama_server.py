@@ -105,6 +105,18 @@ class Gateway:
     def router(self, name: str, label: str = "") -> float:
         return metric(self.router_metrics, name, label)
 
+    def signals(self, server: LlamaServer) -> dict[str, Any]:
+        """The router's reading of `server`'s load, from the admin API."""
+        models = httpx.get(
+            f"{self.mesh.admin_origin}/admin/v1/models",
+            headers={"Authorization": f"Bearer {self.mesh.admin_key}"},
+            timeout=10,
+        ).json()["data"]
+        (model,) = [m for m in models if m["id"] == CATALOG_ID]
+        (replica,) = [r for r in model["replicas"] if r["target"] == f"{server.origin}/v1"]
+        found: dict[str, Any] = replica["signals"]
+        return found
+
     def client(self) -> openai.OpenAI:
         return openai.OpenAI(
             base_url=self.mesh.base_url, api_key=self.mesh.api_key, max_retries=0, timeout=120
@@ -318,6 +330,7 @@ def test_replicas_report_their_load_on_metrics_and_slots_as_meshgate_reads_it(
 def test_the_router_reads_each_replicas_metrics_and_slots(
     meshgate: Gateway, replicas: list[LlamaServer]
 ) -> None:
+    """As the router's /metrics and the admin API (`/admin/v1/models`) show it."""
     a, b = replicas
     running = "meshgate_router_replica_running"
     wait_for(lambda: read_both(meshgate, replicas), "the router has read both replicas")
@@ -325,6 +338,15 @@ def test_the_router_reads_each_replicas_metrics_and_slots(
     with Hold(server=a):
         wait_for(lambda: meshgate.router(running, target(a)) == 1, "the router sees A busy")
         assert meshgate.router(running, target(b)) == 0
+        wait_for(lambda: meshgate.signals(a)["busy_slots"] == 1, "the admin API shows A's slot")
+        seen = meshgate.signals(a)
+        assert (seen["state"], seen["kind"], seen["slots"], seen["running"]) == (
+            "fresh",
+            "llama_cpp",
+            1,
+            1,
+        )
+        assert (meshgate.signals(b)["busy_slots"], meshgate.signals(b)["running"]) == (0, 0)
     wait_for(lambda: meshgate.router(running, target(a)) == 0, "the router sees A idle again")
 
 
