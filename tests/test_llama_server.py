@@ -14,7 +14,7 @@ themselves: the prompt tokens on their `/metrics` counters (`prompt_tokens_total
   sent 3 of 6 to the held replica, where they waited behind its generation);
 - two tenants' long system prompts: with prefix affinity each stays on one replica and
   llama.cpp reused 9,800 of 10,034 prompt tokens from its slots over 20 requests, against
-  2,982 and 4,930 (two runs) without affinity, where each request's replica is a coin toss.
+  2,982 to 4,930 (three runs) without affinity, where each request's replica is a coin toss.
 
 Outside CI a missing binary or model skips these tests with the reason; under CI=true
 it fails them, so that CI cannot go green having run no real engine. The two tests of
