@@ -12,9 +12,11 @@ themselves: the prompt tokens on their `/metrics` counters (`prompt_tokens_total
 - a replica held busy, by a stream through meshgate or by a client meshgate cannot see,
   gets none of the next requests (with the router's own count alone, the second case
   sent 3 of 6 to the held replica, where they waited behind its generation);
-- two tenants' long system prompts: with prefix affinity each stays on one replica and
-  llama.cpp reused 9,800 of 10,034 prompt tokens from its slots over 20 requests, against
-  2,982 to 4,930 (three runs) without affinity, where each request's replica is a coin toss.
+- two tenants' long system prompts, each placed on its own replica by a warm-up: with
+  prefix affinity each stays there and llama.cpp reused 9,290 of 10,034 prompt tokens
+  from its slots over 20 requests (all but the first of one tenant, whose slot the
+  warm-up's hold had taken), against 3,494 without affinity (two runs each), where each
+  request's replica is a coin toss.
 
 Outside CI a missing binary or model skips these tests with the reason; under CI=true
 it fails them, so that CI cannot go green having run no real engine. The two tests of
@@ -378,28 +380,29 @@ def test_a_replica_held_busy_by_another_client_gets_no_new_requests(
 def run_tenants(gw: Gateway, replicas: list[LlamaServer], rounds: int) -> dict[str, int]:
     """Two tenants' requests, each with its long system prompt, and what llama.cpp reused.
 
-    A warm-up first: one tenant's request, and once it runs on a replica, the other's,
-    which then goes to the other replica whatever the policy. Then `rounds` of one request
-    per tenant, one request at a time. Counted from the replicas' own /metrics
-    (`prompt_tokens_cached_total`, llama.cpp's tally of the `timings.cache_n` of each
-    answer), and from meshgate's answers (`usage.prompt_tokens_details.cached_tokens`).
+    A warm-up first puts each tenant on its own replica whatever the policy: the first
+    tenant's request is sent while the first replica is held busy by a client meshgate
+    cannot see (so it goes to the second), the other tenant's while the second is.
+    Then `rounds` of one request per tenant, one request at a time. Counted from the
+    replicas' own /metrics (`prompt_tokens_cached_total`, llama.cpp's tally of the
+    `timings.cache_n` of each answer), and from meshgate's answers
+    (`usage.prompt_tokens_details.cached_tokens`).
     """
     for server in replicas:  # no earlier test's prompt is left in a slot to reuse
         flush = {"model": MODEL, "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 1}
         httpx.post(
             server.origin + "/v1/chat/completions", json=flush, timeout=60
         ).raise_for_status()
-    first, second = SYSTEMS
+    running = "meshgate_router_replica_running"
     with gw.client() as client:
-        warm = threading.Thread(
-            target=ask,
-            args=(client, QUESTIONS[0]),
-            kwargs={"system": SYSTEMS[first], "max_tokens": 24},
-        )
-        warm.start()
-        wait_for(lambda: any(busy(r) for r in replicas), "the first tenant's request running")
-        ask(client, QUESTIONS[0], system=SYSTEMS[second])
-        warm.join(120)
+        for tenant, held in zip(SYSTEMS, replicas, strict=True):
+            with Hold(server=held):
+                wait_for(
+                    lambda r=held: generating(r) and gw.router(running, target(r)) == 1,
+                    "the router sees the held replica busy",
+                )
+                ask(client, QUESTIONS[0], system=SYSTEMS[tenant])
+            wait_for(lambda r=held: idle(r), "the held generation stopped")
         before = sum(int(r.metrics()["prompt_tokens_cached_total"]) for r in replicas)
         answered = prompt = 0
         order = random.Random(18)
