@@ -33,7 +33,15 @@ _monotonic = time.monotonic
 class Response:
     """What one response told us; times are `time.monotonic()` seconds."""
 
-    __slots__ = ("body", "done_at", "first_token_at", "last_token_at", "status", "tokens")
+    __slots__ = (
+        "body",
+        "done_at",
+        "first_token_at",
+        "gaps",
+        "last_token_at",
+        "status",
+        "tokens",
+    )
 
     def __init__(self) -> None:
         self.status = 0
@@ -42,12 +50,15 @@ class Response:
         self.last_token_at = 0.0
         self.done_at = 0.0
         self.body = b""
+        # Seconds between successive content tokens, for a connection opened with
+        # `gaps=True` (inter-token latency); tokens that came in one read add zeros.
+        self.gaps: list[float] | None = None
 
 
 class HttpConnection(asyncio.Protocol):
     """One keep-alive connection; one request in flight at a time (no pipelining)."""
 
-    def __init__(self, keep_body: bool = False) -> None:
+    def __init__(self, keep_body: bool = False, gaps: bool = False) -> None:
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._sse = bytearray()
@@ -56,15 +67,18 @@ class HttpConnection(asyncio.Protocol):
         self._close_after = False
         self._stream = False
         self._keep_body = keep_body
+        self._gaps = gaps
         self._waiter: asyncio.Future[Response] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._response = Response()
         self.closed = False
 
     @classmethod
-    async def open(cls, host: str, port: int, keep_body: bool = False) -> HttpConnection:
+    async def open(
+        cls, host: str, port: int, keep_body: bool = False, gaps: bool = False
+    ) -> HttpConnection:
         loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_connection(lambda: cls(keep_body), host, port)
+        _, protocol = await loop.create_connection(lambda: cls(keep_body, gaps), host, port)
         return protocol
 
     # -- asyncio.Protocol -------------------------------------------------------
@@ -111,6 +125,8 @@ class HttpConnection(asyncio.Protocol):
         self._waiter = waiter
         self._timer = loop.call_later(timeout, self._timed_out, timeout)
         self._response = Response()
+        if self._gaps:
+            self._response.gaps = []
         self._state = _HEAD
         self._stream = stream
         self._transport.write(raw)
@@ -191,8 +207,13 @@ class HttpConnection(asyncio.Protocol):
         count = len(TOKEN_EVENT.findall(sse, 0, cut))
         del sse[: cut + 1]
         if count:
+            gaps = response.gaps
             if not response.tokens:
                 response.first_token_at = now
+            elif gaps is not None:
+                gaps.append(now - response.last_token_at)
+            if gaps is not None and count > 1:
+                gaps.extend([0.0] * (count - 1))
             response.last_token_at = now
             response.tokens += count
 

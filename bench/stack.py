@@ -283,7 +283,14 @@ class MeshProcess:
 class MockProcess:
     """bench/mock_openai.py as a child process."""
 
-    def __init__(self, workdir: Path, port: int = 0, token_delay_ms: float = 0.0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int = 0,
+        token_delay_ms: float = 0.0,
+        chunks: int = 16,
+        name: str = "mock-openai",
+    ) -> None:
         argv = [
             sys.executable,
             str(ROOT / "bench" / "mock_openai.py"),
@@ -291,8 +298,10 @@ class MockProcess:
             str(port),
             "--token-delay-ms",
             str(token_delay_ms),
+            "--chunks",
+            str(chunks),
         ]
-        self.child = Child(argv, workdir, "mock-openai")
+        self.child = Child(argv, workdir, name)
         try:
             self.base_url = self.child.wait_for_line("mock-openai is up: ", 30.0)
         except RuntimeError:
