@@ -15,15 +15,18 @@ from google.protobuf.message import Message as ProtoMessage
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge.auth_cache import AuthCache
+from edge.batching import Coalescer
 from edge.settlements import Settlements
-from meshgate import grpcio
+from meshgate import errors, grpcio
 from meshgate.config import Config
 from meshgate.deadline import left
 from meshgate.errors import DETAILS_KEY, ApiError, from_rpc_error
 from meshgate.v1 import (
     auth_pb2_grpc,
+    quota_pb2,
     quota_pb2_grpc,
     router_pb2_grpc,
+    validation_pb2,
     validation_pb2_grpc,
 )
 
@@ -38,6 +41,14 @@ CLOSE_DRAIN_S = 10.0
 # A generated (untyped) stub's method, the call it returns, and a request message.
 Method = Callable[..., Any]
 Call = Any
+
+# ValidateManyItem's field for each single method's request type.
+VALIDATE_KIND = {
+    validation_pb2.ValidateChatCompletionRequest: "chat_completion",
+    validation_pb2.ValidateCompletionRequest: "completion",
+    validation_pb2.ValidateEmbeddingRequest: "embedding",
+    validation_pb2.ValidateResponseRequest: "response",
+}
 Message = ProtoMessage
 
 
@@ -127,6 +138,66 @@ class Mesh:
         self._settle_channel = grpcio.channel(services.get("quota").dial_target(), config.tls)
         self.settlements = Settlements(quota_pb2_grpc.QuotaServiceStub(self._settle_channel))
         self._watch: asyncio.Task[None] | None = None
+        self._validations: Coalescer[validation_pb2.ValidateManyItem, Any] = Coalescer(
+            "validation", self._validate_many
+        )
+        self._reservations: Coalescer[quota_pb2.ReserveRequest, quota_pb2.ReserveResponse] = (
+            Coalescer("quota", self._reserve_many)
+        )
+
+    # ---------------------------------------- validation and reservation ----
+
+    def start_validation(
+        self, method: Method, body: Message, request_id: str, deadline: float
+    ) -> Call | asyncio.Future[Any]:
+        """Validate `body` alone now if no validation is in flight, else with the next
+        batch (edge/batching.py); either can be cancelled, and `validated` awaits it."""
+        if not self._validations.begin():
+            item = validation_pb2.ValidateManyItem(request_id=request_id)
+            getattr(item, VALIDATE_KIND[type(body)]).CopyFrom(body)
+            return self._validations.queue(item, request_id, deadline)
+        return _started(self._validations, method, body, request_id, deadline)
+
+    async def validated(
+        self,
+        method: Method,
+        body: Message,
+        request_id: str,
+        deadline: float,
+        pending: Call | asyncio.Future[Any],
+    ) -> Any:
+        """The answer of `start_validation`'s call, or the ApiError it ended with."""
+        if isinstance(pending, asyncio.Future):
+            return await pending
+        return await rpc(method, body, "validation", request_id, deadline, started=pending)
+
+    async def reserve(
+        self, request: quota_pb2.ReserveRequest, request_id: str, deadline: float
+    ) -> quota_pb2.ReserveResponse:
+        """Reserve alone now if no reservation is in flight, else with the next batch."""
+        if not self._reservations.begin():
+            return await self._reservations.queue(request, request_id, deadline)
+        call = _started(self._reservations, self.quota.Reserve, request, request_id, deadline)
+        answer: quota_pb2.ReserveResponse = await rpc(
+            self.quota.Reserve, request, "quota", request_id, deadline, started=call
+        )
+        return answer
+
+    async def _validate_many(
+        self, items: list[validation_pb2.ValidateManyItem], request_id: str, deadline: float
+    ) -> list[Any]:
+        request = validation_pb2.ValidateManyRequest(items=items)
+        answer = await rpc(
+            self.validation.ValidateMany, request, "validation", request_id, deadline
+        )
+        return [_outcome(result, result.WhichOneof("outcome")) for result in answer.results]
+
+    async def _reserve_many(
+        self, requests: list[quota_pb2.ReserveRequest], request_id: str, deadline: float
+    ) -> list[quota_pb2.ReserveResponse | ApiError]:
+        request = quota_pb2.ReserveManyRequest(requests=requests)
+        answer = await rpc(self.quota.ReserveMany, request, "quota", request_id, deadline)
+        return [_outcome(outcome, outcome.WhichOneof("outcome")) for outcome in answer.outcomes]
 
     async def ready(self) -> dict[str, bool]:
         """Each service's gRPC health, checked concurrently."""
@@ -155,6 +226,28 @@ class Mesh:
         await self.settlements.drain(CLOSE_DRAIN_S)
         for channel in [*self._channels.values(), self._settle_channel]:
             await channel.close()
+
+
+def _started(
+    coalescer: Coalescer[Any, Any], method: Method, body: Message, request_id: str, deadline: float
+) -> Call:
+    """A lone call that ends the coalescer's turn in flight when it is over."""
+    try:
+        call = start(method, body, request_id, deadline, HOP_TIMEOUT_S)
+    except BaseException:
+        coalescer.end()
+        raise
+    call.add_done_callback(lambda _: coalescer.end())
+    return call
+
+
+def _outcome(result: ProtoMessage, field: str | None) -> Any:
+    """A batch item's answer, or its error as an ApiError."""
+    if field is None:
+        return errors.server_error()
+    if field == "error":
+        return ApiError.from_proto(getattr(result, field))
+    return getattr(result, field)
 
 
 __all__ = ["HOP_TIMEOUT_S", "ApiError", "Mesh", "rpc", "rpc_call", "start"]

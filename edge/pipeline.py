@@ -154,15 +154,15 @@ async def authenticate_and_validate(
     Between them every reason a request could never succeed is known here, before
     quota: the key, the shape, the model's catalog entry, and the key's allowance.
     """
-    validation = start(validate, body, request_id, deadline, HOP_TIMEOUT_S)
+    validation = mesh.start_validation(validate, body, request_id, deadline)
     try:
         principal = await authenticate(mesh, authorization, request_id, deadline)
     except ApiError:
         validation.cancel()
         raise
     try:
-        validated: Validated = await rpc(
-            validate, body, "validation", request_id, deadline, started=validation
+        validated: Validated = await mesh.validated(
+            validate, body, request_id, deadline, validation
         )
         if not may_use(principal, validated.request.model):  # as unknown, before any charge
             raise errors.model_not_found(validated.request.model)
@@ -207,10 +207,7 @@ async def reserve(
     if max_tokens is not None:
         request.max_tokens = max_tokens
     try:
-        answer: quota_pb2.ReserveResponse = await rpc(
-            mesh.quota.Reserve, request, "quota", request_id, deadline
-        )
-        return answer
+        return await mesh.reserve(request, request_id, deadline)
     except ApiError as exc:
         if exc.status != 429:  # a 429 is quota's own answer, given after settling
             mesh.settlements.give_back(settlements)

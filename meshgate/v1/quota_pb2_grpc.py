@@ -54,6 +54,11 @@ class QuotaServiceStub:
                 request_serializer=meshgate_dot_v1_dot_quota__pb2.SettleManyRequest.SerializeToString,
                 response_deserializer=meshgate_dot_v1_dot_quota__pb2.SettleManyResponse.FromString,
                 _registered_method=True)
+        self.ReserveMany = channel.unary_unary(
+                '/meshgate.v1.QuotaService/ReserveMany',
+                request_serializer=meshgate_dot_v1_dot_quota__pb2.ReserveManyRequest.SerializeToString,
+                response_deserializer=meshgate_dot_v1_dot_quota__pb2.ReserveManyResponse.FromString,
+                _registered_method=True)
         self.GetRateLimit = channel.unary_unary(
                 '/meshgate.v1.QuotaService/GetRateLimit',
                 request_serializer=meshgate_dot_v1_dot_quota__pb2.GetRateLimitRequest.SerializeToString,
@@ -96,6 +101,17 @@ class QuotaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReserveMany(self, request, context):
+        """ReserveMany makes several reservations in one call, each exactly as
+        Reserve would, concurrently: an edge sends together the requests that
+        arrived while its previous call was in flight, so that under load one
+        round trip admits many and a lone request still goes alone, at once. A
+        request's denial is its own outcome, never the call's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetRateLimit(self, request, context):
         """GetRateLimit reads the key's bucket state without charging anything, for
         responses that reserve nothing (model listings, early errors).
@@ -121,6 +137,11 @@ def add_QuotaServiceServicer_to_server(servicer, server):
                     servicer.SettleMany,
                     request_deserializer=meshgate_dot_v1_dot_quota__pb2.SettleManyRequest.FromString,
                     response_serializer=meshgate_dot_v1_dot_quota__pb2.SettleManyResponse.SerializeToString,
+            ),
+            'ReserveMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveMany,
+                    request_deserializer=meshgate_dot_v1_dot_quota__pb2.ReserveManyRequest.FromString,
+                    response_serializer=meshgate_dot_v1_dot_quota__pb2.ReserveManyResponse.SerializeToString,
             ),
             'GetRateLimit': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRateLimit,
@@ -214,6 +235,33 @@ class QuotaService:
             '/meshgate.v1.QuotaService/SettleMany',
             meshgate_dot_v1_dot_quota__pb2.SettleManyRequest.SerializeToString,
             meshgate_dot_v1_dot_quota__pb2.SettleManyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReserveMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshgate.v1.QuotaService/ReserveMany',
+            meshgate_dot_v1_dot_quota__pb2.ReserveManyRequest.SerializeToString,
+            meshgate_dot_v1_dot_quota__pb2.ReserveManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from meshgate.v1 import common_pb2 as meshgate_dot_v1_dot_common__pb2
 from meshgate.v1 import inference_pb2 as meshgate_dot_v1_dot_inference__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmeshgate/v1/validation.proto\x12\x0bmeshgate.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1bmeshgate/v1/inference.proto\"-\n\x1dValidateChatCompletionRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"l\n\x1eValidateChatCompletionResponse\x12\x33\n\x07request\x18\x01 \x01(\x0b\x32\".meshgate.v1.ChatCompletionRequest\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\")\n\x19ValidateCompletionRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"d\n\x1aValidateCompletionResponse\x12/\n\x07request\x18\x01 \x01(\x0b\x32\x1e.meshgate.v1.CompletionRequest\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\"(\n\x18ValidateEmbeddingRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"b\n\x19ValidateEmbeddingResponse\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.meshgate.v1.EmbeddingRequest\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\"\'\n\x17ValidateResponseRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"\x8d\x01\n\x18ValidateResponseResponse\x12\x33\n\x07request\x18\x01 \x01(\x0b\x32\".meshgate.v1.ChatCompletionRequest\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\x12%\n\x04\x65\x63ho\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct2\xb2\x03\n\x11ValidationService\x12q\n\x16ValidateChatCompletion\x12*.meshgate.v1.ValidateChatCompletionRequest\x1a+.meshgate.v1.ValidateChatCompletionResponse\x12\x65\n\x12ValidateCompletion\x12&.meshgate.v1.ValidateCompletionRequest\x1a\'.meshgate.v1.ValidateCompletionResponse\x12\x62\n\x11ValidateEmbedding\x12%.meshgate.v1.ValidateEmbeddingRequest\x1a&.meshgate.v1.ValidateEmbeddingResponse\x12_\n\x10ValidateResponse\x12$.meshgate.v1.ValidateResponseRequest\x1a%.meshgate.v1.ValidateResponseResponseB\x12\n\x0e\x61i.meshgate.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmeshgate/v1/validation.proto\x12\x0bmeshgate.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18meshgate/v1/common.proto\x1a\x1bmeshgate/v1/inference.proto\"-\n\x1dValidateChatCompletionRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"l\n\x1eValidateChatCompletionResponse\x12\x33\n\x07request\x18\x01 \x01(\x0b\x32\".meshgate.v1.ChatCompletionRequest\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\")\n\x19ValidateCompletionRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"d\n\x1aValidateCompletionResponse\x12/\n\x07request\x18\x01 \x01(\x0b\x32\x1e.meshgate.v1.CompletionRequest\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\"(\n\x18ValidateEmbeddingRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"b\n\x19ValidateEmbeddingResponse\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.meshgate.v1.EmbeddingRequest\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\"\'\n\x17ValidateResponseRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"\x8d\x01\n\x18ValidateResponseResponse\x12\x33\n\x07request\x18\x01 \x01(\x0b\x32\".meshgate.v1.ChatCompletionRequest\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\x12%\n\x04\x65\x63ho\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"C\n\x13ValidateManyRequest\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.meshgate.v1.ValidateManyItem\"\xa9\x02\n\x10ValidateManyItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x45\n\x0f\x63hat_completion\x18\x02 \x01(\x0b\x32*.meshgate.v1.ValidateChatCompletionRequestH\x00\x12<\n\ncompletion\x18\x03 \x01(\x0b\x32&.meshgate.v1.ValidateCompletionRequestH\x00\x12:\n\tembedding\x18\x04 \x01(\x0b\x32%.meshgate.v1.ValidateEmbeddingRequestH\x00\x12\x38\n\x08response\x18\x05 \x01(\x0b\x32$.meshgate.v1.ValidateResponseRequestH\x00\x42\x06\n\x04\x62ody\"H\n\x14ValidateManyResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.meshgate.v1.ValidateManyResult\"\xc3\x02\n\x12ValidateManyResult\x12\x46\n\x0f\x63hat_completion\x18\x01 \x01(\x0b\x32+.meshgate.v1.ValidateChatCompletionResponseH\x00\x12=\n\ncompletion\x18\x02 \x01(\x0b\x32\'.meshgate.v1.ValidateCompletionResponseH\x00\x12;\n\tembedding\x18\x03 \x01(\x0b\x32&.meshgate.v1.ValidateEmbeddingResponseH\x00\x12\x39\n\x08response\x18\x04 \x01(\x0b\x32%.meshgate.v1.ValidateResponseResponseH\x00\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.meshgate.v1.ErrorH\x00\x42\t\n\x07outcome2\x87\x04\n\x11ValidationService\x12q\n\x16ValidateChatCompletion\x12*.meshgate.v1.ValidateChatCompletionRequest\x1a+.meshgate.v1.ValidateChatCompletionResponse\x12\x65\n\x12ValidateCompletion\x12&.meshgate.v1.ValidateCompletionRequest\x1a\'.meshgate.v1.ValidateCompletionResponse\x12\x62\n\x11ValidateEmbedding\x12%.meshgate.v1.ValidateEmbeddingRequest\x1a&.meshgate.v1.ValidateEmbeddingResponse\x12_\n\x10ValidateResponse\x12$.meshgate.v1.ValidateResponseRequest\x1a%.meshgate.v1.ValidateResponseResponse\x12S\n\x0cValidateMany\x12 .meshgate.v1.ValidateManyRequest\x1a!.meshgate.v1.ValidateManyResponseB\x12\n\x0e\x61i.meshgate.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,22 +35,30 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshgate.v1.validation_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016ai.meshgate.v1P\001'
-  _globals['_VALIDATECHATCOMPLETIONREQUEST']._serialized_start=104
-  _globals['_VALIDATECHATCOMPLETIONREQUEST']._serialized_end=149
-  _globals['_VALIDATECHATCOMPLETIONRESPONSE']._serialized_start=151
-  _globals['_VALIDATECHATCOMPLETIONRESPONSE']._serialized_end=259
-  _globals['_VALIDATECOMPLETIONREQUEST']._serialized_start=261
-  _globals['_VALIDATECOMPLETIONREQUEST']._serialized_end=302
-  _globals['_VALIDATECOMPLETIONRESPONSE']._serialized_start=304
-  _globals['_VALIDATECOMPLETIONRESPONSE']._serialized_end=404
-  _globals['_VALIDATEEMBEDDINGREQUEST']._serialized_start=406
-  _globals['_VALIDATEEMBEDDINGREQUEST']._serialized_end=446
-  _globals['_VALIDATEEMBEDDINGRESPONSE']._serialized_start=448
-  _globals['_VALIDATEEMBEDDINGRESPONSE']._serialized_end=546
-  _globals['_VALIDATERESPONSEREQUEST']._serialized_start=548
-  _globals['_VALIDATERESPONSEREQUEST']._serialized_end=587
-  _globals['_VALIDATERESPONSERESPONSE']._serialized_start=590
-  _globals['_VALIDATERESPONSERESPONSE']._serialized_end=731
-  _globals['_VALIDATIONSERVICE']._serialized_start=734
-  _globals['_VALIDATIONSERVICE']._serialized_end=1168
+  _globals['_VALIDATECHATCOMPLETIONREQUEST']._serialized_start=130
+  _globals['_VALIDATECHATCOMPLETIONREQUEST']._serialized_end=175
+  _globals['_VALIDATECHATCOMPLETIONRESPONSE']._serialized_start=177
+  _globals['_VALIDATECHATCOMPLETIONRESPONSE']._serialized_end=285
+  _globals['_VALIDATECOMPLETIONREQUEST']._serialized_start=287
+  _globals['_VALIDATECOMPLETIONREQUEST']._serialized_end=328
+  _globals['_VALIDATECOMPLETIONRESPONSE']._serialized_start=330
+  _globals['_VALIDATECOMPLETIONRESPONSE']._serialized_end=430
+  _globals['_VALIDATEEMBEDDINGREQUEST']._serialized_start=432
+  _globals['_VALIDATEEMBEDDINGREQUEST']._serialized_end=472
+  _globals['_VALIDATEEMBEDDINGRESPONSE']._serialized_start=474
+  _globals['_VALIDATEEMBEDDINGRESPONSE']._serialized_end=572
+  _globals['_VALIDATERESPONSEREQUEST']._serialized_start=574
+  _globals['_VALIDATERESPONSEREQUEST']._serialized_end=613
+  _globals['_VALIDATERESPONSERESPONSE']._serialized_start=616
+  _globals['_VALIDATERESPONSERESPONSE']._serialized_end=757
+  _globals['_VALIDATEMANYREQUEST']._serialized_start=759
+  _globals['_VALIDATEMANYREQUEST']._serialized_end=826
+  _globals['_VALIDATEMANYITEM']._serialized_start=829
+  _globals['_VALIDATEMANYITEM']._serialized_end=1126
+  _globals['_VALIDATEMANYRESPONSE']._serialized_start=1128
+  _globals['_VALIDATEMANYRESPONSE']._serialized_end=1200
+  _globals['_VALIDATEMANYRESULT']._serialized_start=1203
+  _globals['_VALIDATEMANYRESULT']._serialized_end=1526
+  _globals['_VALIDATIONSERVICE']._serialized_start=1529
+  _globals['_VALIDATIONSERVICE']._serialized_end=2048
 # @@protoc_insertion_point(module_scope)

@@ -65,6 +65,11 @@ class ValidationServiceStub:
                 request_serializer=meshgate_dot_v1_dot_validation__pb2.ValidateResponseRequest.SerializeToString,
                 response_deserializer=meshgate_dot_v1_dot_validation__pb2.ValidateResponseResponse.FromString,
                 _registered_method=True)
+        self.ValidateMany = channel.unary_unary(
+                '/meshgate.v1.ValidationService/ValidateMany',
+                request_serializer=meshgate_dot_v1_dot_validation__pb2.ValidateManyRequest.SerializeToString,
+                response_deserializer=meshgate_dot_v1_dot_validation__pb2.ValidateManyResponse.FromString,
+                _registered_method=True)
 
 
 class ValidationServiceServicer:
@@ -112,6 +117,17 @@ class ValidationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ValidateMany(self, request, context):
+        """ValidateMany checks several bodies of any kind in one call, each as its
+        own method would: an edge sends together the requests that arrived while
+        its previous call was in flight, so that under load one round trip serves
+        many and a lone request still goes alone, at once. A body's refusal is its
+        own result, never the call's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ValidationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +150,11 @@ def add_ValidationServiceServicer_to_server(servicer, server):
                     servicer.ValidateResponse,
                     request_deserializer=meshgate_dot_v1_dot_validation__pb2.ValidateResponseRequest.FromString,
                     response_serializer=meshgate_dot_v1_dot_validation__pb2.ValidateResponseResponse.SerializeToString,
+            ),
+            'ValidateMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidateMany,
+                    request_deserializer=meshgate_dot_v1_dot_validation__pb2.ValidateManyRequest.FromString,
+                    response_serializer=meshgate_dot_v1_dot_validation__pb2.ValidateManyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -255,6 +276,33 @@ class ValidationService:
             '/meshgate.v1.ValidationService/ValidateResponse',
             meshgate_dot_v1_dot_validation__pb2.ValidateResponseRequest.SerializeToString,
             meshgate_dot_v1_dot_validation__pb2.ValidateResponseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshgate.v1.ValidationService/ValidateMany',
+            meshgate_dot_v1_dot_validation__pb2.ValidateManyRequest.SerializeToString,
+            meshgate_dot_v1_dot_validation__pb2.ValidateManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

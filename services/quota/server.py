@@ -21,7 +21,7 @@ import grpc
 import prometheus_client
 from redis.exceptions import RedisError
 
-from meshgate import grpcio, redis_client
+from meshgate import grpcio, logs, redis_client
 from meshgate.config import Config
 from meshgate.errors import DOC_URL_QUOTA, ApiError
 from meshgate.grpcio import Context
@@ -277,6 +277,28 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
     async def Reserve(
         self, request: quota_pb2.ReserveRequest, context: Context
     ) -> quota_pb2.ReserveResponse:
+        try:
+            return await self.reserve(request)
+        except ApiError as exc:
+            await exc.abort(context)
+
+    async def ReserveMany(
+        self, request: quota_pb2.ReserveManyRequest, context: Context
+    ) -> quota_pb2.ReserveManyResponse:
+        outcomes = await asyncio.gather(*(self._outcome(item) for item in request.requests))
+        return quota_pb2.ReserveManyResponse(outcomes=outcomes)
+
+    async def _outcome(self, request: quota_pb2.ReserveRequest) -> quota_pb2.ReserveOutcome:
+        token = logs.request_id.set(request.request_id)
+        try:
+            return quota_pb2.ReserveOutcome(admitted=await self.reserve(request))
+        except ApiError as exc:
+            return quota_pb2.ReserveOutcome(error=exc.to_proto())
+        finally:
+            logs.request_id.reset(token)
+
+    async def reserve(self, request: quota_pb2.ReserveRequest) -> quota_pb2.ReserveResponse:
+        """Admit one request, or raise its denial (429) or REDIS_DOWN (503, `fail_closed`)."""
         principal = request.principal
         owner = Owner.of(principal)
         allowance = (
@@ -331,7 +353,7 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
                     unreserved=True,
                 )
             log.error("redis unavailable, refusing (fail_closed)", extra=extra)
-            await REDIS_DOWN.abort(context)
+            raise REDIS_DOWN from None
         decision = reserved.decision
         if reserved.refused:
             _settle_refused(reserved.refused)
@@ -339,7 +361,7 @@ class QuotaService(quota_pb2_grpc.QuotaServiceServicer):
             self.strand(reserved.stranded)
         DECISIONS.labels(decision.verdict.name.lower()).inc()
         if not decision.admitted:
-            await denial(decision, principal, cost, micro).abort(context)
+            raise denial(decision, principal, cost, micro)
         return quota_pb2.ReserveResponse(
             lease_id=lease_id,
             reserved_tokens=cost,
