@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -29,7 +30,7 @@ from meshgate.launcher import (
     http_ready,
 )
 from meshgate.postgres import EmbeddedPostgres, find_binaries
-from tests.conftest import _HANDED_OUT, meshgate_cmd, subprocess_env
+from tests.conftest import _HANDED_OUT, RunningMesh, meshgate_cmd, subprocess_env
 
 
 class RedisServer:
@@ -231,6 +232,31 @@ def metric(port: int, name: str, label: str = "") -> float:
         if line.startswith(name) and line[len(name)] in " {" and label in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def usage_json(mesh: RunningMesh, *args: str) -> Any:
+    """What `meshgate usage --format json` prints for this mesh, with `args`."""
+    done = subprocess.run(
+        meshgate_cmd("usage", "--config", str(mesh.config_path), *args, "--format", "json"),
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def ledger_records(mesh: RunningMesh, *request_ids: str) -> dict[str, dict[str, Any]]:
+    """The ledger's records of these requests, by request id, once all of them are in."""
+    deadline = time.monotonic() + 30
+    while True:
+        records = usage_json(mesh, "--records", "--limit", "1000")
+        found = {r["request_id"]: r for r in records if r["request_id"] in request_ids}
+        if len(found) == len(request_ids):
+            return found
+        assert time.monotonic() < deadline, f"records of {request_ids} not in the ledger"
+        time.sleep(0.3)
 
 
 def _redis_binary(name: str) -> str:

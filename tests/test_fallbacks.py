@@ -29,7 +29,7 @@ from meshgate.config import SAMPLE_CONFIG, ModelConfig
 from meshgate.pricing import PriceBook
 from meshgate.v1 import common_pb2
 from tests.conftest import ROOT, RunningMesh, free_ports, meshgate_cmd, subprocess_env
-from tests.support import metric
+from tests.support import ledger_records, metric
 
 PRIMARY, SECOND, THIRD = "fb/primary", "fb/second", "fb/third"
 DEAD, SMALL, TOOLS, TOOLS_OK = "fb/dead", "fb/small", "fb/tools", "fb/tools-ok"
@@ -181,30 +181,6 @@ def fb(start_mesh: Any) -> Iterator[Fallbacks]:
 
 def _ask(model: str, content: str = "Say hello.", **fields: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": content}], **fields}
-
-
-def _records(mesh: RunningMesh, *request_ids: str) -> dict[str, dict[str, Any]]:
-    """The ledger's records of these requests, as `meshgate usage` prints them, once all are in."""
-    deadline = time.monotonic() + 30
-    while True:
-        out = subprocess.run(
-            meshgate_cmd(
-                "usage", "--config", str(mesh.config_path), "--records", "--format", "json",
-                "--limit", "1000",
-            ),
-            env=subprocess_env(),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )  # fmt: skip
-        assert out.returncode == 0, out.stderr
-        found = {
-            r["request_id"]: r for r in json.loads(out.stdout) if r["request_id"] in request_ids
-        }
-        if len(found) == len(request_ids):
-            return found
-        assert time.monotonic() < deadline, f"records of {request_ids} not in the ledger"
-        time.sleep(0.3)
 
 
 # ------------------------------------------------------------- triggers ----
@@ -420,7 +396,7 @@ def test_the_ledger_and_the_budget_price_the_model_that_served(fb: Fallbacks) ->
     finally:
         fb.reset()
     fell, straight = answer.headers["x-request-id"], direct.headers["x-request-id"]
-    records = _records(fb.mesh, fell, straight)
+    records = ledger_records(fb.mesh, fell, straight)
     record = records[fell]
     assert (record["model"], record["requested_model"]) == (SECOND, PRIMARY)
     assert (records[straight]["model"], records[straight]["requested_model"]) == (THIRD, "")

@@ -8,9 +8,7 @@ burst; the overshoot beyond that must be 0.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -27,8 +25,8 @@ from meshgate import shards, tokens
 from meshgate.config import TenantConfig
 from meshgate.v1 import common_pb2, inference_pb2, quota_pb2, quota_pb2_grpc, usage_pb2
 from services.auth.keys import RedisKeyStore, digest
-from tests.conftest import RunningMesh, free_ports, meshgate_cmd, subprocess_env
-from tests.support import RedisServer, Replica, metric
+from tests.conftest import RunningMesh, free_ports
+from tests.support import RedisServer, Replica, metric, usage_json
 
 PRO = "meshgate/reference-pro"
 TOKEN_DELAY_MS = 20
@@ -692,19 +690,9 @@ def _worst_case_micro_usd(body: dict[str, Any]) -> int:
 
 
 def _usage_records(mesh: RunningMesh, key_id: str) -> list[dict[str, Any]]:
-    """The key's records, as `meshgate usage --records --format json` prints them."""
-    out = subprocess.run(
-        meshgate_cmd(
-            "usage", "--config", str(mesh.config_path), "--key", key_id,
-            "--records", "--format", "json", "--limit", "1000",
-        ),
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    records: list[dict[str, Any]] = json.loads(out.stdout)
+    records: list[dict[str, Any]] = usage_json(
+        mesh, "--key", key_id, "--records", "--limit", "1000"
+    )
     return records
 
 

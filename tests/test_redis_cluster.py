@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import subprocess
 import threading
 import time
@@ -18,7 +17,7 @@ from meshgate import redis_client, shards
 from meshgate.config import RedisConfig
 from services.auth.keys import KEY_PREFIX, RedisKeyStore, key_id
 from tests.conftest import RunningMesh, launch_mesh, meshgate_cmd, subprocess_env
-from tests.support import RedisClusterNodes
+from tests.support import RedisClusterNodes, usage_json
 
 PRO = "meshgate/reference-pro"
 BODY = {"model": PRO, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -72,16 +71,8 @@ def ledger_requests(mesh: RunningMesh, kid: str, expected: int) -> int:
     """How many requests the ledger holds for the key, once it holds `expected` or 20 s pass."""
     deadline = time.monotonic() + 20
     while True:
-        done = subprocess.run(
-            meshgate_cmd("usage", "--config", str(mesh.config_path), "--key", kid,
-                         "--group-by", "key", "--format", "json"),
-            env=subprocess_env(),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        held = sum(int(row["requests"]) for row in json.loads(done.stdout))
+        rows = usage_json(mesh, "--key", kid, "--group-by", "key")
+        held = sum(int(row["requests"]) for row in rows)
         if held >= expected or time.monotonic() > deadline:
             return held
         time.sleep(0.5)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,8 +17,8 @@ import pytest
 import yaml
 
 from meshgate.config import SAMPLE_CONFIG
-from tests.conftest import RunningMesh, free_ports, meshgate_cmd, subprocess_env, write_config
-from tests.support import Replica, metric
+from tests.conftest import RunningMesh, free_ports, write_config
+from tests.support import Replica, ledger_records, metric
 
 PRO = "meshgate/reference-pro"
 SOLO = "meshgate/solo"  # served by one extra engine replica alone, which a test kills
@@ -77,30 +76,6 @@ def api(metered: Metered) -> Iterator[httpx.Client]:
         yield session
 
 
-def _records(mesh: RunningMesh, *request_ids: str) -> dict[str, dict[str, Any]]:
-    """The ledger's records of these requests, as `meshgate usage` prints them, once all are in."""
-    deadline = time.monotonic() + 30
-    while True:
-        out = subprocess.run(
-            meshgate_cmd(
-                "usage", "--config", str(mesh.config_path), "--records", "--format", "json",
-                "--limit", "1000",
-            ),
-            env=subprocess_env(),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )  # fmt: skip
-        assert out.returncode == 0, out.stderr
-        found = {
-            r["request_id"]: r for r in json.loads(out.stdout) if r["request_id"] in request_ids
-        }
-        if len(found) == len(request_ids):
-            return found
-        assert time.monotonic() < deadline, f"records of {request_ids} not in the ledger"
-        time.sleep(0.3)
-
-
 def _chat(**fields: Any) -> dict[str, Any]:
     return {"model": PRO, "messages": [{"role": "user", "content": QUESTION}], **fields}
 
@@ -114,7 +89,7 @@ def test_a_response_is_billed_as_the_same_chat_is(api: httpx.Client, metered: Me
     response = api.post("/v1/responses", json=_response(max_output_tokens=200))
     assert chat.status_code == response.status_code == 200
     ids = chat.headers["x-request-id"], response.headers["x-request-id"]
-    records = _records(metered.mesh, *ids)
+    records = ledger_records(metered.mesh, *ids)
     chat_record, response_record = records[ids[0]], records[ids[1]]
     assert chat_record["endpoint"] == "chat.completions"
     assert response_record["endpoint"] == "responses"
@@ -134,7 +109,7 @@ def test_a_streamed_response_is_billed_as_the_same_chat_stream_is(
     assert chat.status_code == response.status_code == 200
     assert b"event: response.completed\n" in response.content
     ids = chat.headers["x-request-id"], response.headers["x-request-id"]
-    records = _records(metered.mesh, *ids)
+    records = ledger_records(metered.mesh, *ids)
     chat_record, response_record = records[ids[0]], records[ids[1]]
     assert response_record["endpoint"] == "responses" and response_record["stream"] is True
     assert {k: response_record[k] for k in BILLED} == {k: chat_record[k] for k in BILLED}
@@ -163,7 +138,7 @@ def test_a_cancelled_response_stream_stops_the_engine_and_is_billed_for_what_was
         assert time.monotonic() - hung_up < 5, "the engine kept generating"
         time.sleep(0.01)
     assert metric(port, "meshgate_engine_cancelled_streams_total") == cancelled_before + 1
-    record = _records(mesh, rid)[rid]
+    record = ledger_records(mesh, rid)[rid]
     assert (record["endpoint"], record["outcome"], record["status"]) == (
         "responses",
         "cancelled",
@@ -196,7 +171,7 @@ def test_an_engine_dying_midway_is_response_failed_and_recorded_as_failed(
     last = json.loads(next(line for line in reversed(rest) if line.startswith("data: "))[6:])
     assert last["response"]["status"] == "failed"
     assert last["response"]["error"]["code"] == "server_error"
-    record = _records(metered.mesh, rid)[rid]
+    record = ledger_records(metered.mesh, rid)[rid]
     assert (record["endpoint"], record["outcome"], record["status"]) == (
         "responses",
         "failed",
