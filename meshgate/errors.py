@@ -215,6 +215,16 @@ def unavailable(service: str) -> ApiError:
     )
 
 
+def no_replica(model: str) -> ApiError:
+    """No replica of the model is healthy (or every one failed this request)."""
+    return ApiError(
+        503,
+        "server_error",
+        f"No engine for `{model}` is available right now. Please retry.",
+        retry_after=1,
+    )
+
+
 def engines_busy(model: str) -> ApiError:
     """Every replica of the model is at its `max_concurrency`, and none freed up in time."""
     return ApiError(

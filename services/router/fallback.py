@@ -51,15 +51,6 @@ SKIPPED = prometheus_client.Counter(
 )
 
 
-def no_replica(model: str) -> ApiError:
-    return ApiError(
-        503,
-        "server_error",
-        f"No engine for `{model}` is available right now. Please retry.",
-        retry_after=1,
-    )
-
-
 class Moved(Exception):
     """This model cannot answer now; the next one of the chain may."""
 
@@ -107,7 +98,9 @@ class Chain(Generic[Request]):
         for attempt in self._candidates():
             if not attempt.model.serving():
                 parked.append(attempt)
-                self.failed(attempt.model, "no_healthy_replica", no_replica(attempt.model.id))
+                self.failed(
+                    attempt.model, "no_healthy_replica", errors.no_replica(attempt.model.id)
+                )
                 continue
             if self._expired():
                 return
@@ -171,7 +164,7 @@ class Chain(Generic[Request]):
 
     def error(self) -> ApiError:
         """Why no model of the chain answered."""
-        return self._error or no_replica(self._requested.id)
+        return self._error or errors.no_replica(self._requested.id)
 
     def timeout(self, model: cat.Model) -> float:
         """Seconds one call to `model` may take: its `timeout_s`, within the deadline."""

@@ -14,7 +14,7 @@ from typing import TypeVar
 import grpc
 import prometheus_client
 
-from meshgate import billing, grpcio, tokens
+from meshgate import billing, errors, grpcio, tokens
 from meshgate.config import Config
 from meshgate.deadline import left, of_call
 from meshgate.errors import ApiError
@@ -23,7 +23,7 @@ from meshgate.v1 import common_pb2, inference_pb2, router_pb2, router_pb2_grpc
 from services.router import catalog as cat
 from services.router.adapters.base import EngineAdapter, EngineUnavailable
 from services.router.balancer import Balancer, Replica, ReplicaCollector
-from services.router.fallback import Attempt, Chain, Moved, Prepare, first_within, no_replica
+from services.router.fallback import Attempt, Chain, Moved, Prepare, first_within
 from services.router.signals import Poller, signals_proto
 from services.validation.catalog import prepare_chat, prepare_embedding, prepare_text
 
@@ -160,7 +160,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                 raise Moved("timeout", exc) from None
             finally:
                 self._balancer.release(replica)
-        raise Moved(reason, no_replica(model.id))
+        raise Moved(reason, errors.no_replica(model.id))
 
     async def _stream(
         self,
@@ -234,7 +234,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                 raise Moved("timeout", exc) from None
             finally:
                 self._balancer.release(replica)
-        raise Moved(reason, no_replica(model.id))
+        raise Moved(reason, errors.no_replica(model.id))
 
     def _eject(self, replica: Replica, exc: Exception, context: Context) -> None:
         """Passive health: a failed replica leaves rotation until an active check passes."""
@@ -345,7 +345,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
         try:
             model = self._catalog.resolve(request.id, request.context.principal)
             if not model.serving():
-                raise no_replica(model.id)
+                raise errors.no_replica(model.id)
         except ApiError as exc:
             await exc.abort(context)
         return router_pb2.GetModelResponse(model=model.card())
