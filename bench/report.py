@@ -280,6 +280,9 @@ def render(result: dict[str, Any]) -> str:
     streams_section = streams_text(result)
     if streams_section:
         sections.append(streams_section)
+    relay_section = relay_text(result)
+    if relay_section:
+        sections.append(relay_section)
     notes = result.get("notes") or []
     if notes:
         sections.append("\n".join(f"note: {n}" for n in notes))
@@ -379,3 +382,53 @@ def streams_text(result: dict[str, Any]) -> str:
     if held.get("memory"):
         text += "\n" + streams_table(held)
     return text
+
+
+def relay_summary(relayed: dict[str, Any]) -> str:
+    """One line: CPU per chunk and per request, in µs and floors, and the streams held."""
+    ramp = relayed.get("ramp") or {}
+    held = (
+        f"; {ramp['held_streams']:,} streams held before ITL p99 grew {ramp['growth_ms']:g} ms"
+        if ramp
+        else ""
+    )
+    return (
+        f"{relayed['per_chunk_us']:,.0f} µs of mesh CPU per chunk ({relayed['per_chunk_floors']:.2f} floor), "
+        f"{relayed['per_request_us']:,.0f} µs per request ({relayed['per_request_floors']:.1f} floors) "
+        f"at {relayed['chunks_per_s']:,} chunks/s{held}"
+    )
+
+
+def relay_text(result: dict[str, Any]) -> str:
+    """The relay scenario's figures per process and its ramp; "" when not run."""
+    relayed = result.get("relay")
+    if not relayed:
+        return ""
+    floor = relayed["floor_cpu_us"]
+    lines = [
+        f"Relay (bench/relay.py): {relayed['streams']} streams, {relayed['long_chunks']} chunks "
+        f"{relayed['token_ms']:g} ms apart vs 1 chunk, same schedule; floor {floor:,.0f} µs CPU",
+        relay_summary(relayed),
+        "",
+    ]
+    rows = [
+        [label, _fmt(us, 1), _fmt(us / floor, 3)]
+        for label, us in sorted(relayed["per_chunk_by_process_us"].items(), key=lambda kv: -kv[1])
+        if abs(us) >= 0.5
+    ]
+    lines.append(table(["process", "µs/chunk", "floors"], rows))
+    ramp = relayed.get("ramp")
+    if ramp:
+        lines.append("")
+        steps = [
+            [
+                _fmt(step["streams"]),
+                _fmt(step["chunks"] / step["seconds"] if step["seconds"] else 0),
+                _fmt(step["itl_ms"]["p50"], 1),
+                _fmt(step["itl_ms"]["p99"], 1),
+                _fmt(step["errors"]),
+            ]
+            for step in ramp["steps"]
+        ]
+        lines.append(table(["streams", "chunks/s", "ITL p50 ms", "ITL p99 ms", "errors"], steps))
+    return "\n".join(lines)

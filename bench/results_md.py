@@ -147,6 +147,50 @@ def _streams(result: dict[str, Any]) -> Figure:
     return Figure(text, met)
 
 
+def _floor(result: dict[str, Any], what: str) -> float | None:
+    """The transport's floor of this run (bench/floor.py): `cpu_us` or `p50_us`."""
+    value = result.get("meta", {}).get("floor", {}).get("grpc_unary", {}).get(what)
+    return float(value) if value else None
+
+
+def _relay_chunk(result: dict[str, Any]) -> Figure:
+    relayed = result.get("relay")
+    if not relayed:
+        return NOT_MEASURED
+    floors = relayed["per_chunk_floors"]
+    return Figure(
+        f"{relayed['per_chunk_us']:,.0f} µs = {floors:.2f} floor "
+        f"(floor {relayed['floor_cpu_us']:,.0f} µs)",
+        floors <= 0.15,
+    )
+
+
+def _request_floors(result: dict[str, Any]) -> Figure:
+    s = _scenario(result, "chat", "meshgate", THROUGHPUT_CONCURRENCY)
+    total = mesh_cpu_us(s) if s else None
+    floor = _floor(result, "cpu_us")
+    if s is None or total is None or floor is None:
+        return NOT_MEASURED
+    total -= s["cpu"]["by_process_us_per_req"].get("engine", 0.0)
+    return Figure(
+        f"{_ms(total)} = {total / floor:.1f} floors at c={THROUGHPUT_CONCURRENCY} "
+        f"(floor {floor:,.0f} µs)",
+        total / floor <= 2.5,
+    )
+
+
+def _latency_floors(result: dict[str, Any]) -> Figure:
+    mesh = _scenario(result, "chat", "meshgate", 1)
+    direct = _scenario(result, "chat", "direct", 1)
+    floor = _floor(result, "p50_us")
+    if not mesh or not direct or not mesh["latency_us"] or not direct["latency_us"] or not floor:
+        return NOT_MEASURED
+    added = mesh["latency_us"]["p50"] - direct["latency_us"]["p50"]
+    return Figure(
+        f"{_ms(added)} = {added / floor:.1f} floors (floor {floor:,.0f} µs)", added / floor <= 3
+    )
+
+
 TARGETS: tuple[Target, ...] = (
     Target("chat, c=1: added latency p50", "≤ 1.0 ms", _added_latency("p50", 1000.0)),
     Target("chat, c=1: added latency p99", "≤ 3 ms", _added_latency("p99", 3000.0)),
@@ -158,6 +202,17 @@ TARGETS: tuple[Target, ...] = (
     Target("chat: CPU per request, all mesh processes", "≤ 1.0 ms", _cpu),
     Target("chat_stream, c=1: overhead per chunk", "≤ 30 µs", _per_chunk),
     Target("chat_stream, c=1: TTFT overhead (p50)", "≤ non-streaming overhead", _ttft),
+    Target(
+        "relay: mesh CPU per streamed chunk (64 paced streams, per-request cost out)",
+        "≤ 0.15 floor",
+        _relay_chunk,
+    ),
+    Target(
+        f"chat, c={THROUGHPUT_CONCURRENCY}: mesh CPU per request (no engine)",
+        "≤ 2.5 floors",
+        _request_floors,
+    ),
+    Target("chat, c=1: added latency p50, in floors", "≤ 3 floors", _latency_floors),
     Target(
         f"{STREAMS_TARGET:,} open streams: mesh memory",
         f"{STREAMS_TARGET:,} held, ≤ {RSS_LIMIT_MB:,.0f} MB RSS",
@@ -465,7 +520,10 @@ def render(
     held = report.streams_text(result)
     if held:
         lines += [_fenced(held), ""]
-    if not (mesh_rows or hops or held):
+    relayed = report.relay_text(result)
+    if relayed:
+        lines += [_fenced(relayed), ""]
+    if not (mesh_rows or hops or held or relayed):
         lines += ["Not measured by this run.", ""]
     notes = result.get("notes") or []
     if notes:

@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make `bench` and `meshgate` importable
     sys.path.insert(0, str(ROOT))
 
-from bench import floor, hops, peers, report, results_md, streams  # noqa: E402
+from bench import floor, hops, peers, relay, report, results_md, streams  # noqa: E402
 from bench.httpclient import split_base_url  # noqa: E402
 from bench.mock_openai import DIMENSIONS as MOCK_DIMENSIONS  # noqa: E402
 from bench.payloads import ENDPOINTS, PATHS, Endpoint, Payload  # noqa: E402
@@ -125,6 +125,7 @@ class Run:
     scenarios: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     streams_rss: dict[str, Any] | None = None
+    relay: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         closed = [s for s in self.scenarios if s["mode"] == "closed"]
@@ -144,6 +145,8 @@ class Run:
         }
         if self.streams_rss is not None:
             out["streams_rss"] = self.streams_rss
+        if self.relay is not None:
+            out["relay"] = self.relay
         return out
 
 
@@ -742,6 +745,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run only the streams_rss scenario (N from --open-streams)",
     )
     parser.add_argument(
+        "--relay",
+        choices=["on", "off", "only"],
+        help="the relay scenario (bench/relay.py: CPU per streamed chunk on paced mocks, and "
+        "the most streams before inter-token p99 grows 20 ms); default on for a full run, "
+        "off for --quick/--smoke; `only` runs nothing else",
+    )
+    parser.add_argument(
         "--results-md",
         type=Path,
         nargs="?",
@@ -905,7 +915,8 @@ def main(argv: list[str] | None = None) -> int:
         return render_only(args)
     profile = build_profile(args)
     endpoints: list[Endpoint] = [e for e in ENDPOINTS if e in args.endpoints.split(",")]
-    if args.only_streams:
+    relay_mode = args.relay or ("off" if args.quick or args.smoke else "on")
+    if args.only_streams or relay_mode == "only":
         endpoints = []
     payload = Payload(chat_model=args.chat_model, embed_model=args.embed_model)
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -982,7 +993,11 @@ def main(argv: list[str] | None = None) -> int:
                 for k in mock:
                     k.stop()
         # After the load mesh is gone, so that it neither holds memory nor takes CPU.
-        if args.open_streams:
+        if relay_mode != "off" and not args.only_streams:
+            print("relay: CPU per streamed chunk, then the most streams held ...", flush=True)
+            run.relay = relay.run_relay(workdir, ledger=args.ledger == "on")
+            print(f"  {report.relay_summary(run.relay)}", flush=True)
+        if args.open_streams and relay_mode != "only":
             try:
                 run.streams_rss = streams_rss(args.open_streams, workdir, payload)
             except (RuntimeError, OSError) as exc:
@@ -1009,7 +1024,14 @@ def main(argv: list[str] | None = None) -> int:
     if md_path is not None:
         write_results_md(md_path, result, args.baseline)
     held = run.streams_rss or {}
-    failed = any(s["errors"] for s in run.scenarios) or held.get("errors") or held.get("failure")
+    relayed = run.relay or {}
+    failed = (
+        any(s["errors"] for s in run.scenarios)
+        or held.get("errors")
+        or held.get("failure")
+        or relayed.get("long", {}).get("errors")
+        or relayed.get("short", {}).get("errors")
+    )
     return 1 if failed else 0
 
 
