@@ -49,6 +49,13 @@ VALIDATE_KIND = {
     validation_pb2.ValidateEmbeddingRequest: "embedding",
     validation_pb2.ValidateResponseRequest: "response",
 }
+# The single method for each of those fields, for a validation replica without ValidateMany.
+VALIDATE_METHOD = {
+    "chat_completion": "ValidateChatCompletion",
+    "completion": "ValidateCompletion",
+    "embedding": "ValidateEmbedding",
+    "response": "ValidateResponse",
+}
 Message = ProtoMessage
 
 
@@ -187,16 +194,29 @@ class Mesh:
         self, items: list[validation_pb2.ValidateManyItem], request_id: str, deadline: float
     ) -> list[Any]:
         request = validation_pb2.ValidateManyRequest(items=items)
-        answer = await rpc(
+        answer = await _batch(
             self.validation.ValidateMany, request, "validation", request_id, deadline
         )
+        if answer is None:  # an older validation replica: each body alone
+            return await asyncio.gather(*(self._validate_alone(i, deadline) for i in items))
         return [_outcome(result, result.WhichOneof("outcome")) for result in answer.results]
+
+    async def _validate_alone(self, item: validation_pb2.ValidateManyItem, deadline: float) -> Any:
+        kind = item.WhichOneof("body")
+        if kind is None:
+            return errors.server_error()
+        method = getattr(self.validation, VALIDATE_METHOD[kind])
+        return await _alone(method, getattr(item, kind), "validation", item.request_id, deadline)
 
     async def _reserve_many(
         self, requests: list[quota_pb2.ReserveRequest], request_id: str, deadline: float
     ) -> list[quota_pb2.ReserveResponse | ApiError]:
         request = quota_pb2.ReserveManyRequest(requests=requests)
-        answer = await rpc(self.quota.ReserveMany, request, "quota", request_id, deadline)
+        answer = await _batch(self.quota.ReserveMany, request, "quota", request_id, deadline)
+        if answer is None:  # an older quota replica: each reservation alone
+            return await asyncio.gather(
+                *(_alone(self.quota.Reserve, r, "quota", r.request_id, deadline) for r in requests)
+            )
         return [_outcome(outcome, outcome.WhichOneof("outcome")) for outcome in answer.outcomes]
 
     async def ready(self) -> dict[str, bool]:
@@ -239,6 +259,29 @@ def _started(
         raise
     call.add_done_callback(lambda _: coalescer.end())
     return call
+
+
+async def _batch(
+    method: Method, request: Message, service: str, request_id: str, deadline: float
+) -> Any | None:
+    """A batch call's answer; None from a replica too old to have the batch method."""
+    call = start(method, request, request_id, deadline, HOP_TIMEOUT_S)
+    try:
+        return await rpc(method, request, service, request_id, deadline, started=call)
+    except ApiError:
+        if call.done() and await call.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return None
+        raise
+
+
+async def _alone(
+    method: Method, request: Message, service: str, request_id: str, deadline: float
+) -> Any:
+    """One single call's answer, or the ApiError it ended with."""
+    try:
+        return await rpc(method, request, service, request_id, deadline)
+    except ApiError as exc:
+        return exc
 
 
 def _outcome(result: ProtoMessage, field: str | None) -> Any:

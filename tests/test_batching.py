@@ -13,12 +13,22 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import openai
 import pytest
 
 from edge.batching import Coalescer
+from edge.mesh import Mesh
 from meshgate import errors
+from meshgate.config import SAMPLE_CONFIG, load_config
 from meshgate.errors import ApiError
+from meshgate.v1 import (
+    quota_pb2,
+    quota_pb2_grpc,
+    usage_pb2,
+    validation_pb2,
+    validation_pb2_grpc,
+)
 from tests.conftest import RunningMesh, free_ports
 from tests.support import metric
 
@@ -176,3 +186,96 @@ def test_an_rpm_limit_stays_exact_when_reservations_go_in_batches(
     refilled = math.floor(window * RPM / 60)
     assert RPM <= admitted <= RPM + refilled, (admitted, window)
     assert _batched(port)["quota"] > before
+
+
+def test_a_quota_replica_without_reserve_many_gets_each_reservation_alone() -> None:
+    """A rolling upgrade: an edge with batching meets a quota replica from before it."""
+    calls: list[str] = []
+
+    class OlderQuota(quota_pb2_grpc.QuotaServiceServicer):
+        async def Reserve(
+            self, request: quota_pb2.ReserveRequest, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> quota_pb2.ReserveResponse:
+            calls.append(request.request_id)
+            await asyncio.sleep(0.005)
+            if request.prompt_tokens == 3:
+                await ApiError(429, "requests", "Rate limit reached.").abort(context)
+            return quota_pb2.ReserveResponse(lease_id=request.record.id)
+
+    async def run() -> list[Any]:
+        server = grpc.aio.server()
+        quota_pb2_grpc.add_QuotaServiceServicer_to_server(OlderQuota(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        environ = {"MESHGATE_SERVICES__QUOTA__HOST": "127.0.0.1"}
+        environ["MESHGATE_SERVICES__QUOTA__PORT"] = str(port)
+        mesh = Mesh(load_config(SAMPLE_CONFIG, environ=environ))
+        requests = [
+            quota_pb2.ReserveRequest(
+                prompt_tokens=i,
+                request_id=f"rid-{i}",
+                record=usage_pb2.UsageRecord(id=f"lease-{i}"),
+            )
+            for i in range(8)
+        ]
+        deadline = time.monotonic() + 5
+        try:
+            return await asyncio.gather(
+                *(mesh.reserve(r, r.request_id, deadline) for r in requests),
+                return_exceptions=True,
+            )
+        finally:
+            await mesh.close()
+            await server.stop(None)
+
+    answers = asyncio.run(run())
+    assert sorted(calls) == [f"rid-{i}" for i in range(8)]  # every one, once, alone
+    for i, answer in enumerate(answers):
+        if i == 3:
+            assert isinstance(answer, ApiError) and answer.status == 429
+        else:
+            assert answer.lease_id == f"lease-{i}"
+
+
+def test_a_validation_replica_without_validate_many_gets_each_body_alone() -> None:
+    seen: list[bytes] = []
+
+    class OlderValidation(validation_pb2_grpc.ValidationServiceServicer):
+        async def ValidateChatCompletion(
+            self,
+            request: validation_pb2.ValidateChatCompletionRequest,
+            context: grpc.aio.ServicerContext[Any, Any],
+        ) -> validation_pb2.ValidateChatCompletionResponse:
+            seen.append(request.body)
+            await asyncio.sleep(0.005)
+            if request.body == b"bad":
+                await errors.invalid_request("Not JSON.").abort(context)
+            return validation_pb2.ValidateChatCompletionResponse(prompt_tokens=len(request.body))
+
+    async def run() -> list[Any]:
+        server = grpc.aio.server()
+        validation_pb2_grpc.add_ValidationServiceServicer_to_server(OlderValidation(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        environ = {"MESHGATE_SERVICES__VALIDATION__HOST": "127.0.0.1"}
+        environ["MESHGATE_SERVICES__VALIDATION__PORT"] = str(port)
+        mesh = Mesh(load_config(SAMPLE_CONFIG, environ=environ))
+        method = mesh.validation.ValidateChatCompletion
+        deadline = time.monotonic() + 5
+
+        async def one(body: bytes) -> Any:
+            message = validation_pb2.ValidateChatCompletionRequest(body=body)
+            pending = mesh.start_validation(method, message, "rid", deadline)
+            return await mesh.validated(method, message, "rid", deadline, pending)
+
+        try:
+            bodies = [b"x" * n for n in range(1, 6)] + [b"bad"]
+            return await asyncio.gather(*(one(b) for b in bodies), return_exceptions=True)
+        finally:
+            await mesh.close()
+            await server.stop(None)
+
+    answers = asyncio.run(run())
+    assert len(seen) == 6
+    assert [a.prompt_tokens for a in answers[:5]] == [1, 2, 3, 4, 5]
+    assert isinstance(answers[5], ApiError) and answers[5].status == 400
