@@ -94,3 +94,26 @@ def test_an_unreachable_redis_fails_the_probe_at_once() -> None:
     config = RedisConfig(url="redis://127.0.0.1:1/0")
     with pytest.raises(redis_client.RedisError):
         asyncio.run(redis_client.open_redis(config))
+
+
+def test_a_burst_of_commands_waits_for_connections_rather_than_failing() -> None:
+    """redis-py's default pool refuses its 101st concurrent command (MaxConnectionsError),
+    which a burst of requests at quota once met as 503s."""
+    server = RedisServer().start()
+    config = RedisConfig(url=server.url)
+
+    async def burst() -> int:
+        opened = await redis_client.open_redis(config)
+        try:
+            # BLPOP holds its connection for a moment, so the burst needs many at once.
+            answers = await asyncio.gather(
+                *(opened.client.blpop([f"mg:burst:{i}"], timeout=0.05) for i in range(300))
+            )
+        finally:
+            await opened.client.aclose()
+        return len(answers)
+
+    try:
+        assert asyncio.run(burst()) == 300
+    finally:
+        server.kill()
