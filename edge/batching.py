@@ -2,11 +2,14 @@
 
 Under load most of a quick hop's CPU is the gRPC call itself (about 0.5 ms for
 an empty round trip on 2 cores; bench/floor.py), not the work it carries. So
-the edge keeps at most one Reserve and one Validate call in flight: a request
-that finds none goes alone at once, by the single method, with no window or
-timer; requests that arrive meanwhile wait, and all of them go in the next call
-of the batch method (ReserveMany, ValidateMany) as soon as the one in flight
-ends. A lone request pays nothing for this; the batch grows with the load.
+the edge keeps one Reserve and one Validate call in flight: a request that finds
+none goes alone at once, by the single method, with no window or timer;
+requests that arrive meanwhile wait, and all of them go in the next call of the
+batch method (ReserveMany, ValidateMany) as soon as it ends. A lone request pays
+nothing for this; the batch grows with the load. A body over ALONE_BYTES is
+validated alone, outside the turn, so that counting a huge prompt holds up no
+other request. (Two calls in flight batched so little at c=64 that the CPU per
+request stayed where it was without batching: bench/RESULTS.md's notes.)
 
 Each item gets its own outcome: a denial or a refusal is that request's, never
 its neighbours'. A failure of the whole call (the service unreachable) reaches
@@ -29,6 +32,10 @@ Result = TypeVar("Result")
 
 # Requests one batch call carries at most; more wait for the next call.
 MAX_BATCH = 64
+# Calls to one service in flight at once from one edge, alone or batched.
+MAX_IN_FLIGHT = 1
+# A body bigger than this is validated by a call of its own, never making others wait.
+ALONE_BYTES = 64 * 1024
 
 BATCH_CALLS = prometheus_client.Counter(
     "meshgate_edge_batch_calls",
@@ -62,26 +69,26 @@ class Coalescer(Generic[Item, Result]):
         self._send_many = send_many
         self._calls = BATCH_CALLS.labels(service)
         self._batched = BATCHED.labels(service)
-        self._busy = False
+        self._in_flight = 0
         self._waiting: list[_Waiting[Item, Result]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     def begin(self) -> bool:
-        """True when nothing is in flight: the caller sends its request alone, now, and
+        """True when a call may start: the caller sends its request alone, now, and
         calls `end()` once that call is over. False: `queue()` it instead."""
-        if self._busy:
+        if self._in_flight >= MAX_IN_FLIGHT:
             return False
-        self._busy = True
+        self._in_flight += 1
         return True
 
     def end(self) -> None:
-        """The call in flight is over: what waited goes next, in one call."""
-        self._busy = False
-        while self._waiting and not self._busy:
+        """A call in flight is over: what waited goes next, in one call."""
+        self._in_flight -= 1
+        while self._waiting and self._in_flight < MAX_IN_FLIGHT:
             batch = [w for w in self._waiting[:MAX_BATCH] if not w.future.done()]
             del self._waiting[:MAX_BATCH]
             if batch:
-                self._busy = True
+                self._in_flight += 1
                 task = asyncio.get_running_loop().create_task(self._send(batch))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)

@@ -15,7 +15,7 @@ from google.protobuf.message import Message as ProtoMessage
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge.auth_cache import AuthCache
-from edge.batching import Coalescer
+from edge.batching import ALONE_BYTES, Coalescer
 from edge.settlements import Settlements
 from meshgate import errors, grpcio
 from meshgate.config import Config
@@ -159,6 +159,8 @@ class Mesh:
     ) -> Call | asyncio.Future[Any]:
         """Validate `body` alone now if no validation is in flight, else with the next
         batch (edge/batching.py); either can be cancelled, and `validated` awaits it."""
+        if body.ByteSize() > ALONE_BYTES:
+            return start(method, body, request_id, deadline, HOP_TIMEOUT_S)
         if not self._validations.begin():
             item = validation_pb2.ValidateManyItem(request_id=request_id)
             getattr(item, VALIDATE_KIND[type(body)]).CopyFrom(body)

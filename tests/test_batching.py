@@ -17,7 +17,7 @@ import grpc
 import openai
 import pytest
 
-from edge.batching import Coalescer
+from edge.batching import MAX_IN_FLIGHT, Coalescer
 from edge.mesh import Mesh
 from meshgate import errors
 from meshgate.config import SAMPLE_CONFIG, load_config
@@ -43,12 +43,12 @@ def test_a_lone_call_goes_at_once_and_what_meets_it_goes_in_one_batch_in_order()
 
     async def run() -> tuple[bool, bool, list[Any]]:
         batcher: Coalescer[str, str] = Coalescer("test", many)
-        alone = batcher.begin()
-        second = batcher.begin()  # one is in flight: the rest wait
+        alone = all(batcher.begin() for _ in range(MAX_IN_FLIGHT))
+        second = batcher.begin()  # the calls are full: the rest wait
         futures = [batcher.queue(i, f"rid-{i}", time.monotonic() + 5) for i in ("a", "bad", "c")]
         gone = batcher.queue("gone", "rid-gone", time.monotonic() + 5)
         gone.cancel()  # the client left before the batch went: it is not sent
-        batcher.end()  # the lone call is over: what waited goes, in one call
+        batcher.end()  # a lone call is over: what waited goes, in one call
         results = await asyncio.gather(*futures, return_exceptions=True)
         return alone, second, results
 
@@ -65,11 +65,11 @@ def test_a_failed_batch_gives_every_request_its_own_copy_of_the_error() -> None:
 
     async def run() -> list[BaseException]:
         batcher: Coalescer[int, int] = Coalescer("test", many)
-        assert batcher.begin()
+        assert all(batcher.begin() for _ in range(MAX_IN_FLIGHT))
         futures = [batcher.queue(i, "rid", time.monotonic() + 5) for i in range(3)]
         batcher.end()
         done = await asyncio.gather(*futures, return_exceptions=True)
-        assert batcher.begin()  # and the coalescer is free again
+        assert batcher.begin()  # and the failed call's turn is free again
         return [d for d in done if isinstance(d, BaseException)]
 
     failures = asyncio.run(run())
@@ -88,9 +88,9 @@ def test_more_than_a_batch_waits_for_the_next_call() -> None:
 
     async def run() -> list[int]:
         batcher: Coalescer[int, int] = Coalescer("test", many)
-        assert batcher.begin()
+        assert all(batcher.begin() for _ in range(MAX_IN_FLIGHT))
         futures = [batcher.queue(i, "rid", time.monotonic() + 5) for i in range(150)]
-        batcher.end()
+        batcher.end()  # one turn free: one batch of 64 goes; when it ends, the next
         return list(await asyncio.gather(*futures))
 
     assert asyncio.run(run()) == list(range(150))
