@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -188,6 +188,20 @@ def test_an_rpm_limit_stays_exact_when_reservations_go_in_batches(
     assert _batched(port)["quota"] > before
 
 
+async def _older(
+    service: str, add: Callable[[grpc.aio.Server], None]
+) -> tuple[grpc.aio.Server, Mesh]:
+    """A replica of `service` from before batching (what `add` serves), and an edge's Mesh
+    pointed at it."""
+    server = grpc.aio.server()
+    add(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    prefix = f"MESHGATE_SERVICES__{service.upper()}__"
+    environ = {prefix + "HOST": "127.0.0.1", prefix + "PORT": str(port)}
+    return server, Mesh(load_config(SAMPLE_CONFIG, environ=environ))
+
+
 def test_a_quota_replica_without_reserve_many_gets_each_reservation_alone() -> None:
     """A rolling upgrade: an edge with batching meets a quota replica from before it."""
     calls: list[str] = []
@@ -203,13 +217,9 @@ def test_a_quota_replica_without_reserve_many_gets_each_reservation_alone() -> N
             return quota_pb2.ReserveResponse(lease_id=request.record.id)
 
     async def run() -> list[Any]:
-        server = grpc.aio.server()
-        quota_pb2_grpc.add_QuotaServiceServicer_to_server(OlderQuota(), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        environ = {"MESHGATE_SERVICES__QUOTA__HOST": "127.0.0.1"}
-        environ["MESHGATE_SERVICES__QUOTA__PORT"] = str(port)
-        mesh = Mesh(load_config(SAMPLE_CONFIG, environ=environ))
+        server, mesh = await _older(
+            "quota", lambda s: quota_pb2_grpc.add_QuotaServiceServicer_to_server(OlderQuota(), s)
+        )
         requests = [
             quota_pb2.ReserveRequest(
                 prompt_tokens=i,
@@ -253,13 +263,12 @@ def test_a_validation_replica_without_validate_many_gets_each_body_alone() -> No
             return validation_pb2.ValidateChatCompletionResponse(prompt_tokens=len(request.body))
 
     async def run() -> list[Any]:
-        server = grpc.aio.server()
-        validation_pb2_grpc.add_ValidationServiceServicer_to_server(OlderValidation(), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        environ = {"MESHGATE_SERVICES__VALIDATION__HOST": "127.0.0.1"}
-        environ["MESHGATE_SERVICES__VALIDATION__PORT"] = str(port)
-        mesh = Mesh(load_config(SAMPLE_CONFIG, environ=environ))
+        server, mesh = await _older(
+            "validation",
+            lambda s: validation_pb2_grpc.add_ValidationServiceServicer_to_server(
+                OlderValidation(), s
+            ),
+        )
         method = mesh.validation.ValidateChatCompletion
         deadline = time.monotonic() + 5
 
