@@ -11,6 +11,11 @@ every answer is the recorded 500), stream slowly without end (`"slow"`), refuse
 generation with a 429 while its health check passes (`"busy"`), take a minute to
 answer (`"hang"`), or drop the connection after a stream's first chunk (`"break"`);
 `/__stats` reports open and closed streams so a test can see a disconnect arrive.
+Like llama-cpp-python 0.3.36's server (`interrupt_requests`, on by default), a slow
+stream ends with `[DONE]` when any other request arrives meanwhile, `GET /v1/models`
+included: in `llama_cpp/server/app.py` every endpoint takes `llama_outer_lock`
+(`get_llama_proxy`), and a stream that finds it held sends `[DONE]` and stops
+(`get_event_publisher`). `/__stats` counts those as `interrupted`.
 
     python -m tests.fake_engine --port 8123
 """
@@ -39,7 +44,14 @@ def load() -> dict[str, Any]:
 
 def app() -> Starlette:
     exchanges = load()
-    state: dict[str, Any] = {"mode": "replay", "open": 0, "closed": 0, "requests": 0}
+    state: dict[str, Any] = {
+        "mode": "replay",
+        "open": 0,
+        "closed": 0,
+        "requests": 0,
+        "interrupted": 0,
+        "arrivals": 0,
+    }
 
     def replay(name: str) -> Response:
         exchange = exchanges[name]
@@ -50,10 +62,15 @@ def app() -> Starlette:
     async def slow_events() -> Any:
         head = exchanges["chat_stream"]["body"].split("\n\n")[0] + "\n\n"
         state["open"] += 1
+        arrivals = state["arrivals"]
         try:
             yield head.encode()
             while True:
                 await asyncio.sleep(0.05)
+                if state["arrivals"] != arrivals:  # another request came: llama-cpp-python stops
+                    state["interrupted"] += 1
+                    yield b"data: [DONE]\n\n"
+                    return
                 yield b'data: {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "smollm2", "choices": [{"index": 0, "delta": {"content": " la"}, "logprobs": null, "finish_reason": null}]}\n\n'
         finally:
             state["open"] -= 1
@@ -66,6 +83,7 @@ def app() -> Starlette:
 
     async def completions(request: Request) -> Response:
         state["requests"] += 1
+        state["arrivals"] += 1
         body = await request.json()
         mode = state["mode"]
         if mode == "fail":
@@ -86,6 +104,7 @@ def app() -> Starlette:
         return replay("chat" if chat else "completion")
 
     async def models(request: Request) -> Response:
+        state["arrivals"] += 1
         return replay("models") if state["mode"] != "fail" else replay("not_json")
 
     async def control(request: Request) -> Response:

@@ -24,6 +24,7 @@ import pytest
 from meshgate import openai_wire as wire
 from meshgate.structs import from_dict
 from meshgate.v1 import inference_pb2
+from services.router.server import HEALTH_INTERVAL_S
 from tests.conftest import ROOT, RunningMesh, free_ports
 from tests.fake_engine import load
 from tests.support import metric
@@ -254,6 +255,33 @@ def test_client_disconnect_closes_the_engine_stream(fakes: Fakes) -> None:
         print(
             f"\nengine saw the disconnect {(time.monotonic() - hung_up) * 1000:.0f} ms after the client hung up"
         )
+    finally:
+        fakes.mode(0, "replay")
+
+
+def test_a_stream_in_flight_is_not_cut_short_by_health_checks(fakes: Fakes) -> None:
+    """llama-cpp-python's server ends a running stream when any request arrives, a health
+    check too (the fake does the same): a replica serving a stream is not asked."""
+    fakes.mode(0, "slow")
+    try:
+        interrupted = fakes.stats(0)["interrupted"]
+        with httpx.Client(
+            base_url=fakes.mesh.origin,
+            timeout=30,
+            headers={"Authorization": f"Bearer {fakes.mesh.api_key}"},
+        ) as http:
+            body = {"model": SOLO, "messages": [{"role": "user", "content": "x"}], "stream": True}
+            started = time.monotonic()
+            with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                assert response.status_code == 200
+                lines = response.iter_lines()
+                for line in lines:
+                    assert line != "data: [DONE]", "the stream was cut short"
+                    # Past two health intervals: every check in between skipped the replica.
+                    if time.monotonic() - started > 2.5 * HEALTH_INTERVAL_S:
+                        break
+                lines.close()
+        assert fakes.stats(0)["interrupted"] == interrupted
     finally:
         fakes.mode(0, "replay")
 

@@ -382,10 +382,16 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
     # ------------------------------------------------------------ health ----
 
     async def check_all(self) -> None:
-        results = await asyncio.gather(
-            *(r.adapter.check_health(HEALTH_TIMEOUT_S) for r in self._replicas)
-        )
-        for replica, ok in zip(self._replicas, results, strict=True):
+        """Ask each idle replica, and each one out of rotation, whether it is healthy.
+
+        A healthy replica with requests in flight is not asked: those requests prove it,
+        and a failed one ejects it at once (_eject). Asking would also cut them short on
+        llama-cpp-python's server, which by default (`interrupt_requests`) ends a running
+        stream with [DONE] as soon as any other request, `GET /v1/models` included, arrives.
+        """
+        asked = [r for r in self._replicas if not (r.healthy and r.outstanding)]
+        results = await asyncio.gather(*(r.adapter.check_health(HEALTH_TIMEOUT_S) for r in asked))
+        for replica, ok in zip(asked, results, strict=True):
             # A busy single-worker engine (the llama.cpp server) may miss one check while it
             # generates: only UNHEALTHY_AFTER misses in a row take it out. A failed call
             # still ejects at once (_eject).
