@@ -8,6 +8,7 @@ and compares, so the fake stays honest.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import subprocess
@@ -22,9 +23,12 @@ import openai
 import pytest
 
 from meshgate import openai_wire as wire
+from meshgate.config import RouterServiceConfig
 from meshgate.structs import from_dict
 from meshgate.v1 import inference_pb2
-from services.router.server import HEALTH_INTERVAL_S
+from services.router.balancer import Balancer, Replica
+from services.router.catalog import Catalog
+from services.router.server import HEALTH_INTERVAL_S, PROGRESS_PROVES_S, RouterService
 from tests.conftest import ROOT, RunningMesh, free_ports
 from tests.fake_engine import load
 from tests.support import metric
@@ -463,3 +467,31 @@ def test_engines_behind_a_proxy_use_it_unless_no_proxy_exempts_them(
     assert _env_proxy("http://api.example.com/v1") is None  # no HTTP_PROXY set
     assert _env_proxy("http://vllm:8000/v1") is None
     assert _env_proxy("https://127.0.0.1:8443/v1") is None
+
+
+def test_a_replica_stalled_with_requests_in_flight_is_checked_again() -> None:
+    """What check_all asks: idle replicas, replicas out of rotation, and busy ones whose
+    requests made no progress for PROGRESS_PROVES_S (a hung engine still leaves rotation)."""
+
+    class Checked:
+        def __init__(self, target: str) -> None:
+            self.target = target
+            self.asked = 0
+
+        async def check_health(self, timeout: float) -> bool:
+            self.asked += 1
+            return True
+
+    now = time.monotonic()
+    busy, stalled, idle, ejected = (Checked(n) for n in ("busy", "stalled", "idle", "ejected"))
+    replicas = [
+        Replica(busy, outstanding=1, progressed_at=now),  # type: ignore[arg-type]
+        Replica(stalled, outstanding=1, progressed_at=now - PROGRESS_PROVES_S - 1),  # type: ignore[arg-type]
+        Replica(idle),  # type: ignore[arg-type]
+        Replica(ejected, healthy=False, outstanding=1, progressed_at=now),  # type: ignore[arg-type]
+    ]
+    service = RouterService(
+        Catalog([]), replicas, 30.0, Balancer(RouterServiceConfig.model_validate({"port": 0}))
+    )
+    asyncio.run(service.check_all())
+    assert [a.asked for a in (busy, stalled, idle, ejected)] == [0, 1, 1, 1]

@@ -89,6 +89,9 @@ class Replica:
     key: str = ""
     # How long a request stays on it, from the router's own counts (see `Residence`).
     residence: Residence = field(default_factory=lambda: Residence())
+    # time.monotonic() of its last answer or streamed chunk: requests in flight that
+    # still make progress stand in for a health check (RouterService.check_all).
+    progressed_at: float = 0.0
 
     def __post_init__(self) -> None:
         if self.probe is None:
@@ -317,6 +320,8 @@ class Balancer:
             if chosen is not None:
                 replica, reason = chosen
                 replica.residence.advance(replica.outstanding, now)
+                if not replica.outstanding:  # busy from now: its progress is counted from here
+                    replica.progressed_at = now
                 replica.outstanding += 1
                 replica.signal.inflight += 1
                 self.count(model, reason)

@@ -53,6 +53,8 @@ FAILOVERS = prometheus_client.Counter(
 HEALTH_INTERVAL_S = 2.0
 UNHEALTHY_AFTER = 3
 HEALTH_TIMEOUT_S = 1.0
+# A replica with requests in flight is not health-checked while they progressed this recently.
+PROGRESS_PROVES_S = 10.0
 
 
 def mid_stream_failure() -> ApiError:
@@ -140,6 +142,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
             started = time.perf_counter()
             try:
                 answer = await send(replica.adapter, attempt.request, chain.timeout(model))
+                replica.progressed_at = time.monotonic()
                 engine_us = int((time.perf_counter() - started) * 1e6)
                 context.set_trailing_metadata(
                     (
@@ -207,6 +210,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                 chunks = first_within(chunks, chain.timeout(model))
             try:
                 async for chunk in chunks:
+                    replica.progressed_at = time.monotonic()
                     if not started:
                         started = True
                         chunk.id = f"{prefix}-{secrets.token_hex(12)}"
@@ -384,12 +388,19 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
     async def check_all(self) -> None:
         """Ask each idle replica, and each one out of rotation, whether it is healthy.
 
-        A healthy replica with requests in flight is not asked: those requests prove it,
-        and a failed one ejects it at once (_eject). Asking would also cut them short on
-        llama-cpp-python's server, which by default (`interrupt_requests`) ends a running
-        stream with [DONE] as soon as any other request, `GET /v1/models` included, arrives.
+        A healthy replica whose requests in flight made progress (an answer, a chunk)
+        within PROGRESS_PROVES_S is not asked: they prove it, and a failed one ejects it at
+        once (_eject). Asking would also cut them short on llama-cpp-python's server,
+        which by default (`interrupt_requests`) ends a running stream with [DONE] as soon
+        as any other request, `GET /v1/models` included, arrives. A replica that stalls
+        with requests in flight is asked again, so a hung engine still leaves rotation.
         """
-        asked = [r for r in self._replicas if not (r.healthy and r.outstanding)]
+        now = time.monotonic()
+        asked = [
+            r
+            for r in self._replicas
+            if not (r.healthy and r.outstanding and now - r.progressed_at < PROGRESS_PROVES_S)
+        ]
         results = await asyncio.gather(*(r.adapter.check_health(HEALTH_TIMEOUT_S) for r in asked))
         for replica, ok in zip(asked, results, strict=True):
             # A busy single-worker engine (the llama.cpp server) may miss one check while it
