@@ -9,6 +9,7 @@ and compares, so the fake stays honest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import subprocess
@@ -230,10 +231,11 @@ def test_no_healthy_replica_is_a_clean_503(fakes: Fakes) -> None:
     assert response.headers["retry-after"] == "1"
 
 
-def test_client_disconnect_closes_the_engine_stream(fakes: Fakes) -> None:
+@contextlib.contextmanager
+def _slow_stream(fakes: Fakes) -> Iterator[Iterator[str]]:
+    """The SSE lines of a chat stream through meshgate that the fake engine never ends."""
     fakes.mode(0, "slow")
     try:
-        closed_before = fakes.stats(0)["closed"]
         with httpx.Client(
             base_url=fakes.mesh.origin,
             timeout=30,
@@ -243,51 +245,47 @@ def test_client_disconnect_closes_the_engine_stream(fakes: Fakes) -> None:
             with http.stream("POST", "/v1/chat/completions", json=body) as response:
                 assert response.status_code == 200
                 lines = response.iter_lines()
-                seen = 0
-                for line in lines:
-                    seen += '"content"' in line
-                    if seen == 3:
-                        break
-                assert fakes.stats(0)["open"] == 1
-                lines.close()
-                hung_up = time.monotonic()
-        # The slow stream never ends on its own, so any bound proves the close; 5 s is one
-        # that two busy cores cannot miss. The printed figure is how fast it really was.
-        while fakes.stats(0)["closed"] == closed_before:
-            assert time.monotonic() - hung_up < 5, "the engine's stream stayed open"
-            time.sleep(0.005)
-        print(
-            f"\nengine saw the disconnect {(time.monotonic() - hung_up) * 1000:.0f} ms after the client hung up"
-        )
+                try:
+                    yield lines
+                finally:
+                    lines.close()
     finally:
         fakes.mode(0, "replay")
+
+
+def test_client_disconnect_closes_the_engine_stream(fakes: Fakes) -> None:
+    closed_before = fakes.stats(0)["closed"]
+    with _slow_stream(fakes) as lines:
+        seen = 0
+        for line in lines:
+            seen += '"content"' in line
+            if seen == 3:
+                break
+        assert fakes.stats(0)["open"] == 1
+        lines.close()
+        hung_up = time.monotonic()
+    # The slow stream never ends on its own, so any bound proves the close; 5 s is one
+    # that two busy cores cannot miss. The printed figure is how fast it really was.
+    while fakes.stats(0)["closed"] == closed_before:
+        assert time.monotonic() - hung_up < 5, "the engine's stream stayed open"
+        time.sleep(0.005)
+    print(
+        f"\nengine saw the disconnect {(time.monotonic() - hung_up) * 1000:.0f} ms after the client hung up"
+    )
 
 
 def test_a_stream_in_flight_is_not_cut_short_by_health_checks(fakes: Fakes) -> None:
     """llama-cpp-python's server ends a running stream when any request arrives, a health
     check too (the fake does the same): a replica serving a stream is not asked."""
-    fakes.mode(0, "slow")
-    try:
-        interrupted = fakes.stats(0)["interrupted"]
-        with httpx.Client(
-            base_url=fakes.mesh.origin,
-            timeout=30,
-            headers={"Authorization": f"Bearer {fakes.mesh.api_key}"},
-        ) as http:
-            body = {"model": SOLO, "messages": [{"role": "user", "content": "x"}], "stream": True}
-            started = time.monotonic()
-            with http.stream("POST", "/v1/chat/completions", json=body) as response:
-                assert response.status_code == 200
-                lines = response.iter_lines()
-                for line in lines:
-                    assert line != "data: [DONE]", "the stream was cut short"
-                    # Past two health intervals: every check in between skipped the replica.
-                    if time.monotonic() - started > 2.5 * HEALTH_INTERVAL_S:
-                        break
-                lines.close()
-        assert fakes.stats(0)["interrupted"] == interrupted
-    finally:
-        fakes.mode(0, "replay")
+    interrupted = fakes.stats(0)["interrupted"]
+    started = time.monotonic()
+    with _slow_stream(fakes) as lines:
+        for line in lines:
+            assert line != "data: [DONE]", "the stream was cut short"
+            # Past two health intervals: every check in between skipped the replica.
+            if time.monotonic() - started > 2.5 * HEALTH_INTERVAL_S:
+                break
+    assert fakes.stats(0)["interrupted"] == interrupted
 
 
 # ------------------------------------------------------------- the wire ----
