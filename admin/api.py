@@ -48,6 +48,7 @@ from services.auth.keys import (
     POLICY_NAMES,
     ROLE_NAMES,
     ROLES,
+    counts,
     usd_text,
 )
 from services.ledger import report
@@ -151,15 +152,6 @@ def _budget(limits: common_pb2.Limits, spent: int) -> dict[str, Any]:
     }
 
 
-def _limits(limits: common_pb2.Limits) -> dict[str, int]:
-    return {
-        "rpm": limits.requests_per_minute,
-        "tpm": limits.tokens_per_minute,
-        "max_concurrency": limits.max_concurrency,
-        "budget_tokens": limits.budget_tokens,
-    }
-
-
 def key_view(key: admin_pb2.Key) -> schema.Key:
     return schema.Key.model_validate(_key_fields(key))
 
@@ -177,7 +169,7 @@ def _key_fields(key: admin_pb2.Key) -> dict[str, Any]:
         "name": key.name,
         "tenant": key.tenant or None,
         "status": status,
-        **_limits(key.limits),
+        **counts(key.limits),
         **_budget(key.limits, key.spent_micro_usd),
         "models": list(key.models),
         "fallbacks": {model: list(chain.models) for model, chain in sorted(key.fallbacks.items())},
@@ -194,7 +186,7 @@ def tenant_view(tenant: admin_pb2.Tenant) -> schema.Tenant:
         {
             "id": tenant.id,
             "source": "config" if tenant.source == "config" else "redis",
-            **_limits(tenant.limits),
+            **counts(tenant.limits),
             **_budget(tenant.limits, tenant.spent_micro_usd),
             "created_at": _when(tenant.created_unix_us),
         }

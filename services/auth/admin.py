@@ -35,6 +35,7 @@ from services.auth.keys import (
     RedisKeyStore,
     TenantRecord,
     config_tenants,
+    counts,
     period_name,
     policy_name,
     roles_of,
@@ -169,15 +170,6 @@ async def _budgets(
         Budget(lim.budget_micro_usd, period, int(raw or 0))
         for lim, period, raw in zip(limits, periods, counters, strict=True)
     ]
-
-
-def _limit_fields(limits: common_pb2.Limits) -> dict[str, int]:
-    return {
-        "rpm": limits.requests_per_minute,
-        "tpm": limits.tokens_per_minute,
-        "max_concurrency": limits.max_concurrency,
-        "budget_tokens": limits.budget_tokens,
-    }
 
 
 def _iso(timestamp: float) -> str | None:
@@ -389,7 +381,7 @@ def _key_json(record: KeyRecord, budget: Budget, now: float) -> dict[str, Any]:
         "name": p.name,
         "tenant": p.tenant or None,
         "status": _status(record, now),
-        **_limit_fields(p.limits),
+        **counts(p.limits),
         **budget.fields(),
         "models": list(p.allowed_models),
         "redis_failure_policy": policy_name(p),
@@ -474,7 +466,7 @@ def _tenant_json(tenant: TenantRecord, budget: Budget) -> dict[str, Any]:
     return {
         "id": tenant.id,
         "source": tenant.source,
-        **_limit_fields(tenant.limits),
+        **counts(tenant.limits),
         **budget.fields(),
         "created_at": _iso(tenant.created_at),
     }

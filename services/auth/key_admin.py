@@ -32,8 +32,8 @@ from services.auth.keys import (
     RedisKeyStore,
     TenantRecord,
     config_tenants,
-    period_name,
     roles_of,
+    settings,
 )
 
 log = logging.getLogger("meshgate.auth")
@@ -225,12 +225,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             secret, record = await store.create(
                 name=request.name,
                 tenant=request.tenant,
-                rpm=limits.requests_per_minute,
-                tpm=limits.tokens_per_minute,
-                max_concurrency=limits.max_concurrency,
-                budget_tokens=limits.budget_tokens,
-                budget_usd=Decimal(limits.budget_micro_usd).scaleb(-6),
-                budget_period=period_name(limits),
+                **settings(limits),
                 models=tuple(request.models),
                 expires_at=request.expires_unix_us / 1e6,
                 redis_failure_policy=POLICY_NAMES.get(request.redis_failure_policy, "fail_closed"),
@@ -316,12 +311,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             secret, record = await store.create(
                 name=p.name,
                 tenant=p.tenant,
-                rpm=p.limits.requests_per_minute,
-                tpm=p.limits.tokens_per_minute,
-                max_concurrency=p.limits.max_concurrency,
-                budget_tokens=p.limits.budget_tokens,
-                budget_usd=Decimal(p.limits.budget_micro_usd).scaleb(-6),
-                budget_period=period_name(p.limits),
+                **settings(p.limits),
                 models=tuple(p.allowed_models),
                 expires_at=old.expires_at,
                 redis_failure_policy=POLICY_NAMES.get(p.redis_failure_policy, "fail_closed"),
@@ -358,12 +348,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             try:
                 tenant = TenantConfig(
                     id=request.id,
-                    rpm=limits.requests_per_minute,
-                    tpm=limits.tokens_per_minute,
-                    max_concurrency=limits.max_concurrency,
-                    budget_tokens=limits.budget_tokens,
-                    budget_usd=Decimal(limits.budget_micro_usd).scaleb(-6),
-                    budget_period=period_name(limits),
+                    **settings(limits),
                 )
             except ValidationError as exc:
                 first = exc.errors()[0]

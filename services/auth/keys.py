@@ -45,7 +45,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from decimal import Decimal, InvalidOperation
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypedDict
 
 from meshgate.config import BudgetPeriod, KeyConfig, LimitsConfig, RoleName, TenantConfig
 from meshgate.pricing import micro_text, to_micro_usd
@@ -176,6 +176,41 @@ def limits(config: LimitsConfig) -> common_pb2.Limits:
 
 def period_name(limits: common_pb2.Limits) -> BudgetPeriod:
     return PERIOD_NAMES.get(limits.budget_period, "total")
+
+
+class Counts(TypedDict):
+    """The whole-number limits under their config names."""
+
+    rpm: int
+    tpm: int
+    max_concurrency: int
+    budget_tokens: int
+
+
+class Settings(Counts):
+    """Every limit under its config name: what `limits` takes, as keyword arguments."""
+
+    budget_usd: Decimal
+    budget_period: BudgetPeriod
+
+
+def counts(limits: common_pb2.Limits) -> Counts:
+    """The whole-number limits under their config names (rpm, tpm...), for views and rows."""
+    return Counts(
+        rpm=limits.requests_per_minute,
+        tpm=limits.tokens_per_minute,
+        max_concurrency=limits.max_concurrency,
+        budget_tokens=limits.budget_tokens,
+    )
+
+
+def settings(limits: common_pb2.Limits) -> Settings:
+    """The inverse of `limits`: the config's names and values, dollars as a Decimal."""
+    return Settings(
+        **counts(limits),
+        budget_usd=Decimal(limits.budget_micro_usd).scaleb(-6),
+        budget_period=period_name(limits),
+    )
 
 
 def policy_name(principal: common_pb2.Principal) -> Policy:
