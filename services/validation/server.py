@@ -29,8 +29,9 @@ A = TypeVar("A")
 
 
 class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
-    """Each method is a plain function of the body (`chat`, `completion`...) that raises
-    ApiError; the RPCs only carry it, alone or many at once (ValidateMany)."""
+    """Each check is a plain function of the body that raises ApiError, named after its
+    ValidateManyItem field (`chat_completion`, `completion`, `embedding`, `response`), which
+    is how ValidateMany finds it; the RPCs only carry it, alone or many at once."""
 
     def __init__(self, models: catalog.Catalog) -> None:
         self._catalog = models
