@@ -40,7 +40,9 @@ def descendants(pid: int) -> list[int]:
 
 
 def process_label(pid: int) -> str:
-    """`edge`, `router`, `redis`... from the command line; `launcher` for `meshgate up`."""
+    """`edge`, `router`, `redis`... from the command line; `launcher` for `meshgate up`;
+    `postgres` for every process of the embedded PostgreSQL (they title themselves
+    `postgres: checkpointer`, `postgres: io worker 0`...)."""
     try:
         args = [a for a in psutil.Process(pid).cmdline() if a]
     except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -51,6 +53,8 @@ def process_label(pid: int) -> str:
         return "redis"
     if "up" in args and "meshgate" in args:
         return "launcher"
+    if args and Path(args[0]).name.split(":")[0] == "postgres":
+        return "postgres"
     return Path(args[0]).name if args else f"pid{pid}"
 
 

@@ -58,13 +58,6 @@ TIMEOUT_S = 30.0
 IDLE_S = 5.0
 
 
-def _labelled(pids: dict[int, str]) -> dict[int, str]:
-    """PostgreSQL's many processes under one label."""
-    return {
-        pid: "postgres" if label.startswith("postgres") else label for pid, label in pids.items()
-    }
-
-
 def _models(long_url: str, short_url: str) -> list[dict[str, Any]]:
     def model(model_id: str, url: str) -> dict[str, Any]:
         return {
@@ -248,7 +241,7 @@ async def _idle(probe: CpuProbe, seconds: float) -> dict[str, float]:
 
 
 async def _measure(mesh: MeshProcess, floor_cpu_us: float, ramp: bool) -> dict[str, Any]:
-    probe = CpuProbe(_labelled(mesh.processes()))
+    probe = CpuProbe(mesh.processes())
     idle = await _idle(probe, IDLE_S)
     long = await _window(mesh.base_url, mesh.key, "relay-long", STREAMS, WINDOW_S, PERIOD_S, probe)
     short = await _window(
