@@ -147,9 +147,15 @@ def _streams(result: dict[str, Any]) -> Figure:
     return Figure(text, met)
 
 
+def _grpc_floor(result: dict[str, Any]) -> dict[str, float]:
+    """The transport's floor of this run (bench/floor.py): `p50_us` and `cpu_us`; {} if
+    the run did not measure it."""
+    floor: dict[str, float] = result.get("meta", {}).get("floor", {}).get("grpc_unary", {})
+    return floor
+
+
 def _floor(result: dict[str, Any], what: str) -> float | None:
-    """The transport's floor of this run (bench/floor.py): `cpu_us` or `p50_us`."""
-    value = result.get("meta", {}).get("floor", {}).get("grpc_unary", {}).get(what)
+    value = _grpc_floor(result).get(what)
     return float(value) if value else None
 
 
@@ -346,7 +352,7 @@ def peer_ratio(mesh: float | None, peer: float | None, higher_is_better: bool) -
 def peers_table(result: dict[str, Any]) -> str:
     """meshgate against each peer: the figures, and meshgate's lead as a ratio."""
     names = peer_names(result)
-    floor = result.get("meta", {}).get("floor", {}).get("grpc_unary", {})
+    floor = _grpc_floor(result)
     header = ["figure", "conc", "meshgate"]
     for name in names:
         header += [name, f"x vs {name}"]
@@ -382,7 +388,7 @@ def peers_section(result: dict[str, Any]) -> list[str]:
     if not names:
         return []
     meta = result.get("meta", {})
-    floor = meta.get("floor", {}).get("grpc_unary", {})
+    floor = _grpc_floor(result)
     lines = [
         "## Peers side by side",
         "",
