@@ -42,19 +42,18 @@ CLOSE_DRAIN_S = 10.0
 Method = Callable[..., Any]
 Call = Any
 
-# ValidateManyItem's field for each single method's request type.
+# ValidateManyItem's body field for each single method's request type (by full name), and
+# the single method for each field (for a validation replica without ValidateMany): read
+# from the protos, so that a new kind of body needs no edit here.
 VALIDATE_KIND = {
-    validation_pb2.ValidateChatCompletionRequest: "chat_completion",
-    validation_pb2.ValidateCompletionRequest: "completion",
-    validation_pb2.ValidateEmbeddingRequest: "embedding",
-    validation_pb2.ValidateResponseRequest: "response",
+    field.message_type.full_name: field.name
+    for field in validation_pb2.ValidateManyItem.DESCRIPTOR.oneofs_by_name["body"].fields
+    if field.message_type is not None
 }
-# The single method for each of those fields, for a validation replica without ValidateMany.
 VALIDATE_METHOD = {
-    "chat_completion": "ValidateChatCompletion",
-    "completion": "ValidateCompletion",
-    "embedding": "ValidateEmbedding",
-    "response": "ValidateResponse",
+    VALIDATE_KIND[method.input_type.full_name]: method.name
+    for method in validation_pb2.DESCRIPTOR.services_by_name["ValidationService"].methods
+    if method.input_type.full_name in VALIDATE_KIND
 }
 Message = ProtoMessage
 
@@ -163,7 +162,7 @@ class Mesh:
             return start(method, body, request_id, deadline, HOP_TIMEOUT_S)
         if not self._validations.begin():
             item = validation_pb2.ValidateManyItem(request_id=request_id)
-            getattr(item, VALIDATE_KIND[type(body)]).CopyFrom(body)
+            getattr(item, VALIDATE_KIND[body.DESCRIPTOR.full_name]).CopyFrom(body)
             return self._validations.queue(item, request_id, deadline)
         return _started(self._validations, method, body, request_id, deadline)
 
@@ -201,7 +200,7 @@ class Mesh:
         )
         if answer is None:  # an older validation replica: each body alone
             return await asyncio.gather(*(self._validate_alone(i, deadline) for i in items))
-        return [_outcome(result, result.WhichOneof("outcome")) for result in answer.results]
+        return [_outcome(result) for result in answer.results]
 
     async def _validate_alone(self, item: validation_pb2.ValidateManyItem, deadline: float) -> Any:
         kind = item.WhichOneof("body")
@@ -219,7 +218,7 @@ class Mesh:
             return await asyncio.gather(
                 *(_alone(self.quota.Reserve, r, "quota", r.request_id, deadline) for r in requests)
             )
-        return [_outcome(outcome, outcome.WhichOneof("outcome")) for outcome in answer.outcomes]
+        return [_outcome(outcome) for outcome in answer.outcomes]
 
     async def ready(self) -> dict[str, bool]:
         """Each service's gRPC health, checked concurrently."""
@@ -286,8 +285,9 @@ async def _alone(
         return exc
 
 
-def _outcome(result: ProtoMessage, field: str | None) -> Any:
-    """A batch item's answer, or its error as an ApiError."""
+def _outcome(result: ProtoMessage) -> Any:
+    """A batch item's answer (its `outcome` oneof), or its error as an ApiError."""
+    field = result.WhichOneof("outcome")
     if field is None:
         return errors.server_error()
     if field == "error":
