@@ -188,7 +188,8 @@ class Counts(TypedDict):
 
 
 class Settings(Counts):
-    """Every limit under its config name: what `limits` takes, as keyword arguments."""
+    """Every limit under its config name, as the key store's `create` and TenantConfig
+    take them as keyword arguments."""
 
     budget_usd: Decimal
     budget_period: BudgetPeriod
