@@ -12,10 +12,9 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
-import aiohttp
 import orjson
 
-from services.router.adapters.openai_http import exposition, llama_cpp, sglang, vllm
+from services.router.adapters.openai_http import exposition, http1, llama_cpp, sglang, vllm
 from services.router.adapters.openai_http.engine import _env_proxy
 from services.router.signals import Load, ProbeFailed
 
@@ -57,25 +56,25 @@ class MetricsProbe:
         self.kind = kind
         # llama.cpp's /slots, asked for while it answers (a server may turn it off).
         self._slots_url: str | None = self.url.removesuffix("/metrics") + "/slots"
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=2), proxy=_env_proxy(self.url)
-            )
-        return self._session
+        parts = urllib.parse.urlsplit(self.url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        self._pool = http1.Pool(
+            http1.Target(origin, _env_proxy(self.url)), {}, limit=2, keepalive_s=60.0
+        )
 
     async def _get(self, url: str, timeout: float) -> tuple[int, bytes]:
+        parts = urllib.parse.urlsplit(url)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
         try:
-            async with self._client().get(
-                url, timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as response:
-                return response.status, await response.read()
+            connection = await self._pool.send("GET", path, None, {}, timeout)
+            try:
+                return connection.status, await connection.read()
+            finally:
+                self._pool.release(connection)
         except TimeoutError:
             raise ProbeFailed(f"{url}: no answer within {timeout:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise ProbeFailed(f"{url}: {type(exc).__name__}") from None
+        except http1.HttpError as exc:
+            raise ProbeFailed(f"{url}: {exc}") from None
 
     async def read(self, timeout: float) -> Load | None:
         status, body = await self._get(self.url, timeout)
@@ -114,5 +113,4 @@ class MetricsProbe:
             raise ProbeFailed(f"{self._slots_url}: {exc}") from None
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._pool.close()
