@@ -28,9 +28,11 @@ from typing import Any, TypeAlias
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
 from meshgate.config import SENTINEL_SCHEME, RedisConfig, SentinelConfig, parse_sentinel_url
@@ -46,6 +48,20 @@ Client: TypeAlias = Redis | RedisCluster
 # previous one) met it as 503s. A standalone client waits up to its timeout for a free
 # connection instead; the cluster client cannot wait, so it gets the same room.
 POOL_CONNECTIONS = 1024
+
+# redis-py's asyncio connections pack every command in Python: 20 µs for one reservation's
+# EVALSHA, about a tenth of quota's CPU under load. Its sync connections use hiredis's C
+# packer (3 µs), which writes the same RESP bytes. The clients of all three kinds (one
+# server, Sentinel, Cluster) make their connections from AbstractConnection, so the C
+# packer is put there, once, for every connection of the process.
+_HIREDIS = HiredisRespSerializer()
+
+
+def _pack_command(self: AbstractConnection, *args: Any) -> list[bytes]:
+    return _HIREDIS.pack(*args)
+
+
+AbstractConnection.pack_command = _pack_command  # type: ignore[method-assign]
 
 # How often a service that waits for Redis at startup asks again, and logs.
 _PROBE_EVERY_S = 0.5
