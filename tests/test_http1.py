@@ -366,3 +366,19 @@ def test_a_slow_reader_stops_the_connection_reading_instead_of_buffering_the_bod
             p.release(connection)
 
     asyncio.run(main())
+
+
+def test_a_header_value_with_a_line_break_is_refused_not_sent() -> None:
+    async def main() -> None:
+        lines: list[str] = []
+        async with Server(echo_keepalive(lines)) as server:
+            p = pool(f"http://127.0.0.1:{server.port}")
+            with pytest.raises(http1.HttpError, match="line break"):
+                await p.send("GET", "/", None, {"x-id": "a\r\nx-admin: yes"}, 5)
+            assert await get(p, "/ok") == (
+                200,
+                f"GET /ok HTTP/1.1|127.0.0.1:{server.port}|0".encode(),
+            )
+        assert lines == ["GET /ok HTTP/1.1"]
+
+    asyncio.run(main())

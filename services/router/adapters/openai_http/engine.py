@@ -38,7 +38,7 @@ class OpenAIHttpEngine:
         self._model = model
         self._native_dimensions = native_dimensions
         headers = dict(JSON_HEADERS)
-        api_key = os.environ.get(api_key_env, "") if api_key_env else ""
+        api_key = os.environ.get(api_key_env, "").strip() if api_key_env else ""
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
         # The proxy is looked up once, not per request.

@@ -263,7 +263,7 @@ class Pool:
         self._limit = limit
         self._keepalive_s = keepalive_s
         fixed = {"host": target.authority, **headers}
-        self._fixed = "".join(f"{name}: {value}\r\n" for name, value in fixed.items())
+        self._fixed = "".join(_field(name, value) for name, value in fixed.items())
         self._fixed += target.proxy_authorization() if not target.https else ""
         self._idle: list[Connection] = []  # newest last: reuse the warmest
         self._open = 0
@@ -353,7 +353,7 @@ class Pool:
     ) -> bytes:
         head = f"{method} {self.target.request_target(path)} HTTP/1.1\r\n{self._fixed}"
         for name, value in headers.items():
-            head += f"{name}: {value}\r\n"
+            head += _field(name, value)
         if body is None:
             return (head + "\r\n").encode("latin-1")
         return (head + f"content-length: {len(body)}\r\n\r\n").encode("latin-1") + body
@@ -443,6 +443,14 @@ class Pool:
         assert transport is not None
         connection.connection_made(transport)
         return connection
+
+
+def _field(name: str, value: str) -> str:
+    """One header line; a CR or LF in it would smuggle a header (or a request) in."""
+    line = f"{name}: {value}\r\n"
+    if "\n" in line[:-1] or "\r" in line[:-2]:
+        raise HttpError(f"header {name!r} holds a line break")
+    return line
 
 
 class _TunnelAnswer(asyncio.Protocol):
