@@ -115,12 +115,13 @@ def engines(start_mesh: Any) -> Iterator[Engines]:
         "queue_timeout_s": 0.5,
         "affinity": {"balance_abs_threshold": 4, "balance_rel_threshold": 1.5},
     }
-    mesh = start_mesh(models=models, services={"router": router}, ledger={"enabled": False})
-    state = Engines(mesh, origins, router_metrics)
-    try:
-        yield state
+    try:  # the engines stop even when the mesh never started
+        mesh = start_mesh(models=models, services={"router": router}, ledger={"enabled": False})
+        try:
+            yield Engines(mesh, origins, router_metrics)
+        finally:
+            assert mesh.stop() == 0, mesh.output()
     finally:
-        assert mesh.stop() == 0, mesh.output()
         for proc in procs:
             proc.terminate()
             proc.wait(10)

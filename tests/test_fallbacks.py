@@ -164,16 +164,18 @@ def fb(start_mesh: Any) -> Iterator[Fallbacks]:
         {"name": "narrow", "secret": NARROW_SECRET, "models": [TOOLS, TOOLS_OK]},
         {"name": "budget", "secret": BUDGET_SECRET, "budget_usd": str(BUDGET_USD)},
     ]
-    mesh = start_mesh(
-        models=models,
-        keys=keys,
-        services={"router": {"metrics_port": router_metrics}},
-        edge={"request_timeout_s": REQUEST_TIMEOUT_S},
-    )
-    try:
-        yield Fallbacks(mesh, engines, router_metrics)
+    try:  # the engines stop even when the mesh never started
+        mesh = start_mesh(
+            models=models,
+            keys=keys,
+            services={"router": {"metrics_port": router_metrics}},
+            edge={"request_timeout_s": REQUEST_TIMEOUT_S},
+        )
+        try:
+            yield Fallbacks(mesh, engines, router_metrics)
+        finally:
+            assert mesh.stop() == 0
     finally:
-        assert mesh.stop() == 0
         for proc in procs:
             proc.kill()  # a hung request would hold uvicorn's graceful shutdown for a minute
             proc.wait(10)

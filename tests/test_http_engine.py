@@ -108,11 +108,13 @@ def fakes(start_mesh: Any) -> Iterator[Fakes]:
             ],
         },
     ]
-    mesh = start_mesh(models=models, services={"router": {"metrics_port": router_metrics}})
-    try:
-        yield Fakes(mesh, engines, router_metrics)
+    try:  # the engines stop even when the mesh never started
+        mesh = start_mesh(models=models, services={"router": {"metrics_port": router_metrics}})
+        try:
+            yield Fakes(mesh, engines, router_metrics)
+        finally:
+            assert mesh.stop() == 0
     finally:
-        assert mesh.stop() == 0
         for proc in procs:
             proc.terminate()
             proc.wait(10)
