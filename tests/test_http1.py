@@ -66,11 +66,7 @@ def pool(url: str, *, limit: int = 8, proxy: str | None = None) -> http1.Pool:
 
 
 async def get(p: http1.Pool, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    connection = await p.send("GET", path, None, {}, timeout)
-    try:
-        return connection.status, await connection.read()
-    finally:
-        p.release(connection)
+    return await p.fetch("GET", path, None, {}, timeout)
 
 
 def echo_keepalive(server_lines: list[str]) -> Handler:
@@ -95,14 +91,8 @@ def test_keep_alive_reuses_one_connection_and_sends_the_prefix_host_and_body() -
                     200,
                     f"GET /v1/models HTTP/1.1|127.0.0.1:{server.port}|0".encode(),
                 )
-            connection = await p.send(
-                "POST", "/chat", b'{"a":1}', {"x-meshgate-request-id": "r"}, 5
-            )
-            assert (
-                await connection.read()
-                == f"POST /v1/chat HTTP/1.1|127.0.0.1:{server.port}|7".encode()
-            )
-            p.release(connection)
+            answer = await p.fetch("POST", "/chat", b'{"a":1}', {"x-meshgate-request-id": "r"}, 5)
+            assert answer == (200, f"POST /v1/chat HTTP/1.1|127.0.0.1:{server.port}|7".encode())
             assert server.accepted == 1
             await p.close()
 
@@ -336,9 +326,8 @@ def test_a_finished_stream_keeps_its_connection_when_the_last_chunk_comes_late()
             assert server.accepted == 2
 
     async def get_answer_on_new_connection(p: http1.Pool) -> None:
-        connection = await p.send("POST", "/s", b"{}", {}, 5)
-        assert b"[DONE]" in await connection.read()
-        p.release(connection)
+        _, body = await p.fetch("POST", "/s", b"{}", {}, 5)
+        assert b"[DONE]" in body
 
     asyncio.run(main())
 

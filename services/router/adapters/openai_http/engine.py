@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -51,11 +51,11 @@ class OpenAIHttpEngine:
 
     # --------------------------------------------------------------- calls ----
 
-    async def _send(
-        self, method: str, path: str, body: bytes | None, timeout: float
-    ) -> http1.Connection:
+    async def _reach(self, exchange: Awaitable[T]) -> T:
+        """The exchange, its failures below HTTP as the router's: the deadline, or a
+        replica that cannot be reached (another may be)."""
         try:
-            return await self._pool.send(method, path, body, _request_headers(), timeout)
+            return await exchange
         except TimeoutError:
             raise errors.timeout() from None
         except http1.HttpError as exc:
@@ -64,16 +64,10 @@ class OpenAIHttpEngine:
     async def _post(
         self, path: str, body: dict[str, Any], timeout: float, parse: Callable[[Any], T]
     ) -> T:
-        connection = await self._send("POST", path, orjson.dumps(body), timeout)
-        try:
-            content = await connection.read()
-        except TimeoutError:
-            raise errors.timeout() from None
-        except http1.HttpError as exc:
-            raise EngineUnavailable(f"{self.target}: {exc}", "unreachable") from None
-        finally:
-            self._pool.release(connection)
-        self._raise_for_status(connection.status, content)
+        status, content = await self._reach(
+            self._pool.fetch("POST", path, orjson.dumps(body), _request_headers(), timeout)
+        )
+        self._raise_for_status(status, content)
         try:
             return parse(orjson.loads(content))
         except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
@@ -82,7 +76,9 @@ class OpenAIHttpEngine:
     async def _stream(
         self, path: str, body: dict[str, Any], timeout: float, parse: Callable[[Any], T]
     ) -> AsyncIterator[T]:
-        connection = await self._send("POST", path, orjson.dumps(body), timeout)
+        connection = await self._reach(
+            self._pool.send("POST", path, orjson.dumps(body), _request_headers(), timeout)
+        )
         done = False
         try:
             if connection.status != 200:
@@ -173,14 +169,10 @@ class OpenAIHttpEngine:
 
     async def check_health(self, timeout: float) -> bool:
         try:
-            connection = await self._pool.send("GET", "/models", None, {}, timeout)
-            try:
-                await connection.read()
-            finally:
-                self._pool.release(connection)
+            status, _ = await self._pool.fetch("GET", "/models", None, {}, timeout)
         except (TimeoutError, http1.HttpError):
             return False
-        return connection.status == 200
+        return status == 200
 
     async def close(self) -> None:
         await self._pool.close()

@@ -53,10 +53,12 @@ class Target:
         self.proxy = urllib.parse.urlsplit(proxy) if proxy else None
         if self.proxy is not None and (self.proxy.scheme != "http" or not self.proxy.hostname):
             raise ValueError(f"only http:// proxies are supported: {proxy!r}")
+        # Requests themselves go to the proxy (for https, a CONNECT tunnel goes instead).
+        self.forwarded = self.proxy is not None and not self.https
 
     def request_target(self, path: str) -> str:
-        """Origin form, or absolute form through a plain-http proxy (RFC 9112 §3.2)."""
-        if self.proxy is not None and not self.https:
+        """Origin form, or absolute form to a forwarding proxy (RFC 9112 §3.2)."""
+        if self.forwarded:
             return f"http://{self.authority}{self.prefix}{path}"
         return self.prefix + path
 
@@ -264,7 +266,7 @@ class Pool:
         self._keepalive_s = keepalive_s
         fixed = {"host": target.authority, **headers}
         self._fixed = "".join(_field(name, value) for name, value in fixed.items())
-        self._fixed += target.proxy_authorization() if not target.https else ""
+        self._fixed += target.proxy_authorization() if target.forwarded else ""
         self._idle: list[Connection] = []  # newest last: reuse the warmest
         self._open = 0
         self._queue: deque[asyncio.Future[None]] = deque()
@@ -301,6 +303,21 @@ class Pool:
             except BaseException:
                 self.discard(connection)
                 raise
+
+    async def fetch(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        timeout: float,
+    ) -> tuple[int, bytes]:
+        """The status and whole body of one exchange; the connection goes back by itself."""
+        connection = await self.send(method, path, body, headers, timeout)
+        try:
+            return connection.status, await connection.read()
+        finally:
+            self.release(connection)
 
     def release(self, connection: Connection) -> None:
         connection.end()
@@ -447,10 +464,9 @@ class Pool:
 
 def _field(name: str, value: str) -> str:
     """One header line; a CR or LF in it would smuggle a header (or a request) in."""
-    line = f"{name}: {value}\r\n"
-    if "\n" in line[:-1] or "\r" in line[:-2]:
+    if any(c in name or c in value for c in "\r\n"):
         raise HttpError(f"header {name!r} holds a line break")
-    return line
+    return f"{name}: {value}\r\n"
 
 
 class _TunnelAnswer(asyncio.Protocol):

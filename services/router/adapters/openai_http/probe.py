@@ -66,11 +66,7 @@ class MetricsProbe:
         parts = urllib.parse.urlsplit(url)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         try:
-            connection = await self._pool.send("GET", path, None, {}, timeout)
-            try:
-                return connection.status, await connection.read()
-            finally:
-                self._pool.release(connection)
+            return await self._pool.fetch("GET", path, None, {}, timeout)
         except TimeoutError:
             raise ProbeFailed(f"{url}: no answer within {timeout:g} s") from None
         except http1.HttpError as exc:
