@@ -68,15 +68,17 @@ def engines(start_mesh: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     }
     config_path = write_config(tmp_path_factory.mktemp("engines"), overrides)
     state = Engines(None, [e0, e1, e2], [m0, m1, m2], router_metrics, config_path, {})  # type: ignore[arg-type]
-    state.start(1)
-    state.start(2)
-    state.mesh = start_mesh(**overrides)
-    try:
-        yield state
+    try:  # the extra replicas stop even when the mesh never started
+        state.start(1)
+        state.start(2)
+        state.mesh = start_mesh(**overrides)
+        try:
+            yield state
+        finally:
+            assert state.mesh.stop() == 0
     finally:
         for replica in state.extra.values():
             replica.stop()
-        assert state.mesh.stop() == 0
 
 
 def _chat(stream: bool = False, max_tokens: int = 12) -> dict[str, Any]:
