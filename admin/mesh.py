@@ -14,10 +14,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from edge.mesh import RETRIES, Message, Method, transient
+from edge.mesh import RETRIES, Message, Method
 from meshgate import grpcio
 from meshgate.config import Config
-from meshgate.errors import DETAILS_KEY, from_rpc_error, invalid_request
+from meshgate.errors import DETAILS_KEY, from_rpc_error, invalid_request, transient
 from meshgate.v1 import (
     admin_pb2_grpc,
     audit_pb2_grpc,

@@ -23,7 +23,6 @@ from grpc_reflection.v1alpha import reflection
 from edge import metering, pipeline
 from edge.headers import new_request_id
 from edge.mesh import Mesh, Message, Method, rpc
-from edge.mesh import start as start_call
 from edge.metering import Meter
 from meshgate import billing, logs
 from meshgate import openai_wire as wire
@@ -146,17 +145,26 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
         except ApiError as exc:
             await exc.abort(context)
         message = router_pb2.StreamChatCompletionRequest(request=validated.request, context=routed)
-        call = start_call(mesh.router.StreamChatCompletion, message, rid, deadline)
+        try:
+            call, chunk = await pipeline.first_chunk(
+                mesh.router.StreamChatCompletion, message, rid, deadline
+            )
+        except ApiError as exc:
+            meter.finish(common_pb2.Usage(), error=exc)
+            await exc.abort(context)
+        except BaseException:
+            meter.cancel(common_pb2.Usage())
+            raise
+        meter.first_token()
+        meter.served_by(chunk.model)
         tally = billing.Tally()
         error: ApiError | None = None
         ended = False
         try:
-            while (chunk := await call.read()) is not grpc.aio.EOF:
-                if not tally.chunks:
-                    meter.first_token()
-                    meter.served_by(chunk.model)
+            while chunk is not grpc.aio.EOF:
                 tally.add(chunk)
                 yield gateway_pb2.StreamChatCompletionResponse(chunk=chunk)
+                chunk = await call.read()
             ended = True
         except grpc.aio.AioRpcError as exc:
             error, ended = from_rpc_error(exc, "router"), True
@@ -166,7 +174,7 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
                 call.cancel()
             billed = tally.billed(validated.prompt_tokens)
             if ended:
-                meter.finish(billed, error=error, status=200 if tally.chunks else None)
+                meter.finish(billed, error=error, status=200)
             else:
                 meter.cancel(billed)
 

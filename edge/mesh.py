@@ -20,7 +20,7 @@ from edge.settlements import Settlements
 from meshgate import errors, grpcio
 from meshgate.config import Config
 from meshgate.deadline import left
-from meshgate.errors import DETAILS_KEY, ApiError, from_rpc_error
+from meshgate.errors import ApiError, from_rpc_error, transient
 from meshgate.v1 import (
     auth_pb2_grpc,
     quota_pb2,
@@ -56,13 +56,6 @@ VALIDATE_METHOD = {
     if method.input_type.full_name in VALIDATE_KIND
 }
 Message = ProtoMessage
-
-
-def transient(exc: grpc.aio.AioRpcError) -> bool:
-    """The replica went away mid-call (UNAVAILABLE, and no error of ours in the details)."""
-    if exc.code() != grpc.StatusCode.UNAVAILABLE:
-        return False
-    return not any(key == DETAILS_KEY for key, _ in exc.trailing_metadata() or ())
 
 
 def metadata(request_id: str) -> tuple[tuple[str, str], ...]:

@@ -37,12 +37,11 @@ from edge.mesh import (
     rpc,
     rpc_call,
     start,
-    transient,
 )
 from edge.metering import Meter
 from meshgate import billing, errors, logs, structs, tracing
 from meshgate.access import may_use
-from meshgate.errors import ApiError, from_rpc_error
+from meshgate.errors import ApiError, from_rpc_error, transient
 from meshgate.grpcio import ENGINE_TIME_KEY, MODEL_KEY, REPLICA_KEY
 from meshgate.v1 import (
     auth_pb2,
@@ -272,7 +271,9 @@ async def _routed(
     return response, _served(metadata)
 
 
-async def _first(method: Method, message: Message, rid: str, deadline: float) -> tuple[Any, Any]:
+async def first_chunk(
+    method: Method, message: Message, rid: str, deadline: float
+) -> tuple[Any, Any]:
     """The stream and its first chunk; failing here is still an HTTP error status, never a
     200 stream. A router replica that died before answering is retried elsewhere (RETRIES)."""
     for attempt in range(RETRIES + 1):
@@ -410,7 +411,7 @@ async def _generate(
     try:
         if asked.stream:
             routed = how.stream_request(request=asked, context=context)
-            call, first = await _first(how.stream, routed, rid, deadline)
+            call, first = await first_chunk(how.stream, routed, rid, deadline)
             meter.first_token()
             served = await _served_by(call)
             meter.served_by(served.model)

@@ -159,6 +159,17 @@ class ApiError(Exception):
         raise AssertionError("unreachable")  # context.abort always raises
 
 
+def transient(exc: grpc.aio.AioRpcError) -> bool:
+    """The replica went away before it answered (UNAVAILABLE, and no error of ours in the
+    details): another attempt may succeed. A server that ends a connection at its max age
+    refuses the calls that crossed its GOAWAY this way, and gRPC's own transparent retry
+    is off with its retry policy (grpcio.CHANNEL_OPTIONS), so every caller retries itself.
+    """
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    return not any(key == DETAILS_KEY for key, _ in exc.trailing_metadata() or ())
+
+
 def from_rpc_error(exc: grpc.aio.AioRpcError, service: str) -> ApiError:
     """Recover the ApiError a service raised, or map a transport failure to a 5xx."""
     for key, value in exc.trailing_metadata() or ():

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -20,6 +21,10 @@ _RETRYABLE = {
     grpc.StatusCode.INTERNAL: "engine_error",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "rate_limited",
 }
+
+
+# Attempts per call: a second one when the replica refused the first (see GrpcEngine).
+_ATTEMPTS = 2
 
 
 def _metadata() -> tuple[tuple[str, str], ...]:
@@ -40,6 +45,14 @@ def _translate(exc: grpc.aio.AioRpcError, target: str) -> Exception:
 
 
 class GrpcEngine:
+    """One engine replica over gRPC.
+
+    A call the replica refused before answering (`errors.transient`: the GOAWAY race
+    when the engine ends a connection at its max age) is sent once more before it
+    counts as the replica's failure: counting it would eject a healthy replica, and
+    the only one would leave every request without an engine until its next check.
+    """
+
     def __init__(self, target: str, tls: TlsConfig | None = None) -> None:
         self.target = target
         self._channel = grpcio.channel(target, tls)
@@ -49,67 +62,72 @@ class GrpcEngine:
     async def chat(
         self, request: inference_pb2.ChatCompletionRequest, timeout: float
     ) -> inference_pb2.ChatCompletion:
-        try:
-            response = await self._stub.GenerateChat(
-                engine_pb2.GenerateChatRequest(request=request),
-                timeout=timeout,
-                metadata=_metadata(),
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self.target) from None
+        response = await self._unary(
+            self._stub.GenerateChat, engine_pb2.GenerateChatRequest(request=request), timeout
+        )
         return response.completion
 
     def stream_chat(
         self, request: inference_pb2.ChatCompletionRequest, timeout: float
     ) -> AsyncIterator[inference_pb2.ChatCompletionChunk]:
         return self._relay(
-            lambda: self._stub.StreamChat(
-                engine_pb2.StreamChatRequest(request=request), timeout=timeout, metadata=_metadata()
-            )
+            self._stub.StreamChat, engine_pb2.StreamChatRequest(request=request), timeout
         )
 
     async def text(
         self, request: inference_pb2.CompletionRequest, timeout: float
     ) -> inference_pb2.Completion:
-        try:
-            response = await self._stub.GenerateText(
-                engine_pb2.GenerateTextRequest(request=request),
-                timeout=timeout,
-                metadata=_metadata(),
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self.target) from None
+        response = await self._unary(
+            self._stub.GenerateText, engine_pb2.GenerateTextRequest(request=request), timeout
+        )
         return response.completion
 
     def stream_text(
         self, request: inference_pb2.CompletionRequest, timeout: float
     ) -> AsyncIterator[inference_pb2.CompletionChunk]:
         return self._relay(
-            lambda: self._stub.StreamText(
-                engine_pb2.StreamTextRequest(request=request), timeout=timeout, metadata=_metadata()
-            )
+            self._stub.StreamText, engine_pb2.StreamTextRequest(request=request), timeout
         )
 
-    async def _relay(self, start: Callable[[], Any]) -> AsyncIterator[Any]:
-        """The engine's stream, started on first read; its errors become ours."""
-        call = start()
-        try:
-            async for chunk in call:
-                yield chunk
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self.target) from None
-        finally:
-            call.cancel()  # a no-op when the stream ended; stops generation when the client left
+    async def _unary(self, method: Any, message: Any, timeout: float) -> Any:
+        """One unary call, sent again once if the replica refused it before answering."""
+        deadline = time.monotonic() + timeout
+        for attempt in range(_ATTEMPTS):
+            try:
+                return await method(
+                    message, timeout=max(deadline - time.monotonic(), 0.0), metadata=_metadata()
+                )
+            except grpc.aio.AioRpcError as exc:
+                if attempt + 1 == _ATTEMPTS or not errors.transient(exc):
+                    raise _translate(exc, self.target) from None
+        raise AssertionError("unreachable")
+
+    async def _relay(self, method: Any, message: Any, timeout: float) -> AsyncIterator[Any]:
+        """The engine's stream, started on first read; its errors become ours. A stream
+        the replica refused before its first chunk is started once more."""
+        deadline = time.monotonic() + timeout
+        for attempt in range(_ATTEMPTS):
+            call = method(
+                message, timeout=max(deadline - time.monotonic(), 0.0), metadata=_metadata()
+            )
+            relayed = False
+            try:
+                async for chunk in call:
+                    relayed = True
+                    yield chunk
+                return
+            except grpc.aio.AioRpcError as exc:
+                if relayed or attempt + 1 == _ATTEMPTS or not errors.transient(exc):
+                    raise _translate(exc, self.target) from None
+            finally:
+                call.cancel()  # a no-op when the stream ended; stops generation when the client left
 
     async def embed(
         self, request: inference_pb2.EmbeddingRequest, timeout: float
     ) -> inference_pb2.EmbeddingList:
-        try:
-            response = await self._stub.Embed(
-                engine_pb2.EmbedRequest(request=request), timeout=timeout, metadata=_metadata()
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self.target) from None
+        response = await self._unary(
+            self._stub.Embed, engine_pb2.EmbedRequest(request=request), timeout
+        )
         return response.embeddings
 
     async def check_health(self, timeout: float) -> bool:
