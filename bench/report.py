@@ -371,17 +371,21 @@ def streams_table(held: dict[str, Any]) -> str:
 
 
 def streams_text(result: dict[str, Any]) -> str:
-    """The streams_rss scenario: summary line and memory per process; "" when not run."""
-    held = result.get("streams_rss")
-    if not held:
-        return ""
-    text = (
-        f"Open streams held (streams_rss): chat streams through meshgate, engine "
-        f"token_delay_ms {held.get('token_delay_ms', math.nan):g}\n" + streams_summary(held)
-    )
-    if held.get("memory"):
-        text += "\n" + streams_table(held)
-    return text
+    """The streams_rss scenarios: summary line and memory per process; "" when not run."""
+    texts = []
+    for held in result.get("streams_rss_all") or [result.get("streams_rss") or {}]:
+        if not held:
+            continue
+        engine = {"mock": "the paced mock over HTTP", "reference": "the reference engine"}
+        text = (
+            f"Open streams held (streams_rss): chat streams through meshgate, engine "
+            f"{engine.get(held.get('upstream', 'reference'), '?')}, token_delay_ms "
+            f"{held.get('token_delay_ms', math.nan):g}\n" + streams_summary(held)
+        )
+        if held.get("memory"):
+            text += "\n" + streams_table(held)
+        texts.append(text)
+    return "\n\n".join(texts)
 
 
 def relay_summary(relayed: dict[str, Any]) -> str:

@@ -124,7 +124,8 @@ class Run:
     preflight: dict[str, Any] = field(default_factory=dict)
     scenarios: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    streams_rss: dict[str, Any] | None = None
+    # One per streams.UPSTREAMS, the issue's setup (an HTTP engine) first.
+    streams_rss: list[dict[str, Any]] = field(default_factory=list)
     relay: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -143,8 +144,9 @@ class Run:
             "overhead": overheads,
             "notes": self.notes,
         }
-        if self.streams_rss is not None:
-            out["streams_rss"] = self.streams_rss
+        if self.streams_rss:
+            out["streams_rss"] = self.streams_rss[0]
+            out["streams_rss_all"] = self.streams_rss
         if self.relay is not None:
             out["relay"] = self.relay
         return out
@@ -863,36 +865,54 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # unwinds through the finally blocks that stop the children
 
 
-def streams_rss(count: int, workdir: Path, payload: Payload) -> dict[str, Any]:
-    """The streams_rss scenario on its own mesh (slow engine); see bench/streams.py."""
-    fd_limit = streams.raise_fd_limit(count + 1024)
+def streams_rss(count: int, workdir: Path, payload: Payload, upstream: str) -> dict[str, Any]:
+    """The streams_rss scenario on its own mesh (slow engine); see bench/streams.py.
+
+    `upstream` "mock": the issue's setup, an OpenAI-compatible HTTP engine (the paced
+    mock, outside the measured tree like every upstream here), so the mesh runs no
+    engine process. "reference": the built-in engine, inside the tree, as
+    `meshgate up` runs on its embedded defaults.
+    """
+    fd_limit = streams.raise_fd_limit(2 * count + 1024)
     started = time.monotonic()
     delay = streams.STREAM_TOKEN_DELAY_MS
     print(
-        f"streams_rss: {count} streams through meshgate (engine token_delay_ms {delay:g}) ...",
+        f"streams_rss: {count} streams through meshgate ({upstream} engine, "
+        f"token_delay_ms {delay:g}) ...",
         flush=True,
     )
     out: dict[str, Any] = {
         "requested": count,
+        "upstream": upstream,
         "token_delay_ms": delay,
         "max_tokens": payload.max_tokens,
         "fd_limit": fd_limit,
         "memory_basis": streams.MEMORY_BASIS,
     }
-    mesh = MeshProcess(workdir, delay, name="meshgate-streams")
-    try:
-        out["idle_memory"] = streams.tree_memory(mesh.processes())
-        out.update(
-            streams.hold_streams(
-                mesh.base_url,
-                mesh.key,
-                payload.json_body("chat_stream"),
-                count,
-                lambda: streams.tree_memory(mesh.processes()),
+    with contextlib.ExitStack() as stack:
+        models = None
+        if upstream == "mock":
+            mock = MockProcess(
+                workdir, token_delay_ms=delay, chunks=payload.max_tokens, name="mock-streams"
             )
-        )
-    finally:
-        out["meshgate_exit_code"] = mesh.stop()
+            stack.callback(mock.stop)
+            models = openai_http_models(
+                mock.base_url, payload.chat_model, payload.embed_model, MOCK_DIMENSIONS
+            )
+        mesh = MeshProcess(workdir, delay, models=models, name=f"meshgate-streams-{upstream}")
+        try:
+            out["idle_memory"] = streams.tree_memory(mesh.processes())
+            out.update(
+                streams.hold_streams(
+                    mesh.base_url,
+                    mesh.key,
+                    payload.json_body("chat_stream"),
+                    count,
+                    lambda: streams.tree_memory(mesh.processes()),
+                )
+            )
+        finally:
+            out["meshgate_exit_code"] = mesh.stop()
     out["elapsed_s"] = round(time.monotonic() - started, 1)
     print(f"  {report.streams_summary(out)}", flush=True)
     return out
@@ -998,16 +1018,19 @@ def main(argv: list[str] | None = None) -> int:
             run.relay = relay.run_relay(workdir, ledger=args.ledger == "on")
             print(f"  {report.relay_summary(run.relay)}", flush=True)
         if args.open_streams and relay_mode != "only":
-            try:
-                run.streams_rss = streams_rss(args.open_streams, workdir, payload)
-            except (RuntimeError, OSError) as exc:
-                # The load figures above are still worth writing; the note says what failed.
-                what, _, log = str(exc).partition("\n")
-                run.streams_rss = {
-                    "requested": args.open_streams,
-                    "token_delay_ms": streams.STREAM_TOKEN_DELAY_MS,
-                    "failure": f"{what}\n{log[-2000:]}".strip(),
-                }
+            for upstream in streams.UPSTREAMS:
+                try:
+                    held = streams_rss(args.open_streams, workdir, payload, upstream)
+                except (RuntimeError, OSError) as exc:
+                    # The load figures above are still worth writing; the note says what failed.
+                    what, _, log = str(exc).partition("\n")
+                    held = {
+                        "requested": args.open_streams,
+                        "upstream": upstream,
+                        "token_delay_ms": streams.STREAM_TOKEN_DELAY_MS,
+                        "failure": f"{what}\n{log[-2000:]}".strip(),
+                    }
+                run.streams_rss.append(held)
 
     run.meta["elapsed_s"] = round(time.monotonic() - started, 1)
     run.meta["host"]["loadavg_at_end"] = os.getloadavg()
@@ -1023,12 +1046,10 @@ def main(argv: list[str] | None = None) -> int:
     md_path = results_md_path(args)
     if md_path is not None:
         write_results_md(md_path, result, args.baseline)
-    held = run.streams_rss or {}
     relayed = run.relay or {}
     failed = (
         any(s["errors"] for s in run.scenarios)
-        or held.get("errors")
-        or held.get("failure")
+        or any(held.get("errors") or held.get("failure") for held in run.streams_rss)
         or relayed.get("long", {}).get("errors")
         or relayed.get("short", {}).get("errors")
     )
@@ -1081,15 +1102,16 @@ def _add_notes(run: Run) -> None:
     for s in run.scenarios:
         if s["errors"]:
             run.notes.append(f"{s['id']}: {s['errors']} errors, e.g. {s['error_samples']}")
-    held = run.streams_rss
-    if held and held.get("failure"):
-        reason = held["failure"].splitlines()[0] if held["failure"] else "?"
-        run.notes.append(f"streams_rss did not run: {reason} (the JSON has the log's tail)")
-    elif held and (held["errors"] or held["held"] < held["requested"]):
-        run.notes.append(
-            f"streams_rss: {held['held']} of {held['requested']} streams held, "
-            f"{held['errors']} errors, e.g. {held['error_samples']}"
-        )
+    for held in run.streams_rss:
+        what = f"streams_rss ({held['upstream']} engine)"
+        if held.get("failure"):
+            reason = held["failure"].splitlines()[0] if held["failure"] else "?"
+            run.notes.append(f"{what} did not run: {reason} (the JSON has the log's tail)")
+        elif held["errors"] or held["held"] < held["requested"]:
+            run.notes.append(
+                f"{what}: {held['held']} of {held['requested']} streams held, "
+                f"{held['errors']} errors, e.g. {held['error_samples']}"
+            )
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ in quota), so memory per open stream, not CPU per request, is what limits how
 many slow clients a gateway can serve. The target is 2,000 concurrent streams
 with at most 500 MB of RSS across the mesh.
 
-The scenario starts its own mesh with a slow reference engine (one token per
-`STREAM_TOKEN_DELAY_MS`, so a 16-token answer stays open ~15 s), opens N
+The scenario starts its own mesh behind a slow engine (one token per
+`STREAM_TOKEN_DELAY_MS`, so a 16-token answer stays open ~15 s): once behind the
+paced mock over HTTP (the issue's setup; the mock is outside the measured tree,
+and the mesh runs no engine process), once behind the reference engine. It opens N
 streaming requests through the edge, waits until every one has received its
 first content token, samples the memory of every process in the `meshgate up`
 tree (Redis included), then closes all the connections. The client is a bare
@@ -29,6 +31,9 @@ from bench import report
 from bench.httpclient import TOKEN_EVENT, build_request, split_base_url
 from bench.procstat import memory_kib
 
+# The engines the scenario runs behind, the setup first: an OpenAI-compatible
+# HTTP engine (bench/mock_openai.py, paced), then the built-in reference engine.
+UPSTREAMS = ("mock", "reference")
 # Slow enough that N streams are all open at once, fast enough to stay bounded.
 STREAM_TOKEN_DELAY_MS = 1000.0
 # Connections being opened at once: well under the edge's listen backlog (2048).
@@ -174,7 +179,10 @@ async def _hold(
     if pending:
         error(f"no first token within {FIRST_TOKEN_TIMEOUT_S:g}s", len(pending))
     opened_s = time.monotonic() - started
-    with_token = [s for s in streams if s.first.done() and not s.first.exception()]
+    # A stream whose opener timed out had its wait (and so its future) cancelled.
+    with_token = [
+        s for s in streams if s.first.done() and not s.first.cancelled() and not s.first.exception()
+    ]
     held = [s for s in with_token if not s.ended and not s.lost]
     # Answered, but already finished when the last one opened: not held at the sample.
     ended_early = len(with_token) - len(held)

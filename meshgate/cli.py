@@ -11,6 +11,7 @@ import asyncio
 import gc
 import importlib
 import os
+import resource
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from decimal import Decimal
@@ -514,6 +515,7 @@ def serve(service: str, config_path: str | None) -> int:
         return 1
     _use_uvloop()
     _tune_gc()
+    _raise_fd_limit()
     try:
         if service in HTTP_SERVICES:
             cast(Callable[[Config], None], run)(config)
@@ -539,6 +541,15 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+
+
+def _raise_fd_limit() -> None:
+    """Lift the soft limit on open files to the hard one, as Go's runtime does: every open
+    stream holds a socket in the edge and one or two in the router, and the common soft
+    default (1,024) would refuse connections long before memory or CPU run out."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _use_uvloop() -> None:

@@ -508,6 +508,11 @@ class EngineReplica(_Strict):
     # openai_http: where the engine reports its load (vLLM, SGLang, llama.cpp).
     metrics: EngineMetricsConfig = EngineMetricsConfig()
 
+    @property
+    def own_engine(self) -> bool:
+        """Served by this mesh's own engine service (`services.engine`)."""
+        return self.kind == "grpc" and not self.target
+
     @model_validator(mode="after")
     def _addressed(self) -> EngineReplica:
         if self.kind == "openai_http" and not self.url.startswith(("http://", "https://")):
@@ -666,6 +671,11 @@ class Config(_Strict):
             keys_url=docs.keys_url if "keys_url" in given else origin + "/keys",
             usage_url=docs.usage_url if "usage_url" in given else origin + "/usage",
         )
+
+    def uses_own_engine(self) -> bool:
+        """Whether any model is served by this mesh's engine service: a mesh in front of
+        vLLM or a hosted API alone needs no engine process."""
+        return any(engine.own_engine for model in self.models for engine in model.engines)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Config:

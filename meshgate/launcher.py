@@ -453,8 +453,11 @@ class Stack:
         return [*stores, *self.children.values()]
 
     def runs(self, service: str) -> bool:
-        """Whether this mesh runs `service`: all of them, but the ledger only when enabled
-        and the admin listener only when it has a port."""
+        """Whether this mesh runs `service`: all of them, but the ledger only when enabled,
+        the admin listener only when it has a port, and the engine only when a model is
+        served by it."""
+        if service == "engine":
+            return self.config.uses_own_engine()
         if service == "ledger":
             return self.config.ledger.enabled
         if service == "admin":

@@ -141,6 +141,24 @@ def test_streams_held_against_mock(tmp_path: Path) -> None:
     assert held["ttft_us"]["n"] == 20
 
 
+def test_streams_rss_runs_behind_both_engines(tmp_path: Path) -> None:
+    """`--only-streams`: one mesh behind the paced mock over HTTP (the issue's setup, no
+    engine process in the tree), one behind the reference engine; the first is the goal's."""
+    out = tmp_path / "streams.json"
+    proc = run_bench("--only-streams", "--open-streams", "24", "--out", str(out))
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    result: dict[str, Any] = json.loads(out.read_text())
+    runs = result["streams_rss_all"]
+    assert [held["upstream"] for held in runs] == ["mock", "reference"]
+    assert result["streams_rss"] == runs[0]
+    for held in runs:
+        assert held["held"] == held["requested"] == 24 and held["errors"] == 0, held
+        assert held["meshgate_exit_code"] == 0
+    assert "engine" not in runs[0]["memory"]["by_process"]
+    assert runs[1]["memory"]["by_process"]["engine"]["rss_kib"] > 0
+    assert "the paced mock over HTTP" in proc.stdout and "the reference engine" in proc.stdout
+
+
 def test_engine_routing_bench_runs_both_legs_without_errors() -> None:
     """bench/engine_routing.py, briefly: both legs run the same schedule and all succeed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHGATE_")}

@@ -21,8 +21,10 @@ from typing import Any
 
 import httpx
 import openai
+import psutil
 import pytest
 
+from bench.procstat import descendants
 from meshgate import openai_wire as wire
 from meshgate.config import RouterServiceConfig
 from meshgate.structs import from_dict
@@ -129,6 +131,15 @@ def _recorded_content(name: str) -> str:
             for choice in json.loads(data)["choices"]:
                 text += choice.get("delta", {}).get("content") or choice.get("text") or ""
     return text
+
+
+def test_a_mesh_of_http_engines_runs_no_engine_process(fakes: Fakes) -> None:
+    """No model is served by the mesh's own engine service, so `meshgate up` leaves it out
+    (the reference engine is ~120 MB and a process); every other service runs."""
+    lines = [" ".join(psutil.Process(pid).cmdline()) for pid in descendants(fakes.mesh.proc.pid)]
+    for name in ("auth", "quota", "validation", "router", "edge", "ledger"):
+        assert any(f" serve {name} " in line for line in lines), (name, lines)
+    assert not any(" serve engine " in line for line in lines), lines
 
 
 def test_replayed_engine_through_meshgate(fakes: Fakes) -> None:

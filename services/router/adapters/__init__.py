@@ -31,6 +31,7 @@ def connect(model: ModelConfig, engine: EngineReplica, config: Config) -> Engine
         engine.model or model.id,
         api_key_env=engine.api_key_env,
         native_dimensions=model.dimensions,
+        max_connections=engine.max_concurrency,
     )
 
 

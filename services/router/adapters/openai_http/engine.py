@@ -25,14 +25,23 @@ from services.router.adapters.openai_http import http1
 
 T = TypeVar("T")
 
-MAX_CONNECTIONS = 512
+# Connections to one engine when its `max_concurrency` sets none. Not a limit anyone
+# should meet (requests beyond it wait for a connection, unseen by the balancer): one
+# open stream is one connection, and 2,000 streams to one engine are ordinary.
+MAX_CONNECTIONS = 16_384
 KEEPALIVE_S = 30.0
 JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"}
 
 
 class OpenAIHttpEngine:
     def __init__(
-        self, url: str, model: str, *, api_key_env: str = "", native_dimensions: int = 0
+        self,
+        url: str,
+        model: str,
+        *,
+        api_key_env: str = "",
+        native_dimensions: int = 0,
+        max_connections: int = 0,
     ) -> None:
         self.target = url.rstrip("/")
         self._model = model
@@ -45,7 +54,7 @@ class OpenAIHttpEngine:
         self._pool = http1.Pool(
             http1.Target(self.target, _env_proxy(self.target)),
             headers,
-            limit=MAX_CONNECTIONS,
+            limit=max_connections or MAX_CONNECTIONS,
             keepalive_s=KEEPALIVE_S,
         )
 
