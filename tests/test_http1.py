@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from meshgate.config import Config, EngineReplica, ModelConfig
 from services.router.adapters.openai_http import http1
 from tests.test_mtls import make_pki
 
@@ -371,3 +372,56 @@ def test_a_header_value_with_a_line_break_is_refused_not_sent() -> None:
         assert lines == ["GET /ok HTTP/1.1"]
 
     asyncio.run(main())
+
+
+COMPLETION = (
+    b'{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,'
+    b'"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],'
+    b'"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}'
+)
+
+
+def test_an_engine_gets_as_many_connections_as_requests_unless_max_concurrency_says() -> None:
+    """The adapter's pool is no hidden limit: 600 requests in flight at once reach the
+    engine together (it answers none until all are in; a cap of 512 would hang them).
+    `max_concurrency` is the operator's limit, and the pool keeps to it."""
+    from meshgate.v1 import inference_pb2
+    from services.router.adapters import connect
+
+    together = 600
+    arrived = 0
+    all_in = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal arrived
+        while True:
+            await read_request(reader)
+            arrived += 1
+            if arrived >= together:
+                all_in.set()
+            await all_in.wait()  # set for good after the first scenario
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(COMPLETION))
+            writer.write(COMPLETION)
+            await writer.drain()
+
+    request = inference_pb2.ChatCompletionRequest(
+        model="m", messages=[inference_pb2.ChatMessage(role="user", text="hi")]
+    )
+
+    async def scenario(max_concurrency: int, calls: int) -> int:
+        async with Server(handler) as server:
+            url = f"http://127.0.0.1:{server.port}/v1"
+            replica = EngineReplica(kind="openai_http", url=url, max_concurrency=max_concurrency)
+            adapter = connect(ModelConfig(id="m", engines=(replica,)), replica, Config())
+            try:
+                answers = await asyncio.wait_for(
+                    asyncio.gather(*(adapter.chat(request, 20.0) for _ in range(calls))), 30
+                )
+            finally:
+                await adapter.close()
+            assert [a.usage.completion_tokens for a in answers] == [1] * calls
+            return server.accepted
+
+    assert asyncio.run(scenario(0, together)) == together
+    all_in.set()  # from here on the engine answers at once
+    assert asyncio.run(scenario(4, 40)) == 4
