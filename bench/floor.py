@@ -6,6 +6,11 @@ Timing a plain asyncio TCP round trip beside it shows how much of that is
 gRPC's machinery rather than the kernel's loopback. Both run at concurrency 1,
 one client, one server process, a 200-byte payload echoed back.
 
+A streamed token crosses one server-stream message instead, so the floor of the
+relay is what one such message costs: 64 streams of 64 messages 20 ms apart (the
+relay scenario's schedule, bench/relay.py), minus the same calls with one message
+each, over the extra messages.
+
     python -m bench.floor            # prints the JSON the full benchmark stores
 """
 
@@ -17,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import grpc
@@ -29,6 +35,12 @@ CALLS = 2000
 WARMUP = 200
 PAYLOAD = b"x" * 200
 METHOD = "/meshgate.bench.Echo/Echo"
+STREAM_METHOD = "/meshgate.bench.Echo/Stream"
+# The relay scenario's schedule (bench/relay.py): paced, so no message rides with another.
+STREAMS = 64
+STREAM_MESSAGES = 64
+STREAM_GAP_S = 0.02
+STREAM_ROUNDS = 3
 
 
 def _identity(data: bytes) -> bytes:
@@ -39,10 +51,20 @@ async def _grpc_server(port: int) -> None:
     async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return request
 
+    async def stream(
+        request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        for _ in range(int(request)):
+            await asyncio.sleep(STREAM_GAP_S)
+            yield PAYLOAD
+
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    handler = grpc.unary_unary_rpc_method_handler(echo, _identity, _identity)
+    handlers = {
+        "Echo": grpc.unary_unary_rpc_method_handler(echo, _identity, _identity),
+        "Stream": grpc.unary_stream_rpc_method_handler(stream, _identity, _identity),
+    }
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("meshgate.bench.Echo", {"Echo": handler}),)
+        (grpc.method_handlers_generic_handler("meshgate.bench.Echo", handlers),)
     )
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -88,6 +110,33 @@ async def _grpc_client(port: int, server_pid: int) -> dict[str, float]:
         return await _time_calls(lambda: echo(PAYLOAD), server_pid)
 
 
+async def _stream_client(port: int, server_pid: int) -> dict[str, float]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
+        stream = channel.unary_stream(
+            STREAM_METHOD, request_serializer=_identity, response_deserializer=_identity
+        )
+        await channel.channel_ready()
+
+        async def one(messages: int) -> int:
+            return sum([1 async for _ in stream(str(messages).encode())])
+
+        async def window(messages: int) -> tuple[float, int, float]:
+            server_before, client_before = cpu_seconds(server_pid) or 0.0, time.process_time()
+            started, got = time.monotonic(), 0
+            for _ in range(STREAM_ROUNDS):
+                got += sum(await asyncio.gather(*(one(messages) for _ in range(STREAMS))))
+            cpu = (cpu_seconds(server_pid) or 0.0) - server_before
+            return cpu + time.process_time() - client_before, got, time.monotonic() - started
+
+        await window(STREAM_MESSAGES)  # warm-up
+        long_cpu, long_got, long_s = await window(STREAM_MESSAGES)
+        short_cpu, short_got, _ = await window(1)
+        return {
+            "cpu_us": round((long_cpu - short_cpu) / (long_got - short_got) * 1e6, 1),
+            "messages_per_s": round(long_got / long_s),
+        }
+
+
 async def _raw_client(port: int, server_pid: int) -> dict[str, float]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
 
@@ -106,14 +155,21 @@ def _measure(kind: str) -> dict[str, float]:
 
     (port,) = free_ports(1)
     server = subprocess.Popen(
-        [sys.executable, "-m", "bench.floor", "--serve", kind, str(port)],
+        [
+            sys.executable,
+            "-m",
+            "bench.floor",
+            "--serve",
+            "raw" if kind == "raw" else "grpc",
+            str(port),
+        ],
         cwd=ROOT,
         env=child_env(),
         preexec_fn=die_with_parent(),
     )
     try:
         deadline = time.monotonic() + 10
-        client = _grpc_client if kind == "grpc" else _raw_client
+        client = {"grpc": _grpc_client, "stream": _stream_client, "raw": _raw_client}[kind]
         while True:
             try:
                 return uvloop.run(client(port, server.pid))
@@ -131,6 +187,11 @@ def probe_floor() -> dict[str, dict[str, float]]:
     return {"grpc_unary": _measure("grpc"), "asyncio_tcp": _measure("raw")}
 
 
+def probe_stream_floor() -> dict[str, float]:
+    """CPU (client + server) of one paced server-stream message, the relay's unit."""
+    return _measure("stream")
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--serve"]:
         import uvloop
@@ -138,7 +199,7 @@ def main(argv: list[str]) -> int:
         kind, port = argv[1], int(argv[2])
         uvloop.run(_grpc_server(port) if kind == "grpc" else _raw_server(port))
         return 0
-    print(json.dumps(probe_floor(), indent=2))
+    print(json.dumps({**probe_floor(), "grpc_stream_message": probe_stream_floor()}, indent=2))
     return 0
 
 

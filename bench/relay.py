@@ -14,7 +14,10 @@ chunks never ride together (about 3,000 chunks/s, below saturation on 2 cores).
 CPU per chunk is then (CPU of the long window - CPU of the short window) /
 (chunks of the long window - chunks of the short window), and CPU per request is
 the short window's CPU over its requests. Both are reported in µs and in floors
-(one empty `grpc.aio` round trip's CPU, bench/floor.py, same run).
+(one empty `grpc.aio` round trip's CPU, bench/floor.py, same run), and per chunk
+also in paced server-stream messages (bench/floor.py's `grpc_stream_message`, the
+same schedule with nothing but gRPC): the relay's own floor, as each chunk crosses
+one such message from the router to the edge.
 
 The ramp then raises the number of concurrent long streams (closed loop) until
 the p99 inter-token latency seen by the client grows by more than
@@ -266,6 +269,7 @@ async def _measure(mesh: MeshProcess, floor_cpu_us: float, ramp: bool) -> dict[s
 def run_relay(workdir: Path, ledger: bool = True, ramp: bool = True) -> dict[str, Any]:
     """Start two paced mocks and a mesh, measure, stop everything."""
     floor_cpu_us = floor.probe_floor()["grpc_unary"]["cpu_us"]
+    stream_floor = floor.probe_stream_floor()
     long_mock = MockProcess(workdir, token_delay_ms=TOKEN_MS, chunks=LONG_CHUNKS, name="mock-long")
     try:
         short_mock = MockProcess(workdir, token_delay_ms=TOKEN_MS, chunks=1, name="mock-short")
@@ -275,7 +279,13 @@ def run_relay(workdir: Path, ledger: bool = True, ramp: bool = True) -> dict[str
             try:
                 import uvloop
 
-                return uvloop.run(_measure(mesh, floor_cpu_us, ramp))
+                out = uvloop.run(_measure(mesh, floor_cpu_us, ramp))
+                # What one message of the edge <- router stream costs with nothing around it.
+                out["stream_message_floor_us"] = stream_floor["cpu_us"]
+                out["per_chunk_stream_messages"] = round(
+                    out["per_chunk_us"] / stream_floor["cpu_us"], 2
+                )
+                return out
             finally:
                 mesh.stop()
         finally:

@@ -413,8 +413,15 @@ def relay_text(result: dict[str, Any]) -> str:
         f"Relay (bench/relay.py): {relayed['streams']} streams, {relayed['long_chunks']} chunks "
         f"{relayed['token_ms']:g} ms apart vs 1 chunk, same schedule; floor {floor:,.0f} µs CPU",
         relay_summary(relayed),
-        "",
     ]
+    message = relayed.get("stream_message_floor_us")
+    if message:
+        lines.append(
+            f"one paced grpc.aio server-stream message alone (bench/floor.py, same schedule): "
+            f"{message:,.0f} µs = {message / floor:.3f} floor; a relayed chunk costs "
+            f"{relayed['per_chunk_stream_messages']:.2f} of them"
+        )
+    lines.append("")
     rows = [
         [label, _fmt(us, 1), _fmt(us / floor, 3)]
         for label, us in sorted(relayed["per_chunk_by_process_us"].items(), key=lambda kv: -kv[1])

@@ -165,9 +165,16 @@ def _relay_chunk(result: dict[str, Any]) -> Figure:
     if not relayed:
         return NOT_MEASURED
     floors = relayed["per_chunk_floors"]
+    message = relayed.get("stream_message_floor_us")
+    alone = (
+        f"; one paced grpc.aio stream message alone: {message:,.0f} µs = "
+        f"{message / relayed['floor_cpu_us']:.2f} floor"
+        if message
+        else ""
+    )
     return Figure(
         f"{relayed['per_chunk_us']:,.0f} µs = {floors:.2f} floor "
-        f"(floor {relayed['floor_cpu_us']:,.0f} µs)",
+        f"(floor {relayed['floor_cpu_us']:,.0f} µs{alone})",
         floors <= 0.15,
     )
 
