@@ -1077,7 +1077,11 @@ def _add_validation_share(run: Run) -> None:
     ]
     if not measured or not chat:
         return
-    overheads = {o["concurrency"]: o for o in run.to_json()["overhead"] if o["endpoint"] == "chat"}
+    overheads = {
+        o["concurrency"]: o
+        for o in run.to_json()["overhead"]
+        if o["endpoint"] == "chat" and o["gateway"] == "meshgate"  # not a peer's
+    }
     c1 = overheads.get(1, {}).get("overhead_p50_us")
     busiest = max(chat, key=lambda s: s["concurrency"])
     run.meta["validation_share"] = hops.validation_share(

@@ -182,3 +182,16 @@ def test_realtool_compares_the_tool_with_the_mean_of_our_runs() -> None:
     assert rows["throughput, req/s"]["diff_pct"] == -10.0
     assert rows["latency to last token p50, ms"]["diff_pct"] == 10.0
     assert rows["TTFT p50, ms"]["diff_pct"] is None  # neither measured it
+
+
+def test_the_validation_share_is_of_meshgates_overhead_not_a_peers() -> None:
+    """With peers in the run, every (endpoint, concurrency) has an overhead per gateway:
+    the validation hop's share of the c=1 overhead is of meshgate's."""
+    run = bench_run.Run(meta={"hops_p50_us": {"validation": 600.0}})
+    for leg, p50 in (("direct", 100.0), ("meshgate", 3100.0), ("portkey", 1100.0)):
+        scenario = _scenario("chat", leg, 1, 400, p50, 2 * p50, 0)
+        scenario["direct"] = leg == "direct"
+        scenario["cpu"]["by_process_us_per_req"] = {"validation": 300.0, "edge": 900.0}
+        run.scenarios.append(scenario)
+    bench_run._add_validation_share(run)
+    assert run.meta["validation_share"]["of_c1_overhead_pct"] == 20.0  # 600 of 3,000 µs
