@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from meshgate import errors, grpcio, logs
 from meshgate.config import TlsConfig
+from meshgate.deadline import left
 from meshgate.v1 import engine_pb2, engine_pb2_grpc, inference_pb2
 from services.router.adapters.base import EngineUnavailable
 
@@ -94,9 +95,7 @@ class GrpcEngine:
         deadline = time.monotonic() + timeout
         for attempt in range(_ATTEMPTS):
             try:
-                return await method(
-                    message, timeout=max(deadline - time.monotonic(), 0.0), metadata=_metadata()
-                )
+                return await method(message, timeout=left(deadline), metadata=_metadata())
             except grpc.aio.AioRpcError as exc:
                 if attempt + 1 == _ATTEMPTS or not errors.transient(exc):
                     raise _translate(exc, self.target) from None
@@ -107,9 +106,7 @@ class GrpcEngine:
         the replica refused before its first chunk is started once more."""
         deadline = time.monotonic() + timeout
         for attempt in range(_ATTEMPTS):
-            call = method(
-                message, timeout=max(deadline - time.monotonic(), 0.0), metadata=_metadata()
-            )
+            call = method(message, timeout=left(deadline), metadata=_metadata())
             relayed = False
             try:
                 async for chunk in call:
