@@ -370,16 +370,24 @@ def streams_table(held: dict[str, Any]) -> str:
     return table(["process", "idle RSS MB", "held RSS MB", "held Pss MB"], [*rows, totals])
 
 
+# What each streams_rss run was behind (bench/streams.py UPSTREAMS); results without an
+# `upstream` predate the HTTP-engine run and were behind the reference engine.
+UPSTREAM_LABELS = {"mock": "the paced mock over HTTP", "reference": "the reference engine"}
+
+
+def upstream_label(held: dict[str, Any]) -> str:
+    return UPSTREAM_LABELS.get(held.get("upstream", "reference"), "?")
+
+
 def streams_text(result: dict[str, Any]) -> str:
     """The streams_rss scenarios: summary line and memory per process; "" when not run."""
     texts = []
     for held in result.get("streams_rss_all") or [result.get("streams_rss") or {}]:
         if not held:
             continue
-        engine = {"mock": "the paced mock over HTTP", "reference": "the reference engine"}
         text = (
             f"Open streams held (streams_rss): chat streams through meshgate, engine "
-            f"{engine.get(held.get('upstream', 'reference'), '?')}, token_delay_ms "
+            f"{upstream_label(held)}, token_delay_ms "
             f"{held.get('token_delay_ms', math.nan):g}\n" + streams_summary(held)
         )
         if held.get("memory"):

@@ -139,9 +139,8 @@ def _streams(result: dict[str, Any]) -> Figure:
     memory = held["memory"]
     rss_mb = memory["rss_kib_total"] * 1024 / 1e6
     pss_mb = memory["pss_kib_total"] * 1024 / 1e6
-    engine = "an HTTP engine" if held.get("upstream") == "mock" else "the reference engine"
     text = (
-        f"behind {engine}: {held['held']:,}/{held['requested']:,} held, {held['errors']} errors, "
+        f"behind {report.upstream_label(held)}: {held['held']:,}/{held['requested']:,} held, {held['errors']} errors, "
         f"{rss_mb:,.0f} MB RSS (Pss {pss_mb:,.0f} MB)"
     )
     met = held["held"] >= STREAMS_TARGET and held["errors"] == 0 and rss_mb <= RSS_LIMIT_MB
