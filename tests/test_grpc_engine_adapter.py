@@ -15,6 +15,7 @@ import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 
 from meshgate import errors, grpcio
 from meshgate.v1 import engine_pb2_grpc, inference_pb2
@@ -48,7 +49,7 @@ async def _scenario() -> tuple[collections.Counter[str], collections.Counter[str
         ]
     )
     engine_pb2_grpc.add_EngineServiceServicer_to_server(ReferenceEngine(), server)
-    health_pb2_grpc.add_HealthServicer_to_server(_Serving(), server)
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     adapter = GrpcEngine(f"127.0.0.1:{port}")
@@ -92,13 +93,6 @@ async def _scenario() -> tuple[collections.Counter[str], collections.Counter[str
         await plain.close()
         await server.stop(None)
     return ours, raw
-
-
-class _Serving(health_pb2_grpc.HealthServicer):
-    async def Check(
-        self, request: health_pb2.HealthCheckRequest, context: object
-    ) -> health_pb2.HealthCheckResponse:
-        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
 
 def test_calls_refused_at_the_engines_max_age_are_sent_again_not_failed() -> None:

@@ -389,27 +389,32 @@ def test_an_engine_gets_as_many_connections_as_requests_unless_max_concurrency_s
     from services.router.adapters import connect
 
     together = 600
-    arrived = 0
-    all_in = asyncio.Event()
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal arrived
-        while True:
-            await read_request(reader)
-            arrived += 1
-            if arrived >= together:
-                all_in.set()
-            await all_in.wait()  # set for good after the first scenario
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(COMPLETION))
-            writer.write(COMPLETION)
-            await writer.drain()
+    def answering_once(calls: int) -> Handler:
+        """An engine that answers nothing until `calls` requests have arrived."""
+        arrived = 0
+        all_in = asyncio.Event()
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal arrived
+            while True:
+                await read_request(reader)
+                arrived += 1
+                if arrived >= calls:
+                    all_in.set()
+                await all_in.wait()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(COMPLETION))
+                writer.write(COMPLETION)
+                await writer.drain()
+
+        return handler
 
     request = inference_pb2.ChatCompletionRequest(
         model="m", messages=[inference_pb2.ChatMessage(role="user", text="hi")]
     )
 
-    async def scenario(max_concurrency: int, calls: int) -> int:
-        async with Server(handler) as server:
+    async def scenario(max_concurrency: int, calls: int, held_until: int) -> int:
+        async with Server(answering_once(held_until)) as server:
             url = f"http://127.0.0.1:{server.port}/v1"
             replica = EngineReplica(kind="openai_http", url=url, max_concurrency=max_concurrency)
             adapter = connect(ModelConfig(id="m", engines=(replica,)), replica, Config())
@@ -422,6 +427,5 @@ def test_an_engine_gets_as_many_connections_as_requests_unless_max_concurrency_s
             assert [a.usage.completion_tokens for a in answers] == [1] * calls
             return server.accepted
 
-    assert asyncio.run(scenario(0, together)) == together
-    all_in.set()  # from here on the engine answers at once
-    assert asyncio.run(scenario(4, 40)) == 4
+    assert asyncio.run(scenario(0, together, held_until=together)) == together
+    assert asyncio.run(scenario(4, 40, held_until=1)) == 4  # answers each at once
