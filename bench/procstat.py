@@ -39,13 +39,24 @@ def descendants(pid: int) -> list[int]:
         return []
 
 
+def argv(pid: int) -> list[str]:
+    """A process's command line as words; empty once it is gone.
+
+    A service that `meshgate up` forked carries its command line as one title
+    (setproctitle), padded with NULs, not as separate arguments.
+    """
+    try:
+        return " ".join(psutil.Process(pid).cmdline()).split()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return []
+
+
 def process_label(pid: int) -> str:
     """`edge`, `router`, `redis`... from the command line; `launcher` for `meshgate up`;
     `postgres` for every process of the embedded PostgreSQL (they title themselves
     `postgres: checkpointer`, `postgres: io worker 0`...)."""
-    try:
-        args = [a for a in psutil.Process(pid).cmdline() if a]
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+    args = argv(pid)
+    if not args:
         return f"pid{pid}"
     if "serve" in args and args.index("serve") + 1 < len(args):
         return args[args.index("serve") + 1]
@@ -53,6 +64,8 @@ def process_label(pid: int) -> str:
         return "redis"
     if "up" in args and "meshgate" in args:
         return "launcher"
+    if "meshgate.forkserver" in args:
+        return "forkserver"
     if args and Path(args[0]).name.split(":")[0] == "postgres":
         return "postgres"
     return Path(args[0]).name if args else f"pid{pid}"

@@ -488,6 +488,13 @@ def tenants(args: argparse.Namespace) -> int:
     return 0
 
 
+def service_module(service: str, config: Config) -> str:
+    """The module whose `run(config)` is this service: the engine's depends on its backend."""
+    if service == "engine" and config.services.engine.backend == "local":
+        return "services.engines.local.server"
+    return SERVICE_MODULES[service]
+
+
 def serve(service: str, config_path: str | None) -> int:
     """Run one process of the mesh until SIGTERM; its own module handles the drain."""
     config = _config(config_path)
@@ -495,9 +502,7 @@ def serve(service: str, config_path: str | None) -> int:
         return 2
     logs.configure(service, config.logging.level, config.logging.format)
     tracing.configure(service, config.tracing)
-    module_name = SERVICE_MODULES[service]
-    if service == "engine" and config.services.engine.backend == "local":
-        module_name = "services.engines.local.server"
+    module_name = service_module(service, config)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -38,7 +38,7 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from meshgate import logs, redis_client, runtime
+from meshgate import forkserver, logs, redis_client, runtime
 from meshgate.config import (
     SERVICE_NAMES,
     Config,
@@ -147,19 +147,35 @@ class Child:
         *,
         merge_stdout: bool = False,
         forward: bool = True,
+        pass_fds: Sequence[int] = (),
+        forks: forkserver.Client | None = None,
     ) -> None:
         self.name = name
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.forward = forward
-        self.proc = subprocess.Popen(
-            die_with_parent(argv),
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if merge_stdout else None,
-            stderr=subprocess.STDOUT if merge_stdout else subprocess.PIPE,
-            process_group=0,
-        )
-        stream = self.proc.stdout if merge_stdout else self.proc.stderr
+        self.proc: subprocess.Popen[bytes] | forkserver.ForkedProcess
+        stream: IO[bytes] | None
+        if forks is not None:
+            read_end, write_end = os.pipe()
+            try:
+                self.proc = forks.spawn(argv, dict(env), write_end)
+            except forkserver.ForkError as exc:
+                os.close(read_end)
+                raise LaunchError(name, f"could not be started: {exc}") from None
+            finally:
+                os.close(write_end)
+            stream = open(read_end, "rb")  # the pump thread closes it
+        else:
+            self.proc = subprocess.Popen(
+                die_with_parent(argv),
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if merge_stdout else None,
+                stderr=subprocess.STDOUT if merge_stdout else subprocess.PIPE,
+                process_group=0,
+                pass_fds=pass_fds,
+            )
+            stream = self.proc.stdout if merge_stdout else self.proc.stderr
         assert stream is not None
         self._pump = threading.Thread(
             target=self._forward, args=(stream,), name=f"meshgate-{name}-stderr", daemon=True
@@ -305,6 +321,8 @@ class Stack:
         self._redis_argv: list[str] = []
         self._postgres: Child | None = None
         self._postgres_argv: list[str] = []
+        self._forkserver: Child | None = None
+        self._forks: forkserver.Client | None = None
         self._restarts: dict[str, list[float]] = {}
         self._redis_dir: str | None = None
         self._postgres_dir: str | None = None
@@ -345,6 +363,8 @@ class Stack:
             self._start_redis()
         if self.config.ledger.enabled and not self.config.ledger.database_url:
             self._start_postgres()
+        if forkserver.supported():
+            self._start_forkserver()
         for stage in START_STAGES:
             names = [
                 child
@@ -389,7 +409,11 @@ class Stack:
                 _emit(
                     f"meshgate: {child.name} exited with code {child.proc.returncode}; restarting it"
                 )
-                self._respawn(child)
+                try:
+                    self._respawn(child)
+                except LaunchError as error:
+                    _emit(error.report())
+                    return 1
             time.sleep(_POLL_S)
         return 0
 
@@ -402,6 +426,8 @@ class Stack:
             self._postgres = Child(
                 "postgres", self._postgres_argv, self.env, merge_stdout=True, forward=False
             )
+        elif child is self._forkserver:
+            self._start_forkserver()
         else:
             self._spawn(child.name)
 
@@ -422,9 +448,10 @@ class Stack:
             ]
             for stage in reversed(START_STAGES)
         ]
-        stores = [child for child in (self._redis, self._postgres) if child is not None]
-        if stores:
-            stages.append(stores)
+        if self._forks is not None:
+            self._forks.close()  # the forkserver exits when we hang up; SIGTERM is the backstop
+        if helpers := self._helpers():
+            stages.append(helpers)
         for stage in stages:
             for child in stage:
                 # PostgreSQL's SIGTERM waits for every client (a stray psql) to disconnect.
@@ -448,9 +475,13 @@ class Stack:
 
     # -- internals --------------------------------------------------------------
 
+    def _helpers(self) -> list[Child]:
+        """The processes that are not services: the stores, and the forkserver (first, so
+        that a supervision pass restarts it before any service it would fork)."""
+        return [c for c in (self._forkserver, self._redis, self._postgres) if c is not None]
+
     def _all_children(self) -> list[Child]:
-        stores = [child for child in (self._redis, self._postgres) if child is not None]
-        return [*stores, *self.children.values()]
+        return [*self._helpers(), *self.children.values()]
 
     def runs(self, service: str) -> bool:
         """Whether this mesh runs `service`: all of them, but the ledger only when enabled,
@@ -597,6 +628,32 @@ class Stack:
                 ) from None
             raise LaunchError("postgres", str(exc), list(child.tail)) from None
 
+    def _start_forkserver(self) -> None:
+        """One preloaded parent that forks every Python service (meshgate/forkserver.py
+        says why); it imports the modules of the services this mesh runs."""
+        from meshgate.cli import service_module
+
+        forkserver.become_subreaper()
+        if self._forks is not None:
+            self._forks.close()
+        modules = sorted(
+            {
+                service_module(s, self.config)
+                for stage in START_STAGES
+                for s in stage
+                if self.runs(s)
+            }
+        )
+        ours, theirs = forkserver.pair()
+        try:
+            argv = forkserver.command(theirs.fileno(), modules)
+            self._forkserver = Child(
+                "forkserver", argv, self._child_env(), pass_fds=[theirs.fileno()]
+            )
+        finally:
+            theirs.close()
+        self._forks = forkserver.Client(ours, self.ready_timeout)
+
     def _child_names(self, service: str) -> list[str]:
         """`quota`, `quota#2`, `quota#3`...: one child per replica."""
         count = self._replica_counts.get(service, 1)
@@ -646,7 +703,7 @@ class Stack:
             prefix = f"MESHGATE_SERVICES__{service.upper()}__"
             env[prefix + "PORT"] = str(self.replica_ports[service][int(number) - 1])
             env[prefix + "METRICS_PORT"] = str(self.replica_metrics_ports[service][int(number) - 1])
-        self.children[name] = Child(name, argv, env)
+        self.children[name] = Child(name, argv, env, forks=self._forks)
 
     def _ready(self, name: str) -> bool:
         if name in HTTP_CHILDREN:

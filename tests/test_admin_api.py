@@ -38,6 +38,7 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31
 
 from admin import openapi as admin_openapi
 from admin.api import OPERATIONS, PREFIX
+from bench import procstat
 from bench.procstat import descendants
 from meshgate.config import load_config
 from meshgate.launcher import _banner
@@ -245,7 +246,7 @@ def _replica_ports(mesh: RunningMesh, service: str) -> list[int]:
     for pid in descendants(mesh.proc.pid):
         try:
             process = psutil.Process(pid)
-            argv = process.cmdline()
+            argv = procstat.argv(pid)
             if "serve" not in argv or service not in argv:
                 continue
             listening = [

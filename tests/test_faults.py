@@ -12,8 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-import psutil
 
+from bench import procstat
 from bench.procstat import descendants
 from tests.conftest import launch_mesh, process_alive
 
@@ -25,10 +25,7 @@ VICTIMS = ("auth", "quota", "validation", "router", "engine", "redis")
 def _pids(root: int, name: str) -> list[int]:
     found = []
     for pid in descendants(root):
-        try:
-            argv = psutil.Process(pid).cmdline()
-        except psutil.Error:
-            continue
+        argv = procstat.argv(pid)
         if not process_alive(pid):
             continue
         if name == "redis" and argv and "redis-server" in argv[0]:

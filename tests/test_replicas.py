@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
+from bench import procstat
 from bench.procstat import descendants
 from meshgate.grpcio import MAX_CONNECTION_AGE_MS
 from meshgate.launcher import METRICS_HEADING, parse_replicas
@@ -29,10 +29,7 @@ TOKEN_DELAY_MS = 100
 def _serving(root: int, service: str) -> list[int]:
     pids = []
     for pid in descendants(root):
-        try:
-            argv = psutil.Process(pid).cmdline()
-        except psutil.Error:
-            continue
+        argv = procstat.argv(pid)
         if "serve" in argv and service in argv and process_alive(pid):
             pids.append(pid)
     return pids

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psutil
 import pytest
 import redis
 
+from bench import procstat
 from bench.procstat import descendants
 from meshgate import shards
 from meshgate.config import Config, load_config
@@ -409,10 +409,7 @@ def test_meshgate_up_runs_the_ledger_only_when_it_is_enabled(
     def served(mesh: RunningMesh) -> set[str]:
         names = set()
         for pid in processes_mentioning(str(mesh.config_path)):
-            try:
-                argv = psutil.Process(pid).cmdline()
-            except psutil.Error:
-                continue
+            argv = procstat.argv(pid)
             if "serve" in argv and argv.index("serve") + 1 < len(argv):
                 names.add(argv[argv.index("serve") + 1])
         return names

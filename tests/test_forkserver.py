@@ -1,0 +1,182 @@
+"""`meshgate up` forks its Python services from one preloaded parent (meshgate/forkserver.py).
+
+Each forked service must still look and behave like the exec'ed process it replaces:
+the launcher's own child, in its own process group, with its command line. It must
+also share the preloaded pages, which is the point of forking. A forkserver that dies
+is started again, and the services it forked keep serving meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import openai
+import psutil
+
+from bench import procstat
+from meshgate import forkserver
+from tests.conftest import ROOT, RunningMesh, process_alive, subprocess_env
+
+# A forked service shares tens of MB of the forkserver's heap (85-90 MB when this was
+# written); an exec'ed one shares none of its anonymous memory.
+MIN_SHARED_DIRTY_MB = 20
+
+
+def _services(mesh: RunningMesh) -> dict[str, int]:
+    """service name -> pid, for every `meshgate serve` process of the mesh."""
+    found = {}
+    for pid in procstat.descendants(mesh.proc.pid):
+        argv = procstat.argv(pid)
+        if "serve" in argv and process_alive(pid):
+            found[argv[argv.index("serve") + 1]] = pid
+    return found
+
+
+def _forkservers(mesh: RunningMesh) -> list[int]:
+    return [
+        pid
+        for pid in procstat.descendants(mesh.proc.pid)
+        if "meshgate.forkserver" in procstat.argv(pid) and process_alive(pid)
+    ]
+
+
+def _shared_dirty_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Shared_Dirty:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no Shared_Dirty in /proc/{pid}/smaps_rollup")
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def _chat(mesh: RunningMesh) -> str:
+    with openai.OpenAI(base_url=mesh.base_url, api_key=mesh.api_key, max_retries=0) as client:
+        model = client.models.list().data[0].id
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hello"}], max_tokens=8
+        )
+    return reply.choices[0].message.content or ""
+
+
+def _answers(mesh: RunningMesh) -> bool:
+    """Whether a chat succeeds now (a 503 while a restarted service comes up is not yet)."""
+    try:
+        return bool(_chat(mesh))
+    except openai.APIError:
+        return False
+
+
+def test_services_are_the_launchers_forked_children(
+    start_mesh: Callable[..., RunningMesh],
+) -> None:
+    mesh = start_mesh()
+    services = _services(mesh)
+    assert {"auth", "quota", "validation", "router", "edge", "ledger"} <= set(services)
+    assert len(_forkservers(mesh)) == 1
+    for name, pid in services.items():
+        process = psutil.Process(pid)
+        # The launcher waits for it and reads its exit code: it must be the launcher's child.
+        assert process.ppid() == mesh.proc.pid, name
+        assert os.getpgid(pid) == pid, name  # its own group: Ctrl-C reaches only the launcher
+        argv = procstat.argv(pid)
+        assert argv[1:] == ["-m", "meshgate", "serve", name, "--config", str(mesh.config_path)]
+        assert _shared_dirty_mb(pid) >= MIN_SHARED_DIRTY_MB, (name, _shared_dirty_mb(pid))
+    assert _chat(mesh)
+
+
+def test_a_dead_forkserver_is_restarted_and_forks_again(
+    start_mesh: Callable[..., RunningMesh],
+) -> None:
+    mesh = start_mesh()
+    before = _services(mesh)
+    (first,) = _forkservers(mesh)
+
+    psutil.Process(first).kill()
+    _wait_for(lambda: _forkservers(mesh) not in ([], [first]), 15, "no new forkserver")
+    assert all(process_alive(pid) for pid in before.values())  # they are not its children
+    assert _chat(mesh)
+
+    psutil.Process(before["auth"]).kill()
+    _wait_for(
+        lambda: _services(mesh).get("auth", before["auth"]) != before["auth"],
+        30,
+        "auth was not started again",
+    )
+    again = _services(mesh)["auth"]
+    assert psutil.Process(again).ppid() == mesh.proc.pid
+    assert _shared_dirty_mb(again) >= MIN_SHARED_DIRTY_MB
+    _wait_for(lambda: _answers(mesh), 30, "the mesh did not answer after the restart")
+    assert "Traceback" not in mesh.stderr()
+
+
+def test_the_forkserver_refuses_what_it_cannot_run() -> None:
+    """A malformed request, or a command that is not meshgate's, gets an error reply;
+    the forkserver keeps serving, and exits when the launcher hangs up."""
+    ours, theirs = forkserver.pair()
+    proc = subprocess.Popen(
+        forkserver.command(theirs.fileno(), []),
+        cwd=ROOT,
+        env=subprocess_env({}),
+        pass_fds=[theirs.fileno()],
+        stderr=subprocess.PIPE,
+    )
+    theirs.close()
+    ours.settimeout(60)
+    try:
+        ours.send(b"not json")
+        assert "bad request" in json.loads(ours.recv(forkserver.MAX_MESSAGE))["error"]
+        with open(os.devnull, "wb") as sink:
+            request = json.dumps({"argv": ["/bin/sh", "-c", "true"], "env": {}}).encode()
+            socket.send_fds(ours, [request], [sink.fileno()])
+        assert "not a meshgate command" in json.loads(ours.recv(forkserver.MAX_MESSAGE))["error"]
+        request = json.dumps({"argv": [sys.executable, "-m", "meshgate"], "env": {}}).encode()
+        ours.send(request)  # no stderr attached
+        assert "bad request" in json.loads(ours.recv(forkserver.MAX_MESSAGE))["error"]
+        assert proc.poll() is None
+    finally:
+        ours.close()
+    assert proc.wait(timeout=10) == 0
+    assert proc.stderr is not None
+    assert b"Traceback" not in proc.stderr.read()
+
+
+def test_a_service_the_launcher_does_not_adopt_exits() -> None:
+    """Forked by a parent that is not a subreaper, a service is never adopted by it: it
+    gives up and exits instead of running as an orphan that nothing supervises."""
+    ours, theirs = forkserver.pair()
+    proc = subprocess.Popen(
+        forkserver.command(theirs.fileno(), []),
+        cwd=ROOT,
+        env=subprocess_env({}),
+        pass_fds=[theirs.fileno()],
+    )
+    theirs.close()
+    client = forkserver.Client(ours, timeout=60)
+    read_end, write_end = os.pipe()
+    try:
+        forked = client.spawn(
+            [sys.executable, "-m", "meshgate", "--help"], subprocess_env({}), write_end
+        )
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+    # Not our child: init (or another subreaper) has it; it must be gone within the wait.
+    _wait_for(
+        lambda: not process_alive(forked.pid),
+        forkserver.ADOPT_TIMEOUT_S + 10,
+        "an unadopted service kept running",
+    )
+    client.close()
+    assert proc.wait(timeout=10) == 0
