@@ -135,14 +135,51 @@ class CpuProbe:
         return out
 
 
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_PRESENT = 1 << 63
+_PFN_MASK = (1 << 55) - 1
+
+
+def unique_resident_kib(pids: list[int]) -> int | None:
+    """The resident pages of all `pids` together, each physical page counted once, in KiB;
+    None where the kernel hides page frame numbers (they need CAP_SYS_ADMIN).
+
+    Where RSS counts a shared page once per process and Pss splits it with every sharer
+    (processes outside `pids` too), this is the memory the processes hold between them:
+    what is left to others if they all exit. It reads each resident mapping's entries
+    in /proc/PID/pagemap.
+    """
+    frames: set[int] = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps") as smaps, open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+                start = end = 0
+                for line in smaps:
+                    first = line.split(maxsplit=1)[0]
+                    if "-" in first and not first.endswith(":"):
+                        low, high = first.split("-")
+                        start, end = int(low, 16), int(high, 16)
+                    elif first == "Rss:" and int(line.split()[1]) > 0:
+                        pagemap.seek(start // _PAGE * 8)
+                        entries = memoryview(pagemap.read((end - start) // _PAGE * 8)).cast("Q")
+                        frames.update(e & _PFN_MASK for e in entries if e & _PRESENT)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    frames.discard(0)
+    if not frames:
+        return None
+    return len(frames) * _PAGE // 1024
+
+
 def memory_kib(pid: int) -> tuple[int, int] | None:
     """(RSS, Pss) of one process in KiB; None once it is gone or a zombie.
 
     RSS (the kernel's VmRSS) counts every resident page the process maps,
     shared ones (libraries, copy-on-write pages) included, so a sum over
     processes overstates the machine's real use; Pss divides each shared page
-    among its sharers, so it sums to what the processes really occupy. Both
-    are reported; the memory target is judged on RSS, the stricter of the two.
+    among its sharers, so it sums to what the processes really occupy. Both are
+    reported; the memory target is judged on `unique_resident_kib`, which Pss
+    approximates.
     """
     try:
         process = psutil.Process(pid)

@@ -223,7 +223,17 @@ def _open_table(opened: list[dict[str, Any]]) -> str:
     return table(headers, rows)
 
 
-PROCESS_ORDER = ("edge", "auth", "validation", "quota", "redis", "router", "engine", "launcher")
+PROCESS_ORDER = (
+    "edge",
+    "auth",
+    "validation",
+    "quota",
+    "redis",
+    "router",
+    "engine",
+    "launcher",
+    "forkserver",
+)
 
 
 def cpu_table(scenarios: list[dict[str, Any]]) -> str:
@@ -341,7 +351,8 @@ def streams_summary(held: dict[str, Any]) -> str:
     return (
         f"{held['held']:,}/{held['requested']:,} streams held, {held['errors']} errors, "
         f"{held.get('ended_early', 0)} ended early; all first tokens after {held['open_s']:.1f} s; "
-        f"mesh RSS {_mb(memory.get('rss_kib_total'))} MB (Pss {_mb(memory.get('pss_kib_total'))} MB), "
+        f"mesh {_mb(memory.get('unique_kib_total'))} MB in distinct pages "
+        f"(Pss {_mb(memory.get('pss_kib_total'))} MB, RSS {_mb(memory.get('rss_kib_total'))} MB), "
         f"idle {_mb((held.get('idle_memory') or {}).get('rss_kib_total'))} MB"
     )
 

@@ -29,7 +29,7 @@ from typing import Any, cast
 
 from bench import report
 from bench.httpclient import TOKEN_EVENT, build_request, split_base_url
-from bench.procstat import memory_kib
+from bench.procstat import memory_kib, unique_resident_kib
 
 # The engines the scenario runs behind, the issue's setup first: an OpenAI-compatible
 # HTTP engine (bench/mock_openai.py, paced), then the built-in reference engine.
@@ -43,8 +43,10 @@ FIRST_TOKEN_TIMEOUT_S = 30.0
 # After closing, time for the mesh to cancel the streams before it is stopped.
 SETTLE_S = 1.0
 MEMORY_BASIS = (
-    "VmRSS (psutil's rss), summed over the meshgate up tree (shared pages count "
-    "once per process, so this overstates); Pss (psutil's memory_full_info().pss) alongside"
+    "distinct resident pages of the meshgate up tree, each physical page once "
+    "(/proc/PID/pagemap; the goal's figure); Pss (psutil's memory_full_info().pss) and "
+    "VmRSS (psutil's rss) summed per process alongside (RSS counts a page shared by "
+    "the forked services once per process, so its sum overstates)"
 )
 ERROR_SAMPLES = 5
 
@@ -120,7 +122,8 @@ def raise_fd_limit(needed: int) -> int:
 
 
 def tree_memory(processes: dict[int, str]) -> dict[str, Any]:
-    """RSS and Pss per process label and in total, in KiB (see MEMORY_BASIS)."""
+    """RSS and Pss per process label and in total, and the tree's distinct resident pages
+    (None without the privilege to read them), in KiB (see MEMORY_BASIS)."""
     by_process: dict[str, dict[str, int]] = {}
     for pid, label in processes.items():
         memory = memory_kib(pid)
@@ -132,6 +135,7 @@ def tree_memory(processes: dict[int, str]) -> dict[str, Any]:
     return {
         "rss_kib_total": sum(e["rss_kib"] for e in by_process.values()),
         "pss_kib_total": sum(e["pss_kib"] for e in by_process.values()),
+        "unique_kib_total": unique_resident_kib(list(processes)),
         "processes": len(by_process),
         "by_process": by_process,
     }

@@ -148,7 +148,7 @@ class Child:
         merge_stdout: bool = False,
         forward: bool = True,
         pass_fds: Sequence[int] = (),
-        forks: forkserver.Client | None = None,
+        forks: forkserver.Spawner | None = None,
     ) -> None:
         self.name = name
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
@@ -359,12 +359,12 @@ class Stack:
         """Start the embedded stores (if any), then every service; raise LaunchError on failure."""
         self._preflight()
         self._assign_replica_ports()
+        if forkserver.supported():
+            self._start_forkserver()  # first: while we are one thread, it is forked from us
         if not self.config.redis.configured:
             self._start_redis()
         if self.config.ledger.enabled and not self.config.ledger.database_url:
             self._start_postgres()
-        if forkserver.supported():
-            self._start_forkserver()
         for stage in START_STAGES:
             names = [
                 child
@@ -645,10 +645,13 @@ class Stack:
             }
         )
         ours, theirs = forkserver.pair()
+        # Forked from us, it shares our pages too; that is safe only while we are one
+        # thread that has not started gRPC's core (as we start), so a restart execs it.
+        here = forkserver.Here(ours, theirs) if threading.active_count() == 1 else None
         try:
             argv = forkserver.command(theirs.fileno(), modules)
             self._forkserver = Child(
-                "forkserver", argv, self._child_env(), pass_fds=[theirs.fileno()]
+                "forkserver", argv, self._child_env(), pass_fds=[theirs.fileno()], forks=here
             )
         finally:
             theirs.close()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import openai
 import psutil
+import pytest
 
 from bench import procstat
 from meshgate import forkserver
@@ -180,3 +181,32 @@ def test_a_service_the_launcher_does_not_adopt_exits() -> None:
     )
     client.close()
     assert proc.wait(timeout=10) == 0
+
+
+def test_distinct_pages_count_a_page_shared_by_a_fork_once() -> None:
+    """bench/procstat.unique_resident_kib, the memory goal's figure: a child forked from a
+    parent holding 64 MB shares those pages, so the two hold about 64 MB between them,
+    though their RSS adds up to twice that."""
+    script = (
+        "import os, sys, time\n"
+        "held = bytearray(os.urandom(64 << 20))\n"
+        "if os.fork() == 0:\n"
+        "    time.sleep(60); os._exit(0)\n"
+        "print('ready', flush=True); time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None and parent.stdout.readline().strip() == "ready"
+        pids = [parent.pid, *procstat.descendants(parent.pid)]
+        assert len(pids) == 2
+        unique = procstat.unique_resident_kib(pids)
+        if unique is None:
+            pytest.skip("page frame numbers are hidden: reading them needs CAP_SYS_ADMIN")
+        rss = [psutil.Process(pid).memory_info().rss // 1024 for pid in pids]
+        assert sum(rss) > 2 * 64 * 1024
+        assert max(rss) <= unique < 0.7 * sum(rss), (unique, rss)
+    finally:
+        for pid in procstat.descendants(parent.pid):
+            psutil.Process(pid).kill()
+        parent.kill()
+        parent.wait()
