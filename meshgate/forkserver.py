@@ -44,6 +44,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -70,6 +71,16 @@ def _prctl(option: int, value: int) -> None:
     prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
     if prctl(option, value, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+
+def children_of(pid: int) -> list[int]:
+    """The live and zombie children of `pid`, from every thread's /proc children list."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(child) for child in f.read().split()]
+    return found
 
 
 def become_subreaper() -> None:
@@ -329,7 +340,8 @@ def _fork(service: Service, control: socket.socket) -> tuple[dict[str, object], 
 
 def _exit_after(run: Callable[[], int]) -> NoReturn:
     """End a process forked from the launcher with `run()`'s exit code, never returning
-    into the launcher's frames: atexit handlers run, then os._exit."""
+    into the launcher's frames; it exits as the interpreter would (non-daemon threads
+    joined, atexit handlers run, output flushed), then os._exit."""
     code = 1
     try:
         code = run()
@@ -339,6 +351,7 @@ def _exit_after(run: Callable[[], int]) -> NoReturn:
         traceback.print_exc()
     finally:
         with contextlib.suppress(BaseException):
+            threading._shutdown()  # type: ignore[attr-defined]
             atexit._run_exitfuncs()
             sys.stdout.flush()
             sys.stderr.flush()

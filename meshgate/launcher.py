@@ -414,8 +414,22 @@ class Stack:
                 except LaunchError as error:
                     _emit(error.report())
                     return 1
+            self._reap_strays()
             time.sleep(_POLL_S)
         return 0
+
+    def _reap_strays(self) -> None:
+        """Reap the exited processes we adopted but do not supervise.
+
+        As the forked services' subreaper we also adopt every orphan below us: a child
+        a service left behind, or PostgreSQL's backends if the postmaster died. Nobody
+        else waits for them, and each would stay a zombie until the mesh stops.
+        """
+        ours = {child.pid for child in self._all_children()}
+        for pid in forkserver.children_of(os.getpid()):
+            if pid not in ours:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
 
     def _respawn(self, child: Child) -> None:
         if child is self._redis:

@@ -210,3 +210,24 @@ def test_distinct_pages_count_a_page_shared_by_a_fork_once() -> None:
             psutil.Process(pid).kill()
         parent.kill()
         parent.wait()
+
+
+def test_orphans_the_launcher_adopts_are_reaped(start_mesh: Callable[..., RunningMesh]) -> None:
+    """As the services' subreaper the launcher adopts every orphan below it. PostgreSQL's
+    backends outlive a killed postmaster for a moment, then exit as the launcher's
+    children: it must reap them, not leave them as zombies until the mesh stops."""
+    mesh = start_mesh()
+    (postmaster,) = [
+        pid
+        for pid in procstat.descendants(mesh.proc.pid)
+        if procstat.process_label(pid) == "postgres" and "-D" in procstat.argv(pid)
+    ]
+    backends = [child.pid for child in psutil.Process(postmaster).children()]
+    assert backends
+    psutil.Process(postmaster).kill()
+
+    def reaped() -> bool:
+        return not any(psutil.pid_exists(pid) for pid in backends)
+
+    _wait_for(reaped, 15, "the orphaned backends were left as zombies")
+    _wait_for(lambda: _answers(mesh), 60, "no answer after PostgreSQL came back")
