@@ -353,8 +353,15 @@ def streams_summary(held: dict[str, Any]) -> str:
         f"{held.get('ended_early', 0)} ended early; all first tokens after {held['open_s']:.1f} s; "
         f"mesh {_mb(memory.get('unique_kib_total'))} MB in distinct pages "
         f"(Pss {_mb(memory.get('pss_kib_total'))} MB, RSS {_mb(memory.get('rss_kib_total'))} MB), "
-        f"idle {_mb((held.get('idle_memory') or {}).get('rss_kib_total'))} MB"
+        f"idle {_idle(held.get('idle_memory') or {})}"
     )
+
+
+def _idle(memory: dict[str, Any]) -> str:
+    """The idle mesh on the basis of the held figure: distinct pages, else (older results) RSS."""
+    if memory.get("unique_kib_total"):
+        return f"{_mb(memory['unique_kib_total'])} MB in distinct pages"
+    return f"{_mb(memory.get('rss_kib_total'))} MB RSS"
 
 
 def streams_table(held: dict[str, Any]) -> str:

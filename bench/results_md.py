@@ -510,8 +510,10 @@ def render(
         "For a 2-core machine with the load generator beside the stack and production settings "
         "(auth, quota on Redis, validation, routing). Added latency is meshgate minus the "
         "engine called directly, same run, same load. CPU is utime+stime of every process of "
-        "`meshgate up` (Redis and the reference engine included). Memory is the summed VmRSS "
-        "of that tree while every stream is open; MB = 10^6 bytes.",
+        "`meshgate up` (Redis and the reference engine included). Memory is the resident pages "
+        "of that tree while every stream is open, each physical page counted once (its "
+        "forked services share pages; results from before the forkserver, its summed "
+        "VmRSS); MB = 10^6 bytes.",
     ]
     if cpus != 2:
         lines += ["", f"This run had {cpus} CPUs, not 2: compare with care."]
