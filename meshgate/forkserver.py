@@ -148,6 +148,7 @@ class Client:
             socket.send_fds(self._sock, [request], [stderr])
             reply = self._sock.recv(MAX_MESSAGE)
         except OSError as exc:  # a timeout included
+            self.close()  # a late reply must not answer the next request
             raise ForkError(f"forkserver unreachable: {exc}") from None
         if not reply:
             raise ForkError("forkserver exited")

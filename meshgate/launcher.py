@@ -720,7 +720,15 @@ class Stack:
             prefix = f"MESHGATE_SERVICES__{service.upper()}__"
             env[prefix + "PORT"] = str(self.replica_ports[service][int(number) - 1])
             env[prefix + "METRICS_PORT"] = str(self.replica_metrics_ports[service][int(number) - 1])
-        self.children[name] = Child(name, argv, env, forks=self._forks)
+        try:
+            self.children[name] = Child(name, argv, env, forks=self._forks)
+        except LaunchError:
+            if self._forkserver is None or self._forkserver.running():
+                raise
+            # It died since the supervision pass looked: start it again, and fork once more.
+            self._forkserver.proc.wait()
+            self._start_forkserver()
+            self.children[name] = Child(name, argv, env, forks=self._forks)
 
     def _ready(self, name: str) -> bool:
         if name in HTTP_CHILDREN:

@@ -119,6 +119,22 @@ def test_a_dead_forkserver_is_restarted_and_forks_again(
     assert psutil.Process(again).ppid() == mesh.proc.pid
     assert _shared_dirty_mb(again) >= MIN_SHARED_DIRTY_MB
     _wait_for(lambda: _answers(mesh), 30, "the mesh did not answer after the restart")
+
+    # Both at once, in either order the supervision pass may find them.
+    (second,) = _forkservers(mesh)
+    quota = _services(mesh)["quota"]
+    psutil.Process(quota).kill()
+    psutil.Process(second).kill()
+    _wait_for(
+        lambda: (
+            _services(mesh).get("quota", quota) != quota
+            and _forkservers(mesh) not in ([], [second])
+        ),
+        30,
+        "quota and the forkserver were not both started again",
+    )
+    _wait_for(lambda: _answers(mesh), 30, "the mesh did not answer after both restarts")
+    assert mesh.proc.poll() is None
     assert "Traceback" not in mesh.stderr()
 
 
