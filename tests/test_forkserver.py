@@ -138,9 +138,8 @@ def test_a_dead_forkserver_is_restarted_and_forks_again(
     assert "Traceback" not in mesh.stderr()
 
 
-def test_the_forkserver_refuses_what_it_cannot_run() -> None:
-    """A malformed request, or a command that is not meshgate's, gets an error reply;
-    the forkserver keeps serving, and exits when the launcher hangs up."""
+def _lone_forkserver() -> tuple[socket.socket, subprocess.Popen[bytes]]:
+    """A forkserver of our own that preloads nothing: (our end of its socket, it)."""
     ours, theirs = forkserver.pair()
     proc = subprocess.Popen(
         forkserver.command(theirs.fileno(), []),
@@ -150,6 +149,13 @@ def test_the_forkserver_refuses_what_it_cannot_run() -> None:
         stderr=subprocess.PIPE,
     )
     theirs.close()
+    return ours, proc
+
+
+def test_the_forkserver_refuses_what_it_cannot_run() -> None:
+    """A malformed request, or a command that is not meshgate's, gets an error reply;
+    the forkserver keeps serving, and exits when the launcher hangs up."""
+    ours, proc = _lone_forkserver()
     ours.settimeout(60)
     try:
         ours.send(b"not json")
@@ -172,14 +178,7 @@ def test_the_forkserver_refuses_what_it_cannot_run() -> None:
 def test_a_service_the_launcher_does_not_adopt_exits() -> None:
     """Forked by a parent that is not a subreaper, a service is never adopted by it: it
     gives up and exits instead of running as an orphan that nothing supervises."""
-    ours, theirs = forkserver.pair()
-    proc = subprocess.Popen(
-        forkserver.command(theirs.fileno(), []),
-        cwd=ROOT,
-        env=subprocess_env({}),
-        pass_fds=[theirs.fileno()],
-    )
-    theirs.close()
+    ours, proc = _lone_forkserver()
     client = forkserver.Client(ours, timeout=60)
     read_end, write_end = os.pipe()
     try:
