@@ -186,3 +186,28 @@ def test_engine_routing_bench_runs_both_legs_without_errors() -> None:
     for row in rows:
         cells = [c.strip() for c in row.split("|")]
         assert int(cells[2]) > 0 and cells[3] == "0", row  # requests, errors
+
+
+def test_the_memory_goal_is_judged_on_distinct_pages_else_pss_else_rss() -> None:
+    """A mesh of forked services shares pages, so its RSS sum overstates: the goal row
+    uses the distinct pages, or Pss where they could not be read; RSS only for results
+    from before the forkserver."""
+    from bench.results_md import MEMORY_LIMIT_MB, _streams
+
+    def row(memory: dict[str, Any]) -> tuple[str, bool | None]:
+        held = {"held": 2000, "requested": 2000, "errors": 0, "upstream": "mock"}
+        figure = _streams({"streams_rss": {**held, "memory": memory}})
+        return figure.text, figure.met
+
+    kib = int(MEMORY_LIMIT_MB * 1e6 / 1024)  # the limit, in KiB
+    forked = {"forkserver": {"rss_kib": 1, "pss_kib": 1}}
+    text, met = row(
+        {"rss_kib_total": 3 * kib, "pss_kib_total": kib - 10, "unique_kib_total": kib - 5}
+    )
+    assert met and "MB in distinct pages" in text
+    assert not row({"rss_kib_total": 1, "pss_kib_total": 1, "unique_kib_total": kib + 5})[1]
+    text, met = row({"rss_kib_total": 3 * kib, "pss_kib_total": kib - 10, "by_process": forked})
+    assert met and "judged on Pss" in text
+    assert not row({"rss_kib_total": 3 * kib, "pss_kib_total": kib + 10, "by_process": forked})[1]
+    assert not row({"rss_kib_total": kib + 10, "pss_kib_total": 1, "by_process": {}})[1]
+    assert row({"rss_kib_total": kib - 10, "pss_kib_total": 1, "by_process": {}})[1]
