@@ -59,6 +59,8 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 # What a service's argv starts with after the interpreter: it runs this CLI.
 _CLI = ["-m", "meshgate"]
+# What the forkserver's own argv starts with after the interpreter.
+_FORKSERVER = ["-m", "meshgate.forkserver"]
 
 
 def supported() -> bool:
@@ -189,12 +191,13 @@ class Here:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)  # not the launcher's handlers
         server = Service(list(argv), env, stderr, launcher)
-        _exit_after(lambda: server.become() or main(argv[3:], self._theirs))
+        args = argv[1 + len(_FORKSERVER) :]
+        _exit_after(lambda: server.become() or main(args, self._theirs))
 
 
 def command(fd: int, modules: Sequence[str]) -> list[str]:
     """The forkserver's own command line: it reads requests on `fd` after importing `modules`."""
-    return [sys.executable, "-m", "meshgate.forkserver", str(fd), *modules]
+    return [sys.executable, *_FORKSERVER, str(fd), *modules]
 
 
 def pair() -> tuple[socket.socket, socket.socket]:
